@@ -1,0 +1,5 @@
+import sys
+
+from edgeasr.cli import main
+
+sys.exit(main())
