@@ -1,0 +1,1 @@
+"""Models built from config: encoder block plans, heads and the ASR model."""

@@ -1,0 +1,160 @@
+"""The ASR model: encoder + CTC head + attention decoder(s), and the joint U2 loss.
+
+loss = ctc_weight * CTC + (1 - ctc_weight) * attention, where the attention loss is label-smoothed
+cross entropy, mixed from the left-to-right and right-to-left decoders by ``reverse_weight``.
+Losses are summed over an utterance and averaged over the batch, as WeNet does, so long utterances
+weigh more.
+
+Chunk settings for training live here too: with ``dynamic_chunk`` each batch draws a chunk size
+(full context half of the time), which is what lets one model serve every chunk size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from edgeasr.model.decoder import TransformerDecoder
+from edgeasr.model.encoder import Encoder, EncoderConfig
+from edgeasr.nn.mask import draw_chunk_size
+
+IGNORE_ID = -1
+
+
+@dataclass
+class DecoderConfig:
+    num_layers: int = 3
+    reverse_layers: int = 0  # > 0 adds a right-to-left decoder (U2++)
+    num_heads: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    ctc_weight: float = 0.3
+    reverse_weight: float = 0.0
+    label_smoothing: float = 0.1
+    # Training-time chunking: dynamic (random per batch) or a static chunk size (0 = full).
+    dynamic_chunk: bool = True
+    static_chunk_size: int = 0
+    max_chunk_size: int = 25
+    #: Dynamic left context: also draw how many chunks of history a batch may see.
+    dynamic_left_chunks: bool = False
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "ModelConfig":
+        config = dict(config)
+        encoder = EncoderConfig.from_dict(config.pop("encoder", {}))
+        decoder = DecoderConfig(**config.pop("decoder", {}))
+        return cls(encoder=encoder, decoder=decoder, **config)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ASRModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config.encoder)
+        d_model = config.encoder.d_model
+        self.ctc = nn.Linear(d_model, config.vocab_size)
+        dec = config.decoder
+        self.decoder = (
+            TransformerDecoder(config.vocab_size, d_model, dec.num_heads, dec.d_ff, dec.num_layers, dec.dropout)
+            if dec.num_layers > 0
+            else None
+        )
+        self.reverse_decoder = (
+            TransformerDecoder(config.vocab_size, d_model, dec.num_heads, dec.d_ff, dec.reverse_layers, dec.dropout)
+            if dec.reverse_layers > 0
+            else None
+        )
+        self.blank_id = 0
+        self.sos_id = self.eos_id = config.vocab_size - 1
+        self.ctc_loss = nn.CTCLoss(blank=self.blank_id, reduction="sum", zero_infinity=True)
+        self.chunk_generator = torch.Generator().manual_seed(0)
+
+    def training_chunk(self) -> tuple[int, int]:
+        """(chunk_size, num_left_chunks) for the next training batch."""
+        cfg = self.config
+        if not cfg.dynamic_chunk:
+            return cfg.static_chunk_size, -1
+        chunk = draw_chunk_size(0, self.chunk_generator, cfg.max_chunk_size)
+        left = -1
+        if chunk > 0 and cfg.dynamic_left_chunks:
+            left = int(torch.randint(0, 8, (), generator=self.chunk_generator).item())
+        return chunk, left
+
+    def encode(
+        self, feats: torch.Tensor, lengths: torch.Tensor, chunk_size: int = 0, num_left_chunks: int = -1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(feats, lengths, chunk_size, num_left_chunks)
+
+    def ctc_log_probs(self, encoded: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.ctc(encoded), dim=-1)
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        feat_lengths: torch.Tensor,
+        tokens: torch.Tensor,
+        token_lengths: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """tokens [B, U] padded with IGNORE_ID -> {"loss", "ctc", "attention"} (batch means)."""
+        chunk, left = self.training_chunk() if self.training else (0, -1)
+        encoded, enc_lengths = self.encode(feats, feat_lengths, chunk, left)
+        batch = feats.size(0)
+        log_probs = self.ctc_log_probs(encoded)
+        targets = tokens.masked_fill(tokens == IGNORE_ID, 0)
+        ctc = self.ctc_loss(log_probs.transpose(0, 1), targets, enc_lengths, token_lengths) / batch
+        losses = {"ctc": ctc}
+        loss = ctc
+        if self.decoder is not None and self.config.ctc_weight < 1.0:
+            att = self._attention_loss(self.decoder, tokens, token_lengths, encoded, enc_lengths, reverse=False)
+            if self.reverse_decoder is not None and self.config.reverse_weight > 0:
+                rev = self._attention_loss(
+                    self.reverse_decoder, tokens, token_lengths, encoded, enc_lengths, reverse=True
+                )
+                w = self.config.reverse_weight
+                att = (1 - w) * att + w * rev
+            losses["attention"] = att
+            loss = self.config.ctc_weight * ctc + (1 - self.config.ctc_weight) * att
+        losses["loss"] = loss
+        return losses
+
+    def decoder_io(
+        self, tokens: torch.Tensor, token_lengths: torch.Tensor, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(<sos> + y, y + <eos>) padded: input with eos id, target with IGNORE_ID."""
+        batch, max_len = tokens.shape
+        inputs = torch.full((batch, max_len + 1), self.eos_id, dtype=torch.long)
+        targets = torch.full((batch, max_len + 1), IGNORE_ID, dtype=torch.long)
+        inputs[:, 0] = self.sos_id
+        for b in range(batch):
+            n = int(token_lengths[b])
+            seq = tokens[b, :n]
+            if reverse:
+                seq = seq.flip(0)
+            inputs[b, 1 : n + 1] = seq
+            targets[b, :n] = seq
+            targets[b, n] = self.eos_id
+        return inputs, targets
+
+    def _attention_loss(self, decoder, tokens, token_lengths, encoded, enc_lengths, reverse: bool):
+        inputs, targets = self.decoder_io(tokens, token_lengths, reverse)
+        logits = decoder(inputs, token_lengths + 1, encoded, enc_lengths)
+        loss = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=IGNORE_ID,
+            label_smoothing=self.config.label_smoothing,
+            reduction="sum",
+        )
+        return loss / tokens.size(0)

@@ -1,0 +1,177 @@
+"""The one encoder: subsampling, then a per-layer block plan, then a final LayerNorm.
+
+Variants are config, not forks: ``blocks: [conformer, conformer, ...]`` (or ``num_blocks`` of one
+kind) picks each layer's kind from ``edgeasr.model.blocks.BLOCKS``.
+
+Two ways to run it, which give the same numbers (the tests hold them to 1e-4):
+- ``forward``: whole padded batch under a chunk mask (training; offline decoding).
+- ``forward_chunk`` / ``EncoderStream``: one chunk at a time with explicit caches (streaming).
+With a limited left context the caches are trimmed every chunk, so memory is bounded however
+long the stream runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from edgeasr.model.blocks import BLOCKS
+from edgeasr.nn.mask import attention_mask, padding_mask
+from edgeasr.nn.subsampling import ConvSubsampling
+
+
+@dataclass
+class EncoderConfig:
+    input_dim: int = 80
+    d_model: int = 256
+    num_heads: int = 4
+    d_ff: int = 1024
+    num_blocks: int = 12
+    #: Per-layer plan; overrides num_blocks when given, e.g. [conv, conv, conformer, conformer].
+    blocks: list[str] = field(default_factory=list)
+    kernel_size: int = 15
+    causal: bool = True
+    subsampling_rate: int = 4
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+
+    def plan(self) -> list[str]:
+        return list(self.blocks) if self.blocks else ["conformer"] * self.num_blocks
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "EncoderConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown encoder option(s): {', '.join(sorted(unknown))}")
+        return cls(**config)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.subsampling = ConvSubsampling(config.input_dim, config.d_model, config.subsampling_rate)
+        self.scale = math.sqrt(config.d_model)
+        layers = []
+        for kind in config.plan():
+            if kind not in BLOCKS:
+                raise ValueError(f"unknown block kind '{kind}' (known: {', '.join(BLOCKS)})")
+            layers.append(
+                BLOCKS[kind](
+                    d_model=config.d_model,
+                    num_heads=config.num_heads,
+                    d_ff=config.d_ff,
+                    kernel_size=config.kernel_size,
+                    causal=config.causal,
+                    dropout=config.dropout,
+                    attention_dropout=config.attention_dropout,
+                )
+            )
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(config.d_model)
+
+    @property
+    def output_dim(self) -> int:
+        return self.config.d_model
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        lengths: torch.Tensor,
+        chunk_size: int = 0,
+        num_left_chunks: int = -1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats [B, T, F] -> (encoded [B, T', D], lengths [B]); chunk_size 0 = full context."""
+        x, lengths = self.subsampling(feats, lengths)
+        x = x * self.scale
+        frames = padding_mask(lengths, x.size(1))
+        mask = attention_mask(lengths, x.size(1), chunk_size, num_left_chunks)
+        for layer in self.layers:
+            x, _, _ = layer(x, mask, frames)
+        return self.norm(x), lengths
+
+    def forward_chunk(
+        self,
+        window: torch.Tensor,
+        att_caches: list[torch.Tensor],
+        cnn_caches: list[torch.Tensor],
+        max_left_frames: int = -1,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Encode one chunk from its feature window, given and returning per-layer caches.
+
+        ``window`` [B, W, F] is the feature window of exactly this chunk (see EncoderStream).
+        ``max_left_frames`` >= 0 keeps only that many encoder frames of attention history.
+        """
+        lengths = torch.full((window.size(0),), window.size(1), dtype=torch.long)
+        x, _ = self.subsampling(window, lengths)
+        x = x * self.scale
+        batch, t_chunk, _ = x.shape
+        frames = torch.ones(batch, t_chunk, dtype=torch.bool)
+        new_att, new_cnn = [], []
+        for index, layer in enumerate(self.layers):
+            att_cache = att_caches[index] if att_caches else None
+            cnn_cache = cnn_caches[index] if cnn_caches else None
+            t_cache = att_cache.size(2) if att_cache is not None and att_cache.dim() == 4 else 0
+            mask = torch.ones(batch, t_chunk, t_cache + t_chunk, dtype=torch.bool)
+            x, att_cache, cnn_cache = layer(x, mask, frames, att_cache, cnn_cache)
+            if max_left_frames >= 0 and att_cache.dim() == 4:
+                att_cache = att_cache[:, :, max(0, att_cache.size(2) - max_left_frames) :]
+            new_att.append(att_cache)
+            new_cnn.append(cnn_cache)
+        return self.norm(x), new_att, new_cnn
+
+
+class EncoderStream:
+    """Feeds feature frames of any count into the encoder chunk by chunk.
+
+    Keeps the feature frames not yet consumed and the per-layer caches. ``accept`` returns the
+    encoder frames of every chunk completed; ``finish`` encodes what remains (a final, shorter
+    chunk), so the last words are never dropped.
+    """
+
+    def __init__(self, encoder: Encoder, chunk_size: int, num_left_chunks: int = -1) -> None:
+        if chunk_size <= 0:
+            raise ValueError("streaming needs a chunk size of at least 1 encoder frame")
+        self.encoder = encoder
+        self.chunk_size = chunk_size
+        rate = encoder.subsampling.rate
+        self.window = (chunk_size - 1) * rate + encoder.subsampling.right_context + 1
+        self.stride = chunk_size * rate
+        self.max_left_frames = -1 if num_left_chunks < 0 else num_left_chunks * chunk_size
+        self.pending = torch.zeros(0, encoder.config.input_dim)
+        self.att_caches: list[torch.Tensor] = []
+        self.cnn_caches: list[torch.Tensor] = []
+
+    def _run(self, window: torch.Tensor) -> torch.Tensor:
+        out, self.att_caches, self.cnn_caches = self.encoder.forward_chunk(
+            window.unsqueeze(0), self.att_caches, self.cnn_caches, self.max_left_frames
+        )
+        return out[0]
+
+    @torch.no_grad()
+    def accept(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats [T, F] -> encoder frames [T', D] of the chunks now complete (maybe none)."""
+        self.pending = torch.cat([self.pending, feats], dim=0)
+        outputs = []
+        while self.pending.size(0) >= self.window:
+            outputs.append(self._run(self.pending[: self.window]))
+            self.pending = self.pending[self.stride :]
+        if not outputs:
+            return torch.zeros(0, self.encoder.output_dim)
+        return torch.cat(outputs, dim=0)
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """Encode the remaining frames as a last, shorter chunk."""
+        remaining = self.pending
+        self.pending = self.pending[:0]
+        if remaining.size(0) < self.encoder.subsampling.right_context + 1:
+            return torch.zeros(0, self.encoder.output_dim)
+        return self._run(remaining)

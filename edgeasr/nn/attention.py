@@ -1,0 +1,101 @@
+"""Multi-head self-attention with relative positions and an explicit key/value cache.
+
+Every attention variant in edgeasr has one signature::
+
+    forward(x, mask, cache) -> (out, new_cache)
+
+``x`` is the query frames ``[B, T, D]``; ``cache`` holds keys and values of earlier frames
+``[B, H, T_cache, 2 * d_head]`` (empty tensor when none); keys and values are the cache followed
+by the projections of ``x``; ``mask`` is ``[B, T, T_cache + T]`` (True = may attend). The returned
+cache is the full key/value tensor; the encoder trims it to the left context it keeps, so memory
+stays bounded on endless streams.
+
+Relative positions are computed from the distance between query and key for whatever lengths
+arrive (sinusoids evaluated on demand), so there is no maximum length to overflow: a 30-minute
+stream works the same as a 3-second one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoid_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """[N, dim] sinusoidal embedding of (possibly negative) positions, computed on demand."""
+    half = dim // 2
+    freq = torch.exp(
+        torch.arange(half, device=positions.device, dtype=torch.float32) * (-math.log(10000.0) / half)
+    )
+    angles = positions.to(torch.float32).unsqueeze(1) * freq.unsqueeze(0)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class RelPositionAttention(nn.Module):
+    """Transformer-XL style attention: content and position terms with learned biases u and v.
+
+    Score(i, j) = (q_i + u)·k_j + (q_i + v)·W_p p(i - j), where p is a sinusoid of the distance.
+    Distances are gathered from a table built for exactly the distances present, which replaces
+    the usual "rel_shift" trick with an explicit index and needs no length limit.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.d_head = d_model // num_heads
+        self.linear_q = nn.Linear(d_model, d_model)
+        self.linear_k = nn.Linear(d_model, d_model)
+        self.linear_v = nn.Linear(d_model, d_model)
+        self.linear_out = nn.Linear(d_model, d_model)
+        self.linear_pos = nn.Linear(d_model, d_model, bias=False)
+        self.pos_bias_u = nn.Parameter(torch.zeros(num_heads, self.d_head))
+        self.pos_bias_v = nn.Parameter(torch.zeros(num_heads, self.d_head))
+        nn.init.xavier_uniform_(self.pos_bias_u)
+        nn.init.xavier_uniform_(self.pos_bias_v)
+        self.dropout = nn.Dropout(dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, time, _ = x.shape
+        return x.view(batch, time, self.num_heads, self.d_head).transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, t_query, _ = x.shape
+        q = self._heads(self.linear_q(x))  # [B, H, Tq, dh]
+        k = self._heads(self.linear_k(x))
+        v = self._heads(self.linear_v(x))
+        if cache is not None and cache.size(2) > 0:
+            k_cache, v_cache = cache.split(self.d_head, dim=-1)
+            k = torch.cat([k_cache, k], dim=2)
+            v = torch.cat([v_cache, v], dim=2)
+        new_cache = torch.cat([k, v], dim=-1)
+        t_key = k.size(2)
+
+        # Distances present: query i sits at key position (t_key - t_query + i); distance to key j
+        # ranges from -(t_query - 1) to (t_key - 1). Table row r holds distance (t_key - 1 - r).
+        distances = torch.arange(t_key - 1, -t_query, -1, device=x.device)
+        pos = self.linear_pos(sinusoid_embedding(distances, self.d_model).to(x.dtype))
+        pos = pos.view(-1, self.num_heads, self.d_head).transpose(0, 1)  # [H, R, dh]
+
+        q_u = q + self.pos_bias_u.unsqueeze(1)
+        q_v = q + self.pos_bias_v.unsqueeze(1)
+        content = torch.matmul(q_u, k.transpose(-2, -1))  # [B, H, Tq, Tk]
+        position_all = torch.matmul(q_v, pos.transpose(-2, -1).unsqueeze(0))  # [B, H, Tq, R]
+        rows = torch.arange(t_query, device=x.device).unsqueeze(1)
+        cols = torch.arange(t_key, device=x.device).unsqueeze(0)
+        index = (t_query - 1 - rows + cols).expand(batch, self.num_heads, t_query, t_key)
+        position = torch.gather(position_all, 3, index)
+
+        scores = (content + position) / math.sqrt(self.d_head)
+        allowed = mask.unsqueeze(1)  # [B, 1, Tq, Tk]
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+        context = torch.matmul(self.dropout(weights), v)  # [B, H, Tq, dh]
+        context = context.transpose(1, 2).reshape(batch, t_query, self.d_model)
+        return self.linear_out(context), new_cache
