@@ -80,6 +80,18 @@ class ASRModel(nn.Module):
         self.sos_id = self.eos_id = config.vocab_size - 1
         self.ctc_loss = nn.CTCLoss(blank=self.blank_id, reduction="sum", zero_infinity=True)
         self.chunk_generator = torch.Generator().manual_seed(0)
+        # Global CMVN travels inside the model (and its exports) so features are never normalised
+        # with the wrong statistics; set from training data with ``set_cmvn``.
+        input_dim = config.encoder.input_dim
+        self.register_buffer("cmvn_mean", torch.zeros(input_dim))
+        self.register_buffer("cmvn_istd", torch.ones(input_dim))
+
+    def set_cmvn(self, mean: torch.Tensor, istd: torch.Tensor) -> None:
+        self.cmvn_mean.copy_(mean)
+        self.cmvn_istd.copy_(istd)
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.cmvn_mean) * self.cmvn_istd
 
     def training_chunk(self) -> tuple[int, int]:
         """(chunk_size, num_left_chunks) for the next training batch."""
@@ -95,7 +107,7 @@ class ASRModel(nn.Module):
     def encode(
         self, feats: torch.Tensor, lengths: torch.Tensor, chunk_size: int = 0, num_left_chunks: int = -1
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(feats, lengths, chunk_size, num_left_chunks)
+        return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
 
     def ctc_log_probs(self, encoded: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.ctc(encoded), dim=-1)

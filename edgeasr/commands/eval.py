@@ -1,0 +1,91 @@
+"""``edgeasr eval``: WER/CER of a model on a manifest, with RTF at the thread count used."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from edgeasr.commands._decode_args import add_decode_arguments, decode_options
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score a model on a manifest (WER, CER, S/D/I, RTF)",
+        description=(
+            "Decode every utterance of a JSONL manifest and report WER and CER (percent, with "
+            "substitutions, deletions and insertions), the number of utterances, audio seconds and "
+            "the real-time factor at the thread count used. Streams chunk by chunk unless "
+            "--chunk-size 0 (or --offline) is given."
+        ),
+    )
+    parser.add_argument("--manifest", required=True, help="JSONL manifest with audio and text")
+    parser.add_argument("--offline", action="store_true",
+                        help="run the encoder over whole utterances under the chunk mask (same text as streaming)")
+    parser.add_argument("--json", action="store_true",
+                        help="print exactly one JSON object: wer, cer, rtf, utts, audio_seconds, ...")
+    parser.add_argument("--errors", metavar="FILE", help="write per-utterance results (JSONL) to FILE")
+    parser.add_argument("--limit", type=int, help="only the first N utterances")
+    add_decode_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeasr.audio.io import load_audio
+    from edgeasr.data.manifest import read_manifest
+    from edgeasr.decoding.recognizer import Recognizer
+    from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
+
+    torch.set_num_threads(max(1, args.threads))
+    recognizer = Recognizer.load(args.model, decode_options(args))
+    utts = read_manifest(args.manifest)[: args.limit]
+    words, chars = ErrorCounts(), ErrorCounts()
+    audio_seconds = 0.0
+    compute_seconds = 0.0
+    rows = []
+    streaming = recognizer.chunk_size > 0 and not args.offline
+    for utt in utts:
+        samples = load_audio(utt.audio)
+        started = time.perf_counter()
+        result = recognizer.transcribe(samples, streaming=streaming)
+        compute_seconds += time.perf_counter() - started
+        audio_seconds += len(samples) / recognizer.packaged.features.sample_rate
+        w, c = word_errors(utt.text, result.text), char_errors(utt.text, result.text)
+        words, chars = words + w, chars + c
+        rows.append({"audio": utt.audio, "ref": utt.text, "hyp": result.text, "wer": round(w.rate, 2),
+                     "errors": w.errors, "words": w.reference_length})
+    summary = {
+        "wer": round(words.rate, 2),
+        "cer": round(chars.rate, 2),
+        "rtf": round(compute_seconds / audio_seconds, 4) if audio_seconds else 0.0,
+        "utts": len(utts),
+        "audio_seconds": round(audio_seconds, 2),
+        "substitutions": words.substitutions,
+        "deletions": words.deletions,
+        "insertions": words.insertions,
+        "words": words.reference_length,
+        "mode": recognizer.options.mode,
+        "chunk_size": recognizer.chunk_size,
+        "streaming": streaming,
+        "threads": torch.get_num_threads(),
+        "model": str(recognizer.packaged.directory),
+    }
+    if args.errors:
+        tmp = f"{args.errors}.tmp"
+        with open(tmp, "w") as handle:
+            for row in sorted(rows, key=lambda r: -r["errors"]):
+                handle.write(json.dumps(row) + "\n")
+        os.replace(tmp, args.errors)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"WER {summary['wer']:.2f}% (S {words.substitutions} D {words.deletions} I {words.insertions} "
+              f"of {words.reference_length} words)  CER {summary['cer']:.2f}%")
+        print(f"{len(utts)} utterances, {audio_seconds:.1f} s of audio, RTF {summary['rtf']:.4f} at "
+              f"{summary['threads']} thread(s), mode {summary['mode']}, chunk {summary['chunk_size']}"
+              f"{' (streaming)' if streaming else ''}")
+    return 0

@@ -1,0 +1,1 @@
+"""Search over model outputs: CTC greedy and prefix beam search, attention rescoring, streaming."""

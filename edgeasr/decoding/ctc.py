@@ -1,0 +1,147 @@
+"""CTC search: greedy and prefix beam search, both with token timestamps.
+
+Prefix beam search keeps, for every distinct collapsed prefix, the probability of ending in blank
+and in non-blank, so that "a a" (two tokens) and "aa" (one token with a repeat) are kept apart.
+It is incremental: ``PrefixBeamSearch.step`` consumes one chunk of log-probabilities at a time, so
+streaming and offline decoding run the very same code and give the same n-best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def _logadd(*values: float) -> float:
+    top = max(values)
+    if top == NEG_INF:
+        return NEG_INF
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+@dataclass
+class Hypothesis:
+    tokens: tuple[int, ...]
+    score: float  # log P(prefix | audio so far) under CTC
+    #: encoder frame index at which each token was emitted (peak of its first non-blank frame)
+    times: tuple[int, ...] = ()
+    #: per-token posterior at its emission frame, for confidence
+    token_probs: tuple[float, ...] = ()
+
+
+def ctc_greedy(log_probs: torch.Tensor, blank: int = 0) -> Hypothesis:
+    """log_probs [T, V] -> best path collapsed (repeats merged, blanks removed)."""
+    best = log_probs.argmax(dim=-1).tolist()
+    tokens, times, probs = [], [], []
+    previous = blank
+    score = 0.0
+    for t, token in enumerate(best):
+        score += float(log_probs[t, token])
+        if token != blank and token != previous:
+            tokens.append(token)
+            times.append(t)
+            probs.append(math.exp(float(log_probs[t, token])))
+        previous = token
+    return Hypothesis(tuple(tokens), score, tuple(times), tuple(probs))
+
+
+@dataclass
+class _Beam:
+    blank: float = NEG_INF  # log P(prefix, path ends in blank)
+    nonblank: float = NEG_INF  # log P(prefix, path ends in its last token)
+    times: tuple[int, ...] = ()
+    probs: tuple[float, ...] = ()
+    #: best log-prob of the last token's frame so far, to place its timestamp at its peak
+    last_peak: float = NEG_INF
+
+    @property
+    def total(self) -> float:
+        return _logadd(self.blank, self.nonblank)
+
+
+@dataclass
+class PrefixBeamSearch:
+    """Incremental CTC prefix beam search.
+
+    ``beam_size`` prefixes survive each frame; only the ``token_beam`` most likely tokens of a frame
+    are expanded (the rest cannot enter a small beam anyway), which keeps the cost linear in T.
+    """
+
+    beam_size: int = 10
+    blank: int = 0
+    token_beam: int | None = None
+    frame_offset: int = 0
+    beams: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.beams = {(): _Beam(blank=0.0)}
+        self.frame_offset = 0
+
+    def step(self, log_probs: torch.Tensor) -> None:
+        """Consume log_probs [T, V] of the next frames."""
+        token_beam = self.token_beam or self.beam_size
+        values, indices = log_probs.topk(min(token_beam, log_probs.size(-1)), dim=-1)
+        values, indices = values.tolist(), indices.tolist()
+        for t in range(len(values)):
+            frame = self.frame_offset + t
+            next_beams: dict[tuple[int, ...], _Beam] = {}
+
+            def get(prefix, source: _Beam) -> _Beam:
+                beam = next_beams.get(prefix)
+                if beam is None:
+                    beam = _Beam(times=source.times, probs=source.probs, last_peak=source.last_peak)
+                    next_beams[prefix] = beam
+                return beam
+
+            for token, lp in zip(indices[t], values[t]):
+                for prefix, beam in self.beams.items():
+                    if token == self.blank:
+                        target = get(prefix, beam)
+                        target.blank = _logadd(target.blank, beam.total + lp)
+                        continue
+                    last = prefix[-1] if prefix else None
+                    if token == last:
+                        # Repeat without blank in between: same prefix, token continues.
+                        target = get(prefix, beam)
+                        target.nonblank = _logadd(target.nonblank, beam.nonblank + lp)
+                        if lp > target.last_peak and target.times:
+                            target.times = target.times[:-1] + (frame,)
+                            target.probs = target.probs[:-1] + (math.exp(lp),)
+                            target.last_peak = lp
+                        # Repeat after a blank: a new token.
+                        extended = prefix + (token,)
+                        new = next_beams.get(extended)
+                        if new is None:
+                            new = _Beam(times=beam.times + (frame,), probs=beam.probs + (math.exp(lp),), last_peak=lp)
+                            next_beams[extended] = new
+                        new.nonblank = _logadd(new.nonblank, beam.blank + lp)
+                    else:
+                        extended = prefix + (token,)
+                        new = next_beams.get(extended)
+                        if new is None:
+                            new = _Beam(times=beam.times + (frame,), probs=beam.probs + (math.exp(lp),), last_peak=lp)
+                            next_beams[extended] = new
+                        new.nonblank = _logadd(new.nonblank, beam.total + lp)
+            ranked = sorted(next_beams.items(), key=lambda item: item[1].total, reverse=True)
+            self.beams = dict(ranked[: self.beam_size])
+        self.frame_offset += len(values)
+
+    def nbest(self, n: int | None = None) -> list[Hypothesis]:
+        ranked = sorted(self.beams.items(), key=lambda item: item[1].total, reverse=True)
+        return [
+            Hypothesis(prefix, beam.total, beam.times, beam.probs) for prefix, beam in ranked[: n or len(ranked)]
+        ]
+
+
+def ctc_prefix_beam_search(log_probs: torch.Tensor, beam_size: int = 10, blank: int = 0) -> list[Hypothesis]:
+    """log_probs [T, V] -> n-best hypotheses, best first."""
+    search = PrefixBeamSearch(beam_size=beam_size, blank=blank)
+    search.step(log_probs)
+    return search.nbest()

@@ -1,0 +1,1 @@
+"""Scoring and measurement: WER/CER with error breakdowns, RTF."""

@@ -1,0 +1,101 @@
+"""A model directory: everything needed to turn audio into text, and nothing that runs code.
+
+    model.pt        state_dict (tensors only; loaded with weights_only=True)
+    config.yaml     model config, feature options, streaming defaults, format version
+    tokenizer/      the tokenizer the model was trained with
+    card.md         optional model card
+
+Chunk size and left context travel with the model (``streaming`` in config.yaml), so a user never
+has to remember the settings a model was trained or tuned for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from edgeasr.audio.features import FbankOptions
+from edgeasr.errors import EdgeAsrError
+from edgeasr.model.asr import ASRModel, ModelConfig
+from edgeasr.text.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+#: Where `--model default` points: the model shipped in the repository.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
+
+
+@dataclass
+class StreamingDefaults:
+    chunk_size: int = 16
+    num_left_chunks: int = -1
+
+
+@dataclass
+class PackagedModel:
+    model: ASRModel
+    tokenizer: Tokenizer
+    features: FbankOptions
+    streaming: StreamingDefaults = field(default_factory=StreamingDefaults)
+    directory: Path | None = None
+
+
+def save_model_dir(
+    directory: str | os.PathLike[str],
+    model: ASRModel,
+    tokenizer: Tokenizer,
+    features: FbankOptions,
+    streaming: StreamingDefaults | None = None,
+    state_dict: dict | None = None,
+) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    streaming = streaming or StreamingDefaults()
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "features": features.to_dict(),
+        "streaming": {"chunk_size": streaming.chunk_size, "num_left_chunks": streaming.num_left_chunks},
+    }
+    tmp = directory / ".model.pt.tmp"
+    torch.save(state_dict if state_dict is not None else model.state_dict(), tmp)
+    os.replace(tmp, directory / "model.pt")
+    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    tokenizer.save(directory / "tokenizer")
+    return directory
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
+    if str(name_or_path) == "default":
+        return DEFAULT_MODEL_DIR
+    return Path(name_or_path)
+
+
+def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
+    directory = resolve_model_dir(name_or_path)
+    config_path = directory / "config.yaml"
+    weights_path = directory / "model.pt"
+    if not directory.is_dir():
+        raise EdgeAsrError(f"{directory}: model directory not found")
+    for needed in (config_path, weights_path, directory / "tokenizer"):
+        if not needed.exists():
+            raise EdgeAsrError(f"{directory}: not a model directory (missing {needed.name})")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+        model = ASRModel(ModelConfig.from_dict(config["model"]))
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, yaml.YAMLError) as error:
+        raise EdgeAsrError(f"{directory}: cannot load model ({str(error).splitlines()[0]})") from None
+    model.eval()
+    streaming = StreamingDefaults(**config.get("streaming", {}))
+    return PackagedModel(
+        model=model,
+        tokenizer=Tokenizer.load(directory / "tokenizer"),
+        features=FbankOptions.from_dict(config["features"]),
+        streaming=streaming,
+        directory=directory,
+    )

@@ -1,0 +1,1 @@
+"""Training: schedule, atomic checkpoints, the training loop (single process or torchrun DDP)."""

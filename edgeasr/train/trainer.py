@@ -1,0 +1,330 @@
+"""The training loop: single process, or data-parallel under ``torchrun`` (gloo on CPU).
+
+Resumable by construction: batches are a pure function of (seed, epoch) and every random draw
+(chunk size, speed factor, SpecAugment) is seeded from the global step, so a run restarted from
+its last checkpoint continues exactly where it stopped. Only rank 0 writes files.
+
+Inputs: ``<data>/train.jsonl`` and ``<data>/dev.jsonl`` manifests. Outputs under ``<out>``:
+tokenizer/, checkpoints/step-*.pt, train_log.csv, and model/ (the averaged, packaged model).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from edgeasr.audio.augment import spec_augment
+from edgeasr.audio.features import FbankOptions
+from edgeasr.data.batching import DurationBatchSampler
+from edgeasr.data.feature_store import FeatureStore, build_feature_store
+from edgeasr.data.manifest import Utterance, read_manifest
+from edgeasr.errors import DataError, EdgeAsrError
+from edgeasr.model.asr import IGNORE_ID, ASRModel, ModelConfig
+from edgeasr.model.package import StreamingDefaults, save_model_dir
+from edgeasr.text.tokenizer import Tokenizer
+from edgeasr.train.checkpoint import (
+    average_checkpoints,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from edgeasr.train.schedule import warmup_lr
+
+
+@dataclass
+class TrainConfig:
+    peak_lr: float = 1e-3
+    warmup_steps: int = 2000
+    max_steps: int = 20000
+    #: Padded feature frames per batch and process (batch size x longest utterance).
+    max_frames: int = 20000
+    max_batch_size: int | None = None
+    accum_grad: int = 1
+    grad_clip: float = 5.0
+    weight_decay: float = 1e-6
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 5
+    average_last: int = 5
+    log_every: int = 20
+    eval_every: int = 1000
+    eval_utts: int = 100
+    seed: int = 0
+    speeds: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+    spec_augment: dict = field(
+        default_factory=lambda: {"num_freq_masks": 2, "max_freq_width": 10, "num_time_masks": 2, "max_time_width": 40}
+    )
+    #: Augmentation is phased in linearly over these steps (helps leave the blank plateau).
+    augment_warmup_steps: int = 600
+    min_duration: float = 0.3
+    max_duration: float = 20.0
+    feature_jobs: int = 2
+
+
+@dataclass
+class ExperimentConfig:
+    model: dict
+    tokenizer: dict = field(default_factory=lambda: {"kind": "bpe", "vocab_size": 256})
+    features: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    streaming: dict = field(default_factory=lambda: {"chunk_size": 16, "num_left_chunks": -1})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], overrides: dict | None = None) -> "ExperimentConfig":
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as error:
+            raise EdgeAsrError(f"{path}: cannot read config ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise EdgeAsrError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+        train = dict(raw.get("train", {}))
+        train.update(overrides or {})
+        try:
+            return cls(
+                model=raw.get("model", {}),
+                tokenizer=raw.get("tokenizer", {"kind": "bpe", "vocab_size": 256}),
+                features=raw.get("features", {}),
+                train=TrainConfig(**train),
+                streaming=raw.get("streaming", {"chunk_size": 16, "num_left_chunks": -1}),
+            )
+        except TypeError as error:
+            raise EdgeAsrError(f"{path}: {error}") from None
+
+
+class _Dist:
+    """Process-group facts; a plain run is world size 1, rank 0."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def _filter(utts: list[Utterance], cfg: TrainConfig) -> list[Utterance]:
+    return [u for u in utts if cfg.min_duration <= u.duration <= cfg.max_duration and u.text.strip()]
+
+
+def _collate(feats: list[torch.Tensor], tokens: list[list[int]]):
+    feat_lengths = torch.tensor([f.size(0) for f in feats])
+    padded = torch.zeros(len(feats), int(feat_lengths.max()), feats[0].size(1))
+    for i, f in enumerate(feats):
+        padded[i, : f.size(0)] = f
+    token_lengths = torch.tensor([len(t) for t in tokens])
+    targets = torch.full((len(tokens), max(1, int(token_lengths.max()))), IGNORE_ID, dtype=torch.long)
+    for i, t in enumerate(tokens):
+        targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return padded, feat_lengths, targets, token_lengths
+
+
+def compute_cmvn_from_store(store: FeatureStore, max_utts: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    total = None
+    squares = None
+    frames = 0
+    step = max(1, store.count // max_utts)
+    for item in range(0, store.count, step):
+        f = store.get(item).double()
+        total = f.sum(0) if total is None else total + f.sum(0)
+        squares = (f * f).sum(0) if squares is None else squares + (f * f).sum(0)
+        frames += f.size(0)
+    mean = total / frames
+    var = torch.clamp(squares / frames - mean * mean, min=1e-4)
+    return mean.float(), (1.0 / var.sqrt()).float()
+
+
+def train(
+    config_path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    resume: bool = False,
+    overrides: dict | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train per the config; returns the packaged model directory."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    world = _Dist()
+    exp = ExperimentConfig.load(config_path, overrides)
+    cfg = exp.train
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    if out_dir.exists() and list_checkpoints(ckpt_dir) and not resume:
+        raise EdgeAsrError(f"{out_dir}: already holds checkpoints; pass --resume to continue or choose another --out")
+    for split in ("train", "dev"):
+        if not (data_dir / f"{split}.jsonl").exists():
+            raise DataError(f"{data_dir}: missing {split}.jsonl (make one with `edgeasr corpus synth`)")
+    train_utts = _filter(read_manifest(data_dir / "train.jsonl"), cfg)
+    dev_utts = _filter(read_manifest(data_dir / "dev.jsonl"), cfg)[: cfg.eval_utts]
+    if not train_utts:
+        raise DataError(f"{data_dir}/train.jsonl: no usable utterances")
+    options = FbankOptions.from_dict(exp.features) if exp.features else FbankOptions()
+
+    # --- preparation (rank 0), then everyone loads ----------------------------------------------
+    tok_dir = out_dir / "tokenizer"
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(
+            yaml.safe_dump({"model": exp.model, "tokenizer": exp.tokenizer, "features": options.to_dict(),
+                            "train": asdict(cfg), "streaming": exp.streaming}, sort_keys=False)
+        )
+        if not (tok_dir / "tokenizer.json").exists():
+            Tokenizer.train((u.text for u in train_utts), seed=cfg.seed, **exp.tokenizer).save(tok_dir)
+        build_feature_store(train_utts, data_dir / "features" / "train", options, tuple(cfg.speeds),
+                            jobs=cfg.feature_jobs, progress=progress)
+        build_feature_store(dev_utts, data_dir / "features" / "dev", options, (1.0,), jobs=1)
+    world.barrier()
+    tokenizer = Tokenizer.load(tok_dir)
+    train_store = FeatureStore(data_dir / "features" / "train", tuple(cfg.speeds), len(train_utts))
+    dev_store = FeatureStore(data_dir / "features" / "dev", (1.0,), len(dev_utts))
+    train_tokens = [tokenizer.encode(u.text) for u in train_utts]
+
+    model_config = ModelConfig.from_dict({**exp.model, "vocab_size": tokenizer.vocab_size})
+    torch.manual_seed(cfg.seed)
+    model = ASRModel(model_config)
+    model.set_cmvn(*compute_cmvn_from_store(train_store))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.peak_lr, betas=(0.9, 0.98), eps=1e-9,
+                                 weight_decay=cfg.weight_decay)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if resume and (latest := latest_checkpoint(ckpt_dir)) is not None:
+        state = load_checkpoint(latest)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        model.chunk_generator.set_state(state["chunk_generator"])
+        if world.main:
+            print(f"resumed from {latest.name}: step {step}, epoch {epoch}")
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world.world > 1 else model
+
+    sampler = DurationBatchSampler(
+        [u.duration for u in train_utts], cfg.max_frames, max_batch_size=cfg.max_batch_size,
+        seed=cfg.seed, num_replicas=world.world, rank=world.rank,
+    )
+    log_path = out_dir / "train_log.csv"
+    log_fields = ["step", "epoch", "loss", "ctc", "attention", "lr", "frames_per_s", "elapsed_s", "dev_cer", "dev_wer"]
+    if world.main and not log_path.exists():
+        with open(log_path, "w", newline="") as handle:
+            csv.writer(handle).writerow(log_fields)
+    bar = None
+    if world.main and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    started = time.time()
+    window_frames, window_start = 0, time.time()
+    running: dict[str, float] = {}
+
+    while step < cfg.max_steps:
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        while batch_in_epoch < len(batches) and step < cfg.max_steps:
+            wrapped.train()
+            rng = np.random.default_rng([cfg.seed, step, world.rank])
+            strength = min(1.0, (step + 1) / max(1, cfg.augment_warmup_steps))
+            indices = batches[batch_in_epoch]
+            feats, tokens = [], []
+            for item in indices:
+                speed = float(rng.choice(cfg.speeds)) if strength >= 1.0 or rng.random() < strength else 1.0
+                f = train_store.get(item, speed if speed in train_store.speeds else 1.0)
+                if strength > 0:
+                    sa = dict(cfg.spec_augment)
+                    sa["max_time_width"] = int(sa.get("max_time_width", 40) * strength)
+                    sa["max_freq_width"] = int(sa.get("max_freq_width", 10) * strength)
+                    f = spec_augment(f, rng, **sa, mask_value=None)
+                feats.append(f)
+                tokens.append(train_tokens[item])
+            batch = _collate(feats, tokens)
+            losses = wrapped(*batch)
+            (losses["loss"] / cfg.accum_grad).backward()
+            batch_in_epoch += 1
+            window_frames += int(batch[1].sum())
+            for key, value in losses.items():
+                running[key] = running.get(key, 0.0) + float(value.detach())
+            running["n"] = running.get("n", 0) + 1
+            if batch_in_epoch % cfg.accum_grad:
+                continue
+            step += 1
+            lr = warmup_lr(step, cfg.peak_lr, cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if torch.isfinite(norm):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if bar:
+                bar.update()
+            evaluate = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and dev_utts
+            if world.main and (step % cfg.log_every == 0 or step == cfg.max_steps or evaluate):
+                n = running.pop("n")
+                means = {k: v / n for k, v in running.items()}
+                running.clear()
+                speed = window_frames * world.world / max(1e-6, time.time() - window_start)
+                window_frames, window_start = 0, time.time()
+                row = {"step": step, "epoch": epoch, "lr": f"{lr:.3e}", "frames_per_s": f"{speed:.0f}",
+                       "elapsed_s": f"{time.time() - started:.0f}", **{k: f"{v:.3f}" for k, v in means.items()}}
+                if evaluate:
+                    cer, wer = quick_dev_error(model, dev_store, dev_utts, tokenizer)
+                    row.update(dev_cer=f"{cer:.2f}", dev_wer=f"{wer:.2f}")
+                with open(log_path, "a", newline="") as handle:
+                    csv.writer(handle).writerow([row.get(k, "") for k in log_fields])
+                if bar:
+                    bar.set_postfix(loss=row.get("loss"), ctc=row.get("ctc"), fps=row["frames_per_s"],
+                                    dev_cer=row.get("dev_cer", "-"))
+            if world.main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+                save_checkpoint(ckpt_dir, step, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                    "chunk_generator": model.chunk_generator.get_state(),
+                }, keep=cfg.keep_checkpoints)
+        if batch_in_epoch >= len(batches):
+            epoch += 1
+            batch_in_epoch = 0
+    if bar:
+        bar.close()
+    world.barrier()
+    model_dir = out_dir / "model"
+    if world.main:
+        paths = list_checkpoints(ckpt_dir)[-cfg.average_last:]
+        averaged = average_checkpoints(paths) if paths else model.state_dict()
+        save_model_dir(model_dir, model, tokenizer, options,
+                       StreamingDefaults(**exp.streaming), state_dict=averaged)
+    world.barrier()
+    return model_dir
+
+
+@torch.no_grad()
+def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance], tokenizer: Tokenizer) -> tuple[float, float]:
+    """CTC-greedy CER and WER (percent) on the dev subset, full context: a cheap progress signal."""
+    import jiwer
+
+    from edgeasr.decoding.ctc import ctc_greedy
+
+    model.eval()
+    refs, hyps = [], []
+    for item, utt in enumerate(utts):
+        f = store.get(item)
+        encoded, _ = model.encode(f.unsqueeze(0), torch.tensor([f.size(0)]))
+        hyp = ctc_greedy(model.ctc_log_probs(encoded)[0], model.blank_id)
+        refs.append(utt.text)
+        hyps.append(tokenizer.decode(hyp.tokens))
+    model.train()
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+    if not pairs:
+        return math.nan, math.nan
+    refs, hyps = zip(*pairs)
+    return 100 * jiwer.cer(list(refs), list(hyps)), 100 * jiwer.wer(list(refs), list(hyps))
