@@ -1,0 +1,122 @@
+"""Training: a real (tiny) run on synthesized speech, resume after a kill, DDP with two processes."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeasr.cli import main
+from edgeasr.model.package import load_model_dir
+from edgeasr.train.checkpoint import average_checkpoints, list_checkpoints, load_checkpoint
+
+TINY_RECIPE = """
+model:
+  encoder: {d_model: 32, num_heads: 2, d_ff: 64, num_blocks: 2, kernel_size: 5, dropout: 0.0}
+  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}
+tokenizer: {kind: char}
+train:
+  max_steps: 6
+  warmup_steps: 2
+  checkpoint_every: 2
+  keep_checkpoints: 10
+  log_every: 1
+  eval_every: 3
+  eval_utts: 2
+  max_frames: 1500
+  speeds: [0.9, 1.0, 1.1]
+  feature_jobs: 1
+streaming: {chunk_size: 8, num_left_chunks: -1}
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    status = main(["corpus", "synth", "--hours", "0.006", "--out", str(out), "--engines", "espeak,flite",
+                   "--quiet", "--jobs", "2"])
+    assert status == 0
+    return out
+
+
+@pytest.fixture()
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_RECIPE)
+    return path
+
+
+def weights(model_dir: Path) -> dict:
+    return load_model_dir(model_dir).model.state_dict()
+
+
+def test_training_runs_logs_and_packages_a_model(corpus, recipe, tmp_path):
+    out = tmp_path / "exp"
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(out), "--quiet"]) == 0
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,loss")
+    assert len(rows) == 1 + 6
+    assert any(r.split(",")[8] for r in rows[1:]), "dev CER was never measured"
+    packaged = load_model_dir(out / "model")
+    assert packaged.streaming.chunk_size == 8
+    # The packaged weights are the average of the last checkpoints.
+    averaged = average_checkpoints(list_checkpoints(out / "checkpoints")[-5:])
+    for name, value in packaged.model.state_dict().items():
+        assert torch.allclose(value.float(), averaged[name].float()), name
+    # Checkpoints load without unpickling arbitrary objects.
+    state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
+    assert state["step"] == 6
+    # A second run into the same directory must not silently overwrite it.
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(out), "--quiet"]) == 2
+
+
+def test_resume_after_a_kill_continues_exactly(corpus, recipe, tmp_path):
+    straight = tmp_path / "straight"
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(straight), "--quiet"]) == 0
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "edgeasr", "train", "--config", str(recipe), "--data", str(corpus),
+               "--out", str(killed), "--quiet", "--set", "max_steps=1000"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(killed / "checkpoints")) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = list_checkpoints(killed / "checkpoints")
+    assert done, "the run was killed before its first checkpoint"
+    # Keep only checkpoints up to step 4 so the resumed run has work left, as after a real kill.
+    for path in done:
+        if int(path.stem.split("-")[1]) > 4:
+            path.unlink()
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(killed),
+                 "--quiet", "--resume"]) == 0
+    a, b = weights(straight / "model"), weights(killed / "model")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_two_process_data_parallel_training(corpus, recipe, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+               "-m", "edgeasr", "train", "--config", str(recipe), "--data", str(corpus), "--out", str(out),
+               "--quiet", "--max-steps", "3"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
+    assert state["step"] == 3
+    assert (out / "model" / "model.pt").exists()
+
+
+def test_missing_corpus_is_a_clear_error(recipe, tmp_path, capsys):
+    assert main(["train", "--config", str(recipe), "--data", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgeasr: error:") and "train.jsonl" in err and "\n" not in err
