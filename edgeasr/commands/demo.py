@@ -19,6 +19,7 @@ from edgeasr.audio.io import load_audio
 from edgeasr.errors import EdgeAsrError
 
 DEMO_CORPUS = Path("data/demo-corpus")
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
 DEMO_ENGINES = "espeak,flite,festival,hibari"
 
 
@@ -34,10 +35,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=DEMO_CORPUS, help=f"corpus directory (default: {DEMO_CORPUS})")
     parser.add_argument("--seconds", type=float, default=60.0, help="audio to synthesize (default: 60)")
     parser.add_argument("--engines", default=DEMO_ENGINES, help=f"TTS engines (default: {DEMO_ENGINES})")
+    parser.add_argument("--features", action="store_true",
+                        help="show the corpus + features demo even when a default model exists")
+    parser.add_argument("--model", default="default", help="model for the transcription demo (default: default)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgeasr.model.package import resolve_model_dir
+
+    if not args.features and (resolve_model_dir(args.model) / "model.pt").exists():
+        return run_transcription(args)
+    return run_features(args)
+
+
+def run_transcription(args: argparse.Namespace) -> int:
+    """Stream the bundled sample clips through the model, 100 ms at a time, like a microphone."""
+    import time
+
+    from edgeasr.decoding.recognizer import Recognizer
+    from edgeasr.evaluate.metrics import word_errors
+
+    torch.set_num_threads(1)
+    recognizer = Recognizer.load(args.model)
+    print(f"== streaming transcription with {recognizer.packaged.directory} "
+          f"(chunk {recognizer.chunk_size} frames = {recognizer.chunk_size * recognizer.frame_seconds * 1000:.0f} ms, "
+          f"mode {recognizer.options.mode}, 1 thread)")
+    clips = sorted(SAMPLES_DIR.glob("*.wav"))
+    if not clips:
+        raise EdgeAsrError(f"{SAMPLES_DIR}: no sample clips to transcribe")
+    for clip in clips:
+        reference_path = clip.with_suffix(".txt")
+        reference = reference_path.read_text().strip() if reference_path.exists() else None
+        samples = load_audio(clip)
+        print(f"\n{clip.name} ({len(samples) / 16000:.1f} s)")
+        session = recognizer.stream()
+        shown = ""
+        started = time.perf_counter()
+        for start in range(0, len(samples), 1600):
+            partial = session.accept(samples[start : start + 1600])
+            if partial.text != shown:
+                shown = partial.text
+                print(f"  partial {start / 16000 + 0.1:5.1f} s: {shown}")
+        result = session.finish()
+        elapsed = time.perf_counter() - started
+        print(f"  final:   {result.text}")
+        print(f"  words:   " + " ".join(f"{w.word}@{w.start:.2f}s" for w in result.words))
+        print(f"  confidence {result.confidence:.2f}; real-time factor {elapsed / (len(samples) / 16000):.3f}")
+        if reference:
+            errors = word_errors(reference, result.text)
+            print(f"  reference: {reference}\n  WER {errors.rate:.1f}%")
+    return 0
+
+
+def run_features(args: argparse.Namespace) -> int:
     from edgeasr.cli import main as cli_main
     from edgeasr.data.manifest import read_manifest
 
