@@ -156,3 +156,30 @@ def test_model_directory_round_trip_is_exact(tiny_model, tmp_path):
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert second.streaming == first.streaming
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096
+
+
+def test_thirty_minutes_stream_with_bounded_memory(tiny_model):
+    """No positional-encoding limit, no cache that grows when left context is limited."""
+    recognizer = Recognizer.load(tiny_model, DecodeOptions(mode="ctc_greedy", chunk_size=16, num_left_chunks=4))
+    session = recognizer.stream()
+    rng = np.random.default_rng(0)
+    second = speechlike(1.0, seed=1)
+    memory_at = {}
+    for index in range(30 * 60):
+        session.accept(second * rng.uniform(0.5, 1.0))
+        if index in (5 * 60, 30 * 60 - 1):
+            memory_at[index] = resident_bytes()
+    result = session.finish()
+    assert session.samples_seen == 30 * 60 * 16000
+    # Every 40 ms encoder frame of the half hour reached the search (the last partial chunk too).
+    assert abs(session.search.frame_offset - 30 * 60 * 25) <= 2
+    assert result.text
+    caches = session.encoder.att_caches
+    assert all(cache.size(2) <= 4 * 16 for cache in caches)
+    growth = memory_at[30 * 60 - 1] - memory_at[5 * 60]
+    assert growth < 30 * 2**20, f"memory grew by {growth / 2**20:.1f} MiB over 25 minutes of audio"

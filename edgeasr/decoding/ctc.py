@@ -33,20 +33,42 @@ class Hypothesis:
     token_probs: tuple[float, ...] = ()
 
 
+class GreedySearch:
+    """Incremental best-path decoding: keeps only the emitted tokens and the previous frame's label,
+    so its memory grows with the text, never with the audio."""
+
+    def __init__(self, blank: int = 0) -> None:
+        self.blank = blank
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens: list[int] = []
+        self.times: list[int] = []
+        self.probs: list[float] = []
+        self.previous = self.blank
+        self.score = 0.0
+        self.frame_offset = 0
+
+    def step(self, log_probs: torch.Tensor) -> None:
+        values, best = log_probs.max(dim=-1)
+        for t, (token, value) in enumerate(zip(best.tolist(), values.tolist())):
+            self.score += value
+            if token != self.blank and token != self.previous:
+                self.tokens.append(token)
+                self.times.append(self.frame_offset + t)
+                self.probs.append(math.exp(value))
+            self.previous = token
+        self.frame_offset += len(best)
+
+    def nbest(self, n: int | None = None) -> list[Hypothesis]:
+        return [Hypothesis(tuple(self.tokens), self.score, tuple(self.times), tuple(self.probs))]
+
+
 def ctc_greedy(log_probs: torch.Tensor, blank: int = 0) -> Hypothesis:
     """log_probs [T, V] -> best path collapsed (repeats merged, blanks removed)."""
-    best = log_probs.argmax(dim=-1).tolist()
-    tokens, times, probs = [], [], []
-    previous = blank
-    score = 0.0
-    for t, token in enumerate(best):
-        score += float(log_probs[t, token])
-        if token != blank and token != previous:
-            tokens.append(token)
-            times.append(t)
-            probs.append(math.exp(float(log_probs[t, token])))
-        previous = token
-    return Hypothesis(tuple(tokens), score, tuple(times), tuple(probs))
+    search = GreedySearch(blank)
+    search.step(log_probs)
+    return search.nbest()[0]
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from edgeasr.audio.features import StreamingFbank, compute_fbank
 from edgeasr.audio.io import load_audio
-from edgeasr.decoding.ctc import PrefixBeamSearch, ctc_greedy
+from edgeasr.decoding.ctc import GreedySearch, PrefixBeamSearch, ctc_greedy
 from edgeasr.decoding.rescoring import attention_rescore
 from edgeasr.decoding.result import Result, build_result
 from edgeasr.errors import EdgeAsrError
@@ -137,7 +137,10 @@ class StreamingSession:
         self.fbank = StreamingFbank(recognizer.packaged.features)
         self.encoder = EncoderStream(model.encoder, recognizer.chunk_size, recognizer.num_left_chunks)
         self.greedy = recognizer.options.mode == "ctc_greedy"
-        self.search = PrefixBeamSearch(beam_size=1 if self.greedy else recognizer.options.beam_size)
+        self.search = GreedySearch() if self.greedy else PrefixBeamSearch(beam_size=recognizer.options.beam_size)
+        # Only attention rescoring needs the whole utterance's encoder output; the CTC modes keep
+        # nothing per frame, so an endless stream with limited left context has bounded memory.
+        self.keep_encoded = recognizer.options.mode == "attention_rescoring"
         self.encoded: list[torch.Tensor] = []
         self.samples_seen = 0
         self.finished = False
@@ -148,7 +151,8 @@ class StreamingSession:
         if final:
             out = torch.cat([out, self.encoder.finish()])
         if out.size(0):
-            self.encoded.append(out)
+            if self.keep_encoded:
+                self.encoded.append(out)
             self.search.step(model.ctc_log_probs(out))
 
     @torch.no_grad()
@@ -178,6 +182,5 @@ class StreamingSession:
         seconds = self.samples_seen / rec.packaged.features.sample_rate
         encoded = torch.cat(self.encoded).unsqueeze(0) if self.encoded else torch.zeros(1, 0, rec.model.encoder.output_dim)
         if self.greedy:
-            log_probs = rec.model.ctc_log_probs(encoded)[0]
-            return build_result(ctc_greedy(log_probs), rec.tokenizer, rec.frame_seconds, audio_seconds=seconds)
+            return build_result(self.search.nbest()[0], rec.tokenizer, rec.frame_seconds, audio_seconds=seconds)
         return rec._finalize(self.search, encoded, seconds)
