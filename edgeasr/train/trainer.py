@@ -46,6 +46,9 @@ class TrainConfig:
     peak_lr: float = 1e-3
     warmup_steps: int = 2000
     max_steps: int = 20000
+    #: Also stop (checkpoint and package) after this many minutes of this process's training;
+    #: 0 = no limit. Handy to fit a run into a session; the step count then depends on the machine.
+    max_minutes: float = 0.0
     #: Padded feature frames per batch and process (batch size x longest utterance).
     max_frames: int = 20000
     max_batch_size: int | None = None
@@ -285,6 +288,13 @@ def train(
                 if bar:
                     bar.set_postfix(loss=row.get("loss"), ctc=row.get("ctc"), fps=row["frames_per_s"],
                                     dev_cer=row.get("dev_cer", "-"))
+            out_of_time = bool(cfg.max_minutes) and (time.time() - started) > 60 * cfg.max_minutes
+            if world.world > 1:
+                flag = torch.tensor([float(out_of_time)])
+                dist.all_reduce(flag)  # every rank stops at the same step
+                out_of_time = bool(flag.item())
+            if out_of_time:
+                cfg.max_steps = step
             if world.main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
                 save_checkpoint(ckpt_dir, step, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
