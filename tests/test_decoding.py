@@ -6,14 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import speechlike
 
-from edgeasr.audio.features import FbankOptions
 from edgeasr.decoding.ctc import Hypothesis, PrefixBeamSearch, ctc_greedy, ctc_prefix_beam_search
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 from edgeasr.decoding.rescoring import attention_rescore
-from edgeasr.model.asr import ASRModel, ModelConfig
-from edgeasr.model.package import PackagedModel, StreamingDefaults, load_model_dir, save_model_dir
-from edgeasr.text.tokenizer import Tokenizer
+from edgeasr.model.package import load_model_dir, save_model_dir
 
 
 def brute_force_ctc(log_probs: torch.Tensor) -> dict[tuple, float]:
@@ -62,33 +60,6 @@ def test_greedy_collapses_repeats_and_blanks_and_keeps_times():
     hyp = ctc_greedy(log_probs)
     assert hyp.tokens == (2, 2, 3)
     assert hyp.times == (1, 4, 5)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A random model whose CTC head is biased away from blank, so it emits tokens."""
-    tokenizer = Tokenizer.train(["hello world", "streaming speech recognition"], kind="char")
-    torch.manual_seed(0)
-    config = ModelConfig.from_dict({
-        "vocab_size": tokenizer.vocab_size,
-        "encoder": {"d_model": 64, "num_heads": 4, "d_ff": 128, "num_blocks": 2, "dropout": 0.0},
-        "decoder": {"num_layers": 1, "reverse_layers": 1, "d_ff": 128, "dropout": 0.0},
-    })
-    model = ASRModel(config).eval()
-    with torch.no_grad():
-        model.ctc.bias[0] = -2.0
-        model.ctc.weight.mul_(8.0)
-    directory = save_model_dir(tmp_path_factory.mktemp("model"), model, tokenizer, FbankOptions(),
-                               StreamingDefaults(chunk_size=4, num_left_chunks=-1))
-    return directory
-
-
-def speechlike(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(16000 * seconds)) / 16000
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
-    tone = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in (220, 440, 1250, 2600))
-    return (0.1 * envelope * tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.mark.parametrize("mode", ["ctc_greedy", "ctc_prefix_beam", "attention_rescoring"])

@@ -36,13 +36,9 @@ streaming: {chunk_size: 8, num_left_chunks: -1}
 """
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    status = main(["corpus", "synth", "--hours", "0.006", "--out", str(out), "--engines", "espeak,flite",
-                   "--quiet", "--jobs", "2"])
-    assert status == 0
-    return out
+@pytest.fixture()
+def corpus(tiny_corpus):
+    return tiny_corpus
 
 
 @pytest.fixture()
