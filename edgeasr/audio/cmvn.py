@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from edgeasr.audio.features import FbankOptions, compute_fbank
 from edgeasr.audio.io import load_audio
 from edgeasr.errors import DataError
+from edgeasr.fileio import atomic_write
 
 
 class GlobalCMVN:
@@ -76,25 +76,9 @@ class GlobalCMVN:
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomic JSON write: an interrupted save never leaves a half-written statistics file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-        )
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as temp:
-                json.dump(self.to_dict(), temp, indent=1)
-                temp.write("\n")
-                temp.flush()
-                os.fsync(temp.fileno())
-            os.chmod(temp_name, 0o644)
-            os.replace(temp_name, path)
-        except BaseException:
-            try:
-                os.unlink(temp_name)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_write(path, "w", encoding="utf-8", permissions=0o644) as temp:
+            json.dump(self.to_dict(), temp, indent=1)
+            temp.write("\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GlobalCMVN:

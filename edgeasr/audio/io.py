@@ -15,7 +15,6 @@ import os
 import stat as stat_module
 import struct
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import soundfile as sf
 import soxr
 
 from edgeasr.errors import AudioError
+from edgeasr.fileio import atomic_write
 
 SAMPLE_RATE = 16000
 RAW_EXTENSIONS = (".raw", ".pcm")
@@ -43,10 +43,6 @@ _SOXR_RECIPE = int(soxr.VHQ) | _SOXR_STEEP_FILTER
 # file truncated: MP3 durations come from the Xing/LAME header or an estimate, others are exact.
 _SHORTFALL_TOLERANCE = {"MP3": 0.05}
 _DEFAULT_SHORTFALL_TOLERANCE = 0.001
-
-# mkstemp creates 0600 files; finished WAVs get the permissions a plain open() would give.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -348,21 +344,8 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) ->
     if not np.isfinite(data).all():
         raise AudioError(path, "refusing to write NaN/Inf samples")
     data = np.clip(data, -1.0, 1.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            sf.write(temp, data, sample_rate, format="WAV", subtype="PCM_16")
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.chmod(temp_name, 0o666 & ~_UMASK)
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as temp:
+        sf.write(temp, data, sample_rate, format="WAV", subtype="PCM_16")
 
 
 def audio_duration(

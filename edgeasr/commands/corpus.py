@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
 from edgeasr.errors import DataError
+from edgeasr.fileio import atomic_write
 
 
 def _positive_hours(text: str) -> float:
@@ -216,13 +216,10 @@ def run_texts(args: argparse.Namespace) -> int:
     train, dev, test = split_texts(sentences, TEXT_HELDOUT_FRAC, TEXT_HELDOUT_FRAC, TEXT_SPLIT_SEED)
     split_of = {id(s): name for name, part in (("train", train), ("dev", dev), ("test", test)) for s in part}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_write(args.out, "w", encoding="utf-8") as handle:
             for sentence in sentences:
                 handle.write(json.dumps({"text": sentence.text, "normalized": sentence.normalized,
                                          "source": sentence.source, "split": split_of[id(sentence)]}) + "\n")
-        os.replace(tmp, args.out)
         print(f"wrote {len(sentences)} sentences to {args.out}")
     if args.stats or not args.out:
         print(f"{len(sentences)} sentences (train {len(train)}, dev {len(dev)}, test {len(test)})")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
 
 from edgeasr.commands._decode_args import add_decode_arguments, decode_options
+from edgeasr.fileio import atomic_write
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,11 +75,9 @@ def run(args: argparse.Namespace) -> int:
         "model": str(recognizer.packaged.directory),
     }
     if args.errors:
-        tmp = f"{args.errors}.tmp"
-        with open(tmp, "w") as handle:
+        with atomic_write(args.errors, "w", encoding="utf-8") as handle:
             for row in sorted(rows, key=lambda r: -r["errors"]):
                 handle.write(json.dumps(row) + "\n")
-        os.replace(tmp, args.errors)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -8,8 +8,6 @@ as a live microphone would feed it, which yields the same frames as whole-file e
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from edgeasr.audio.cmvn import GlobalCMVN
 from edgeasr.audio.features import FbankOptions, StreamingFbank, compute_fbank, mel_filterbank
 from edgeasr.audio.io import load_audio
 from edgeasr.errors import DataError, EdgeAsrError
+from edgeasr.fileio import atomic_write
 
 #: Characters from least to most energy.
 SHADES = " .:-=+*#%@"
@@ -119,19 +118,8 @@ def _summary(feats: np.ndarray) -> list[str]:
 
 
 def _save_npy(path: Path, feats: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            np.save(temp, feats)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path, permissions=0o644) as temp:
+        np.save(temp, feats)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from edgeasr.audio.features import FbankOptions, compute_fbank
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import Utterance
 from edgeasr.errors import DataError
+from edgeasr.fileio import atomic_write
 
 SHARD_SIZE = 256
 
@@ -45,10 +46,8 @@ def _speed_dir(speed: float) -> str:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_write(path) as handle:
         np.save(handle, array)
-    os.replace(tmp, path)
 
 
 def _build_shard(args: tuple) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeasr.errors import DataError
+from edgeasr.fileio import atomic_write
 
 __all__ = [
     "Utterance",
@@ -172,25 +173,18 @@ def write_manifest(
     except OSError as error:
         raise DataError(f"{target}: cannot create its directory: {error.strerror}") from error
     base = os.path.abspath(relative_to) if relative_to is not None else None
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     count = 0
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_write(target, "w", encoding="utf-8") as handle:
             for utterance in utterances:
                 line = utterance.to_dict()
                 if base is not None:
                     line["audio"] = _relative(utterance.audio, base)
                 handle.write(json.dumps(line, ensure_ascii=False) + "\n")
                 count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
     except OSError as error:
         problem = error.strerror or error
         raise DataError(f"{target}: cannot write the manifest: {problem}") from error
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return count
 
 

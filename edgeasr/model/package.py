@@ -20,6 +20,7 @@ import yaml
 
 from edgeasr.audio.features import FbankOptions
 from edgeasr.errors import EdgeAsrError
+from edgeasr.fileio import atomic_save_torch, atomic_write_text
 from edgeasr.model.asr import ASRModel, ModelConfig
 from edgeasr.text.tokenizer import Tokenizer
 
@@ -60,10 +61,8 @@ def save_model_dir(
         "features": features.to_dict(),
         "streaming": {"chunk_size": streaming.chunk_size, "num_left_chunks": streaming.num_left_chunks},
     }
-    tmp = directory / ".model.pt.tmp"
-    torch.save(state_dict if state_dict is not None else model.state_dict(), tmp)
-    os.replace(tmp, directory / "model.pt")
-    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    atomic_save_torch(directory / "model.pt", state_dict if state_dict is not None else model.state_dict())
+    atomic_write_text(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     tokenizer.save(directory / "tokenizer")
     return directory
 

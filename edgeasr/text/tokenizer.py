@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from edgeasr.errors import DataError
+from edgeasr.fileio import atomic_write_bytes
 from edgeasr.text.normalize import TEXT_ALPHABET, is_normalized, normalize_text
 
 __all__ = ["Tokenizer", "BLANK", "UNK", "SOS_EOS", "SPACE"]
@@ -50,19 +51,6 @@ def _import_sentencepiece():  # noqa: ANN202 - module object
             "the bpe tokenizer needs the sentencepiece package: pip install sentencepiece"
         ) from error
     return sentencepiece
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class Tokenizer:
@@ -276,12 +264,12 @@ class Tokenizer:
         }
         if self.kind == "bpe":
             assert self._model_proto is not None
-            _atomic_write(folder / _BPE_MODEL, self._model_proto)
+            atomic_write_bytes(folder / _BPE_MODEL, self._model_proto)
             meta["model"] = _BPE_MODEL
         units = "".join(f"{piece} {i}\n" for i, piece in enumerate(self._units))
-        _atomic_write(folder / _UNITS, units.encode("utf-8"))
+        atomic_write_bytes(folder / _UNITS, units.encode("utf-8"))
         # The metadata goes last: a directory with tokenizer.json is a complete tokenizer.
-        _atomic_write(folder / _META, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+        atomic_write_bytes(folder / _META, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:

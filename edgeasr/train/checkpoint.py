@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from edgeasr.fileio import atomic_save_torch
+
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
@@ -21,9 +23,7 @@ def save_checkpoint(directory: str | os.PathLike[str], step: int, state: dict, k
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{step:08d}.pt"
-    tmp = directory / f".{path.name}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_save_torch(path, state)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

