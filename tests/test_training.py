@@ -116,3 +116,26 @@ def test_missing_corpus_is_a_clear_error(recipe, tmp_path, capsys):
                  str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgeasr: error:") and "train.jsonl" in err and "\n" not in err
+
+
+def test_pruning_keeps_newest_and_best_and_averages_the_best(tmp_path):
+    from edgeasr.train.checkpoint import checkpoints_to_average, save_checkpoint
+
+    scores = {1: 50.0, 2: 20.0, 3: 30.0, 4: 10.0, 5: 40.0, 6: 45.0}
+    for step, score in scores.items():
+        save_checkpoint(tmp_path, step, {"model": {"w": torch.full((2,), float(step))}}, keep=2,
+                        score=score, keep_best=2)
+    kept = [int(p.stem.split("-")[1]) for p in list_checkpoints(tmp_path)]
+    assert kept == [2, 4, 5, 6]  # newest two (5, 6) and best two (4, 2)
+    best = checkpoints_to_average(tmp_path, 2, by="best")
+    assert [int(p.stem.split("-")[1]) for p in best] == [2, 4]
+    assert torch.equal(average_checkpoints(best)["w"], torch.full((2,), 3.0))
+    last = checkpoints_to_average(tmp_path, 2, by="last")
+    assert [int(p.stem.split("-")[1]) for p in last] == [5, 6]
+
+
+def test_bad_recipe_values_are_clear_errors(corpus, tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(TINY_RECIPE.replace("max_steps: 6", "max_steps: 6\n  average_by: median"))
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "average_by" in capsys.readouterr().err

@@ -8,25 +8,79 @@ Checkpoints hold only tensors and plain Python values, so they load with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 import torch
 
-from edgeasr.fileio import atomic_save_torch
+from edgeasr.fileio import atomic_save_torch, atomic_write_text
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
-def save_checkpoint(directory: str | os.PathLike[str], step: int, state: dict, keep: int = 5) -> Path:
+SCORES = "scores.json"
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    step: int,
+    state: dict,
+    keep: int = 5,
+    score: float | None = None,
+    keep_best: int = 0,
+) -> Path:
+    """Write ``step-N.pt``; keep the ``keep`` newest plus the ``keep_best`` best-scored ones.
+
+    ``score`` (lower is better, e.g. dev CER) is recorded in ``scores.json`` so that the best
+    checkpoints survive pruning and can be averaged.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{step:08d}.pt"
     atomic_save_torch(path, state)
-    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
+    scores = read_scores(directory)
+    if score is not None:
+        scores[step] = float(score)
+        atomic_write_text(directory / SCORES, json.dumps({str(k): v for k, v in sorted(scores.items())}))
+    found = list_checkpoints(directory)
+    protected = set(found[-keep:]) if keep > 0 else set(found)
+    protected |= set(best_checkpoints(directory, keep_best)) if keep_best > 0 else set()
+    for old in found:
+        if old not in protected:
+            old.unlink(missing_ok=True)
     return path
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
+def read_scores(directory: str | os.PathLike[str]) -> dict[int, float]:
+    path = Path(directory) / SCORES
+    if not path.exists():
+        return {}
+    return {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def best_checkpoints(directory: str | os.PathLike[str], count: int) -> list[Path]:
+    """The ``count`` existing checkpoints with the lowest recorded score, oldest first."""
+    scores = read_scores(directory)
+    scored = [p for p in list_checkpoints(directory) if checkpoint_step(p) in scores]
+    best = sorted(scored, key=lambda p: (scores[checkpoint_step(p)], -checkpoint_step(p)))[:count]
+    return sorted(best, key=checkpoint_step)
+
+
+def checkpoints_to_average(directory: str | os.PathLike[str], count: int, by: str = "last") -> list[Path]:
+    """``by="last"``: the newest ``count``; ``by="best"``: the best-scored (falls back to last)."""
+    if by not in ("last", "best"):
+        raise ValueError(f"average_by must be 'last' or 'best', got {by!r}")
+    if by == "best":
+        best = best_checkpoints(directory, count)
+        if best:
+            return best
+    return list_checkpoints(directory)[-count:]
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:

@@ -33,6 +33,7 @@ from edgeasr.model.package import StreamingDefaults, save_model_dir
 from edgeasr.text.tokenizer import Tokenizer
 from edgeasr.train.checkpoint import (
     average_checkpoints,
+    checkpoints_to_average,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -57,7 +58,10 @@ class TrainConfig:
     weight_decay: float = 1e-6
     checkpoint_every: int = 500
     keep_checkpoints: int = 5
+    #: how many checkpoints the packaged model averages, chosen by ``average_by``:
+    #: "last" (newest) or "best" (lowest dev CER; needs eval_every == checkpoint_every multiples)
     average_last: int = 5
+    average_by: str = "last"
     log_every: int = 20
     eval_every: int = 1000
     eval_utts: int = 100
@@ -71,6 +75,12 @@ class TrainConfig:
     min_duration: float = 0.3
     max_duration: float = 20.0
     feature_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.average_by not in ("last", "best"):
+            raise ValueError(f"train.average_by must be 'last' or 'best', got {self.average_by!r}")
+        if self.max_steps < 1 or self.max_frames < 1 or self.accum_grad < 1:
+            raise ValueError("train.max_steps, max_frames and accum_grad must be at least 1")
 
 
 @dataclass
@@ -99,7 +109,7 @@ class ExperimentConfig:
                 train=TrainConfig(**train),
                 streaming=raw.get("streaming", {"chunk_size": 16, "num_left_chunks": -1}),
             )
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise EdgeAsrError(f"{path}: {error}") from None
 
 
@@ -231,6 +241,7 @@ def train(
     started = time.time()
     window_frames, window_start = 0, time.time()
     running: dict[str, float] = {}
+    last_dev_cer: tuple[int, float] | None = None
 
     while step < cfg.max_steps:
         sampler.set_epoch(epoch)
@@ -283,6 +294,7 @@ def train(
                 if evaluate:
                     cer, wer = quick_dev_error(model, dev_store, dev_utts, tokenizer)
                     row.update(dev_cer=f"{cer:.2f}", dev_wer=f"{wer:.2f}")
+                    last_dev_cer = (step, cer)
                 with open(log_path, "a", newline="") as handle:
                     csv.writer(handle).writerow([row.get(k, "") for k in log_fields])
                 if bar:
@@ -300,7 +312,9 @@ def train(
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                     "chunk_generator": model.chunk_generator.get_state(),
-                }, keep=cfg.keep_checkpoints)
+                }, keep=cfg.keep_checkpoints,
+                   score=last_dev_cer[1] if last_dev_cer and last_dev_cer[0] == step else None,
+                   keep_best=cfg.average_last if cfg.average_by == "best" else 0)
         if batch_in_epoch >= len(batches):
             epoch += 1
             batch_in_epoch = 0
@@ -309,7 +323,7 @@ def train(
     world.barrier()
     model_dir = out_dir / "model"
     if world.main:
-        paths = list_checkpoints(ckpt_dir)[-cfg.average_last:]
+        paths = checkpoints_to_average(ckpt_dir, cfg.average_last, cfg.average_by)
         averaged = average_checkpoints(paths) if paths else model.state_dict()
         save_model_dir(model_dir, model, tokenizer, options,
                        StreamingDefaults(**exp.streaming), state_dict=averaged)
