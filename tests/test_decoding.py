@@ -154,3 +154,12 @@ def test_thirty_minutes_stream_with_bounded_memory(tiny_model):
     assert all(cache.size(2) <= 4 * 16 for cache in caches)
     growth = memory_at[30 * 60 - 1] - memory_at[5 * 60]
     assert growth < 30 * 2**20, f"memory grew by {growth / 2**20:.1f} MiB over 25 minutes of audio"
+
+
+def test_batched_offline_decoding_equals_one_at_a_time(tiny_model):
+    recognizer = Recognizer.load(tiny_model, DecodeOptions(mode="attention_rescoring", chunk_size=4, beam_size=4))
+    clips = [speechlike(seconds, seed) for seconds, seed in ((1.1, 1), (2.7, 2), (0.6, 3))]
+    batched = recognizer.transcribe_batch(clips)
+    alone = [recognizer.transcribe(c, streaming=False) for c in clips]
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert [r.token_times for r in batched] == [r.token_times for r in alone]

@@ -59,3 +59,14 @@ def test_metrics_normalize_before_scoring():
     counts = word_errors("the cat sat", "the cat sat down")
     assert (counts.insertions, counts.rate) == (1, 100 / 3)
     assert char_errors("abc", "abd").substitutions == 1
+
+
+def test_batched_offline_eval_matches_unbatched(tiny_model, tiny_corpus, capsys):
+    base = ["eval", "--model", str(tiny_model), "--manifest", str(tiny_corpus / "test.jsonl"),
+            "--mode", "ctc_prefix_beam", "--offline", "--json"]
+    assert main(base) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main([*base, "--batch-size", "3"]) == 0
+    three = json.loads(capsys.readouterr().out)
+    assert three["batch_size"] == 3
+    assert (one["wer"], one["cer"], one["words"]) == (three["wer"], three["cer"], three["words"])

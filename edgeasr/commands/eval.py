@@ -9,6 +9,7 @@ import time
 import torch
 
 from edgeasr.commands._decode_args import add_decode_arguments, decode_options
+from edgeasr.errors import EdgeAsrError
 from edgeasr.fileio import atomic_write
 
 
@@ -30,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="print exactly one JSON object: wer, cer, rtf, utts, audio_seconds, ...")
     parser.add_argument("--errors", metavar="FILE", help="write per-utterance results (JSONL) to FILE")
     parser.add_argument("--limit", type=int, help="only the first N utterances")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="with --offline: utterances per padded encoder batch (default: 1)")
     add_decode_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -48,12 +51,20 @@ def run(args: argparse.Namespace) -> int:
     compute_seconds = 0.0
     rows = []
     streaming = recognizer.chunk_size > 0 and not args.offline
-    for utt in utts:
-        samples = load_audio(utt.audio)
+    if args.batch_size < 1:
+        raise EdgeAsrError("--batch-size must be at least 1")
+    batch_size = 1 if streaming else args.batch_size
+    results = []
+    for begin in range(0, len(utts), batch_size):
+        audio = [load_audio(u.audio) for u in utts[begin : begin + batch_size]]
         started = time.perf_counter()
-        result = recognizer.transcribe(samples, streaming=streaming)
+        if batch_size == 1:
+            results.append(recognizer.transcribe(audio[0], streaming=streaming))
+        else:
+            results.extend(recognizer.transcribe_batch(audio))
         compute_seconds += time.perf_counter() - started
-        audio_seconds += len(samples) / recognizer.packaged.features.sample_rate
+        audio_seconds += sum(len(a) for a in audio) / recognizer.packaged.features.sample_rate
+    for utt, result in zip(utts, results):
         w, c = word_errors(utt.text, result.text), char_errors(utt.text, result.text)
         words, chars = words + w, chars + c
         rows.append({"audio": utt.audio, "ref": utt.text, "hyp": result.text, "wer": round(w.rate, 2),
@@ -71,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "mode": recognizer.options.mode,
         "chunk_size": recognizer.chunk_size,
         "streaming": streaming,
+        "batch_size": batch_size,
         "threads": torch.get_num_threads(),
         "model": str(recognizer.packaged.directory),
     }

@@ -107,6 +107,27 @@ class Recognizer:
         )
         return self._decode(encoded, len(samples) / self.packaged.features.sample_rate)
 
+    @torch.no_grad()
+    def transcribe_batch(self, batch: list[np.ndarray]) -> list[Result]:
+        """Offline recognition of several utterances in one padded encoder pass.
+
+        Padding never reaches real frames (masked attention, masked convolution), so each result
+        equals ``transcribe_offline`` of that utterance alone.
+        """
+        if not batch:
+            return []
+        feats = [compute_fbank(samples, self.packaged.features) for samples in batch]
+        lengths = torch.tensor([f.size(0) for f in feats])
+        padded = torch.zeros(len(feats), int(lengths.max()), feats[0].size(1))
+        for i, f in enumerate(feats):
+            padded[i, : f.size(0)] = f
+        encoded, enc_lengths = self.model.encode(padded, lengths, self.chunk_size, self.num_left_chunks)
+        rate = self.packaged.features.sample_rate
+        return [
+            self._decode(encoded[i : i + 1, : int(enc_lengths[i])], len(samples) / rate)
+            for i, samples in enumerate(batch)
+        ]
+
     def _decode(self, encoded: torch.Tensor, audio_seconds: float) -> Result:
         log_probs = self.model.ctc_log_probs(encoded)[0]
         if self.options.mode == "ctc_greedy":
