@@ -68,6 +68,10 @@ def test_training_runs_logs_and_packages_a_model(corpus, recipe, tmp_path):
     # Checkpoints load without unpickling arbitrary objects.
     state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
     assert state["step"] == 6
+    # `edgeasr average` repackages the same checkpoints into the same weights.
+    assert main(["average", "--exp", str(out), "--out", str(tmp_path / "avg"), "--num", "5"]) == 0
+    for name, value in load_model_dir(tmp_path / "avg").model.state_dict().items():
+        assert torch.equal(value, packaged.model.state_dict()[name]), name
     # A second run into the same directory must not silently overwrite it.
     assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(out), "--quiet"]) == 2
 

@@ -331,6 +331,29 @@ def train(
     return model_dir
 
 
+def package_experiment(
+    exp_dir: str | os.PathLike[str], out: str | os.PathLike[str], count: int = 5, by: str = "last"
+) -> Path:
+    """Average ``count`` checkpoints of an experiment (newest or best by dev CER) into a model dir."""
+    exp_dir = Path(exp_dir)
+    config_path = exp_dir / "config.yaml"
+    if not config_path.exists() or not (exp_dir / "tokenizer").exists():
+        raise EdgeAsrError(f"{exp_dir}: not an experiment directory (needs config.yaml and tokenizer/)")
+    if count < 1:
+        raise EdgeAsrError("--num must be at least 1")
+    paths = checkpoints_to_average(exp_dir / "checkpoints", count, by)
+    if not paths:
+        raise EdgeAsrError(f"{exp_dir}/checkpoints: no checkpoints to average")
+    raw = yaml.safe_load(config_path.read_text())
+    tokenizer = Tokenizer.load(exp_dir / "tokenizer")
+    model = ASRModel(ModelConfig.from_dict({**raw["model"], "vocab_size": tokenizer.vocab_size}))
+    averaged = average_checkpoints(paths)
+    model.load_state_dict(averaged)
+    streaming = raw.get("streaming") or {"chunk_size": 16, "num_left_chunks": -1}
+    return save_model_dir(out, model, tokenizer, FbankOptions.from_dict(raw["features"]),
+                          StreamingDefaults(**streaming), state_dict=averaged)
+
+
 @torch.no_grad()
 def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance], tokenizer: Tokenizer) -> tuple[float, float]:
     """CTC-greedy CER and WER (percent) on the dev subset, full context: a cheap progress signal."""
