@@ -32,6 +32,7 @@ train:
   max_frames: 1500
   speeds: [0.9, 1.0, 1.1]
   feature_jobs: 1
+  sortagrad: true
 streaming: {chunk_size: 8, num_left_chunks: -1}
 """
 

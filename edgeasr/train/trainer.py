@@ -72,6 +72,9 @@ class TrainConfig:
     )
     #: Augmentation is phased in linearly over these steps (helps leave the blank plateau).
     augment_warmup_steps: int = 600
+    #: First epoch in order of increasing length ("SortaGrad"): short, easy utterances first help
+    #: a CTC model leave the all-blank plateau sooner.
+    sortagrad: bool = False
     min_duration: float = 0.3
     max_duration: float = 20.0
     feature_jobs: int = 2
@@ -246,6 +249,8 @@ def train(
     while step < cfg.max_steps:
         sampler.set_epoch(epoch)
         batches = list(sampler)
+        if epoch == 0 and cfg.sortagrad:
+            batches.sort(key=lambda batch: max(train_utts[i].duration for i in batch))
         while batch_in_epoch < len(batches) and step < cfg.max_steps:
             wrapped.train()
             rng = np.random.default_rng([cfg.seed, step, world.rank])
