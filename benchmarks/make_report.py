@@ -57,6 +57,13 @@ def u2_section(result: dict, name: str) -> list[str]:
             f"{'yes' if s['rtf'] < 0.05 else 'no'} |",
             "",
         ]
+        if full > 50:
+            lines += [
+                f"At {full:.0f}% WER the relative targets say little: this model is compute-starved (a short CPU "
+                "run), and its errors are mostly misspelled words (see the CER). The ratios become meaningful once "
+                "the baseline is trained longer.",
+                "",
+            ]
     return lines
 
 
