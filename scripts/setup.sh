@@ -31,7 +31,7 @@ fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # torch first and pinned exactly, so nothing later can resolve a CUDA build.
-"${PIP[@]}" "torch==2.13.0"
+"${PIP[@]}" "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
 "${PIP[@]}" -e ".[dev,voices]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import edgeasr, torch, soundfile, soxr, kaldi_native_fbank" 
 
