@@ -23,6 +23,7 @@ import torch.distributed as dist
 import yaml
 
 from edgeasr.audio.augment import spec_augment
+from edgeasr.audio.cmvn import CMVNAccumulator
 from edgeasr.audio.features import FbankOptions
 from edgeasr.data.batching import DurationBatchSampler
 from edgeasr.data.feature_store import FeatureStore, build_feature_store
@@ -151,18 +152,12 @@ def _collate(feats: list[torch.Tensor], tokens: list[list[int]]):
 
 
 def compute_cmvn_from_store(store: FeatureStore, max_utts: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
-    total = None
-    squares = None
-    frames = 0
-    step = max(1, store.count // max_utts)
-    for item in range(0, store.count, step):
-        f = store.get(item).double()
-        total = f.sum(0) if total is None else total + f.sum(0)
-        squares = (f * f).sum(0) if squares is None else squares + (f * f).sum(0)
-        frames += f.size(0)
-    mean = total / frames
-    var = torch.clamp(squares / frames - mean * mean, min=1e-4)
-    return mean.float(), (1.0 / var.sqrt()).float()
+    """Global CMVN from (an even sample of up to ``max_utts``) cached training features."""
+    accumulator = CMVNAccumulator()
+    for item in range(0, store.count, max(1, store.count // max_utts)):
+        accumulator.add(store.get(item))
+    cmvn = accumulator.finalize(floor=1e-4)
+    return cmvn.mean, cmvn.istd
 
 
 def train(
