@@ -22,43 +22,11 @@ from pathlib import Path
 
 import torch
 
-from edgeasr.audio.features import compute_fbank
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
-from edgeasr.decoding.ctc import PrefixBeamSearch, ctc_greedy
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
-from edgeasr.decoding.rescoring import attention_rescore
-from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
+from edgeasr.evaluate.accuracy import MODES, decode_all_modes
 from edgeasr.model.package import load_model_dir
-
-MODES = ("ctc_greedy", "ctc_prefix_beam", "attention_rescoring")
-
-
-def evaluate(packaged, utts, audio, chunk: int, beam: int) -> dict:
-    model, tokenizer = packaged.model, packaged.tokenizer
-    totals = {m: [ErrorCounts(), ErrorCounts()] for m in MODES}
-    for utt, samples in zip(utts, audio):
-        feats = compute_fbank(samples, packaged.features)
-        with torch.no_grad():
-            encoded, _ = model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]), chunk, -1)
-            log_probs = model.ctc_log_probs(encoded)[0]
-            search = PrefixBeamSearch(beam_size=beam)
-            search.step(log_probs)
-            nbest = search.nbest()
-            texts = {
-                "ctc_greedy": tokenizer.decode(ctc_greedy(log_probs).tokens),
-                "ctc_prefix_beam": tokenizer.decode(nbest[0].tokens) if nbest else "",
-            }
-            ranked = attention_rescore(model, nbest, encoded, 0.5) if nbest else []
-            texts["attention_rescoring"] = tokenizer.decode(ranked[0][0].tokens) if ranked else ""
-        for mode in MODES:
-            totals[mode][0] += word_errors(utt.text, texts[mode])
-            totals[mode][1] += char_errors(utt.text, texts[mode])
-    return {
-        mode: {"wer": round(w.rate, 2), "cer": round(c.rate, 2), "substitutions": w.substitutions,
-               "deletions": w.deletions, "insertions": w.insertions, "words": w.reference_length}
-        for mode, (w, c) in totals.items()
-    }
 
 
 def streaming_check(model_dir, utts, audio, chunk: int, count: int) -> dict:
@@ -157,7 +125,7 @@ def main() -> int:
         "data_note": args.data_note,
     }
     for chunk in chunks:
-        result["accuracy"][str(chunk)] = evaluate(packaged, utts, audio, chunk, args.beam)
+        result["accuracy"][str(chunk)] = decode_all_modes(packaged, utts, audio, chunk, args.beam)
         print(f"chunk {chunk}: {json.dumps(result['accuracy'][str(chunk)])}", file=sys.stderr)
     result["streaming"] = streaming_check(args.model, utts, audio, 16, args.stream_utts)
     out = Path(args.out)

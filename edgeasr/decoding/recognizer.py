@@ -53,6 +53,7 @@ class Recognizer:
     def __init__(self, packaged: PackagedModel, options: DecodeOptions | None = None) -> None:
         self.packaged = packaged
         self.model = packaged.model.eval()
+        self.model.fuse()  # FusionFormer BatchNorms fold into their layers; a no-op otherwise
         self.tokenizer = packaged.tokenizer
         self.options = options or DecodeOptions()
         self.options.validate()

@@ -1,7 +1,8 @@
 """The one encoder: subsampling, then a per-layer block plan, then a final LayerNorm.
 
-Variants are config, not forks: ``blocks: [conformer, conformer, ...]`` (or ``num_blocks`` of one
-kind) picks each layer's kind from ``edgeasr.model.blocks.BLOCKS``.
+Variants are config, not forks: ``blocks: [conv, conv, performer, performer, ...]`` (or
+``num_blocks`` of one kind, ``block_kind``) picks each layer's kind from
+``edgeasr.model.blocks.BLOCKS``; ``final_norm: none`` drops the last LayerNorm (FusionFormer).
 
 Two ways to run it, which give the same numbers (the tests hold them to 1e-4):
 - ``forward``: whole padded batch under a chunk mask (training; offline decoding).
@@ -32,6 +33,12 @@ class EncoderConfig:
     num_blocks: int = 12
     #: Per-layer plan; overrides num_blocks when given, e.g. [conv, conv, conformer, conformer].
     blocks: list[str] = field(default_factory=list)
+    #: The kind of every layer when no plan is given.
+    block_kind: str = "conformer"
+    #: Random features per head of Performer attention (its state is m x d_head + m per head).
+    performer_features: int = 64
+    #: "layer" (LayerNorm on the encoder output) or "none" (FusionFormer: no LayerNorm anywhere).
+    final_norm: str = "layer"
     kernel_size: int = 15
     causal: bool = True
     subsampling_rate: int = 4
@@ -39,7 +46,7 @@ class EncoderConfig:
     attention_dropout: float = 0.0
 
     def plan(self) -> list[str]:
-        return list(self.blocks) if self.blocks else ["conformer"] * self.num_blocks
+        return list(self.blocks) if self.blocks else [self.block_kind] * self.num_blocks
 
     @classmethod
     def from_dict(cls, config: dict) -> "EncoderConfig":
@@ -47,7 +54,13 @@ class EncoderConfig:
         unknown = set(config) - known
         if unknown:
             raise ValueError(f"unknown encoder option(s): {', '.join(sorted(unknown))}")
-        return cls(**config)
+        result = cls(**config)
+        if result.final_norm not in ("layer", "none"):
+            raise ValueError(f"encoder final_norm must be 'layer' or 'none', not '{result.final_norm}'")
+        unknown_kinds = [kind for kind in result.plan() if kind not in BLOCKS]
+        if unknown_kinds:
+            raise ValueError(f"unknown block kind '{unknown_kinds[0]}' (known: {', '.join(BLOCKS)})")
+        return result
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,19 +76,9 @@ class Encoder(nn.Module):
         for kind in config.plan():
             if kind not in BLOCKS:
                 raise ValueError(f"unknown block kind '{kind}' (known: {', '.join(BLOCKS)})")
-            layers.append(
-                BLOCKS[kind](
-                    d_model=config.d_model,
-                    num_heads=config.num_heads,
-                    d_ff=config.d_ff,
-                    kernel_size=config.kernel_size,
-                    causal=config.causal,
-                    dropout=config.dropout,
-                    attention_dropout=config.attention_dropout,
-                )
-            )
+            layers.append(BLOCKS[kind].from_config(config))
         self.layers = nn.ModuleList(layers)
-        self.norm = nn.LayerNorm(config.d_model)
+        self.norm = nn.LayerNorm(config.d_model) if config.final_norm == "layer" else nn.Identity()
 
     @property
     def output_dim(self) -> int:
@@ -118,11 +121,10 @@ class Encoder(nn.Module):
         for index, layer in enumerate(self.layers):
             att_cache = att_caches[index] if att_caches else None
             cnn_cache = cnn_caches[index] if cnn_caches else None
-            t_cache = att_cache.size(2) if att_cache is not None and att_cache.dim() == 4 else 0
+            t_cache = layer.cached_frames(att_cache)
             mask = torch.ones(batch, t_chunk, t_cache + t_chunk, dtype=torch.bool)
             x, att_cache, cnn_cache = layer(x, mask, frames, att_cache, cnn_cache)
-            if max_left_frames >= 0 and att_cache.dim() == 4:
-                att_cache = att_cache[:, :, max(0, att_cache.size(2) - max_left_frames) :]
+            att_cache = layer.trim_cache(att_cache, max_left_frames)
             new_att.append(att_cache)
             new_cnn.append(cnn_cache)
         return self.norm(x), new_att, new_cnn
@@ -148,6 +150,11 @@ class EncoderStream:
         self.pending = torch.zeros(0, encoder.config.input_dim)
         self.att_caches: list[torch.Tensor] = []
         self.cnn_caches: list[torch.Tensor] = []
+
+    def state_bytes(self) -> int:
+        """Bytes of streaming state held now: attention and convolution caches, pending frames."""
+        tensors = [*self.att_caches, *self.cnn_caches, self.pending]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def _run(self, window: torch.Tensor) -> torch.Tensor:
         out, self.att_caches, self.cnn_caches = self.encoder.forward_chunk(

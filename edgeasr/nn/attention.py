@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from edgeasr.nn.norm import LinearBN
+
 
 def sinusoid_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """[N, dim] sinusoidal embedding of (possibly negative) positions, computed on demand."""
@@ -41,17 +43,24 @@ class RelPositionAttention(nn.Module):
     the usual "rel_shift" trick with an explicit index and needs no length limit.
     """
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+    #: The cache holds keys and values of past frames: it grows with context and is trimmed.
+    cache_grows = True
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, batch_norm: bool = False) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
         self.d_model = d_model
         self.num_heads = num_heads
         self.d_head = d_model // num_heads
-        self.linear_q = nn.Linear(d_model, d_model)
-        self.linear_k = nn.Linear(d_model, d_model)
-        self.linear_v = nn.Linear(d_model, d_model)
-        self.linear_out = nn.Linear(d_model, d_model)
+        # FusionFormer (batch_norm=True): a BatchNorm after each of the Q/K/V/output projections,
+        # folded into them for inference. The position projection acts on sinusoids, not on
+        # frames, so it keeps no BatchNorm.
+        projection = (lambda: LinearBN(d_model, d_model)) if batch_norm else (lambda: nn.Linear(d_model, d_model))
+        self.linear_q = projection()
+        self.linear_k = projection()
+        self.linear_v = projection()
+        self.linear_out = projection()
         self.linear_pos = nn.Linear(d_model, d_model, bias=False)
         self.pos_bias_u = nn.Parameter(torch.zeros(num_heads, self.d_head))
         self.pos_bias_v = nn.Parameter(torch.zeros(num_heads, self.d_head))
@@ -63,13 +72,28 @@ class RelPositionAttention(nn.Module):
         batch, time, _ = x.shape
         return x.view(batch, time, self.num_heads, self.d_head).transpose(1, 2)
 
+    @staticmethod
+    def cached_frames(cache: torch.Tensor | None) -> int:
+        return cache.size(2) if cache is not None and cache.dim() == 4 else 0
+
+    @staticmethod
+    def trim_cache(cache: torch.Tensor, max_left_frames: int) -> torch.Tensor:
+        """Keep only the last ``max_left_frames`` frames of history (-1 = keep all)."""
+        if max_left_frames < 0 or cache.dim() != 4:
+            return cache
+        return cache[:, :, max(0, cache.size(2) - max_left_frames) :]
+
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, cache: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        cache: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, t_query, _ = x.shape
-        q = self._heads(self.linear_q(x))  # [B, H, Tq, dh]
-        k = self._heads(self.linear_k(x))
-        v = self._heads(self.linear_v(x))
+        q = self._heads(_project(self.linear_q, x, frame_mask))  # [B, H, Tq, dh]
+        k = self._heads(_project(self.linear_k, x, frame_mask))
+        v = self._heads(_project(self.linear_v, x, frame_mask))
         if cache is not None and cache.size(2) > 0:
             k_cache, v_cache = cache.split(self.d_head, dim=-1)
             k = torch.cat([k_cache, k], dim=2)
@@ -98,4 +122,9 @@ class RelPositionAttention(nn.Module):
         weights = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
         context = torch.matmul(self.dropout(weights), v)  # [B, H, Tq, dh]
         context = context.transpose(1, 2).reshape(batch, t_query, self.d_model)
-        return self.linear_out(context), new_cache
+        return _project(self.linear_out, context, frame_mask), new_cache
+
+
+def _project(layer: nn.Module, x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """Apply a projection; a BatchNorm projection also needs to know which frames are padding."""
+    return layer(x, frame_mask) if isinstance(layer, LinearBN) else layer(x)

@@ -1,6 +1,10 @@
 """The Conformer convolution module, causal or not, with a cache for streaming.
 
-pointwise conv (d -> 2d) -> GLU -> depthwise conv (kernel k) -> norm -> Swish -> pointwise conv.
+``ConvolutionModule`` (Conformer):
+    pointwise conv (d -> 2d) -> GLU -> depthwise conv (kernel k) -> LayerNorm -> Swish -> pointwise conv
+``BatchNormConvolutionModule`` (FusionFormer): no LayerNorm, no GLU, no Swish:
+    pointwise (d -> d) -> BN -> ReLU -> depthwise -> BN -> ReLU -> pointwise -> BN
+and every BN folds into the layer before it (``fuse()``).
 
 A causal module pads k - 1 frames on the left only, so a frame never reads the future; streaming
 then keeps the last k - 1 inputs of the depthwise conv as its cache and gives exactly the
@@ -13,12 +17,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeasr.nn.norm import DepthwiseConvBN, LinearBN
+
+
+def _check_kernel(kernel_size: int, causal: bool) -> None:
+    if not causal and kernel_size % 2 == 0:
+        raise ValueError("a non-causal convolution needs an odd kernel size")
+
+
+def _with_history(
+    h: torch.Tensor, frame_mask: torch.Tensor | None, cache: torch.Tensor | None, causal: bool, cache_frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero padded frames of ``h`` [B, D, T], prepend the cache when causal; -> (input, new_cache)."""
+    if frame_mask is not None:
+        h = h.masked_fill(~frame_mask.unsqueeze(1), 0.0)
+    if not causal:
+        return h, h.new_zeros(h.size(0), h.size(1), 0)
+    if cache is None or cache.size(2) == 0:
+        cache = h.new_zeros(h.size(0), h.size(1), cache_frames)
+    h = torch.cat([cache, h], dim=2)
+    return h, h[:, :, h.size(2) - cache_frames :]
+
 
 class ConvolutionModule(nn.Module):
     def __init__(self, d_model: int, kernel_size: int = 15, causal: bool = True) -> None:
         super().__init__()
-        if not causal and kernel_size % 2 == 0:
-            raise ValueError("a non-causal convolution needs an odd kernel size")
+        _check_kernel(kernel_size, causal)
         self.causal = causal
         self.kernel_size = kernel_size
         self.pointwise_in = nn.Conv1d(d_model, 2 * d_model, 1)
@@ -40,17 +64,41 @@ class ConvolutionModule(nn.Module):
         """x [B, T, D], frame_mask [B, T] (True = real), cache [B, D, k-1] -> (out, new_cache)."""
         if frame_mask is not None:
             x = x.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
-        h = nn.functional.glu(self.pointwise_in(x.transpose(1, 2)), dim=1)  # [B, D, T]
-        if frame_mask is not None:
-            h = h.masked_fill(~frame_mask.unsqueeze(1), 0.0)
-        if self.causal:
-            if cache is None or cache.size(2) == 0:
-                cache = h.new_zeros(h.size(0), h.size(1), self.cache_frames)
-            h = torch.cat([cache, h], dim=2)
-            new_cache = h[:, :, h.size(2) - self.cache_frames :]
-        else:
-            new_cache = h.new_zeros(h.size(0), h.size(1), 0)
+        # Kernel-1 convolutions are per-frame linears; as matrix products on [B, T, D] they skip
+        # the slow generic convolution path and two transposes (same weights, same numbers).
+        h = nn.functional.glu(_pointwise(self.pointwise_in, x), dim=-1).transpose(1, 2)  # [B, D, T]
+        h, new_cache = _with_history(h, frame_mask, cache, self.causal, self.cache_frames)
         h = self.depthwise(h)
         h = self.activation(self.norm(h.transpose(1, 2)))
-        out = self.pointwise_out(h.transpose(1, 2)).transpose(1, 2)
-        return out, new_cache
+        return _pointwise(self.pointwise_out, h), new_cache
+
+
+def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A kernel-1 Conv1d applied to [B, T, D_in] as a linear -> [B, T, D_out]."""
+    return nn.functional.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
+class BatchNormConvolutionModule(nn.Module):
+    def __init__(self, d_model: int, kernel_size: int = 15, causal: bool = True) -> None:
+        super().__init__()
+        _check_kernel(kernel_size, causal)
+        self.causal = causal
+        self.kernel_size = kernel_size
+        # Pointwise convolutions are per-frame linears: run them on [B, T, D] without transposes.
+        self.pointwise_in = LinearBN(d_model, d_model)
+        padding = 0 if causal else (kernel_size - 1) // 2
+        self.depthwise = DepthwiseConvBN(d_model, kernel_size, padding=padding)
+        self.pointwise_out = LinearBN(d_model, d_model)
+
+    @property
+    def cache_frames(self) -> int:
+        return self.kernel_size - 1 if self.causal else 0
+
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, D], frame_mask [B, T] (True = real), cache [B, D, k-1] -> (out, new_cache)."""
+        h = torch.relu(self.pointwise_in(x, frame_mask)).transpose(1, 2)  # [B, D, T]
+        h, new_cache = _with_history(h, frame_mask, cache, self.causal, self.cache_frames)
+        h = torch.relu(self.depthwise(h, frame_mask)).transpose(1, 2)
+        return self.pointwise_out(h, frame_mask), new_cache

@@ -105,6 +105,12 @@ class ExperimentConfig:
             raise EdgeAsrError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
         train = dict(raw.get("train", {}))
         train.update(overrides or {})
+        unknown = sorted(set(train) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise EdgeAsrError(
+                f"{path}: unknown train option(s) {', '.join(unknown)} (--set takes train options "
+                "without a prefix, e.g. --set max_steps=2000)"
+            )
         try:
             return cls(
                 model=raw.get("model", {}),

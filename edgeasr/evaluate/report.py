@@ -1,0 +1,198 @@
+"""BENCHMARKS.md and plots, generated from the JSON files in benchmarks/results/.
+
+Tables in the docs are never edited by hand: every number comes from a result file written by a
+benchmark that anyone can re-run (``edgeasr bench``, ``benchmarks/*.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeasr.evaluate.accuracy import MODES
+from edgeasr.fileio import atomic_write_text
+
+
+def u2_section(result: dict, name: str) -> list[str]:
+    model, test = result["model"], result["test"]
+    lines = [
+        f"## U2 baseline: `{model['directory']}` ({name})",
+        "",
+        f"{model['parameters'] / 1e6:.2f} M parameters, {model['bytes_on_disk'] / 1e6:.1f} MB on disk; "
+        f"test set `{test['manifest']}`: {test['utts']} utterances, {test['audio_seconds'] / 60:.1f} min "
+        f"(voices and sentences held out from training). Measured {result['date']} on {result['machine']}.",
+        "",
+        "WER % (CER %) per decoding mode and chunk size (40 ms encoder frames; full = whole utterance):",
+        "",
+        "| mode | " + " | ".join("full" if c == 0 else f"chunk {c}" for c in result["chunk_sizes"]) + " |",
+        "|---|" + "---|" * len(result["chunk_sizes"]),
+    ]
+    for mode in MODES:
+        cells = [
+            f"{result['accuracy'][str(c)][mode]['wer']:.1f} ({result['accuracy'][str(c)][mode]['cer']:.1f})"
+            for c in result["chunk_sizes"]
+        ]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    s = result["streaming"]
+    acc = result["accuracy"]
+    lines += [""]
+    if "0" in acc and "16" in acc:
+        full = acc["0"]["attention_rescoring"]["wer"]
+        c16 = acc["16"]["attention_rescoring"]["wer"]
+        beam16 = acc["16"]["ctc_prefix_beam"]["wer"]
+        rel = 100 * (c16 - full) / full if full else 0.0
+        lines += [
+            "| target | measured | met |",
+            "|---|---|---|",
+            f"| streaming text == offline text at the same chunk size | {s['identical_text']}/{s['utts']} utterances | "
+            f"{'yes' if s['identical_text'] == s['utts'] else 'no'} |",
+            f"| attention rescoring better than CTC prefix beam (chunk 16) | {c16:.1f} vs {beam16:.1f} WER | "
+            f"{'yes' if c16 < beam16 else 'no'} |",
+            f"| chunk 16 within 15% relative WER of full context | {rel:+.1f}% relative | {'yes' if rel <= 15 else 'no'} |",
+            f"| streaming RTF at 1 thread below 0.05 (chunk {s['chunk_size']}) | {s['rtf']:.4f} | "
+            f"{'yes' if s['rtf'] < 0.05 else 'no'} |",
+            "",
+        ]
+        if full > 50:
+            lines += [
+                f"At {full:.0f}% WER the relative targets say little: this model is compute-starved (a short CPU "
+                "run), and its errors are mostly misspelled words (see the CER). The ratios become meaningful once "
+                "the baseline is trained longer.",
+                "",
+            ]
+    return lines
+
+
+
+def _kb(value: int) -> str:
+    return f"{value / 1024:.1f}"
+
+
+def encoders_section(result: dict, name: str, plot: str | None) -> list[str]:
+    rows = result["models"]
+    chunks = result["chunk_sizes"]
+    test = result["test"]
+    lines = [
+        f"## Encoder variants side by side ({name})",
+        "",
+        f"One process, models taking turns; {result['machine']}; measured {result['date']}. Baseline: "
+        f"`{result['baseline']}`. Latency is encoder + CTC head per chunk (median / p90 over the chunks of "
+        f"{test['latency_utts']} test utterances, each streamed from an empty state); RTF is the whole streaming "
+        f"recognizer at chunk {result['accuracy_chunk_size']}; WER % (CER %) on {test['utts']} held-out utterances "
+        f"({test['audio_seconds'] / 60:.1f} min) at chunk {result['accuracy_chunk_size']}. FLOPs per second of "
+        "audio at chunk 16; state is the streaming caches after 10 s / 60 s of audio.",
+        "",
+        "| model | blocks | params | MB on disk | GFLOPs / s audio | state KB 10 s / 60 s | "
+        + " | ".join(f"ms / chunk {c} (p90)" for c in chunks)
+        + " | RTF | WER first pass | WER rescored |",
+        "|---|---|---|---|---|---|" + "---|" * len(chunks) + "---|---|---|",
+    ]
+    for row in rows:
+        acc = row.get("accuracy")
+        first = f"{acc['first_pass']['wer']:.1f} ({acc['first_pass']['cer']:.1f})" if acc else "untrained"
+        rescored = f"{acc['rescored']['wer']:.1f} ({acc['rescored']['cer']:.1f})" if acc else "untrained"
+        latency = [f"{row['latency_ms'][str(c)]['median']:.2f} ({row['latency_ms'][str(c)]['p90']:.2f})" for c in chunks]
+        rtf = f"{row['rtf']:.4f}" if row.get("rtf") is not None else "-"
+        lines.append(
+            f"| {row['name']} | {row['plan']}, d={row['d_model']} | {row['parameters'] / 1e6:.2f} M | "
+            f"{row['bytes_on_disk'] / 1e6:.1f} | {row['gflops_per_audio_second']:.3f} | "
+            f"{_kb(row['state_bytes_10s'])} / {_kb(row['state_bytes_60s'])} | " + " | ".join(latency)
+            + f" | {rtf} | {first} | {rescored} |"
+        )
+    lines += ["", "Ratios against the baseline (speed-up = baseline ms / model ms; WER and CER change in % relative):", "",
+              "| model | " + " | ".join(f"speed-up chunk {c}" for c in chunks)
+              + " | FLOPs ratio | WER first pass | CER first pass | WER rescored | CER rescored |",
+              "|---|" + "---|" * len(chunks) + "---|---|---|---|---|"]
+    for row in rows:
+        r = row["vs_baseline"]
+
+        def pct(key: str) -> str:
+            return f"{r[key]:+.1f}%" if r.get(key) is not None else "-"
+
+        lines.append(
+            f"| {row['name']} | " + " | ".join(f"{r[f'speedup_chunk_{c}']:.2f}x" for c in chunks)
+            + f" | {r['flops_ratio']:.2f} | {pct('wer_relative_first_pass')} | {pct('cer_relative_first_pass')} | "
+            f"{pct('wer_relative_rescored')} | {pct('cer_relative_rescored')} |"
+        )
+    targets = result.get("targets")
+    if targets:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        for target in targets:
+            lines.append(f"| {target['target']} | {target['measured']} | {'yes' if target['met'] else 'no'} |")
+    profile = result.get("layer_norm_profile")
+    if profile:
+        lines += [
+            "",
+            f"LayerNorm in the baseline (chunk {profile['chunk_size']}, {profile['chunks']} chunks): "
+            f"{100 * profile['time_share_ablation']:.1f}% of streaming time by ablation (every LayerNorm replaced by "
+            f"the identity), {100 * profile['time_share_profiler']:.1f}% of self CPU time under the profiler, for "
+            f"{100 * profile['flops_share']:.2f}% of FLOPs.",
+        ]
+    for note in result.get("notes", []):
+        lines += ["", note]
+    if plot:
+        lines += ["", f"![WER against per-chunk latency]({plot})"]
+    lines.append("")
+    return lines
+
+
+def pareto_plot(result: dict, path: str | Path, chunk_size: int = 16) -> None:
+    """WER (first pass) against median per-chunk latency; the Pareto front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [
+        (row["latency_ms"][str(chunk_size)]["median"], row["accuracy"]["first_pass"]["wer"],
+         row["accuracy"]["first_pass"]["cer"], row["name"])
+        for row in result["models"]
+        if row.get("accuracy") and str(chunk_size) in row["latency_ms"]
+    ]
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for latency, wer, cer, name in points:
+        axes.scatter(latency, wer, s=36)
+        axes.annotate(f"{name}\n(CER {cer:.1f})", (latency, wer), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    front, best = [], float("inf")
+    for latency, wer, _, _ in sorted(points):
+        if wer < best:
+            front.append((latency, wer))
+            best = wer
+    if len(front) > 1:
+        axes.plot(*zip(*front), linestyle="--", linewidth=1, color="gray", label="Pareto front")
+        axes.legend(fontsize=8)
+    axes.set_xlabel(f"median latency per chunk {chunk_size} (ms, 1 thread)")
+    axes.set_ylabel("WER % (first pass, chunk 16)")
+    axes.set_title(f"Encoder variants ({result['date']})", fontsize=10)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_report(results_dir: str | Path, out: str | Path) -> Path:
+    """Regenerate the whole BENCHMARKS.md from every result file in ``results_dir``."""
+    results_dir, out = Path(results_dir), Path(out)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/make_report.py` (also run by `edgeasr bench`) from "
+        "`benchmarks/results/*.json`; do not edit by hand.",
+        "Speeds are measured at 1 thread on the machine named in each section; accuracy is WER on held-out data.",
+        "",
+    ]
+    for path in sorted(results_dir.glob("*.json")):
+        result = json.loads(path.read_text())
+        if result.get("benchmark") == "u2_baseline":
+            lines += u2_section(result, path.name)
+        elif result.get("benchmark") == "encoders":
+            plot = result.get("plot")
+            if plot:
+                try:
+                    plot = str(Path(plot).resolve().relative_to(out.resolve().parent))
+                except ValueError:
+                    pass
+            lines += encoders_section(result, path.name, plot)
+    atomic_write_text(out, "\n".join(lines))
+    return out
