@@ -152,8 +152,12 @@ class EncoderStream:
         self.cnn_caches: list[torch.Tensor] = []
 
     def state_bytes(self) -> int:
-        """Bytes of streaming state held now: attention and convolution caches, pending frames."""
-        tensors = [*self.att_caches, *self.cnn_caches, self.pending]
+        """Bytes of the model's streaming state now: attention and convolution caches.
+
+        The input buffer (feature frames of a chunk not yet complete, less than one window) is
+        not counted: it depends on where the audio stopped, not on the model.
+        """
+        tensors = [*self.att_caches, *self.cnn_caches]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _run(self, window: torch.Tensor) -> torch.Tensor:
