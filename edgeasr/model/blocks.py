@@ -54,7 +54,11 @@ class EncoderBlock(nn.Module):
 
     @classmethod
     def from_config(cls, config: "EncoderConfig") -> "EncoderBlock":
-        raise NotImplementedError
+        """The common constructor (d_model, num_heads, d_ff, kernel_size, causal, dropouts)."""
+        return cls(
+            config.d_model, config.num_heads, config.d_ff, config.kernel_size, config.causal,
+            config.dropout, config.attention_dropout,
+        )
 
     def cached_frames(self, att_cache: torch.Tensor | None) -> int:
         """Frames of attention history in ``att_cache`` that the attention mask must cover."""
@@ -92,13 +96,6 @@ class ConformerBlock(EncoderBlock):
         self.ff_out = FeedForward(d_model, d_ff, dropout)
         self.norm_final = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
-
-    @classmethod
-    def from_config(cls, config: "EncoderConfig") -> "ConformerBlock":
-        return cls(
-            config.d_model, config.num_heads, config.d_ff, config.kernel_size, config.causal,
-            config.dropout, config.attention_dropout,
-        )
 
     def forward(
         self,
@@ -193,13 +190,6 @@ class FusionFormerBlock(EncoderBlock):
         self.conv = BatchNormConvolutionModule(d_model, kernel_size, causal)
         self.ff_out = BatchNormFeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
-
-    @classmethod
-    def from_config(cls, config: "EncoderConfig") -> "FusionFormerBlock":
-        return cls(
-            config.d_model, config.num_heads, config.d_ff, config.kernel_size, config.causal,
-            config.dropout, config.attention_dropout,
-        )
 
     def forward(
         self,

@@ -20,9 +20,20 @@ from torch import nn
 from edgeasr.nn.norm import DepthwiseConvBN, LinearBN
 
 
-def _check_kernel(kernel_size: int, causal: bool) -> None:
-    if not causal and kernel_size % 2 == 0:
-        raise ValueError("a non-causal convolution needs an odd kernel size")
+class _CachedConvolution(nn.Module):
+    """What both convolution modules share: the kernel check and the cache length."""
+
+    def __init__(self, kernel_size: int, causal: bool) -> None:
+        super().__init__()
+        if not causal and kernel_size % 2 == 0:
+            raise ValueError("a non-causal convolution needs an odd kernel size")
+        self.causal = causal
+        self.kernel_size = kernel_size
+        self.padding = 0 if causal else (kernel_size - 1) // 2
+
+    @property
+    def cache_frames(self) -> int:
+        return self.kernel_size - 1 if self.causal else 0
 
 
 def _with_history(
@@ -39,24 +50,16 @@ def _with_history(
     return h, h[:, :, h.size(2) - cache_frames :]
 
 
-class ConvolutionModule(nn.Module):
+class ConvolutionModule(_CachedConvolution):
     def __init__(self, d_model: int, kernel_size: int = 15, causal: bool = True) -> None:
-        super().__init__()
-        _check_kernel(kernel_size, causal)
-        self.causal = causal
-        self.kernel_size = kernel_size
+        super().__init__(kernel_size, causal)
         self.pointwise_in = nn.Conv1d(d_model, 2 * d_model, 1)
-        padding = 0 if causal else (kernel_size - 1) // 2
-        self.depthwise = nn.Conv1d(d_model, d_model, kernel_size, padding=padding, groups=d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel_size, padding=self.padding, groups=d_model)
         # LayerNorm rather than BatchNorm: per-frame statistics behave identically in streaming
         # and in training on padded batches.
         self.norm = nn.LayerNorm(d_model)
         self.activation = nn.SiLU()
         self.pointwise_out = nn.Conv1d(d_model, d_model, 1)
-
-    @property
-    def cache_frames(self) -> int:
-        return self.kernel_size - 1 if self.causal else 0
 
     def forward(
         self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: torch.Tensor | None = None
@@ -78,21 +81,13 @@ def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return nn.functional.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
-class BatchNormConvolutionModule(nn.Module):
+class BatchNormConvolutionModule(_CachedConvolution):
     def __init__(self, d_model: int, kernel_size: int = 15, causal: bool = True) -> None:
-        super().__init__()
-        _check_kernel(kernel_size, causal)
-        self.causal = causal
-        self.kernel_size = kernel_size
+        super().__init__(kernel_size, causal)
         # Pointwise convolutions are per-frame linears: run them on [B, T, D] without transposes.
         self.pointwise_in = LinearBN(d_model, d_model)
-        padding = 0 if causal else (kernel_size - 1) // 2
-        self.depthwise = DepthwiseConvBN(d_model, kernel_size, padding=padding)
+        self.depthwise = DepthwiseConvBN(d_model, kernel_size, padding=self.padding)
         self.pointwise_out = LinearBN(d_model, d_model)
-
-    @property
-    def cache_frames(self) -> int:
-        return self.kernel_size - 1 if self.causal else 0
 
     def forward(
         self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: torch.Tensor | None = None
