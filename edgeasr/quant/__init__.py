@@ -1,0 +1,1 @@
+"""Quantization: fake-quant QAT, post-training quantization, integer inference, packed weights."""
