@@ -300,3 +300,18 @@ def test_shipped_encoder_configs_build_the_variants_they_describe():
     assert count(built["practical"]) < 0.5 * count(built["baseline"])
     budgets = {ExperimentConfig.load(ROOT / "configs" / "encoders" / f"{n}.yaml").train.max_steps for n in built}
     assert len(budgets) == 1  # the same training budget for every variant
+
+
+def test_checkpoints_with_conv1d_pointwise_weights_still_load():
+    """Pointwise convolutions are now nn.Linear; weights saved as Conv1d [out, in, 1] load as before."""
+    from edgeasr.nn.convolution import ConvolutionModule
+
+    torch.manual_seed(0)
+    module = ConvolutionModule(16, kernel_size=5).eval()
+    old_style = {k: (v.unsqueeze(-1) if k.startswith("pointwise") and k.endswith("weight") else v)
+                 for k, v in module.state_dict().items()}
+    assert old_style["pointwise_in.weight"].shape == (32, 16, 1)
+    reloaded = ConvolutionModule(16, kernel_size=5).eval()
+    reloaded.load_state_dict(old_style)
+    x = torch.randn(2, 30, 16)
+    assert torch.equal(module(x)[0], reloaded(x)[0])

@@ -53,13 +53,24 @@ def _with_history(
 class ConvolutionModule(_CachedConvolution):
     def __init__(self, d_model: int, kernel_size: int = 15, causal: bool = True) -> None:
         super().__init__(kernel_size, causal)
-        self.pointwise_in = nn.Conv1d(d_model, 2 * d_model, 1)
+        # Kernel-1 convolutions are per-frame linears: stored and run as nn.Linear on [B, T, D]
+        # (no slow generic convolution path, no transposes, and quantization treats them like
+        # every other linear). Older checkpoints saved them as Conv1d weights [out, in, 1]; the
+        # load hook below squeezes those.
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
         self.depthwise = nn.Conv1d(d_model, d_model, kernel_size, padding=self.padding, groups=d_model)
         # LayerNorm rather than BatchNorm: per-frame statistics behave identically in streaming
         # and in training on padded batches.
         self.norm = nn.LayerNorm(d_model)
         self.activation = nn.SiLU()
-        self.pointwise_out = nn.Conv1d(d_model, d_model, 1)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("pointwise_in.weight", "pointwise_out.weight"):
+            weight = state_dict.get(prefix + name)
+            if weight is not None and weight.dim() == 3:
+                state_dict[prefix + name] = weight.squeeze(-1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: torch.Tensor | None = None
@@ -67,18 +78,11 @@ class ConvolutionModule(_CachedConvolution):
         """x [B, T, D], frame_mask [B, T] (True = real), cache [B, D, k-1] -> (out, new_cache)."""
         if frame_mask is not None:
             x = x.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
-        # Kernel-1 convolutions are per-frame linears; as matrix products on [B, T, D] they skip
-        # the slow generic convolution path and two transposes (same weights, same numbers).
-        h = nn.functional.glu(_pointwise(self.pointwise_in, x), dim=-1).transpose(1, 2)  # [B, D, T]
+        h = nn.functional.glu(self.pointwise_in(x), dim=-1).transpose(1, 2)  # [B, D, T]
         h, new_cache = _with_history(h, frame_mask, cache, self.causal, self.cache_frames)
         h = self.depthwise(h)
         h = self.activation(self.norm(h.transpose(1, 2)))
-        return _pointwise(self.pointwise_out, h), new_cache
-
-
-def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """A kernel-1 Conv1d applied to [B, T, D_in] as a linear -> [B, T, D_out]."""
-    return nn.functional.linear(x, conv.weight.squeeze(-1), conv.bias)
+        return self.pointwise_out(h), new_cache
 
 
 class BatchNormConvolutionModule(_CachedConvolution):
