@@ -47,6 +47,9 @@ class ModelConfig:
     max_chunk_size: int = 25
     #: Dynamic left context: also draw how many chunks of history a batch may see.
     dynamic_left_chunks: bool = False
+    #: Quantization-aware training (edgeasr.quant.qat.QuantConfig as a dict); None = float model.
+    #: Stored with the model so a reload rebuilds the same fake-quant layers.
+    quantization: dict | None = None
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -86,6 +89,10 @@ class ASRModel(nn.Module):
         input_dim = config.encoder.input_dim
         self.register_buffer("cmvn_mean", torch.zeros(input_dim))
         self.register_buffer("cmvn_istd", torch.ones(input_dim))
+        if config.quantization is not None:
+            from edgeasr.quant.qat import QuantConfig, prepare_qat
+
+            prepare_qat(self, QuantConfig.from_dict(config.quantization))
 
     def set_cmvn(self, mean: torch.Tensor, istd: torch.Tensor) -> None:
         self.cmvn_mean.copy_(mean)

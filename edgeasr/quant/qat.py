@@ -1,0 +1,159 @@
+"""Quantization-aware training: swap a float model's layers for fake-quantized ones.
+
+``prepare_qat(model, config)`` replaces every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` the
+config selects with a fake-quant twin that keeps the same parameters (so a float checkpoint loads
+into it unchanged and fine-tuning starts from the float model): the weight is rounded per output
+channel to ``weight_bits`` and the input activation per tensor to ``act_bits`` on every forward
+pass, with straight-through gradients.
+
+Bit widths are set per layer (mixed precision) by glob patterns over module names, the last
+matching pattern winning::
+
+    quant:
+      weight_bits: 8          # default for every selected layer
+      act_bits: 8             # null = weights only
+      layers:
+        "encoder.layers.*.ff_*": {weight_bits: 4}
+        "ctc": {weight_bits: 8}
+      skip: ["decoder.*", "reverse_decoder.*"]   # stay float
+
+The config is stored with the model (``quantization`` in its config), so a reloaded model rebuilds
+the same fake-quant layers before its weights load: quantized models do not break after reload.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from edgeasr.quant.fake_quant import ActivationQuantizer, fake_quantize_weight, weight_qmax
+
+
+@dataclass
+class LayerQuant:
+    weight_bits: int
+    act_bits: int | None
+
+
+@dataclass
+class QuantConfig:
+    weight_bits: int = 8
+    act_bits: int | None = 8
+    #: glob pattern over module names -> {"weight_bits": b, "act_bits": a}; the last match wins
+    layers: dict[str, dict] = field(default_factory=dict)
+    #: glob patterns of layers left in float
+    skip: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "QuantConfig":
+        unknown = set(config) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown quant option(s): {', '.join(sorted(unknown))}")
+        result = cls(**config)
+        result.validate()
+        return result
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        specs = [{"weight_bits": self.weight_bits, "act_bits": self.act_bits}, *self.layers.values()]
+        for spec in specs:
+            unknown = set(spec) - {"weight_bits", "act_bits"}
+            if unknown:
+                raise ValueError(f"unknown per-layer quant option(s): {', '.join(sorted(unknown))}")
+            if "weight_bits" in spec:
+                weight_qmax(spec["weight_bits"])
+            if spec.get("act_bits") not in (None, 8):
+                raise ValueError(f"activations are quantized to 8 bits or not at all, not {spec['act_bits']}")
+
+    def for_layer(self, name: str) -> LayerQuant | None:
+        """The bit widths for module ``name``, or None when it stays float."""
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip):
+            return None
+        spec = {"weight_bits": self.weight_bits, "act_bits": self.act_bits}
+        for pattern, override in self.layers.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                spec.update(override)
+        return LayerQuant(spec["weight_bits"], spec["act_bits"])
+
+
+class _FakeQuant:
+    """Mixin: rounds the weight and the input of the layer it is mixed into."""
+
+    weight_bits: int
+    input_quant: ActivationQuantizer | None
+
+    def _setup(self, spec: LayerQuant) -> None:
+        self.weight_bits = spec.weight_bits
+        self.input_quant = ActivationQuantizer(spec.act_bits) if spec.act_bits else None
+
+    def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return x, fake_quantize_weight(self.weight, self.weight_bits)
+
+    def extra_repr(self) -> str:
+        bits = self.input_quant.bits if self.input_quant is not None else "float"
+        return f"{super().extra_repr()}, weight_bits={self.weight_bits}, act_bits={bits}"
+
+
+class FakeQuantLinear(_FakeQuant, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight = self._quantized(x)
+        return nn.functional.linear(x, weight, self.bias)
+
+
+class FakeQuantConv1d(_FakeQuant, nn.Conv1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight = self._quantized(x)
+        return self._conv_forward(x, weight, self.bias)
+
+
+class FakeQuantConv2d(_FakeQuant, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight = self._quantized(x)
+        return self._conv_forward(x, weight, self.bias)
+
+
+_TWINS: dict[type, type] = {nn.Linear: FakeQuantLinear, nn.Conv1d: FakeQuantConv1d, nn.Conv2d: FakeQuantConv2d}
+
+
+def _twin(module: nn.Module, spec: LayerQuant) -> nn.Module:
+    cls = _TWINS[type(module)]
+    twin = cls.__new__(cls)
+    nn.Module.__init__(twin)
+    twin.__dict__.update({k: v for k, v in module.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
+    twin._parameters = dict(module._parameters)  # the same Parameter objects: weights are shared
+    twin._buffers = dict(module._buffers)
+    twin._modules = dict(module._modules)
+    twin._setup(spec)
+    return twin
+
+
+def prepare_qat(model: nn.Module, config: QuantConfig) -> int:
+    """Swap the selected layers of ``model`` for fake-quant twins in place; returns how many."""
+    swapped = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) not in _TWINS:
+                continue
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            spec = config.for_layer(name)
+            if spec is None:
+                continue
+            setattr(parent, child_name, _twin(child, spec))
+            swapped += 1
+    return swapped
+
+
+def quantized_layers(model: nn.Module) -> dict[str, LayerQuant]:
+    """{module name: bit widths} of every fake-quant layer of ``model``."""
+    return {
+        name: LayerQuant(m.weight_bits, m.input_quant.bits if m.input_quant is not None else None)
+        for name, m in model.named_modules()
+        if isinstance(m, _FakeQuant)
+    }

@@ -1,0 +1,124 @@
+"""Quantization-aware training: fake-quant layers built from config, mixed precision, reload."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from edgeasr.audio.features import FbankOptions
+from edgeasr.model.asr import ASRModel, ModelConfig
+from edgeasr.model.package import StreamingDefaults, load_model_dir, save_model_dir
+from edgeasr.quant.qat import FakeQuantConv1d, FakeQuantLinear, QuantConfig, prepare_qat, quantized_layers
+from edgeasr.text.tokenizer import Tokenizer
+
+ENCODER = {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_blocks": 2, "dropout": 0.0}
+
+
+def float_model(seed: int = 0, **extra) -> ASRModel:
+    torch.manual_seed(seed)
+    return ASRModel(ModelConfig.from_dict({"vocab_size": 12, "encoder": ENCODER,
+                                           "decoder": {"num_layers": 1, "d_ff": 64, "dropout": 0.0}, **extra}))
+
+
+def batch():
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 120, 80, generator=generator)
+    tokens = torch.tensor([[2, 3, 4, 5], [6, 7, -1, -1]])
+    return feats, torch.tensor([120, 90]), tokens, torch.tensor([4, 2])
+
+
+def test_prepare_qat_swaps_linears_and_convs_and_shares_the_float_weights():
+    model = float_model()
+    weight = model.encoder.layers[0].ff_in.linear_in.weight
+    swapped = prepare_qat(model, QuantConfig(skip=["decoder.*"]))
+    layer = model.encoder.layers[0].ff_in.linear_in
+    assert isinstance(layer, FakeQuantLinear) and layer.weight is weight
+    assert isinstance(model.encoder.layers[0].conv.depthwise, FakeQuantConv1d)
+    assert not any(isinstance(m, FakeQuantLinear) for m in model.decoder.modules())
+    assert swapped == len(quantized_layers(model)) > 20
+
+
+def test_mixed_precision_patterns_last_match_wins():
+    config = QuantConfig(weight_bits=8, layers={"encoder.layers.*": {"weight_bits": 4},
+                                                "encoder.layers.1.ff_*": {"weight_bits": 2, "act_bits": None}})
+    assert config.for_layer("ctc").weight_bits == 8
+    assert config.for_layer("encoder.layers.0.attention.linear_q").weight_bits == 4
+    spec = config.for_layer("encoder.layers.1.ff_out.linear_in")
+    assert spec.weight_bits == 2 and spec.act_bits is None
+    model = float_model()
+    prepare_qat(model, config)
+    bits = quantized_layers(model)
+    assert bits["encoder.layers.1.ff_out.linear_in"].weight_bits == 2
+    assert bits["encoder.layers.0.conv.pointwise_in"].weight_bits == 4
+
+
+def test_bad_quant_config_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="weight bits"):
+        QuantConfig.from_dict({"weight_bits": 3})
+    with pytest.raises(ValueError, match="unknown quant option"):
+        QuantConfig.from_dict({"bitz": 4})
+    with pytest.raises(ValueError, match="8 bits or not at all"):
+        QuantConfig.from_dict({"act_bits": 4})
+
+
+@pytest.mark.parametrize("bits,tolerance", [(8, 0.05), (4, 0.6)])
+def test_fake_quant_model_stays_close_to_float_and_trains(bits, tolerance):
+    reference = float_model().eval()
+    model = float_model()
+    model.load_state_dict(reference.state_dict())
+    prepare_qat(model, QuantConfig(weight_bits=bits))
+    model.train()
+    feats, lengths, tokens, token_lengths = batch()
+    with torch.no_grad():
+        model(feats, lengths, tokens, token_lengths)  # one pass to set activation ranges
+    model.eval()
+    with torch.no_grad():
+        expected, _ = reference.encode(feats, lengths)
+        got, _ = model.encode(feats, lengths)
+    relative = ((got - expected).norm() / expected.norm()).item()
+    assert 0 < relative < tolerance
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(feats, lengths, tokens, token_lengths)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for n, p in model.named_parameters() if "encoder.layers" in n and p.requires_grad)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_quantized_model_reloads_in_a_fresh_process_with_the_same_outputs(tmp_path):
+    tokenizer = Tokenizer.train(["hello world"], kind="char")
+    torch.manual_seed(0)
+    config = {"vocab_size": tokenizer.vocab_size, "encoder": ENCODER,
+              "decoder": {"num_layers": 1, "d_ff": 64, "dropout": 0.0},
+              "quantization": {"weight_bits": 4, "layers": {"ctc": {"weight_bits": 8}}}}
+    model = ASRModel(ModelConfig.from_dict(config))
+    feats, lengths, tokens, token_lengths = batch()
+    model.train()
+    with torch.no_grad():
+        model(feats, lengths, tokens, token_lengths)
+    model.eval()
+    directory = save_model_dir(tmp_path / "q", model, tokenizer, FbankOptions(), StreamingDefaults(chunk_size=4))
+    with torch.no_grad():
+        expected = model.ctc_log_probs(model.encode(feats, lengths)[0])
+    torch.save(feats, tmp_path / "feats.pt")
+    script = (
+        "import sys, torch\n"
+        "from edgeasr.model.package import load_model_dir\n"
+        f"m = load_model_dir({str(directory)!r}).model\n"
+        f"f = torch.load({str(tmp_path / 'feats.pt')!r})\n"
+        "with torch.no_grad():\n"
+        "    out = m.ctc_log_probs(m.encode(f, torch.tensor([120, 90]))[0])\n"
+        f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    reloaded = load_model_dir(directory).model
+    assert quantized_layers(reloaded) == quantized_layers(model)
+    assert not any(type(m) is nn.Linear for m in reloaded.encoder.modules())
