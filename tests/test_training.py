@@ -144,3 +144,41 @@ def test_bad_recipe_values_are_clear_errors(corpus, tmp_path, capsys):
     recipe.write_text(TINY_RECIPE.replace("max_steps: 6", "max_steps: 6\n  average_by: median"))
     assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "average_by" in capsys.readouterr().err
+
+
+def test_qat_fine_tunes_from_a_float_model_and_packages_a_quantized_one(corpus, recipe, tmp_path):
+    from edgeasr.quant.qat import quantized_layers
+
+    float_dir = tmp_path / "float"
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(float_dir), "--quiet"]) == 0
+    qat_recipe = tmp_path / "qat.yaml"
+    qat_recipe.write_text(TINY_RECIPE.replace(
+        "  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}\n",
+        "  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}\n"
+        "  quantization: {weight_bits: 4, act_bits: 8, skip: ['decoder.*']}\n",
+    ).replace("  max_steps: 6\n", f"  max_steps: 2\n  init_from: {float_dir / 'model'}\n"))
+    out = tmp_path / "qat"
+    assert main(["train", "--config", str(qat_recipe), "--data", str(corpus), "--out", str(out), "--quiet"]) == 0
+    start = load_checkpoint(list_checkpoints(out / "checkpoints")[0])["model"]
+    float_weights = weights(float_dir / "model")
+    # CMVN and tokenizer come from the float model, and training started from its weights.
+    assert torch.equal(start["cmvn_mean"], float_weights["cmvn_mean"])
+    assert (out / "tokenizer" / "tokenizer.json").read_text() == (float_dir / "model" / "tokenizer" / "tokenizer.json").read_text()
+    name = "encoder.layers.0.ff_in.linear_in.weight"
+    assert (start[name] - float_weights[name]).abs().max() < 0.05
+    packaged = load_model_dir(out / "model").model
+    layers = quantized_layers(packaged)
+    assert layers and all(spec.weight_bits == 4 for spec in layers.values())
+    assert all(bool(m.input_quant.initialized) for m in packaged.modules() if hasattr(m, "input_quant") and m.input_quant is not None)
+
+
+def test_init_from_a_model_of_another_shape_is_a_one_line_error(corpus, recipe, tmp_path, capsys):
+    float_dir = tmp_path / "float"
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(float_dir), "--quiet"]) == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_RECIPE.replace("d_model: 32", "d_model: 48").replace(
+        "  max_steps: 6\n", f"  max_steps: 2\n  init_from: {float_dir / 'model'}\n"))
+    capsys.readouterr()
+    assert main(["train", "--config", str(other), "--data", str(corpus), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "do not fit this config" in err
