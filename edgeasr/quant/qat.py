@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from edgeasr.quant.fake_quant import ActivationQuantizer, fake_quantize_weight, weight_qmax
+from edgeasr.quant.fake_quant import ActivationQuantizer, fake_quantize_weight, weight_qmax, weight_scale
 
 
 @dataclass
@@ -82,19 +82,36 @@ class QuantConfig:
 
 
 class _FakeQuant:
-    """Mixin: rounds the weight and the input of the layer it is mixed into."""
+    """Mixin: rounds the weight, the input and the output of the layer it is mixed into.
+
+    With 8-bit activations the layer computes what an integer kernel computes: int8 input codes
+    times int8 (or packed 4/2-bit) weight codes, accumulated, then requantized to int8 on the
+    output grid (``edgeasr.quant.integer`` runs exactly that on integer tensors).
+    """
 
     weight_bits: int
     input_quant: ActivationQuantizer | None
+    output_quant: ActivationQuantizer | None
 
     def _setup(self, spec: LayerQuant) -> None:
         self.weight_bits = spec.weight_bits
         self.input_quant = ActivationQuantizer(spec.act_bits) if spec.act_bits else None
+        self.output_quant = ActivationQuantizer(spec.act_bits) if spec.act_bits else None
 
-    def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(fake-quant input, weight, bias). The bias is rounded to the int32 grid of the
+        accumulator (scale s_in x s_w per channel), as the integer kernel stores it."""
+        weight = fake_quantize_weight(self.weight, self.weight_bits)
+        bias = self.bias
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return x, fake_quantize_weight(self.weight, self.weight_bits)
+            if bias is not None and bool(self.input_quant.initialized):
+                step = self.input_quant.qparams()[0] * weight_scale(self.weight, self.weight_bits).view(-1)
+                bias = bias + (torch.round(bias / step) * step - bias).detach()
+        return x, weight, bias
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.output_quant is None else self.output_quant(y)
 
     def extra_repr(self) -> str:
         bits = self.input_quant.bits if self.input_quant is not None else "float"
@@ -103,20 +120,20 @@ class _FakeQuant:
 
 class FakeQuantLinear(_FakeQuant, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, weight = self._quantized(x)
-        return nn.functional.linear(x, weight, self.bias)
+        x, weight, bias = self._quantized(x)
+        return self._output(nn.functional.linear(x, weight, bias))
 
 
 class FakeQuantConv1d(_FakeQuant, nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, weight = self._quantized(x)
-        return self._conv_forward(x, weight, self.bias)
+        x, weight, bias = self._quantized(x)
+        return self._output(self._conv_forward(x, weight, bias))
 
 
 class FakeQuantConv2d(_FakeQuant, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, weight = self._quantized(x)
-        return self._conv_forward(x, weight, self.bias)
+        x, weight, bias = self._quantized(x)
+        return self._output(self._conv_forward(x, weight, bias))
 
 
 _TWINS: dict[type, type] = {nn.Linear: FakeQuantLinear, nn.Conv1d: FakeQuantConv1d, nn.Conv2d: FakeQuantConv2d}

@@ -180,7 +180,7 @@ def _load_initial_weights(model: ASRModel, init_from: str) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
         raise EdgeAsrError(f"train.init_from {init_from}: weights do not fit this config ({str(error).splitlines()[-1].strip()})") from None
-    fresh = (".input_quant.low", ".input_quant.high", ".input_quant.initialized")
+    fresh = tuple(f".{q}.{b}" for q in ("input_quant", "output_quant") for b in ("low", "high", "initialized"))
     missing = [name for name in missing if not name.endswith(fresh)]
     if missing or unexpected:
         names = ", ".join((missing + unexpected)[:3])

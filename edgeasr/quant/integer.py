@@ -1,0 +1,117 @@
+"""Integer-arithmetic-only linear layers (Jacob et al., 2018).
+
+A calibrated fake-quant linear layer (``FakeQuantLinear`` with 8-bit input and output ranges)
+becomes an ``IntegerLinear`` that computes, on integer tensors only:
+
+    x_q   = clamp(round(x / s_in) + z_in)                          int8 input codes
+    acc   = x_q @ W_q^T  +  (b_q - z_in * sum_k W_q[:, k])         int32 (bias folded with the
+                                                                   input zero point)
+    y_q   = clamp(z_out + requantize(acc, M0[c], shift[c]))       int8 output codes
+
+with W_q the per-channel weight codes (8, 4 or 2 bits, stored in int8), b_q = round(b / (s_in s_w))
+an int32 bias, and the real multiplier s_in s_w[c] / s_out held as a fixed-point int32 M0 in
+[2^30, 2^31) and a shift, so requantization is an integer multiply, a rounding shift and an add.
+The int8 x int8 -> int32 product runs through ``torch._int_mm`` (VNNI kernels on x86), which is
+what makes int8 faster than float here rather than slower.
+
+Only the layer's input quantization and output dequantization touch floats, because the ops
+between layers (softmax, LayerNorm, Swish, residual adds) stay in float in this path; the docs
+say so. The outputs match the fake-quant model within one output quantization step (tested).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from edgeasr.quant.fake_quant import quantize_weight
+
+INT8_MIN, INT8_MAX = -128, 127
+
+
+def quantize_multiplier(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element fixed-point form of positive ``real`` multipliers: (M0 int64, right shift int64)
+    with real ~= M0 * 2^-(31 + shift) and 2^30 <= M0 < 2^31."""
+    m0, shifts = [], []
+    for value in real.double().tolist():
+        if value <= 0:
+            raise ValueError("requantization multipliers must be positive")
+        mantissa, exponent = math.frexp(value)  # value = mantissa * 2^exponent, mantissa in [0.5, 1)
+        q = round(mantissa * (1 << 31))
+        if q == 1 << 31:  # mantissa rounded up to 1.0
+            q //= 2
+            exponent += 1
+        m0.append(q)
+        shifts.append(-exponent)
+    return torch.tensor(m0, dtype=torch.int64), torch.tensor(shifts, dtype=torch.int64)
+
+
+def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """int32 accumulators [..., C] -> int8 codes: round(acc * M0 / 2^(31 + shift)) + zero point.
+
+    Integer arithmetic only: a 64-bit product, a rounding (half up) arithmetic right shift, an add
+    and a clamp. ``shift`` may be negative (multipliers above 1) down to -30.
+    """
+    total = (31 + shift).clamp_min(1)
+    product = acc.to(torch.int64) * m0
+    rounded = (product + (torch.ones_like(total) << (total - 1))) >> total
+    return torch.clamp(rounded + zero_point, INT8_MIN, INT8_MAX).to(torch.int8)
+
+
+class IntegerLinear(nn.Module):
+    """The integer-only form of a calibrated ``FakeQuantLinear`` (see the module docstring)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        if layer.input_quant is None or layer.output_quant is None or not bool(layer.input_quant.initialized):
+            raise ValueError("integer inference needs a layer with calibrated 8-bit input and output ranges")
+        s_in, z_in = layer.input_quant.qparams()
+        s_out, z_out = layer.output_quant.qparams()
+        codes, s_w = quantize_weight(layer.weight, layer.weight_bits)
+        s_w = s_w.view(-1)
+        bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(s_w)
+        bias_q = torch.round(bias / (s_in * s_w)).to(torch.int64)
+        bias_q = bias_q - int(z_in) * codes.to(torch.int64).sum(dim=1)
+        m0, shift = quantize_multiplier(s_in * s_w / s_out)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.weight_bits = layer.weight_bits
+        self.register_buffer("weight_t", codes.t().contiguous())  # int8 [in, out] for _int_mm
+        self.register_buffer("bias_q", bias_q.to(torch.int32))
+        self.register_buffer("m0", m0)
+        self.register_buffer("shift", shift)
+        self.input_scale, self.input_zero_point = float(s_in), int(z_in)
+        self.output_scale, self.output_zero_point = float(s_out), int(z_out)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        codes = torch.round(x / self.input_scale) + self.input_zero_point
+        return torch.clamp(codes, INT8_MIN, INT8_MAX).to(torch.int8)
+
+    def forward_codes(self, x_q: torch.Tensor) -> torch.Tensor:
+        """int8 input codes [..., in] -> int8 output codes [..., out]; integer arithmetic only."""
+        flat = x_q.reshape(-1, self.in_features)
+        acc = torch._int_mm(flat, self.weight_t) + self.bias_q
+        y_q = requantize(acc, self.m0, self.shift, self.output_zero_point)
+        return y_q.view(*x_q.shape[:-1], self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y_q = self.forward_codes(self.quantize_input(x))
+        return (y_q.to(torch.float32) - self.output_zero_point) * self.output_scale
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, weight_bits={self.weight_bits}, int8 activations"
+
+
+def convert_to_integer(model: nn.Module) -> int:
+    """Replace every calibrated 8-bit-activation ``FakeQuantLinear`` by an ``IntegerLinear``
+    (in place, for inference); returns how many were converted."""
+    from edgeasr.quant.qat import FakeQuantLinear
+
+    converted = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FakeQuantLinear) and child.input_quant is not None:
+                setattr(parent, name, IntegerLinear(child))
+                converted += 1
+    return converted

@@ -1,0 +1,94 @@
+"""Integer-only linear layers: fixed-point requantization, int8 x int8 -> int32, parity with fake-quant."""
+
+import pytest
+import torch
+
+from edgeasr.model.asr import ASRModel, ModelConfig
+from edgeasr.quant.integer import IntegerLinear, convert_to_integer, quantize_multiplier, requantize
+from edgeasr.quant.qat import FakeQuantLinear, LayerQuant, QuantConfig, prepare_qat
+
+
+def test_fixed_point_multipliers_represent_the_real_ones():
+    reals = torch.tensor([1e-6, 3.3e-4, 0.01, 0.4999, 0.5, 0.75, 0.99999999, 1.0, 3.7])
+    m0, shift = quantize_multiplier(reals)
+    assert ((m0 >= 2**30) & (m0 < 2**31)).all()
+    approx = m0.double() * torch.pow(2.0, -(31 + shift).double())
+    assert torch.allclose(approx, reals.double(), rtol=1e-9)
+
+
+def test_requantize_rounds_like_the_real_multiplication():
+    generator = torch.Generator().manual_seed(0)
+    acc = torch.randint(-2**24, 2**24, (2000, 6), generator=generator, dtype=torch.int32)
+    reals = torch.tensor([1e-5, 3e-5, 1e-4, 2e-4, 7.7e-6, 0.9])
+    m0, shift = quantize_multiplier(reals)
+    codes = requantize(acc, m0, shift, zero_point=-3)
+    expected = torch.clamp(torch.round(acc.double() * reals.double()) - 3, -128, 127)
+    difference = (codes.double() - expected).abs()
+    assert codes.dtype == torch.int8
+    assert difference.max() <= 1 and (difference == 0).float().mean() > 0.99
+
+
+def calibrated_layer(bits: int, seed: int = 0) -> FakeQuantLinear:
+    torch.manual_seed(seed)
+    layer = FakeQuantLinear(48, 20)
+    layer._setup(LayerQuant(bits, 8))
+    layer.train()
+    for _ in range(5):
+        layer(torch.randn(64, 48) * 2 + 0.5)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_integer_linear_matches_fake_quant_within_one_output_step(bits):
+    layer = calibrated_layer(bits)
+    integer = IntegerLinear(layer)
+    x = torch.randn(3, 50, 48) * 2 + 0.5
+    with torch.no_grad():
+        expected = layer(x)
+    got = integer(x)
+    step = integer.output_scale
+    assert (got - expected).abs().max().item() <= step * 1.0001
+    assert ((got - expected).abs() < step / 2).float().mean() > 0.95
+
+
+def test_integer_linear_runs_on_integer_tensors_only():
+    integer = IntegerLinear(calibrated_layer(8))
+    assert integer.weight_t.dtype == torch.int8 and integer.bias_q.dtype == torch.int32
+    assert integer.m0.dtype == torch.int64 and integer.shift.dtype == torch.int64
+    codes = integer.quantize_input(torch.randn(7, 48))
+    out = integer.forward_codes(codes)
+    assert codes.dtype == torch.int8 and out.dtype == torch.int8 and out.shape == (7, 20)
+
+
+def test_uncalibrated_or_weight_only_layers_are_refused():
+    layer = FakeQuantLinear(4, 4)
+    layer._setup(LayerQuant(8, 8))
+    with pytest.raises(ValueError, match="calibrated"):
+        IntegerLinear(layer)
+    layer._setup(LayerQuant(8, None))
+    with pytest.raises(ValueError, match="calibrated"):
+        IntegerLinear(layer)
+
+
+def test_a_whole_model_converts_and_stays_close_to_its_fake_quant_form():
+    torch.manual_seed(0)
+    model = ASRModel(ModelConfig.from_dict({
+        "vocab_size": 12, "encoder": {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_blocks": 2, "dropout": 0.0},
+        "decoder": {"num_layers": 1, "d_ff": 64, "dropout": 0.0},
+    }))
+    prepare_qat(model, QuantConfig(weight_bits=8, act_bits=8))
+    model.train()
+    feats = torch.randn(2, 150, 80)
+    lengths = torch.tensor([150, 120])
+    with torch.no_grad():
+        for _ in range(3):
+            model.encode(feats, lengths)
+    model.eval()
+    with torch.no_grad():
+        fake, _ = model.encode(feats, lengths)
+        converted = convert_to_integer(model.encoder)
+        integer, _ = model.encode(feats, lengths)
+    assert converted > 10
+    assert not any(isinstance(m, FakeQuantLinear) for m in model.encoder.modules())
+    relative = ((integer - fake).norm() / fake.norm()).item()
+    assert relative < 0.05
