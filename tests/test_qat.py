@@ -10,7 +10,7 @@ from torch import nn
 from edgeasr.audio.features import FbankOptions
 from edgeasr.model.asr import ASRModel, ModelConfig
 from edgeasr.model.package import StreamingDefaults, load_model_dir, save_model_dir
-from edgeasr.quant.qat import FakeQuantConv1d, FakeQuantLinear, QuantConfig, prepare_qat, quantized_layers
+from edgeasr.quant.qat import FakeQuantConv1d, FakeQuantLinear, LayerQuant, QuantConfig, prepare_qat, quantized_layers
 from edgeasr.text.tokenizer import Tokenizer
 
 ENCODER = {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_blocks": 2, "dropout": 0.0}
@@ -122,3 +122,31 @@ def test_quantized_model_reloads_in_a_fresh_process_with_the_same_outputs(tmp_pa
     reloaded = load_model_dir(directory).model
     assert quantized_layers(reloaded) == quantized_layers(model)
     assert not any(type(m) is nn.Linear for m in reloaded.encoder.modules())
+
+
+def test_native_mode_computes_on_integer_codes_and_still_trains():
+    """Native QAT: the forward value comes from int8 x int8 -> int32 products; gradients flow."""
+    from edgeasr.quant.integer import IntegerLinear
+
+    torch.manual_seed(0)
+    native, emulated = FakeQuantLinear(40, 16), FakeQuantLinear(40, 16)
+    emulated.load_state_dict(native.state_dict())
+    native._setup(LayerQuant(4, 8, native=True))
+    emulated._setup(LayerQuant(4, 8, native=False))
+    x = torch.randn(30, 40) * 3
+    for layer in (native, emulated):
+        layer.train()
+        layer(x)
+    y_native, y_emulated = native(x), emulated(x)
+    step = native.output_quant.qparams()[0].item()
+    assert (y_native - y_emulated).abs().max().item() <= step * 1.0001  # same grid, float vs int sums
+    y_native.sum().backward()
+    assert native.weight.grad is not None and native.weight.grad.abs().sum() > 0
+    native.eval()
+    serving = IntegerLinear(native)
+    with torch.no_grad():
+        assert (serving(x) - native(x)).abs().max().item() <= step * 1.0001
+
+
+def test_native_flag_travels_through_the_config():
+    assert QuantConfig.from_dict({"native": True}).for_layer("ctc").native

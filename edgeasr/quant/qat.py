@@ -36,6 +36,7 @@ from edgeasr.quant.fake_quant import ActivationQuantizer, fake_quantize_weight, 
 class LayerQuant:
     weight_bits: int
     act_bits: int | None
+    native: bool = False
 
 
 @dataclass
@@ -46,6 +47,9 @@ class QuantConfig:
     layers: dict[str, dict] = field(default_factory=dict)
     #: glob patterns of layers left in float
     skip: list[str] = field(default_factory=list)
+    #: Linear layers compute their forward pass on integer tensors (int8 codes, int32
+    #: accumulation), gradients through the float fake-quant path: training numerics = serving.
+    native: bool = False
 
     @classmethod
     def from_dict(cls, config: dict) -> "QuantConfig":
@@ -78,7 +82,7 @@ class QuantConfig:
         for pattern, override in self.layers.items():
             if fnmatch.fnmatchcase(name, pattern):
                 spec.update(override)
-        return LayerQuant(spec["weight_bits"], spec["act_bits"])
+        return LayerQuant(spec["weight_bits"], spec["act_bits"], self.native)
 
 
 class _FakeQuant:
@@ -95,6 +99,7 @@ class _FakeQuant:
 
     def _setup(self, spec: LayerQuant) -> None:
         self.weight_bits = spec.weight_bits
+        self.native = spec.native
         self.input_quant = ActivationQuantizer(spec.act_bits) if spec.act_bits else None
         self.output_quant = ActivationQuantizer(spec.act_bits) if spec.act_bits else None
 
@@ -121,7 +126,23 @@ class _FakeQuant:
 class FakeQuantLinear(_FakeQuant, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, weight, bias = self._quantized(x)
-        return self._output(nn.functional.linear(x, weight, bias))
+        y = nn.functional.linear(x, weight, bias)
+        if self.native and self.input_quant is not None and bool(self.input_quant.initialized):
+            y = y + (self._integer_forward(x, weight, bias) - y).detach()
+        return self._output(y)
+
+    @torch.no_grad()
+    def _integer_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The same product on integer codes: int8 x int8 -> int32 (+ int32 bias), then scaled."""
+        s_in, z_in = self.input_quant.qparams()
+        s_w = weight_scale(self.weight, self.weight_bits).view(-1)
+        x_codes = (torch.round(x / s_in) + z_in).to(torch.int8).reshape(-1, self.in_features)
+        w_codes = torch.round(weight / s_w.unsqueeze(1)).to(torch.int8)
+        acc = torch._int_mm(x_codes, w_codes.t().contiguous())
+        acc = acc - int(z_in) * w_codes.to(torch.int32).sum(dim=1)
+        if bias is not None:
+            acc = acc + torch.round(bias / (s_in * s_w)).to(torch.int32)
+        return (acc.to(torch.float32) * (s_in * s_w)).view(*x.shape[:-1], self.out_features)
 
 
 class FakeQuantConv1d(_FakeQuant, nn.Conv1d):
@@ -170,7 +191,7 @@ def prepare_qat(model: nn.Module, config: QuantConfig) -> int:
 def quantized_layers(model: nn.Module) -> dict[str, LayerQuant]:
     """{module name: bit widths} of every fake-quant layer of ``model``."""
     return {
-        name: LayerQuant(m.weight_bits, m.input_quant.bits if m.input_quant is not None else None)
+        name: LayerQuant(m.weight_bits, m.input_quant.bits if m.input_quant is not None else None, m.native)
         for name, m in model.named_modules()
         if isinstance(m, _FakeQuant)
     }
