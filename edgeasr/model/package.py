@@ -98,3 +98,23 @@ def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
         streaming=streaming,
         directory=directory,
     )
+
+
+#: State a quantized model adds to a float one, which starts fresh when a float model initializes it.
+_FRESH_STATE = tuple(f".{q}.{b}" for q in ("input_quant", "output_quant") for b in ("low", "high", "initialized"))
+
+
+def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str]) -> PackagedModel:
+    """Copy a packaged model's weights (CMVN included) into ``model``, whose config may add
+    quantizers (their ranges start fresh) but must otherwise match; returns the source package."""
+    source = load_model_dir(name_or_path)
+    try:
+        missing, unexpected = model.load_state_dict(source.model.state_dict(), strict=False)
+    except RuntimeError as error:
+        detail = str(error).splitlines()[-1].strip()
+        raise EdgeAsrError(f"{source.directory}: weights do not fit this config ({detail})") from None
+    missing = [name for name in missing if not name.endswith(_FRESH_STATE)]
+    if missing or unexpected:
+        names = ", ".join((missing + unexpected)[:3])
+        raise EdgeAsrError(f"{source.directory}: the model does not match this config ({names} ...)")
+    return source

@@ -30,7 +30,7 @@ from edgeasr.data.feature_store import FeatureStore, build_feature_store
 from edgeasr.data.manifest import Utterance, read_manifest
 from edgeasr.errors import DataError, EdgeAsrError
 from edgeasr.model.asr import IGNORE_ID, ASRModel, ModelConfig
-from edgeasr.model.package import StreamingDefaults, load_model_dir, save_model_dir
+from edgeasr.model.package import StreamingDefaults, load_model_dir, load_weights_from, save_model_dir
 from edgeasr.text.tokenizer import Tokenizer
 from edgeasr.train.checkpoint import (
     average_checkpoints,
@@ -169,24 +169,6 @@ def compute_cmvn_from_store(store: FeatureStore, max_utts: int = 2000) -> tuple[
     return cmvn.mean, cmvn.istd
 
 
-def _initial_model(init_from: str):
-    return load_model_dir(init_from)
-
-
-def _load_initial_weights(model: ASRModel, init_from: str) -> None:
-    """Copy a packaged model's weights (and CMVN) into ``model``; new quantizer state starts fresh."""
-    state = _initial_model(init_from).model.state_dict()
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        raise EdgeAsrError(f"train.init_from {init_from}: weights do not fit this config ({str(error).splitlines()[-1].strip()})") from None
-    fresh = tuple(f".{q}.{b}" for q in ("input_quant", "output_quant") for b in ("low", "high", "initialized"))
-    missing = [name for name in missing if not name.endswith(fresh)]
-    if missing or unexpected:
-        names = ", ".join((missing + unexpected)[:3])
-        raise EdgeAsrError(f"train.init_from {init_from}: the model does not match this config ({names} ...)")
-
-
 def train(
     config_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
@@ -223,7 +205,7 @@ def train(
         )
         if not (tok_dir / "tokenizer.json").exists():
             if cfg.init_from:
-                _initial_model(cfg.init_from).tokenizer.save(tok_dir)
+                load_model_dir(cfg.init_from).tokenizer.save(tok_dir)
             else:
                 Tokenizer.train((u.text for u in train_utts), seed=cfg.seed, **exp.tokenizer).save(tok_dir)
         build_feature_store(train_utts, data_dir / "features" / "train", options, tuple(cfg.speeds),
@@ -239,7 +221,7 @@ def train(
     torch.manual_seed(cfg.seed)
     model = ASRModel(model_config)
     if cfg.init_from:
-        _load_initial_weights(model, cfg.init_from)
+        load_weights_from(model, cfg.init_from)
     else:
         model.set_cmvn(*compute_cmvn_from_store(train_store))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.peak_lr, betas=(0.9, 0.98), eps=1e-9,
