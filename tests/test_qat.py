@@ -150,3 +150,33 @@ def test_native_mode_computes_on_integer_codes_and_still_trains():
 
 def test_native_flag_travels_through_the_config():
     assert QuantConfig.from_dict({"native": True}).for_layer("ctc").native
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_model_files_store_packed_codes_and_reload_them_exactly(bits, tmp_path):
+    from edgeasr.quant.fake_quant import quantize_weight
+
+    tokenizer = Tokenizer.train(["hello world"], kind="char")
+    # Big enough that the file's per-tensor overhead does not hide the payload.
+    encoder = {**ENCODER, "d_model": 128, "d_ff": 512}
+    base = {"vocab_size": tokenizer.vocab_size, "encoder": encoder, "decoder": {"num_layers": 0}}
+    torch.manual_seed(0)
+    float_model = ASRModel(ModelConfig.from_dict(base)).eval()
+    torch.manual_seed(0)
+    model = ASRModel(ModelConfig.from_dict({**base, "quantization": {"weight_bits": bits, "act_bits": None}})).eval()
+    float_dir = save_model_dir(tmp_path / "float", float_model, tokenizer, FbankOptions())
+    quant_dir = save_model_dir(tmp_path / "quant", model, tokenizer, FbankOptions())
+    float_bytes = (float_dir / "model.pt").stat().st_size
+    quant_bytes = (quant_dir / "model.pt").stat().st_size
+    assert quant_bytes < float_bytes * (bits / 32 + 0.15)  # codes + per-channel scales + float rest
+    reloaded = load_model_dir(quant_dir).model
+    for name in quantized_layers(model):
+        original = quantize_weight(model.get_submodule(name).weight, bits)
+        again = quantize_weight(reloaded.get_submodule(name).weight, bits)
+        assert torch.equal(original[0], again[0])
+        assert torch.allclose(original[1], again[1], rtol=1e-6, atol=0)
+    feats, lengths, _, _ = batch()
+    with torch.no_grad():
+        a = model.ctc_log_probs(model.encode(feats, lengths)[0])
+        b = reloaded.ctc_log_probs(reloaded.encode(feats, lengths)[0])
+    assert (a - b).abs().max().item() < 1e-5

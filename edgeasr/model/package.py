@@ -61,10 +61,46 @@ def save_model_dir(
         "features": features.to_dict(),
         "streaming": {"chunk_size": streaming.chunk_size, "num_left_chunks": streaming.num_left_chunks},
     }
-    atomic_save_torch(directory / "model.pt", state_dict if state_dict is not None else model.state_dict())
+    state = dict(state_dict if state_dict is not None else model.state_dict())
+    atomic_save_torch(directory / "model.pt", pack_quantized_weights(model, state))
     atomic_write_text(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     tokenizer.save(directory / "tokenizer")
     return directory
+
+
+def pack_quantized_weights(model: ASRModel, state: dict) -> dict:
+    """Replace each quantized layer's float weight in ``state`` by its integer codes, packed
+    (8-bit: a byte each, 4-bit: two per byte, 2-bit: four per byte), and its per-channel scales.
+
+    So the model file of a 4-bit model really is about 8x smaller than float; the loader turns
+    codes and scales back into exactly the weights the fake-quant layers compute with.
+    """
+    from edgeasr.quant.fake_quant import quantize_weight
+    from edgeasr.quant.pack import pack_codes
+    from edgeasr.quant.qat import quantized_layers
+
+    for name, spec in quantized_layers(model).items():
+        weight = state.pop(f"{name}.weight")
+        codes, scale = quantize_weight(weight, spec.weight_bits)
+        state[f"{name}.weight_packed"] = pack_codes(codes, spec.weight_bits)
+        state[f"{name}.weight_scale"] = scale.reshape(-1).float()
+    return state
+
+
+def unpack_quantized_weights(model: ASRModel, state: dict) -> dict:
+    """The inverse of ``pack_quantized_weights`` (a float state passes through unchanged)."""
+    from edgeasr.quant.pack import unpack_codes
+    from edgeasr.quant.qat import quantized_layers
+
+    state = dict(state)
+    for name, spec in quantized_layers(model).items():
+        packed, scale = state.pop(f"{name}.weight_packed", None), state.pop(f"{name}.weight_scale", None)
+        if packed is None or scale is None:
+            continue  # a float weight (e.g. a QAT checkpoint's master weights) loads as it is
+        shape = model.get_submodule(name).weight.shape
+        codes = unpack_codes(packed, spec.weight_bits, shape.numel()).view(shape)
+        state[f"{name}.weight"] = codes.float() * scale.view(-1, *([1] * (len(shape) - 1)))
+    return state
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
@@ -86,7 +122,7 @@ def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
         config = yaml.safe_load(config_path.read_text())
         model = ASRModel(ModelConfig.from_dict(config["model"]))
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(unpack_quantized_weights(model, state))
     except (KeyError, TypeError, ValueError, RuntimeError, yaml.YAMLError) as error:
         raise EdgeAsrError(f"{directory}: cannot load model ({str(error).splitlines()[0]})") from None
     model.eval()
