@@ -84,5 +84,5 @@ def run(args: argparse.Namespace) -> int:
     size = (out / "model.pt").stat().st_size
     print(f"quantized {count} layers (weights {args.weight_bits}-bit, activations "
           f"{args.act_bits or 'float'}; {calibrated} ranges from {len(utts)} utterances, {args.observer}) "
-          f"-> {out} ({size / 1e6:.1f} MB: model.pt keeps float master weights)")
+          f"-> {out} (model.pt {size / 1e6:.2f} MB with packed weight codes)")
     return 0
