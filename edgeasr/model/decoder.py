@@ -14,15 +14,16 @@ from torch import nn
 
 from edgeasr.nn.attention import sinusoid_embedding
 from edgeasr.nn.feed_forward import FeedForward
+from edgeasr.nn.mha import MultiHeadAttention
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float) -> None:
         super().__init__()
         self.norm_self = nn.LayerNorm(d_model)
-        self.self_attention = nn.MultiheadAttention(d_model, num_heads, dropout=0.0, batch_first=True)
+        self.self_attention = MultiHeadAttention(d_model, num_heads)
         self.norm_src = nn.LayerNorm(d_model)
-        self.src_attention = nn.MultiheadAttention(d_model, num_heads, dropout=0.0, batch_first=True)
+        self.src_attention = MultiHeadAttention(d_model, num_heads)
         self.norm_ff = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
@@ -78,7 +79,7 @@ class TransformerDecoder(nn.Module):
         steps = torch.arange(length, device=tokens.device)
         positions = sinusoid_embedding(steps, self.d_model).to(memory.dtype)
         x = self.dropout(self.embed(tokens) * math.sqrt(self.d_model) + positions)
-        # Blocked positions are True for nn.MultiheadAttention.
+        # Blocked positions are True.
         causal_block = steps.unsqueeze(0) > steps.unsqueeze(1)  # key after query
         token_pad = steps.unsqueeze(0) >= token_lengths.unsqueeze(1)
         memory_steps = torch.arange(memory.size(1), device=memory.device)

@@ -1,0 +1,36 @@
+"""``edgeasr export``: ONNX graphs of a model for streaming with ONNX Runtime."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX (streaming encoder with caches, decoder, int8 option)",
+        description=(
+            "Write encoder.onnx (one chunk: features and per-layer caches in, encoder output, CTC "
+            "log-probabilities and new caches out; CMVN inside), decoder.onnx (rescoring), the "
+            "tokenizer and metadata.json (chunk size, left context, window, cache layout). --int8 "
+            "adds onnxruntime dynamic int8 graphs (MatMul/Gemm only). Run them with "
+            "`edgeasr transcribe --model DIR` or edgeasr.export.runtime.OnnxRecognizer."
+        ),
+    )
+    parser.add_argument("--model", default="default", help="model directory (or 'default')")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--chunk-size", type=int, help="encoder frames per chunk (default: the model's)")
+    parser.add_argument("--left-chunks", type=int, help="chunks of attention history kept (-1 = all; default: the model's)")
+    parser.add_argument("--int8", action="store_true", help="also write int8 graphs (onnxruntime dynamic quantization)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgeasr.export.onnx import export_onnx
+
+    meta = export_onnx(args.model, args.out, args.chunk_size, args.left_chunks, args.int8)
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(args.out).glob("*.onnx")))
+    print(f"exported to {args.out}: {sizes}; chunk {meta['chunk_size']}, left chunks {meta['num_left_chunks']}")
+    return 0

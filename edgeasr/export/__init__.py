@@ -1,0 +1,1 @@
+"""Export: ONNX graphs of the streaming encoder and decoder, and an ONNX Runtime recognizer."""

@@ -1,0 +1,211 @@
+"""ONNX export: the streaming encoder (with its caches as inputs and outputs), CTC, and decoder.
+
+``export_onnx(model_dir, out_dir)`` writes:
+
+- ``encoder.onnx``: one chunk. Inputs ``feats`` [1, W, F] (raw fbank of the chunk's window; CMVN is
+  inside the graph) and, per layer, the caches the layer keeps: ``att_cache.{i}`` (softmax
+  attention: keys and values [1, H, T_cache, 2 d_head], T_cache dynamic, may be 0; Performer: the
+  fixed state [1, H, m, d_head + 1]) and ``cnn_cache.{i}`` ([1, D, k - 1]). Outputs ``encoded``
+  [1, T, D], ``ctc_log_probs`` [1, T, V] and the new caches ``new_att_cache.{i}`` /
+  ``new_cnn_cache.{i}``. The runtime trims softmax caches to the left context it keeps.
+- ``decoder.onnx`` (when the model has an attention decoder): teacher-forced log-probabilities
+  for rescoring, inputs ``tokens`` [N, U], ``token_lengths`` [N], ``memory`` [N, T, D],
+  ``memory_lengths`` [N]; output ``log_probs`` [N, U, V].
+- ``tokenizer/`` and ``metadata.json`` (also stored as ONNX metadata in the encoder): chunk size,
+  left chunks, window and stride in feature frames, subsampling rate, feature options, the cache
+  layout of every layer, vocabulary size and special ids.
+- with ``int8=True``, ``encoder.int8.onnx`` and ``decoder.int8.onnx``: onnxruntime dynamic
+  quantization of MatMul/Gemm only, int8 weights. Quantizing convolutions too (onnxruntime's
+  default, ConvInteger) measured about 4x slower than float here, so they stay float.
+
+The encoder is exported with the legacy TorchScript tracer (``dynamo=False``): seconds instead of
+half a minute, and no onnxscript dependency. The model's Python control flow depends only on
+layer kinds and on whether a cache is given, never on values, so one trace serves every chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeasr.errors import EdgeAsrError
+from edgeasr.model.encoder import EncoderStream
+from edgeasr.model.package import PackagedModel, load_model_dir
+from edgeasr.nn.performer import PerformerAttention
+
+OPSET = 17
+
+
+def cache_layout(model) -> list[dict]:
+    """Per layer: which caches it has and their shapes (T_cache = -1 where it is dynamic)."""
+    encoder = model.encoder
+    layout = []
+    for layer in encoder.layers:
+        entry: dict = {"kind": type(layer).__name__}
+        attention = getattr(layer, "attention", None)
+        if isinstance(attention, PerformerAttention):
+            entry["att"] = {"shape": list(attention.state_shape(1)), "grows": False}
+        elif attention is not None:
+            entry["att"] = {"shape": [1, attention.num_heads, -1, 2 * attention.d_head], "grows": True}
+        conv = getattr(layer, "conv", None)
+        if conv is not None and conv.cache_frames:
+            entry["cnn"] = {"shape": [1, encoder.config.d_model, conv.cache_frames]}
+        layout.append(entry)
+    return layout
+
+
+class _EncoderChunk(nn.Module):
+    """forward(feats, *caches) -> (encoded, ctc_log_probs, *new_caches), caches in layout order."""
+
+    def __init__(self, model, layout: list[dict]) -> None:
+        super().__init__()
+        self.model = model
+        self.layout = layout
+
+    def forward(self, feats: torch.Tensor, *caches: torch.Tensor):
+        it = iter(caches)
+        att, cnn = [], []
+        for entry in self.layout:
+            att.append(next(it) if "att" in entry else feats.new_zeros(0))
+            cnn.append(next(it) if "cnn" in entry else feats.new_zeros(0))
+        encoded, new_att, new_cnn = self.model.encoder.forward_chunk(self.model.normalize(feats), att, cnn)
+        outputs = [encoded, self.model.ctc_log_probs(encoded)]
+        for entry, a, c in zip(self.layout, new_att, new_cnn):
+            if "att" in entry:
+                outputs.append(a)
+            if "cnn" in entry:
+                outputs.append(c)
+        return tuple(outputs)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, tokens, token_lengths, memory, memory_lengths):
+        return torch.log_softmax(self.decoder(tokens, token_lengths, memory, memory_lengths), dim=-1)
+
+
+def _cache_names(layout: list[dict], prefix: str = "") -> list[str]:
+    names = []
+    for index, entry in enumerate(layout):
+        if "att" in entry:
+            names.append(f"{prefix}att_cache.{index}")
+        if "cnn" in entry:
+            names.append(f"{prefix}cnn_cache.{index}")
+    return names
+
+
+def example_caches(layout: list[dict], cached_frames: int) -> list[torch.Tensor]:
+    tensors = []
+    for entry in layout:
+        if "att" in entry:
+            shape = [cached_frames if size == -1 else size for size in entry["att"]["shape"]]
+            tensors.append(torch.zeros(shape))
+        if "cnn" in entry:
+            tensors.append(torch.zeros(entry["cnn"]["shape"]))
+    return tensors
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = target.with_suffix(".prep.onnx")
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(target), op_types_to_quantize=["MatMul", "Gemm"],
+                         weight_type=QuantType.QInt8)
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def export_onnx(
+    model: str | Path | PackagedModel,
+    out_dir: str | Path,
+    chunk_size: int | None = None,
+    num_left_chunks: int | None = None,
+    int8: bool = False,
+) -> dict:
+    """Export a packaged model for streaming with ONNX Runtime; returns the metadata written."""
+    import onnx
+
+    packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
+    asr = packaged.model.eval()
+    asr.fuse()
+    if asr.config.quantization is not None:
+        raise EdgeAsrError("export a float model; quantized ONNX comes from --int8 (onnxruntime dynamic int8)")
+    chunk = chunk_size if chunk_size is not None else packaged.streaming.chunk_size
+    left = num_left_chunks if num_left_chunks is not None else packaged.streaming.num_left_chunks
+    if chunk < 1:
+        raise EdgeAsrError("ONNX streaming export needs a chunk size of at least 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stream = EncoderStream(asr.encoder, chunk, left)
+    layout = cache_layout(asr)
+    wrapper = _EncoderChunk(asr, layout).eval()
+    feats = torch.randn(1, stream.window, asr.config.encoder.input_dim)
+    caches = example_caches(layout, cached_frames=chunk)
+    inputs = ["feats", *_cache_names(layout)]
+    outputs = ["encoded", "ctc_log_probs", *_cache_names(layout, "new_")]
+    dynamic = {"encoded": {1: "frames"}, "ctc_log_probs": {1: "frames"}, "feats": {1: "window"}}
+    for index, entry in enumerate(layout):
+        if "att" in entry and entry["att"]["grows"]:
+            dynamic[f"att_cache.{index}"] = {2: "cached"}
+            dynamic[f"new_att_cache.{index}"] = {2: "cached_out"}
+    encoder_path = out / "encoder.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (feats, *caches), str(encoder_path), input_names=inputs,
+                          output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    metadata = {
+        "format": "edgeasr-onnx-streaming",
+        "version": 1,
+        "chunk_size": chunk,
+        "num_left_chunks": left,
+        "max_left_frames": stream.max_left_frames,
+        "window": stream.window,
+        "stride": stream.stride,
+        "subsampling_rate": asr.encoder.subsampling.rate,
+        "right_context": asr.encoder.subsampling.right_context,
+        "frame_shift_ms": packaged.features.frame_shift_ms,
+        "features": packaged.features.to_dict(),
+        "vocab_size": asr.config.vocab_size,
+        "blank_id": asr.blank_id,
+        "sos_id": asr.sos_id,
+        "eos_id": asr.eos_id,
+        "d_model": asr.config.encoder.d_model,
+        "layers": layout,
+        "has_decoder": asr.decoder is not None,
+    }
+    graph = onnx.load(str(encoder_path))
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(graph, str(encoder_path))
+    if asr.decoder is not None:
+        tokens = torch.full((2, 5), asr.sos_id, dtype=torch.long)
+        token_lengths = torch.tensor([5, 3])
+        memory = torch.randn(2, 7, asr.config.encoder.d_model)
+        memory_lengths = torch.tensor([7, 7])
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Decoder(asr.decoder).eval(), (tokens, token_lengths, memory, memory_lengths), str(out / "decoder.onnx"),
+                input_names=["tokens", "token_lengths", "memory", "memory_lengths"], output_names=["log_probs"],
+                dynamic_axes={"tokens": {0: "n", 1: "u"}, "token_lengths": {0: "n"}, "memory": {0: "n", 1: "t"},
+                              "memory_lengths": {0: "n"}, "log_probs": {0: "n", 1: "u"}},
+                opset_version=OPSET, dynamo=False,
+            )
+    if int8:
+        _quantize_int8(encoder_path, out / "encoder.int8.onnx")
+        if asr.decoder is not None:
+            _quantize_int8(out / "decoder.onnx", out / "decoder.int8.onnx")
+    packaged.tokenizer.save(out / "tokenizer")
+    (out / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    return metadata

@@ -1,0 +1,129 @@
+"""ONNX export of the streaming encoder and decoder, and the ONNX Runtime recognizer."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgeasr.audio.features import FbankOptions
+from edgeasr.cli import main
+from edgeasr.data.manifest import read_manifest
+from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+from edgeasr.export.onnx import export_onnx
+from edgeasr.export.runtime import OnnxRecognizer
+from edgeasr.model.asr import ASRModel, ModelConfig
+from edgeasr.model.encoder import EncoderStream
+from edgeasr.model.package import StreamingDefaults, load_model_dir, save_model_dir
+from edgeasr.text.tokenizer import Tokenizer
+
+VARIANTS = {
+    "conformer": {"num_blocks": 2},
+    "practical": {"blocks": ["conv", "performer"], "performer_features": 8},
+    "fusionformer": {"num_blocks": 2, "block_kind": "fusionformer", "final_norm": "none"},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant_dir(request, tmp_path_factory):
+    tokenizer = Tokenizer.train(["hello world", "streaming speech recognition"], kind="char")
+    torch.manual_seed(0)
+    encoder = {"d_model": 32, "num_heads": 2, "d_ff": 64, "dropout": 0.0, **VARIANTS[request.param]}
+    model = ASRModel(ModelConfig.from_dict({"vocab_size": tokenizer.vocab_size, "encoder": encoder,
+                                            "decoder": {"num_layers": 1, "d_ff": 64, "dropout": 0.0}}))
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics away from their initial values
+        model.encode(torch.randn(2, 100, 80) * 2, torch.tensor([100, 80]))
+        model.ctc.bias[0] = -2.0
+        model.ctc.weight.mul_(8.0)
+    model.eval()
+    directory = save_model_dir(tmp_path_factory.mktemp(request.param), model, tokenizer, FbankOptions(),
+                               StreamingDefaults(chunk_size=4))
+    out = tmp_path_factory.mktemp(f"{request.param}_onnx")
+    export_onnx(directory, out, int8=True)
+    return directory, out
+
+
+def run_onnx_encoder(out, feats: np.ndarray) -> np.ndarray:
+    rec = OnnxRecognizer.load(out)
+    session = rec.stream()
+    pieces = []
+    original = session._run
+
+    def capture(window):
+        outputs = rec.encoder.run(None, {"feats": window[None], **dict(zip(rec.cache_inputs, session.caches))})
+        pieces.append(outputs[0][0])
+        original(window)
+
+    session._run = capture
+    session._consume(torch.from_numpy(feats), final=True)
+    return np.concatenate(pieces)
+
+
+def test_onnx_encoder_equals_the_torch_stream(variant_dir):
+    directory, out = variant_dir
+    model = load_model_dir(directory).model
+    model.fuse()
+    feats = np.random.default_rng(0).normal(size=(230, 80)).astype(np.float32) * 3
+    stream = EncoderStream(model.encoder, 4)
+    with torch.no_grad():
+        expected = torch.cat([stream.accept(model.normalize(torch.from_numpy(feats))), stream.finish()]).numpy()
+    got = run_onnx_encoder(out, feats)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_onnx_recognizer_gives_the_torch_text(variant_dir, tiny_corpus):
+    directory, out = variant_dir
+    torch_rec = Recognizer.load(directory, DecodeOptions(mode="attention_rescoring"))
+    onnx_rec = OnnxRecognizer.load(out)
+    for utt in read_manifest(tiny_corpus / "test.jsonl")[:3]:
+        expected = torch_rec.transcribe(utt.audio)
+        got = onnx_rec.transcribe(utt.audio)
+        assert got.text == expected.text
+        assert [w.word for w in got.words] == [w.word for w in expected.words]
+
+
+def test_int8_graphs_are_smaller_and_run(variant_dir, tiny_corpus):
+    _, out = variant_dir
+    assert (out / "encoder.int8.onnx").stat().st_size < (out / "encoder.onnx").stat().st_size
+    graph = onnx.load(str(out / "encoder.int8.onnx"))
+    ops = {node.op_type for node in graph.graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    assert "ConvInteger" not in ops  # convolutions stay float (ConvInteger is far slower here)
+    result = OnnxRecognizer.load(out, int8=True).transcribe(read_manifest(tiny_corpus / "test.jsonl")[0].audio)
+    assert isinstance(result.text, str)
+
+
+def test_metadata_travels_in_the_graph_and_next_to_it(variant_dir):
+    _, out = variant_dir
+    meta = json.loads((out / "metadata.json").read_text())
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(out / "encoder.onnx")).metadata_props}
+    assert props["chunk_size"] == meta["chunk_size"] == 4
+    assert props["window"] == meta["window"] and props["layers"] == meta["layers"]
+    session = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    assert names[0] == "feats" and len(names) == 1 + sum(("att" in e) + ("cnn" in e) for e in meta["layers"])
+
+
+def test_limited_left_context_keeps_onnx_caches_bounded(tiny_model, tmp_path):
+    out = tmp_path / "onnx"
+    export_onnx(tiny_model, out, chunk_size=4, num_left_chunks=2)
+    rec = OnnxRecognizer.load(out, mode="ctc_prefix_beam")
+    session = rec.stream()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        session.accept(rng.normal(scale=0.1, size=3200).astype(np.float32))
+    att = [c for name, c in zip(rec.cache_inputs, session.caches) if name.startswith("att")]
+    assert att and all(c.shape[2] <= 8 for c in att)
+
+
+def test_export_command_and_its_errors(tiny_model, tmp_path, capsys):
+    assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "x")]) == 0
+    assert "encoder.onnx" in capsys.readouterr().out
+    assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "y"), "--chunk-size", "0"]) == 2
+    assert "chunk size of at least 1" in capsys.readouterr().err
+    with pytest.raises(Exception, match="metadata.json"):
+        OnnxRecognizer.load(tmp_path)
