@@ -127,3 +127,16 @@ def test_export_command_and_its_errors(tiny_model, tmp_path, capsys):
     assert "chunk size of at least 1" in capsys.readouterr().err
     with pytest.raises(Exception, match="metadata.json"):
         OnnxRecognizer.load(tmp_path)
+
+
+def test_transcribe_runs_an_onnx_export_directory(tiny_model, tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "onnx"
+    export_onnx(tiny_model, out, int8=True)
+    audio = read_manifest(tiny_corpus / "test.jsonl")[0].audio
+    assert main(["transcribe", "--model", str(tiny_model), "--mode", "ctc_prefix_beam", audio]) == 0
+    torch_text = capsys.readouterr().out
+    assert main(["transcribe", "--model", str(out), "--mode", "ctc_prefix_beam", audio]) == 0
+    assert capsys.readouterr().out == torch_text
+    assert main(["transcribe", "--model", str(out), "--int8", audio]) == 0
+    assert main(["transcribe", "--model", str(out), "--chunk-size", "8", audio]) == 2
+    assert "exported with" in capsys.readouterr().err

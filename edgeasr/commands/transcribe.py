@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line: audio, text, words with times, confidence, n-best")
     parser.add_argument("--partials", action="store_true", help="also print partial results while streaming")
+    parser.add_argument("--int8", action="store_true", help="with an ONNX export: run its int8 graphs")
     add_decode_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -35,14 +36,19 @@ def run(args: argparse.Namespace) -> int:
     from edgeasr.decoding.recognizer import Recognizer
 
     torch.set_num_threads(max(1, args.threads))
-    recognizer = Recognizer.load(args.model, decode_options(args))
+    if _is_onnx_export(args.model):
+        recognizer = _onnx_recognizer(args)
+        chunk_size, sample_rate = recognizer.meta["chunk_size"], recognizer.features.sample_rate
+    else:
+        recognizer = Recognizer.load(args.model, decode_options(args))
+        chunk_size, sample_rate = recognizer.chunk_size, recognizer.packaged.features.sample_rate
     failed = 0
     for path in args.files:
         try:
             samples = load_audio(path, raw_sample_rate=args.raw_rate)
-            if recognizer.chunk_size > 0:
+            if chunk_size > 0:
                 session = recognizer.stream()
-                step = recognizer.packaged.features.sample_rate // 10  # 100 ms, like a live source
+                step = sample_rate // 10  # 100 ms, like a live source
                 for start in range(0, len(samples), step):
                     partial = session.accept(samples[start : start + step])
                     if args.partials and partial.text:
@@ -59,3 +65,20 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{path}\t{result.text}" if len(args.files) > 1 else result.text, flush=True)
     return 2 if failed else 0
+
+
+def _is_onnx_export(model: str) -> bool:
+    from pathlib import Path
+
+    return (Path(model) / "metadata.json").exists() and (Path(model) / "encoder.onnx").exists()
+
+
+def _onnx_recognizer(args: argparse.Namespace):
+    """An exported directory runs on ONNX Runtime; its chunk size and left context are fixed at export."""
+    from edgeasr.export.runtime import OnnxRecognizer
+
+    if args.chunk_size is not None or args.left_chunks is not None:
+        raise EdgeAsrError(f"{args.model}: an ONNX export streams with the chunk size and left context it was "
+                           "exported with (re-export to change them)")
+    return OnnxRecognizer.load(args.model, int8=args.int8, mode=args.mode, beam_size=args.beam_size,
+                               ctc_weight=args.ctc_weight, threads=max(1, args.threads))
