@@ -180,3 +180,63 @@ def test_model_files_store_packed_codes_and_reload_them_exactly(bits, tmp_path):
         a = model.ctc_log_probs(model.encode(feats, lengths)[0])
         b = reloaded.ctc_log_probs(reloaded.encode(feats, lengths)[0])
     assert (a - b).abs().max().item() < 1e-5
+
+
+def test_tanh_transform_is_near_identity_for_small_weights_and_spreads_heavy_tails():
+    from edgeasr.quant.fake_quant import quantize_weight
+    from edgeasr.quant.qat import transform_weight
+
+    small = torch.randn(8, 50) * 0.01
+    assert torch.allclose(transform_weight(small, "tanh"), small, rtol=2e-3, atol=1e-6)
+    torch.manual_seed(0)
+    heavy = torch.distributions.StudentT(2.0).sample((16, 400)) * 0.5
+    plain_codes, _ = quantize_weight(heavy, 4)
+    tanh_codes, _ = quantize_weight(transform_weight(heavy, "tanh"), 4)
+    assert (tanh_codes != 0).float().mean() > (plain_codes != 0).float().mean()
+    assert transform_weight(heavy, "tanh").abs().amax(1).allclose(heavy.abs().amax(1))
+
+
+def test_grid_regularizer_is_zero_on_the_grid_and_training_lowers_it():
+    from edgeasr.quant.fake_quant import fake_quantize_weight
+    from edgeasr.quant.qat import quantization_regularizer
+
+    model = float_model()
+    prepare_qat(model, QuantConfig(weight_bits=4, act_bits=None, skip=["decoder.*"]))
+    layer = model.encoder.layers[0].ff_in.linear_in
+    with torch.no_grad():
+        layer.weight.copy_(fake_quantize_weight(layer.effective_weight(), 4))
+    assert layer.grid_distance().item() < 1e-4
+    before = quantization_regularizer(model).item()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    for _ in range(20):
+        optimizer.zero_grad()
+        quantization_regularizer(model).backward()
+        optimizer.step()
+    assert quantization_regularizer(model).item() < before
+
+
+def test_regularizer_enters_the_training_loss_when_configured():
+    model = float_model(quantization={"weight_bits": 4, "act_bits": None, "regularizer_weight": 0.5,
+                                      "skip": ["decoder.*"]})
+    model.train()
+    losses = model(*batch())
+    assert "quant_reg" in losses and losses["quant_reg"].item() > 0
+    assert "quant_reg" not in float_model()(*batch())
+
+
+def test_tanh_model_reloads_from_packed_codes_with_the_same_outputs(tmp_path):
+    tokenizer = Tokenizer.train(["hello world"], kind="char")
+    torch.manual_seed(0)
+    config = {"vocab_size": tokenizer.vocab_size, "encoder": ENCODER, "decoder": {"num_layers": 0},
+              "quantization": {"weight_bits": 4, "act_bits": None, "weight_transform": "tanh"}}
+    model = ASRModel(ModelConfig.from_dict(config)).eval()
+    with torch.no_grad():
+        for layer in quantized_layers(model):
+            model.get_submodule(layer).weight.mul_(20)  # large weights: tanh really squashes them
+    directory = save_model_dir(tmp_path / "t", model, tokenizer, FbankOptions())
+    reloaded = load_model_dir(directory).model
+    feats, lengths, _, _ = batch()
+    with torch.no_grad():
+        a = model.ctc_log_probs(model.encode(feats, lengths)[0])
+        b = reloaded.ctc_log_probs(reloaded.encode(feats, lengths)[0])
+    assert (a - b).abs().max().item() < 1e-4

@@ -154,6 +154,12 @@ class ASRModel(nn.Module):
                 att = (1 - w) * att + w * rev
             losses["attention"] = att
             loss = self.config.ctc_weight * ctc + (1 - self.config.ctc_weight) * att
+        quant = self.config.quantization
+        if quant and quant.get("regularizer_weight", 0.0) > 0 and self.training:
+            from edgeasr.quant.qat import quantization_regularizer
+
+            losses["quant_reg"] = quantization_regularizer(self)
+            loss = loss + quant["regularizer_weight"] * losses["quant_reg"]
         losses["loss"] = loss
         return losses
 

@@ -77,10 +77,10 @@ def pack_quantized_weights(model: ASRModel, state: dict) -> dict:
     """
     from edgeasr.quant.fake_quant import quantize_weight
     from edgeasr.quant.pack import pack_codes
-    from edgeasr.quant.qat import quantized_layers
+    from edgeasr.quant.qat import quantized_layers, transform_weight
 
     for name, spec in quantized_layers(model).items():
-        weight = state.pop(f"{name}.weight")
+        weight = transform_weight(state.pop(f"{name}.weight"), spec.weight_transform)
         codes, scale = quantize_weight(weight, spec.weight_bits)
         state[f"{name}.weight_packed"] = pack_codes(codes, spec.weight_bits)
         state[f"{name}.weight_scale"] = scale.reshape(-1).float()
@@ -97,9 +97,11 @@ def unpack_quantized_weights(model: ASRModel, state: dict) -> dict:
         packed, scale = state.pop(f"{name}.weight_packed", None), state.pop(f"{name}.weight_scale", None)
         if packed is None or scale is None:
             continue  # a float weight (e.g. a QAT checkpoint's master weights) loads as it is
-        shape = model.get_submodule(name).weight.shape
+        layer = model.get_submodule(name)
+        shape = layer.weight.shape
         codes = unpack_codes(packed, spec.weight_bits, shape.numel()).view(shape)
         state[f"{name}.weight"] = codes.float() * scale.view(-1, *([1] * (len(shape) - 1)))
+        layer.weight_transform = None  # the codes already hold the transformed weights
     return state
 
 

@@ -69,7 +69,7 @@ class IntegerLinear(nn.Module):
             raise ValueError("integer inference needs a layer with calibrated 8-bit input and output ranges")
         s_in, z_in = layer.input_quant.qparams()
         s_out, z_out = layer.output_quant.qparams()
-        codes, s_w = quantize_weight(layer.weight, layer.weight_bits)
+        codes, s_w = quantize_weight(layer.effective_weight(), layer.weight_bits)
         s_w = s_w.view(-1)
         bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(s_w)
         bias_q = torch.round(bias / (s_in * s_w)).to(torch.int64)

@@ -37,6 +37,23 @@ class LayerQuant:
     weight_bits: int
     act_bits: int | None
     native: bool = False
+    weight_transform: str | None = None
+
+
+WEIGHT_TRANSFORMS = (None, "tanh")
+
+
+def transform_weight(weight: torch.Tensor, kind: str | None) -> torch.Tensor:
+    """The weight a layer quantizes. ``tanh`` (two-stage sub-8-bit QAT): w~ = tanh(w) / max|tanh(w)|
+    per output channel, rescaled by the channel's max |w| so it starts close to w; it squashes
+    outlier weights so the uniform grid spends its few levels where most weights are."""
+    if kind is None:
+        return weight
+    flat = weight.reshape(weight.size(0), -1)
+    squashed = torch.tanh(flat)
+    peak = squashed.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)
+    magnitude = flat.abs().amax(dim=1, keepdim=True).detach()
+    return (squashed / peak * magnitude).view_as(weight)
 
 
 @dataclass
@@ -50,6 +67,11 @@ class QuantConfig:
     #: Linear layers compute their forward pass on integer tensors (int8 codes, int32
     #: accumulation), gradients through the float fake-quant path: training numerics = serving.
     native: bool = False
+    #: None or "tanh" (the sub-8-bit weight transform); per layer too, in ``layers``
+    weight_transform: str | None = None
+    #: Weight of the S8BQAT-style regularizer pulling weights toward their quantization grid
+    #: (added to the training loss; 0 = off)
+    regularizer_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, config: dict) -> "QuantConfig":
@@ -64,13 +86,18 @@ class QuantConfig:
         return asdict(self)
 
     def validate(self) -> None:
-        specs = [{"weight_bits": self.weight_bits, "act_bits": self.act_bits}, *self.layers.values()]
+        specs = [{"weight_bits": self.weight_bits, "act_bits": self.act_bits,
+                  "weight_transform": self.weight_transform}, *self.layers.values()]
+        if self.regularizer_weight < 0:
+            raise ValueError("regularizer_weight must be >= 0")
         for spec in specs:
-            unknown = set(spec) - {"weight_bits", "act_bits"}
+            unknown = set(spec) - {"weight_bits", "act_bits", "weight_transform"}
             if unknown:
                 raise ValueError(f"unknown per-layer quant option(s): {', '.join(sorted(unknown))}")
             if "weight_bits" in spec:
                 weight_qmax(spec["weight_bits"])
+            if spec.get("weight_transform") not in WEIGHT_TRANSFORMS:
+                raise ValueError(f"weight_transform must be none or tanh, not {spec['weight_transform']}")
             if spec.get("act_bits") not in (None, 8):
                 raise ValueError(f"activations are quantized to 8 bits or not at all, not {spec['act_bits']}")
 
@@ -78,11 +105,11 @@ class QuantConfig:
         """The bit widths for module ``name``, or None when it stays float."""
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip):
             return None
-        spec = {"weight_bits": self.weight_bits, "act_bits": self.act_bits}
+        spec = {"weight_bits": self.weight_bits, "act_bits": self.act_bits, "weight_transform": self.weight_transform}
         for pattern, override in self.layers.items():
             if fnmatch.fnmatchcase(name, pattern):
                 spec.update(override)
-        return LayerQuant(spec["weight_bits"], spec["act_bits"], self.native)
+        return LayerQuant(spec["weight_bits"], spec["act_bits"], self.native, spec["weight_transform"])
 
 
 class _FakeQuant:
@@ -100,20 +127,32 @@ class _FakeQuant:
     def _setup(self, spec: LayerQuant) -> None:
         self.weight_bits = spec.weight_bits
         self.native = spec.native
+        self.weight_transform = spec.weight_transform
         self.input_quant = ActivationQuantizer(spec.act_bits) if spec.act_bits else None
         self.output_quant = ActivationQuantizer(spec.act_bits) if spec.act_bits else None
 
     def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(fake-quant input, weight, bias). The bias is rounded to the int32 grid of the
         accumulator (scale s_in x s_w per channel), as the integer kernel stores it."""
-        weight = fake_quantize_weight(self.weight, self.weight_bits)
+        effective = self.effective_weight()
+        weight = fake_quantize_weight(effective, self.weight_bits)
         bias = self.bias
         if self.input_quant is not None:
             x = self.input_quant(x)
             if bias is not None and bool(self.input_quant.initialized):
-                step = self.input_quant.qparams()[0] * weight_scale(self.weight, self.weight_bits).view(-1)
+                step = self.input_quant.qparams()[0] * weight_scale(effective, self.weight_bits).view(-1)
                 bias = bias + (torch.round(bias / step) * step - bias).detach()
         return x, weight, bias
+
+    def effective_weight(self) -> torch.Tensor:
+        """The float weight before rounding (after the weight transform, if any)."""
+        return transform_weight(self.weight, self.weight_transform)
+
+    def grid_distance(self) -> torch.Tensor:
+        """S8BQAT-style regularizer: mean of 1 - |cos(pi w / s)|, zero on the grid, one halfway."""
+        weight = self.effective_weight()
+        scale = weight_scale(weight, self.weight_bits)
+        return (1 - torch.cos(torch.pi * weight / scale).abs()).mean()
 
     def _output(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.output_quant is None else self.output_quant(y)
@@ -135,7 +174,7 @@ class FakeQuantLinear(_FakeQuant, nn.Linear):
     def _integer_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The same product on integer codes: int8 x int8 -> int32 (+ int32 bias), then scaled."""
         s_in, z_in = self.input_quant.qparams()
-        s_w = weight_scale(self.weight, self.weight_bits).view(-1)
+        s_w = weight_scale(self.effective_weight(), self.weight_bits).view(-1)
         x_codes = (torch.round(x / s_in) + z_in).to(torch.int8).reshape(-1, self.in_features)
         w_codes = torch.round(weight / s_w.unsqueeze(1)).to(torch.int8)
         acc = torch._int_mm(x_codes, w_codes.t().contiguous())
@@ -191,7 +230,16 @@ def prepare_qat(model: nn.Module, config: QuantConfig) -> int:
 def quantized_layers(model: nn.Module) -> dict[str, LayerQuant]:
     """{module name: bit widths} of every fake-quant layer of ``model``."""
     return {
-        name: LayerQuant(m.weight_bits, m.input_quant.bits if m.input_quant is not None else None, m.native)
+        name: LayerQuant(m.weight_bits, m.input_quant.bits if m.input_quant is not None else None, m.native,
+                         m.weight_transform)
         for name, m in model.named_modules()
         if isinstance(m, _FakeQuant)
     }
+
+
+def quantization_regularizer(model: nn.Module) -> torch.Tensor:
+    """Mean grid distance over every fake-quant layer (0 when there are none)."""
+    distances = [m.grid_distance() for m in model.modules() if isinstance(m, _FakeQuant)]
+    if not distances:
+        return torch.zeros(())
+    return torch.stack(distances).mean()
