@@ -20,6 +20,8 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
     parser.add_argument("--reverse-weight", type=float, default=0.0,
                         help="right-to-left decoder weight in rescoring, U2++ models (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--dynamic-int8", action="store_true",
+                        help="run Linear layers as torch dynamic int8 (float models; no calibration)")
 
 
 def decode_options(args: argparse.Namespace) -> DecodeOptions:
@@ -30,4 +32,5 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         beam_size=args.beam_size,
         ctc_weight=args.ctc_weight,
         reverse_weight=args.reverse_weight,
+        dynamic_int8=args.dynamic_int8,
     )

@@ -39,6 +39,8 @@ class DecodeOptions:
     beam_size: int = 10
     ctc_weight: float = 0.5
     reverse_weight: float = 0.0
+    #: run Linear layers as torch dynamic int8 (edgeasr.quant.dynamic); float model files only
+    dynamic_int8: bool = False
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -57,6 +59,12 @@ class Recognizer:
         self.tokenizer = packaged.tokenizer
         self.options = options or DecodeOptions()
         self.options.validate()
+        if self.options.dynamic_int8:
+            if self.model.config.quantization is not None:
+                raise EdgeAsrError("--dynamic-int8 applies to float models; this one is already quantized")
+            from edgeasr.quant.dynamic import dynamic_int8
+
+            self.model = dynamic_int8(self.model)
         if self.options.mode == "attention_rescoring" and self.model.decoder is None:
             self.options.mode = "ctc_prefix_beam"
         encoder = self.model.encoder
