@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import yaml
 
 from edgeasr.errors import EdgeAsrError
+from edgeasr.fileio import atomic_write_text
 
 
 def _bits(text: str) -> int | None:
@@ -38,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="per-layer bit widths as YAML, e.g. '{\"encoder.layers.*.ff_*\": {weight_bits: 4}}'")
     parser.add_argument("--skip", action="append", default=None, metavar="PATTERN",
                         help="module name patterns left in float (default: the attention decoders)")
+    search = parser.add_argument_group("mixed-precision search")
+    search.add_argument("--search", action="store_true",
+                        help="choose per-layer weight bits for --budget-kb by sensitivity (writes OUT/search.json)")
+    search.add_argument("--budget-kb", type=float, help="packed weight bytes of the quantized layers, in KiB")
+    search.add_argument("--search-bits", default="8,4,2", help="candidate weight bits (default: 8,4,2)")
+    search.add_argument("--search-eval", metavar="MANIFEST", help="also measure WER of Pareto points on this manifest")
+    search.add_argument("--search-points", type=int, default=5, help="Pareto points measured with --search-eval (default: 5)")
+    search.add_argument("--search-limit", type=int, default=50, help="utterances for --search-eval (default: 50)")
     parser.set_defaults(func=run)
 
 
@@ -64,10 +74,6 @@ def run(args: argparse.Namespace) -> int:
         })
     except (ValueError, TypeError, yaml.YAMLError) as error:
         raise EdgeAsrError(f"quantization settings: {str(error).splitlines()[0]}") from None
-    config = source.model.config.to_dict()
-    config["quantization"] = quant.to_dict()
-    model = ASRModel(ModelConfig.from_dict(config))
-    load_weights_from(model, source.directory)
     utts = read_manifest(args.calib)[: args.limit]
     if not utts:
         raise EdgeAsrError(f"{args.calib}: no calibration utterances")
@@ -77,12 +83,76 @@ def run(args: argparse.Namespace) -> int:
             feats = compute_fbank(load_audio(utt.audio), source.features)
             yield feats.unsqueeze(0), torch.tensor([feats.size(0)])
 
-    calibrated = calibrate(model, batches(), args.observer, args.percentile)
+    def build(quant_config: QuantConfig):
+        config = source.model.config.to_dict()
+        config["quantization"] = quant_config.to_dict()
+        model = ASRModel(ModelConfig.from_dict(config))
+        load_weights_from(model, source.directory)
+        return model, calibrate(model, batches(), args.observer, args.percentile)
+
+    report = None
+    if args.search:
+        quant, report = _search(args, source, list(batches())[:20], quant, build)
+    model, calibrated = build(quant)
     model.eval()
     out = save_model_dir(args.out, model, source.tokenizer, source.features, source.streaming)
+    if report is not None:
+        atomic_write_text(out / "search.json", json.dumps(report, indent=1))
+        chosen = report["chosen"]
+        print(f"search: {len(report['pareto'])} Pareto points; chosen {chosen['bytes'] / 1024:.1f} KiB of weights "
+              f"(budget {args.budget_kb:g} KiB), bits {sorted(set(chosen['allocation'].values()), reverse=True)}")
     count = len(quantized_layers(model))
     size = (out / "model.pt").stat().st_size
     print(f"quantized {count} layers (weights {args.weight_bits}-bit, activations "
           f"{args.act_bits or 'float'}; {calibrated} ranges from {len(utts)} utterances, {args.observer}) "
           f"-> {out} (model.pt {size / 1e6:.2f} MB with packed weight codes)")
     return 0
+
+
+def _search(args, source, batches, base, build):
+    """Sensitivity, the greedy Pareto path, the allocation for the budget, optional WER checks."""
+    from edgeasr.audio.io import load_audio
+    from edgeasr.data.manifest import read_manifest
+    from edgeasr.evaluate.accuracy import decode_all_modes
+    from edgeasr.model.package import PackagedModel
+    from edgeasr.quant.search import allocation_config, choose, greedy_pareto, layer_groups, measure, sensitivity
+
+    if args.budget_kb is None or args.budget_kb <= 0:
+        raise EdgeAsrError("--search needs a positive --budget-kb")
+    try:
+        bits = tuple(sorted({int(b) for b in args.search_bits.split(",")}, reverse=True))
+    except ValueError:
+        bits = ()
+    if not bits or not all(b in (8, 4, 2) for b in bits):
+        raise EdgeAsrError(f"--search-bits takes 8, 4 and/or 2, not '{args.search_bits}'")
+    groups = layer_groups(source.model)
+    table = sensitivity(source.model, batches, groups, bits)
+    path = greedy_pareto(source.model, groups, table, bits)
+    try:
+        chosen = choose(path, int(args.budget_kb * 1024))
+    except ValueError as error:
+        raise EdgeAsrError(str(error)) from None
+    measured = []
+    if args.search_eval:
+        utts = read_manifest(args.search_eval)[: args.search_limit]
+        audio = [load_audio(u.audio) for u in utts]
+        step = max(1, len(path) // max(1, args.search_points - 1))
+        picks = sorted({*range(0, len(path), step), len(path) - 1, path.index(chosen)})
+
+        def evaluate(point):
+            model, _ = build(allocation_config(groups, point.allocation, base.act_bits, base.skip))
+            packaged = PackagedModel(model.eval(), source.tokenizer, source.features, source.streaming)
+            first = decode_all_modes(packaged, utts, audio, source.streaming.chunk_size)["ctc_prefix_beam"]
+            return {"wer": first["wer"], "cer": first["cer"], "chosen": point is chosen}
+
+        measured = measure([path[i] for i in picks], evaluate)
+    report = {
+        "budget_bytes": int(args.budget_kb * 1024),
+        "bits": list(bits),
+        "sensitivity": {g: {str(b): round(v, 6) for b, v in costs.items()} for g, costs in table.items()},
+        "pareto": [{"bytes": p.bytes, "predicted_divergence": round(p.predicted_divergence, 6), "allocation": p.allocation}
+                   for p in path],
+        "chosen": {"bytes": chosen.bytes, "predicted_divergence": chosen.predicted_divergence, "allocation": chosen.allocation},
+        "measured": measured,
+    }
+    return allocation_config(groups, chosen.allocation, base.act_bits, base.skip), report
