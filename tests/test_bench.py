@@ -67,6 +67,10 @@ def test_bench_measures_every_promised_quantity(bench_run):
     profile = result["layer_norm_profile"]
     assert 0 <= profile["time_share_profiler"] <= 1 and 0 < profile["flops_share"] < 0.5
     assert any("constant" in t["target"] and t["met"] for t in result["targets"])
+    for row in (base, practical):
+        assert row["latency_ms_long_stream"]["stream_seconds"] == 60.0
+        assert 0 < row["latency_ms_long_stream"]["median"] <= row["latency_ms_long_stream"]["p90"]
+    assert base["vs_baseline"]["speedup_long_stream"] == 1.0
 
 
 def test_bench_first_pass_wer_equals_streaming_eval(bench_run, tiny_model, tiny_corpus, capsys):

@@ -114,6 +114,13 @@ def encoders_section(result: dict, name: str, plot: str | None) -> list[str]:
             + f" | {r['flops_ratio']:.2f} | {pct('wer_relative_first_pass')} | {pct('cer_relative_first_pass')} | "
             f"{pct('wer_relative_rescored')} | {pct('cer_relative_rescored')} |"
         )
+    if all("latency_ms_long_stream" in row for row in rows):
+        stream = rows[0]["latency_ms_long_stream"]
+        lines += ["", f"Long stream (the latency utterances back to back and repeated, {stream['stream_seconds']:.0f} s; chunks of its "
+                  f"second half, chunk {stream['chunk_size']}): "
+                  + "; ".join(f"{row['name']} {row['latency_ms_long_stream']['median']:.2f} ms "
+                              f"(p90 {row['latency_ms_long_stream']['p90']:.2f}, "
+                              f"{row['vs_baseline'].get('speedup_long_stream', 1.0):.2f}x)" for row in rows) + "."]
     targets = result.get("targets")
     if targets:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
