@@ -92,3 +92,70 @@ def test_a_whole_model_converts_and_stays_close_to_its_fake_quant_form():
     assert not any(isinstance(m, FakeQuantLinear) for m in model.encoder.modules())
     relative = ((integer - fake).norm() / fake.norm()).item()
     assert relative < 0.05
+
+
+def calibrated_conv(cls, *args, bits=8, inputs=None, **kwargs):
+    torch.manual_seed(0)
+    layer = cls(*args, **kwargs)
+    layer._setup(LayerQuant(bits, 8))
+    layer.train()
+    for _ in range(4):
+        layer(inputs())
+    return layer.eval()
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_integer_dense_conv2d_matches_fake_quant_within_one_step(padding, bits):
+    from edgeasr.quant.integer import IntegerConv
+    from edgeasr.quant.qat import FakeQuantConv2d
+
+    inputs = lambda: torch.randn(2, 3, 21, 17) * 2 + 0.7  # noqa: E731
+    layer = calibrated_conv(FakeQuantConv2d, 3, 8, 3, 2, padding=padding, bits=bits, inputs=inputs)
+    integer = IntegerConv(layer)
+    x = inputs()
+    with torch.no_grad():
+        expected = layer(x)
+    got = integer(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= integer.output_scale * 1.0001
+    assert integer.forward_codes(integer.quantize_input(x)).dtype == torch.int8
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+def test_integer_depthwise_conv1d_matches_fake_quant_within_one_step(padding):
+    from edgeasr.quant.integer import IntegerConv
+    from edgeasr.quant.qat import FakeQuantConv1d
+
+    inputs = lambda: torch.randn(2, 6, 40) * 1.5 - 0.3  # noqa: E731
+    layer = calibrated_conv(FakeQuantConv1d, 6, 6, 5, padding=padding, groups=6, inputs=inputs)
+    integer = IntegerConv(layer)
+    x = inputs()
+    with torch.no_grad():
+        expected = layer(x)
+    got = integer(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= integer.output_scale * 1.0001
+
+
+def test_whole_model_conversion_covers_convolutions_too():
+    from edgeasr.quant.qat import FakeQuantConv1d, FakeQuantConv2d
+
+    torch.manual_seed(0)
+    model = ASRModel(ModelConfig.from_dict({
+        "vocab_size": 12, "encoder": {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_blocks": 2, "dropout": 0.0},
+        "decoder": {"num_layers": 0},
+    }))
+    prepare_qat(model, QuantConfig())
+    feats, lengths = torch.randn(2, 150, 80), torch.tensor([150, 120])
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model.ctc_log_probs(model.encode(feats, lengths)[0])
+    model.eval()
+    with torch.no_grad():
+        fake, _ = model.encode(feats, lengths)
+        convert_to_integer(model)
+        integer, _ = model.encode(feats, lengths)
+    assert not any(isinstance(m, (FakeQuantLinear, FakeQuantConv1d, FakeQuantConv2d)) for m in model.modules())
+    assert ((integer - fake).norm() / fake.norm()).item() < 0.05

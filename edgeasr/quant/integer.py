@@ -103,15 +103,107 @@ class IntegerLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, weight_bits={self.weight_bits}, int8 activations"
 
 
+class IntegerConv(nn.Module):
+    """The integer-only form of a calibrated ``FakeQuantConv1d`` / ``FakeQuantConv2d``.
+
+    Input codes are centred on their zero point (so zero padding means real zero), cut into
+    patches, and multiplied with the weight codes in integers: dense convolutions (the
+    subsampling) through ``torch._int_mm`` on int8 patches, depthwise convolutions as int32
+    multiply-adds over the kernel. Bias, zero-point correction and requantization as in
+    ``IntegerLinear``.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        if layer.input_quant is None or layer.output_quant is None or not bool(layer.input_quant.initialized):
+            raise ValueError("integer inference needs a layer with calibrated 8-bit input and output ranges")
+        if any(d != 1 for d in layer.dilation) or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise ValueError("integer convolutions support plain zero padding without dilation")
+        s_in, z_in = layer.input_quant.qparams()
+        s_out, z_out = layer.output_quant.qparams()
+        codes, s_w = quantize_weight(layer.effective_weight(), layer.weight_bits)
+        s_w = s_w.view(-1)
+        bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(s_w)
+        self.dims = codes.dim() - 2
+        self.kernel, self.stride, self.padding = layer.kernel_size, layer.stride, layer.padding
+        self.groups, self.out_channels = layer.groups, layer.out_channels
+        self.depthwise = layer.groups == layer.in_channels == layer.out_channels and layer.groups > 1
+        if not self.depthwise and layer.groups != 1:
+            raise ValueError("integer convolutions are dense or depthwise")
+        self.register_buffer("codes", codes)
+        self.register_buffer("weight_t", codes.reshape(codes.size(0), -1).t().contiguous())
+        self.register_buffer("bias_q", torch.round(bias / (s_in * s_w)).to(torch.int32))
+        m0, shift = quantize_multiplier(s_in * s_w / s_out)
+        self.register_buffer("m0", m0)
+        self.register_buffer("shift", shift)
+        self.weight_bits = layer.weight_bits
+        self.input_scale, self.input_zero_point = float(s_in), int(z_in)
+        self.output_scale, self.output_zero_point = float(s_out), int(z_out)
+
+    def _patches(self, centred: torch.Tensor) -> torch.Tensor:
+        """[B, C, *spatial] int32 -> [B, C, *out_spatial, *kernel] by zero padding and unfolding."""
+        pads = []
+        for p in reversed(self.padding):
+            pads += [p, p]
+        x = nn.functional.pad(centred, pads)
+        for dim in range(self.dims):
+            x = x.unfold(2 + dim, self.kernel[dim], self.stride[dim])
+        return x
+
+    def forward_codes(self, x_q: torch.Tensor) -> torch.Tensor:
+        """int8 input codes [B, C, *spatial] -> int8 output codes; integer arithmetic only."""
+        centred = x_q.to(torch.int32) - self.input_zero_point
+        patches = self._patches(centred)
+        if self.depthwise:
+            weight = self.codes.to(torch.int32).view(1, self.out_channels, *([1] * self.dims), *self.kernel)
+            acc = (patches * weight).sum(dim=tuple(range(-self.dims, 0)))  # [B, C, *out]
+            acc = acc + self.bias_q.view(1, -1, *([1] * self.dims))
+            moved = acc.movedim(1, -1)
+        else:
+            batch = patches.size(0)
+            out_shape = patches.shape[2 : 2 + self.dims]
+            # [B, C, *out, *k] -> [B * out, C * k]; centred codes fit int16, so split into the
+            # int8 product and the zero-point term to use the int8 kernel.
+            cols = patches.movedim(1, 1 + self.dims).reshape(batch * out_shape.numel(), -1)
+            acc = _int8_matmul(cols, self.weight_t) + self.bias_q
+            moved = acc.view(batch, *out_shape, self.out_channels)
+        y_q = requantize(moved, self.m0, self.shift, self.output_zero_point)
+        return y_q.movedim(-1, 1)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        codes = torch.round(x / self.input_scale) + self.input_zero_point
+        return torch.clamp(codes, INT8_MIN, INT8_MAX).to(torch.int8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y_q = self.forward_codes(self.quantize_input(x))
+        return (y_q.to(torch.float32) - self.output_zero_point) * self.output_scale
+
+
+def _int8_matmul(centred: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """int32 [M, K] (values in [-255, 255]) x int8 [K, N] -> int32, with int8 kernels only:
+    the left side is split into a high and a low int8 part (x = 16 h + l)."""
+    high = torch.div(centred, 16, rounding_mode="floor")
+    low = centred - 16 * high  # 0..15
+    return 16 * torch._int_mm(high.to(torch.int8), weight_t) + torch._int_mm(low.to(torch.int8), weight_t)
+
+
 def convert_to_integer(model: nn.Module) -> int:
-    """Replace every calibrated 8-bit-activation ``FakeQuantLinear`` by an ``IntegerLinear``
-    (in place, for inference); returns how many were converted."""
-    from edgeasr.quant.qat import FakeQuantLinear
+    """Replace every calibrated 8-bit-activation fake-quant Linear and convolution by its integer
+    form (``IntegerLinear`` / ``IntegerConv``), in place, for inference; returns how many.
+    Layers without calibrated ranges stay as they are."""
+    from edgeasr.quant.qat import FakeQuantConv1d, FakeQuantConv2d, FakeQuantLinear
 
     converted = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, FakeQuantLinear) and child.input_quant is not None:
+            quantizer = getattr(child, "input_quant", None)
+            if quantizer is None or not bool(quantizer.initialized):
+                continue  # weights-only or never calibrated (e.g. a decoder calibration did not run)
+            if isinstance(child, FakeQuantLinear):
                 setattr(parent, name, IntegerLinear(child))
-                converted += 1
+            elif isinstance(child, (FakeQuantConv1d, FakeQuantConv2d)):
+                setattr(parent, name, IntegerConv(child))
+            else:
+                continue
+            converted += 1
     return converted
