@@ -28,10 +28,10 @@ def test_requantize_rounds_like_the_real_multiplication():
     assert difference.max() <= 1 and (difference == 0).float().mean() > 0.99
 
 
-def calibrated_layer(bits: int, seed: int = 0) -> FakeQuantLinear:
+def calibrated_layer(bits: int, seed: int = 0, act_bits: int = 8) -> FakeQuantLinear:
     torch.manual_seed(seed)
     layer = FakeQuantLinear(48, 20)
-    layer._setup(LayerQuant(bits, 8))
+    layer._setup(LayerQuant(bits, act_bits))
     layer.train()
     for _ in range(5):
         layer(torch.randn(64, 48) * 2 + 0.5)
@@ -159,3 +159,14 @@ def test_whole_model_conversion_covers_convolutions_too():
         integer, _ = model.encode(feats, lengths)
     assert not any(isinstance(m, (FakeQuantLinear, FakeQuantConv1d, FakeQuantConv2d)) for m in model.modules())
     assert ((integer - fake).norm() / fake.norm()).item() < 0.05
+
+
+def test_four_bit_activations_run_integer_and_match_fake_quant():
+    layer = calibrated_layer(4, act_bits=4)
+    integer = IntegerLinear(layer)
+    x = torch.randn(3, 50, 48) * 2 + 0.5
+    with torch.no_grad():
+        expected = layer(x)
+    codes = integer.forward_codes(integer.quantize_input(x))
+    assert codes.min() >= -8 and codes.max() <= 7
+    assert (integer(x) - expected).abs().max().item() <= integer.output_scale * 1.0001

@@ -63,7 +63,7 @@ def test_quantize_command_writes_a_model_that_reloads_with_the_same_text(tiny_mo
 @pytest.mark.parametrize("extra,message", [
     (["--layers", "{a: {weight_bits: 3}}"], "weight bits"),
     (["--layers", "{a: [1"], "quantization settings"),
-    (["--act-bits", "4"], "8 bits or not at all"),
+    (["--act-bits", "3"], "8 or 4 bits or not at all"),
 ])
 def test_quantize_bad_settings_are_one_line_errors(extra, message, tiny_model, tiny_corpus, tmp_path, capsys):
     argv = ["quantize", "--model", str(tiny_model), "--out", str(tmp_path / "q"), "--calib",

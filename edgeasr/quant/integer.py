@@ -28,7 +28,6 @@ from torch import nn
 
 from edgeasr.quant.fake_quant import quantize_weight
 
-INT8_MIN, INT8_MAX = -128, 127
 
 
 def quantize_multiplier(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,8 +47,15 @@ def quantize_multiplier(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return torch.tensor(m0, dtype=torch.int64), torch.tensor(shifts, dtype=torch.int64)
 
 
-def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int) -> torch.Tensor:
-    """int32 accumulators [..., C] -> int8 codes: round(acc * M0 / 2^(31 + shift)) + zero point.
+def act_range(bits: int) -> tuple[int, int]:
+    """Signed code range of ``bits``-bit activations (held in int8 tensors)."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int,
+               bits: int = 8) -> torch.Tensor:
+    """int32 accumulators [..., C] -> int8 codes: round(acc * M0 / 2^(31 + shift)) + zero point,
+    clamped to the ``bits``-bit range.
 
     Integer arithmetic only: a 64-bit product, a rounding (half up) arithmetic right shift, an add
     and a clamp. ``shift`` may be negative (multipliers above 1) down to -30.
@@ -57,7 +63,8 @@ def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_po
     total = (31 + shift).clamp_min(1)
     product = acc.to(torch.int64) * m0
     rounded = (product + (torch.ones_like(total) << (total - 1))) >> total
-    return torch.clamp(rounded + zero_point, INT8_MIN, INT8_MAX).to(torch.int8)
+    low, high = act_range(bits)
+    return torch.clamp(rounded + zero_point, low, high).to(torch.int8)
 
 
 class IntegerLinear(nn.Module):
@@ -66,7 +73,7 @@ class IntegerLinear(nn.Module):
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         if layer.input_quant is None or layer.output_quant is None or not bool(layer.input_quant.initialized):
-            raise ValueError("integer inference needs a layer with calibrated 8-bit input and output ranges")
+            raise ValueError("integer inference needs a layer with calibrated input and output ranges")
         s_in, z_in = layer.input_quant.qparams()
         s_out, z_out = layer.output_quant.qparams()
         codes, s_w = quantize_weight(layer.effective_weight(), layer.weight_bits)
@@ -83,16 +90,17 @@ class IntegerLinear(nn.Module):
         self.register_buffer("shift", shift)
         self.input_scale, self.input_zero_point = float(s_in), int(z_in)
         self.output_scale, self.output_zero_point = float(s_out), int(z_out)
+        self.input_bits, self.output_bits = layer.input_quant.bits, layer.output_quant.bits
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         codes = torch.round(x / self.input_scale) + self.input_zero_point
-        return torch.clamp(codes, INT8_MIN, INT8_MAX).to(torch.int8)
+        return torch.clamp(codes, *act_range(self.input_bits)).to(torch.int8)
 
     def forward_codes(self, x_q: torch.Tensor) -> torch.Tensor:
         """int8 input codes [..., in] -> int8 output codes [..., out]; integer arithmetic only."""
         flat = x_q.reshape(-1, self.in_features)
         acc = torch._int_mm(flat, self.weight_t) + self.bias_q
-        y_q = requantize(acc, self.m0, self.shift, self.output_zero_point)
+        y_q = requantize(acc, self.m0, self.shift, self.output_zero_point, self.output_bits)
         return y_q.view(*x_q.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +108,8 @@ class IntegerLinear(nn.Module):
         return (y_q.to(torch.float32) - self.output_zero_point) * self.output_scale
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, weight_bits={self.weight_bits}, int8 activations"
+        return (f"in={self.in_features}, out={self.out_features}, weight_bits={self.weight_bits}, "
+                f"activation bits {self.input_bits}/{self.output_bits}")
 
 
 class IntegerConv(nn.Module):
@@ -116,7 +125,7 @@ class IntegerConv(nn.Module):
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         if layer.input_quant is None or layer.output_quant is None or not bool(layer.input_quant.initialized):
-            raise ValueError("integer inference needs a layer with calibrated 8-bit input and output ranges")
+            raise ValueError("integer inference needs a layer with calibrated input and output ranges")
         if any(d != 1 for d in layer.dilation) or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             raise ValueError("integer convolutions support plain zero padding without dilation")
         s_in, z_in = layer.input_quant.qparams()
@@ -139,6 +148,7 @@ class IntegerConv(nn.Module):
         self.weight_bits = layer.weight_bits
         self.input_scale, self.input_zero_point = float(s_in), int(z_in)
         self.output_scale, self.output_zero_point = float(s_out), int(z_out)
+        self.input_bits, self.output_bits = layer.input_quant.bits, layer.output_quant.bits
 
     def _patches(self, centred: torch.Tensor) -> torch.Tensor:
         """[B, C, *spatial] int32 -> [B, C, *out_spatial, *kernel] by zero padding and unfolding."""
@@ -167,12 +177,12 @@ class IntegerConv(nn.Module):
             cols = patches.movedim(1, 1 + self.dims).reshape(batch * out_shape.numel(), -1)
             acc = _int8_matmul(cols, self.weight_t) + self.bias_q
             moved = acc.view(batch, *out_shape, self.out_channels)
-        y_q = requantize(moved, self.m0, self.shift, self.output_zero_point)
+        y_q = requantize(moved, self.m0, self.shift, self.output_zero_point, self.output_bits)
         return y_q.movedim(-1, 1)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         codes = torch.round(x / self.input_scale) + self.input_zero_point
-        return torch.clamp(codes, INT8_MIN, INT8_MAX).to(torch.int8)
+        return torch.clamp(codes, *act_range(self.input_bits)).to(torch.int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y_q = self.forward_codes(self.quantize_input(x))

@@ -98,8 +98,8 @@ class QuantConfig:
                 weight_qmax(spec["weight_bits"])
             if spec.get("weight_transform") not in WEIGHT_TRANSFORMS:
                 raise ValueError(f"weight_transform must be none or tanh, not {spec['weight_transform']}")
-            if spec.get("act_bits") not in (None, 8):
-                raise ValueError(f"activations are quantized to 8 bits or not at all, not {spec['act_bits']}")
+            if spec.get("act_bits") not in (None, 8, 4):
+                raise ValueError(f"activations are quantized to 8 or 4 bits or not at all, not {spec['act_bits']}")
 
     def for_layer(self, name: str) -> LayerQuant | None:
         """The bit widths for module ``name``, or None when it stays float."""
