@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="activation range estimate (default: percentile)")
     parser.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile (default: 99.99)")
     parser.add_argument("--weight-bits", type=int, default=8, choices=(8, 4, 2), help="weight bits (default: 8)")
-    parser.add_argument("--act-bits", type=_bits, default=8, help="activation bits: 8 or none (default: 8)")
+    parser.add_argument("--act-bits", type=_bits, default=8, help="activation bits: 8, 4 or none (default: 8)")
     parser.add_argument("--layers", metavar="YAML",
                         help="per-layer bit widths as YAML, e.g. '{\"encoder.layers.*.ff_*\": {weight_bits: 4}}'")
     parser.add_argument("--skip", action="append", default=None, metavar="PATTERN",
