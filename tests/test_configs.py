@@ -7,12 +7,15 @@ import pytest
 from edgeasr.model.asr import ASRModel, ModelConfig
 from edgeasr.train.trainer import ExperimentConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_recipe_builds(path):
     experiment = ExperimentConfig.load(path)
+    if experiment.train.init_from:  # fine-tuning recipes start from a shipped model that must exist
+        assert (ROOT / experiment.train.init_from / "model.pt").exists()
     vocab = experiment.tokenizer.get("vocab_size", 256) if experiment.tokenizer.get("kind") == "bpe" else 31
     model = ASRModel(ModelConfig.from_dict({**experiment.model, "vocab_size": vocab}))
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -20,7 +23,7 @@ def test_recipe_builds(path):
 
 
 def test_default_recipe_fits_the_size_budget():
-    experiment = ExperimentConfig.load(Path(CONFIGS[0]).parent / "u2_conformer_small.yaml")
+    experiment = ExperimentConfig.load(ROOT / "configs" / "u2_conformer_small.yaml")
     model = ASRModel(ModelConfig.from_dict({**experiment.model, "vocab_size": experiment.tokenizer["vocab_size"]}))
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
     assert fp32_bytes < 25e6
