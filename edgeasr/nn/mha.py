@@ -3,9 +3,10 @@
 Why not nn.MultiheadAttention itself: its inference fast path has no ONNX form, and its traced
 graph bakes the batch size into reshapes (it multiplies sizes as Python ints), so an exported
 decoder fails on any other n-best size. This one keeps heads as their own dimension and never
-does arithmetic on sizes, so the traced graph works for any batch and length. The parameter
-names (``in_proj_weight``, ``in_proj_bias``, ``out_proj``) are nn.MultiheadAttention's, so
-models saved with it load unchanged.
+does arithmetic on sizes, so the traced graph works for any batch and length. The Q/K/V
+projection is an ``nn.Linear`` (``in_proj``), so quantization treats it like every other linear;
+checkpoints saved with nn.MultiheadAttention's ``in_proj_weight`` / ``in_proj_bias`` load through
+a hook.
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.d_head = d_model // num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.in_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
-        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.xavier_uniform_(self.in_proj.weight)
+        nn.init.zeros_(self.in_proj.bias)
         nn.init.zeros_(self.out_proj.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in (("in_proj_weight", "in_proj.weight"), ("in_proj_bias", "in_proj.bias")):
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.size(0), x.size(1), self.num_heads, self.d_head).transpose(1, 2)
@@ -43,11 +50,12 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         """[B, Tq, D] x [B, Tk, D] -> ([B, Tq, D], None). Masks are True where attention is blocked:
         ``attn_mask`` [Tq, Tk], ``key_padding_mask`` [B, Tk]."""
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q = self._heads(nn.functional.linear(query, w_q, b_q))
-        k = self._heads(nn.functional.linear(key, w_k, b_k))
-        v = self._heads(nn.functional.linear(value, w_v, b_v))
+        if query is key and key is value:  # self-attention: one product for Q, K and V
+            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        else:  # cross-attention: the query from one sequence, keys and values from the other
+            q = self.in_proj(query).chunk(3, dim=-1)[0]
+            _, k, v = self.in_proj(key).chunk(3, dim=-1)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(self.d_head)  # [B, H, Tq, Tk]
         blocked = None
         if attn_mask is not None:
