@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", metavar="YAML",
                         help="per-layer bit widths as YAML, e.g. '{\"encoder.layers.*.ff_*\": {weight_bits: 4}}'")
     parser.add_argument("--skip", action="append", default=None, metavar="PATTERN",
-                        help="module name patterns left in float (default: the attention decoders)")
+                        help="module name patterns left in float (default: none; the attention decoders "
+                             "get quantized weights and float activations)")
     search = parser.add_argument_group("mixed-precision search")
     search.add_argument("--search", action="store_true",
                         help="choose per-layer weight bits for --budget-kb by sensitivity (writes OUT/search.json)")
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from edgeasr.model.asr import ASRModel, ModelConfig
     from edgeasr.model.package import load_model_dir, load_weights_from, save_model_dir
     from edgeasr.quant.ptq import calibrate
-    from edgeasr.quant.qat import QuantConfig, quantized_layers
+    from edgeasr.quant.qat import DECODER_WEIGHT_ONLY, QuantConfig, quantized_layers
 
     torch.set_num_threads(1)
     source = load_model_dir(args.model)
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         layers = yaml.safe_load(args.layers) if args.layers else {}
         quant = QuantConfig.from_dict({
-            "weight_bits": args.weight_bits, "act_bits": args.act_bits, "layers": layers or {},
-            "skip": args.skip if args.skip is not None else ["decoder.*", "reverse_decoder.*"],
+            "weight_bits": args.weight_bits, "act_bits": args.act_bits,
+            "layers": {**DECODER_WEIGHT_ONLY, **(layers or {})}, "skip": args.skip or [],
         })
     except (ValueError, TypeError, yaml.YAMLError) as error:
         raise EdgeAsrError(f"quantization settings: {str(error).splitlines()[0]}") from None

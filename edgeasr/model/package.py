@@ -84,6 +84,55 @@ def pack_quantized_weights(model: ASRModel, state: dict) -> dict:
         codes, scale = quantize_weight(weight, spec.weight_bits)
         state[f"{name}.weight_packed"] = pack_codes(codes, spec.weight_bits)
         state[f"{name}.weight_scale"] = scale.reshape(-1).float()
+    return _merge_small_tensors(state) if quantized_layers(model) else state
+
+
+#: Tensors up to this many elements are stored together in one flat tensor in quantized model
+#: files: each stored tensor costs a few hundred bytes of container overhead, which for a model
+#: of packed codes with a thousand tiny scales, ranges and biases is a few percent of the file.
+#: Which tensors they are, in which order, follows from the model itself (its state in order,
+#: each quantized weight replaced by codes and scales), so no index is stored.
+_SMALL = 4096
+_SMALL_KEY = "__small_tensors__"
+
+
+def _is_small(tensor: torch.Tensor) -> bool:
+    return tensor.numel() <= _SMALL and tensor.dtype in (torch.float32, torch.bool)
+
+
+def _merge_small_tensors(state: dict) -> dict:
+    small = [k for k, v in state.items() if _is_small(v)]
+    if not small:
+        return state
+    merged = {k: v for k, v in state.items() if k not in set(small)}
+    merged[_SMALL_KEY] = torch.cat([state[k].reshape(-1).float() for k in small])
+    return merged
+
+
+def _packed_layout(model: ASRModel) -> list[tuple[str, torch.Size, torch.dtype]]:
+    """(name, shape, dtype) of the state a quantized model file holds, in order, before merging."""
+    from edgeasr.quant.qat import quantized_layers
+
+    layout = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    for name in quantized_layers(model):
+        shape, _ = layout.pop(f"{name}.weight")
+        layout[f"{name}.weight_packed"] = (torch.Size([0]), torch.uint8)  # never small-float
+        layout[f"{name}.weight_scale"] = (torch.Size([shape[0]]), torch.float32)
+    return [(k, shape, dtype) for k, (shape, dtype) in layout.items()]
+
+
+def _split_small_tensors(model: ASRModel, state: dict) -> dict:
+    if _SMALL_KEY not in state:
+        return state
+    state = dict(state)
+    flat = state.pop(_SMALL_KEY)
+    offset = 0
+    for name, shape, dtype in _packed_layout(model):
+        if shape.numel() <= _SMALL and dtype in (torch.float32, torch.bool) and name not in state:
+            state[name] = flat[offset : offset + shape.numel()].view(shape).to(dtype)
+            offset += shape.numel()
+    if offset != flat.numel():
+        raise ValueError("the model file's small tensors do not match the model's layout")
     return state
 
 
@@ -92,7 +141,7 @@ def unpack_quantized_weights(model: ASRModel, state: dict) -> dict:
     from edgeasr.quant.pack import unpack_codes
     from edgeasr.quant.qat import quantized_layers
 
-    state = dict(state)
+    state = _split_small_tensors(model, dict(state))
     for name, spec in quantized_layers(model).items():
         packed, scale = state.pop(f"{name}.weight_packed", None), state.pop(f"{name}.weight_scale", None)
         if packed is None or scale is None:

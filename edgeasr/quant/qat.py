@@ -56,6 +56,12 @@ def transform_weight(weight: torch.Tensor, kind: str | None) -> torch.Tensor:
     return (squashed / peak * magnitude).view_as(weight)
 
 
+#: The attention decoders only rescore a finished n-best list: their weights are quantized (they
+#: are a fifth of the default model's bytes) but their activations stay float, since calibration
+#: runs the encoder and CTC head only.
+DECODER_WEIGHT_ONLY = {"decoder.*": {"act_bits": None}, "reverse_decoder.*": {"act_bits": None}}
+
+
 @dataclass
 class QuantConfig:
     weight_bits: int = 8

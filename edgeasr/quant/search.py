@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgeasr.quant.pack import packed_bytes
-from edgeasr.quant.qat import QuantConfig, prepare_qat
+from edgeasr.quant.qat import DECODER_WEIGHT_ONLY, QuantConfig, prepare_qat
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -57,9 +57,9 @@ def group_bytes(model: nn.Module, names: list[str], bits: int) -> int:
 def allocation_config(groups: dict[str, list[str]], allocation: dict[str, int], act_bits: int | None = 8,
                       skip: list[str] | None = None) -> QuantConfig:
     """The QuantConfig giving each group its bit width (the groups' names as exact patterns)."""
-    layers = {name: {"weight_bits": allocation[group]} for group, names in groups.items() for name in names}
-    return QuantConfig(weight_bits=8, act_bits=act_bits, layers=layers,
-                       skip=skip if skip is not None else ["decoder.*", "reverse_decoder.*"])
+    layers = {**DECODER_WEIGHT_ONLY,
+              **{name: {"weight_bits": allocation[group]} for group, names in groups.items() for name in names}}
+    return QuantConfig(weight_bits=8, act_bits=act_bits, layers=layers, skip=skip or [])
 
 
 @torch.no_grad()
