@@ -140,3 +140,30 @@ def test_transcribe_runs_an_onnx_export_directory(tiny_model, tiny_corpus, tmp_p
     assert main(["transcribe", "--model", str(out), "--int8", audio]) == 0
     assert main(["transcribe", "--model", str(out), "--chunk-size", "8", audio]) == 2
     assert "exported with" in capsys.readouterr().err
+
+
+def test_a_quantized_model_exports_from_its_rounded_weights(tiny_model, tiny_corpus, tmp_path):
+    from edgeasr.quant.fake_quant import quantize_weight
+    from edgeasr.quant.qat import quantized_layers
+
+    quantized = tmp_path / "q"
+    assert main(["quantize", "--model", str(tiny_model), "--out", str(quantized), "--calib",
+                 str(tiny_corpus / "train.jsonl"), "--limit", "3", "--act-bits", "none"]) == 0
+    out = tmp_path / "onnx"
+    meta = export_onnx(quantized, out, int8=True)
+    assert meta["source_quantization"]["weight_bits"] == 8
+    # weight-only quantization: the float graph computes exactly what the torch model computes
+    model = load_model_dir(quantized).model
+    feats = np.random.default_rng(1).normal(size=(150, 80)).astype(np.float32)
+    stream = EncoderStream(model.encoder, 4)
+    with torch.no_grad():
+        expected = torch.cat([stream.accept(model.normalize(torch.from_numpy(feats))), stream.finish()]).numpy()
+    assert np.abs(run_onnx_encoder(out, feats) - expected).max() < 1e-4
+    # the int8 graph stores those 8-bit codes per channel: same weights
+    graph = onnx.load(str(out / "encoder.int8.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
+    name = "encoder.layers.0.ff_in.linear_in"
+    codes, _ = quantize_weight(model.get_submodule(name).weight, 8)
+    int8_weights = [v for k, v in inits.items() if v.dtype == np.int8 and v.shape == codes.t().shape]
+    assert any(np.array_equal(v, codes.t().numpy()) for v in int8_weights)
+    assert quantized_layers(model)

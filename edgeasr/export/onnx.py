@@ -15,7 +15,8 @@
   left chunks, window and stride in feature frames, subsampling rate, feature options, the cache
   layout of every layer, vocabulary size and special ids.
 - with ``int8=True``, ``encoder.int8.onnx`` and ``decoder.int8.onnx``: onnxruntime dynamic
-  quantization of MatMul/Gemm only, int8 weights. Quantizing convolutions too (onnxruntime's
+  quantization of MatMul/Gemm only, int8 weights. A quantized (QAT/PTQ) model is exported from
+  its rounded weights, quantized per output channel, so 8-bit codes carry over exactly. Quantizing convolutions too (onnxruntime's
   default, ConvInteger) measured about 4x slower than float here, so they stay float.
 
 The encoder is exported with the legacy TorchScript tracer (``dynamo=False``): seconds instead of
@@ -112,7 +113,7 @@ def example_caches(layout: list[dict], cached_frames: int) -> list[torch.Tensor]
     return tensors
 
 
-def _quantize_int8(source: Path, target: Path) -> None:
+def _quantize_int8(source: Path, target: Path, per_channel: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -120,9 +121,32 @@ def _quantize_int8(source: Path, target: Path) -> None:
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(str(prepared), str(target), op_types_to_quantize=["MatMul", "Gemm"],
-                         weight_type=QuantType.QInt8)
+                         weight_type=QuantType.QInt8, per_channel=per_channel)
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def float_twin(asr):
+    """A float model computing with a quantized model's rounded weights (codes x scales).
+
+    ONNX graphs are exported from it: activation rounding is left to onnxruntime's dynamic int8
+    (per batch ranges), and int8 quantization per output channel of weights already on a
+    symmetric 8-bit per-channel grid gives back exactly those codes.
+    """
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.quant.fake_quant import fake_quantize_weight
+    from edgeasr.quant.qat import quantized_layers
+
+    config = asr.config.to_dict()
+    config["quantization"] = None
+    twin = ASRModel(ModelConfig.from_dict(config)).eval()
+    state = {k: v for k, v in asr.state_dict().items() if "_quant." not in k}
+    with torch.no_grad():
+        for name, spec in quantized_layers(asr).items():
+            layer = asr.get_submodule(name)
+            state[f"{name}.weight"] = fake_quantize_weight(layer.effective_weight(), spec.weight_bits)
+    twin.load_state_dict(state)
+    return twin
 
 
 def export_onnx(
@@ -138,8 +162,9 @@ def export_onnx(
     packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
     asr = packaged.model.eval()
     asr.fuse()
-    if asr.config.quantization is not None:
-        raise EdgeAsrError("export a float model; quantized ONNX comes from --int8 (onnxruntime dynamic int8)")
+    quantization = asr.config.quantization
+    if quantization is not None:
+        asr = float_twin(asr)  # its rounded weights; --int8 then stores them as int8 per channel
     chunk = chunk_size if chunk_size is not None else packaged.streaming.chunk_size
     left = num_left_chunks if num_left_chunks is not None else packaged.streaming.num_left_chunks
     if chunk < 1:
@@ -182,6 +207,7 @@ def export_onnx(
         "d_model": asr.config.encoder.d_model,
         "layers": layout,
         "has_decoder": asr.decoder is not None,
+        "source_quantization": quantization,
     }
     graph = onnx.load(str(encoder_path))
     for key, value in metadata.items():
@@ -203,9 +229,11 @@ def export_onnx(
                 opset_version=OPSET, dynamo=False,
             )
     if int8:
-        _quantize_int8(encoder_path, out / "encoder.int8.onnx")
+        # A quantized source's weights already sit on a per-channel grid: keep it per channel.
+        per_channel = quantization is not None
+        _quantize_int8(encoder_path, out / "encoder.int8.onnx", per_channel)
         if asr.decoder is not None:
-            _quantize_int8(out / "decoder.onnx", out / "decoder.int8.onnx")
+            _quantize_int8(out / "decoder.onnx", out / "decoder.int8.onnx", per_channel)
     packaged.tokenizer.save(out / "tokenizer")
     (out / "metadata.json").write_text(json.dumps(metadata, indent=1))
     return metadata
