@@ -143,6 +143,46 @@ def encoders_section(result: dict, name: str, plot: str | None) -> list[str]:
     return lines
 
 
+def quantization_section(result: dict, name: str) -> list[str]:
+    test = result["test"]
+    lines = [
+        f"## Quantization ({name})",
+        "",
+        f"Float model `{result['float_model']}` and its quantized forms, each in torch and in ONNX Runtime, measured in "
+        f"one run on {result['machine']} ({result['date']}). Latency: encoder + CTC head per chunk {result['chunk_size']} "
+        f"(median, p90); RTF and WER % (CER %) from streaming recognition with attention rescoring on "
+        f"{test['utts']} held-out utterances ({test['audio_seconds'] / 60:.1f} min). Ratios against torch fp32.",
+        "",
+        "| model | runtime | MB | smaller | ms / chunk (p90) | faster | RTF | WER (CER) | WER change |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        change = f"{row['wer_relative']:+.1f}%" if row.get("wer_relative") is not None else "-"
+        lines.append(
+            f"| {row['name']} | {row['runtime']} | {row['bytes'] / 1e6:.2f} | {row['smaller']:.2f}x | "
+            f"{row['latency_ms']['median']:.2f} ({row['latency_ms']['p90']:.2f}) | {row['faster']:.2f}x | "
+            f"{row['rtf']:.4f} | {row['wer']:.1f} ({row['cer']:.1f}) | {change} |"
+        )
+    targets = []
+    for row in result["rows"]:
+        if "int8" in row["name"]:
+            met = row["smaller"] >= 3.8 and row["faster"] >= 1.3 and (row["wer_relative"] or 0) <= 2
+            targets.append((f"{row['name']} ({row['runtime']}): >= 3.8x smaller, >= 1.3x faster, <= +2% WER",
+                            f"{row['smaller']:.2f}x, {row['faster']:.2f}x, {row['wer_relative']:+.1f}%", met))
+        if "w4a8" in row["name"]:
+            met = row["smaller"] >= 6 and (row["wer_relative"] or 0) <= 5
+            targets.append((f"{row['name']} ({row['runtime']}): >= 6x smaller, <= +5% WER",
+                            f"{row['smaller']:.2f}x, {row['wer_relative']:+.1f}%", met))
+    for model, check in result.get("reload", {}).items():
+        targets.append((f"{model}: reloaded in a fresh process, same text", f"{check['identical']}/{check['utts']}",
+                        check["identical"] == check["utts"]))
+    if targets:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets]
+    lines.append("")
+    return lines
+
+
 def pareto_plot(result: dict, path: str | Path, chunk_size: int = 16) -> None:
     """WER (first pass) against median per-chunk latency; the Pareto front joined by a line."""
     import matplotlib
@@ -193,6 +233,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
         result = json.loads(path.read_text())
         if result.get("benchmark") == "u2_baseline":
             lines += u2_section(result, path.name)
+        elif result.get("benchmark") == "quantization":
+            lines += quantization_section(result, path.name)
         elif result.get("benchmark") == "encoders":
             plot = result.get("plot")
             if plot:
