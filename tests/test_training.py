@@ -182,3 +182,25 @@ def test_init_from_a_model_of_another_shape_is_a_one_line_error(corpus, recipe, 
     assert main(["train", "--config", str(other), "--data", str(corpus), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "do not fit this config" in err
+
+
+def test_optimizer_state_follows_a_layer_whose_storage_layout_changed():
+    """Checkpoints from before pointwise convolutions became linears resume (weights via the
+    layer's load hook, Adam moments reshaped to match)."""
+    from edgeasr.nn.convolution import ConvolutionModule
+    from edgeasr.train.trainer import _match_optimizer_shapes
+
+    module = ConvolutionModule(8, kernel_size=3)
+    optimizer = torch.optim.Adam(module.parameters())
+    module(torch.randn(1, 10, 8))[0].sum().backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    weight_id = [i for i, p in enumerate(module.parameters()) if p is module.pointwise_in.weight][0]
+    for key in ("exp_avg", "exp_avg_sq"):  # what an old checkpoint holds: [out, in, 1]
+        state["state"][weight_id][key] = state["state"][weight_id][key].unsqueeze(-1)
+    fresh = torch.optim.Adam(module.parameters())
+    fresh.load_state_dict(state)
+    _match_optimizer_shapes(fresh)
+    module(torch.randn(1, 10, 8))[0].sum().backward()
+    fresh.step()
+    assert fresh.state[module.pointwise_in.weight]["exp_avg"].shape == module.pointwise_in.weight.shape

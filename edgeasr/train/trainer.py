@@ -169,6 +169,20 @@ def compute_cmvn_from_store(store: FeatureStore, max_utts: int = 2000) -> tuple[
     return cmvn.mean, cmvn.istd
 
 
+def _match_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Give optimizer moments their parameter's shape when only the layout changed.
+
+    A checkpoint written before a layer changed its storage layout (e.g. kernel-1 convolutions
+    saved as [out, in, 1] now held as linears [out, in]) loads its weights through the layer's
+    load hook; the optimizer state must follow, or the first step fails on a shape mismatch.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() and value.shape != param.shape and value.numel() == param.numel():
+                    optimizer.state[param][key] = value.reshape(param.shape)
+
+
 def train(
     config_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
@@ -231,6 +245,7 @@ def train(
         state = load_checkpoint(latest)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        _match_optimizer_shapes(optimizer)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         model.chunk_generator.set_state(state["chunk_generator"])
         if world.main:
