@@ -204,3 +204,19 @@ def test_optimizer_state_follows_a_layer_whose_storage_layout_changed():
     module(torch.randn(1, 10, 8))[0].sum().backward()
     fresh.step()
     assert fresh.state[module.pointwise_in.weight]["exp_avg"].shape == module.pointwise_in.weight.shape
+
+
+def test_average_fp16_ships_half_the_bytes_and_loads_as_float32(corpus, recipe, tmp_path):
+    out = tmp_path / "exp"
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(out), "--quiet"]) == 0
+    assert main(["average", "--exp", str(out), "--out", str(tmp_path / "f32"), "--num", "2"]) == 0
+    assert main(["average", "--exp", str(out), "--out", str(tmp_path / "f16"), "--num", "2", "--fp16"]) == 0
+    full, half = (tmp_path / "f32" / "model.pt").stat().st_size, (tmp_path / "f16" / "model.pt").stat().st_size
+    assert half < 0.6 * full
+    a, b = load_model_dir(tmp_path / "f32").model, load_model_dir(tmp_path / "f16").model
+    assert all(p.dtype == torch.float32 for p in b.parameters())
+    feats = torch.randn(1, 120, 80)
+    with torch.no_grad():
+        x = a.ctc_log_probs(a.encode(feats, torch.tensor([120]))[0])
+        y = b.ctc_log_probs(b.encode(feats, torch.tensor([120]))[0])
+    assert (x - y).abs().max().item() < 0.05

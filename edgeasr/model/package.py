@@ -51,7 +51,11 @@ def save_model_dir(
     features: FbankOptions,
     streaming: StreamingDefaults | None = None,
     state_dict: dict | None = None,
+    half: bool = False,
 ) -> Path:
+    """Write a model directory. ``half`` stores float weights as float16 (half the bytes; they
+    load back into the float32 model), for shipping float models; quantized models always keep
+    their packed codes and float32 scales."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     streaming = streaming or StreamingDefaults()
@@ -62,6 +66,9 @@ def save_model_dir(
         "streaming": {"chunk_size": streaming.chunk_size, "num_left_chunks": streaming.num_left_chunks},
     }
     state = dict(state_dict if state_dict is not None else model.state_dict())
+    if half and model.config.quantization is None:
+        state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+        config["weights_dtype"] = "float16"
     atomic_save_torch(directory / "model.pt", pack_quantized_weights(model, state))
     atomic_write_text(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     tokenizer.save(directory / "tokenizer")

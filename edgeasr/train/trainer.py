@@ -362,7 +362,8 @@ def train(
 
 
 def package_experiment(
-    exp_dir: str | os.PathLike[str], out: str | os.PathLike[str], count: int = 5, by: str = "last"
+    exp_dir: str | os.PathLike[str], out: str | os.PathLike[str], count: int = 5, by: str = "last",
+    half: bool = False,
 ) -> Path:
     """Average ``count`` checkpoints of an experiment (newest or best by dev CER) into a model dir."""
     exp_dir = Path(exp_dir)
@@ -381,7 +382,7 @@ def package_experiment(
     model.load_state_dict(averaged)
     streaming = raw.get("streaming") or {"chunk_size": 16, "num_left_chunks": -1}
     return save_model_dir(out, model, tokenizer, FbankOptions.from_dict(raw["features"]),
-                          StreamingDefaults(**streaming), state_dict=averaged)
+                          StreamingDefaults(**streaming), half=half)
 
 
 @torch.no_grad()
