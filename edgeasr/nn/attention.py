@@ -103,17 +103,15 @@ class RelPositionAttention(nn.Module):
 
         # Distances present: query i sits at key position (t_key - t_query + i); distance to key j
         # ranges from -(t_query - 1) to (t_key - 1). Table row r holds distance (t_key - 1 - r).
-        distances = torch.arange(t_key - 1, -t_query, -1, device=x.device)
-        pos = self.linear_pos(sinusoid_embedding(distances, self.d_model).to(x.dtype))
+        table, relative_index = _relative_positions(t_query, t_key, self.d_model, x.device)
+        pos = self.linear_pos(table.to(x.dtype))
         pos = pos.view(-1, self.num_heads, self.d_head).transpose(0, 1)  # [H, R, dh]
 
         q_u = q + self.pos_bias_u.unsqueeze(1)
         q_v = q + self.pos_bias_v.unsqueeze(1)
         content = torch.matmul(q_u, k.transpose(-2, -1))  # [B, H, Tq, Tk]
         position_all = torch.matmul(q_v, pos.transpose(-2, -1).unsqueeze(0))  # [B, H, Tq, R]
-        rows = torch.arange(t_query, device=x.device).unsqueeze(1)
-        cols = torch.arange(t_key, device=x.device).unsqueeze(0)
-        index = (t_query - 1 - rows + cols).expand(batch, self.num_heads, t_query, t_key)
+        index = relative_index.expand(batch, self.num_heads, t_query, t_key)
         position = torch.gather(position_all, 3, index)
 
         scores = (content + position) / math.sqrt(self.d_head)
@@ -123,6 +121,33 @@ class RelPositionAttention(nn.Module):
         context = torch.matmul(self.dropout(weights), v)  # [B, H, Tq, dh]
         context = context.transpose(1, 2).reshape(batch, t_query, self.d_model)
         return _project(self.linear_out, context, frame_mask), new_cache
+
+
+_POSITION_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_POSITION_CACHE_SIZE = 64
+
+
+def _relative_positions(t_query: int, t_key: int, d_model: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sinusoid table [R, d_model] of the distances present, gather index [Tq, Tk] into it).
+
+    Every layer of a chunk asks for the same (t_query, t_key), and streaming repeats the same few
+    shapes, so both are kept in a small cache; they are constants (no gradient). While tracing for
+    ONNX they are computed in the graph, so the exported model works for any cache length.
+    """
+    tracing = torch.jit.is_tracing()
+    key = (t_query, t_key, d_model, str(device))
+    if not tracing and key in _POSITION_CACHE:
+        return _POSITION_CACHE[key]
+    distances = torch.arange(t_key - 1, -t_query, -1, device=device)
+    table = sinusoid_embedding(distances, d_model)
+    rows = torch.arange(t_query, device=device).unsqueeze(1)
+    cols = torch.arange(t_key, device=device).unsqueeze(0)
+    index = t_query - 1 - rows + cols
+    if not tracing:
+        if len(_POSITION_CACHE) >= _POSITION_CACHE_SIZE:
+            _POSITION_CACHE.pop(next(iter(_POSITION_CACHE)))
+        _POSITION_CACHE[key] = (table, index)
+    return table, index
 
 
 def _project(layer: nn.Module, x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
