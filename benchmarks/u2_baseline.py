@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
@@ -54,7 +55,7 @@ def model_card(result: dict) -> str:
         "# edgeasr default model",
         "",
         f"U2 streaming Conformer (CTC + attention decoder), {m['parameters'] / 1e6:.2f} M parameters, "
-        f"{m['bytes_on_disk'] / 1e6:.1f} MB on disk (fp32 `model.pt`). Recipe: `{m.get('recipe', 'configs/u2_conformer_small.yaml')}`.",
+        f"{m['bytes_on_disk'] / 1e6:.1f} MB on disk ({m.get('weights_dtype', 'float32')} `model.pt`, run in float32). Recipe: `{m.get('recipe', 'configs/u2_conformer_small.yaml')}`.",
         "",
         "## Data",
         "",
@@ -116,6 +117,8 @@ def main() -> int:
             "directory": str(args.model),
             "parameters": sum(p.numel() for p in packaged.model.parameters()),
             "bytes_on_disk": sum(f.stat().st_size for f in Path(args.model).rglob("*") if f.is_file()),
+            "weights_dtype": (yaml.safe_load((Path(args.model) / "config.yaml").read_text()) or {}).get(
+                "weights_dtype", "float32"),
             "config": packaged.model.config.to_dict(),
         },
         "test": {"manifest": args.manifest, "utts": len(utts),
