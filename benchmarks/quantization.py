@@ -57,7 +57,9 @@ class TorchRow:
         if kind == "integer":
             convert_to_integer(self.recognizer.model)
         model = self.recognizer.model
-        self.bytes = serialized_bytes(model) if kind == "dynamic" else (Path(directory) / "model.pt").stat().st_size
+        # fp32 and dynamic int8: the bytes of their state as torch saves it (a float model file may
+        # be stored as float16 for shipping; fp32 is the reference); quantized models: their file.
+        self.bytes = serialized_bytes(model) if kind in ("dynamic", "float") else (Path(directory) / "model.pt").stat().st_size
         self.chunk = chunk
 
     def chunk_times(self, feats: list[torch.Tensor]) -> list[float]:
