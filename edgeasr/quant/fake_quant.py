@@ -41,10 +41,10 @@ def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torc
     return codes, scale
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+def fake_quantize_weight(weight: torch.Tensor, bits: int, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Round to the per-channel grid in the forward pass; identity gradient (nothing is clipped:
-    the scale comes from the largest weight of each row)."""
-    scale = weight_scale(weight, bits)
+    the scale comes from the largest weight of each row; pass it when already computed)."""
+    scale = weight_scale(weight, bits) if scale is None else scale
     qmax = weight_qmax(bits)
     rounded = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
     return weight + (rounded - weight).detach()

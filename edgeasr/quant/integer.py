@@ -67,11 +67,14 @@ def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_po
     return torch.clamp(rounded + zero_point, low, high).to(torch.int8)
 
 
-class IntegerLinear(nn.Module):
-    """The integer-only form of a calibrated ``FakeQuantLinear`` (see the module docstring)."""
+class _IntegerLayer(nn.Module):
+    """What the integer forms of fake-quant layers share: the activation grids, the weight codes
+    with their per-channel scales, the int32 bias on the accumulator's grid (s_in x s_w), the
+    fixed-point output multipliers, and the float edges (quantize in, dequantize out)."""
 
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
+    def _setup(self, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take the layer's grids and multipliers; returns (weight codes, int64 bias on the
+        accumulator's grid) for the subclass to lay out."""
         if layer.input_quant is None or layer.output_quant is None or not bool(layer.input_quant.initialized):
             raise ValueError("integer inference needs a layer with calibrated input and output ranges")
         s_in, z_in = layer.input_quant.qparams()
@@ -79,22 +82,38 @@ class IntegerLinear(nn.Module):
         codes, s_w = quantize_weight(layer.effective_weight(), layer.weight_bits)
         s_w = s_w.view(-1)
         bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(s_w)
-        bias_q = torch.round(bias / (s_in * s_w)).to(torch.int64)
-        bias_q = bias_q - int(z_in) * codes.to(torch.int64).sum(dim=1)
         m0, shift = quantize_multiplier(s_in * s_w / s_out)
-        self.in_features, self.out_features = layer.in_features, layer.out_features
-        self.weight_bits = layer.weight_bits
-        self.register_buffer("weight_t", codes.t().contiguous())  # int8 [in, out] for _int_mm
-        self.register_buffer("bias_q", bias_q.to(torch.int32))
         self.register_buffer("m0", m0)
         self.register_buffer("shift", shift)
+        self.weight_bits = layer.weight_bits
         self.input_scale, self.input_zero_point = float(s_in), int(z_in)
         self.output_scale, self.output_zero_point = float(s_out), int(z_out)
         self.input_bits, self.output_bits = layer.input_quant.bits, layer.output_quant.bits
+        return codes, torch.round(bias / (s_in * s_w)).to(torch.int64)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         codes = torch.round(x / self.input_scale) + self.input_zero_point
         return torch.clamp(codes, *act_range(self.input_bits)).to(torch.int8)
+
+    def forward_codes(self, x_q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y_q = self.forward_codes(self.quantize_input(x))
+        return (y_q.to(torch.float32) - self.output_zero_point) * self.output_scale
+
+
+class IntegerLinear(_IntegerLayer):
+    """The integer-only form of a calibrated ``FakeQuantLinear`` (see the module docstring)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        codes, bias_q = self._setup(layer)
+        # The input zero point's share of the product, sum_k z_in * W[c, k], folds into the bias.
+        bias_q = bias_q - self.input_zero_point * codes.to(torch.int64).sum(dim=1)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.register_buffer("weight_t", codes.t().contiguous())  # int8 [in, out] for _int_mm
+        self.register_buffer("bias_q", bias_q.to(torch.int32))
 
     def forward_codes(self, x_q: torch.Tensor) -> torch.Tensor:
         """int8 input codes [..., in] -> int8 output codes [..., out]; integer arithmetic only."""
@@ -103,16 +122,12 @@ class IntegerLinear(nn.Module):
         y_q = requantize(acc, self.m0, self.shift, self.output_zero_point, self.output_bits)
         return y_q.view(*x_q.shape[:-1], self.out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y_q = self.forward_codes(self.quantize_input(x))
-        return (y_q.to(torch.float32) - self.output_zero_point) * self.output_scale
-
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, weight_bits={self.weight_bits}, "
                 f"activation bits {self.input_bits}/{self.output_bits}")
 
 
-class IntegerConv(nn.Module):
+class IntegerConv(_IntegerLayer):
     """The integer-only form of a calibrated ``FakeQuantConv1d`` / ``FakeQuantConv2d``.
 
     Input codes are centred on their zero point (so zero padding means real zero), cut into
@@ -123,16 +138,10 @@ class IntegerConv(nn.Module):
     """
 
     def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        if layer.input_quant is None or layer.output_quant is None or not bool(layer.input_quant.initialized):
-            raise ValueError("integer inference needs a layer with calibrated input and output ranges")
         if any(d != 1 for d in layer.dilation) or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             raise ValueError("integer convolutions support plain zero padding without dilation")
-        s_in, z_in = layer.input_quant.qparams()
-        s_out, z_out = layer.output_quant.qparams()
-        codes, s_w = quantize_weight(layer.effective_weight(), layer.weight_bits)
-        s_w = s_w.view(-1)
-        bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(s_w)
+        super().__init__()
+        codes, bias_q = self._setup(layer)
         self.dims = codes.dim() - 2
         self.kernel, self.stride, self.padding = layer.kernel_size, layer.stride, layer.padding
         self.groups, self.out_channels = layer.groups, layer.out_channels
@@ -141,14 +150,7 @@ class IntegerConv(nn.Module):
             raise ValueError("integer convolutions are dense or depthwise")
         self.register_buffer("codes", codes)
         self.register_buffer("weight_t", codes.reshape(codes.size(0), -1).t().contiguous())
-        self.register_buffer("bias_q", torch.round(bias / (s_in * s_w)).to(torch.int32))
-        m0, shift = quantize_multiplier(s_in * s_w / s_out)
-        self.register_buffer("m0", m0)
-        self.register_buffer("shift", shift)
-        self.weight_bits = layer.weight_bits
-        self.input_scale, self.input_zero_point = float(s_in), int(z_in)
-        self.output_scale, self.output_zero_point = float(s_out), int(z_out)
-        self.input_bits, self.output_bits = layer.input_quant.bits, layer.output_quant.bits
+        self.register_buffer("bias_q", bias_q.to(torch.int32))  # inputs are centred: no zero-point fold
 
     def _patches(self, centred: torch.Tensor) -> torch.Tensor:
         """[B, C, *spatial] int32 -> [B, C, *out_spatial, *kernel] by zero padding and unfolding."""
@@ -180,13 +182,6 @@ class IntegerConv(nn.Module):
         y_q = requantize(moved, self.m0, self.shift, self.output_zero_point, self.output_bits)
         return y_q.movedim(-1, 1)
 
-    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        codes = torch.round(x / self.input_scale) + self.input_zero_point
-        return torch.clamp(codes, *act_range(self.input_bits)).to(torch.int8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y_q = self.forward_codes(self.quantize_input(x))
-        return (y_q.to(torch.float32) - self.output_zero_point) * self.output_scale
 
 
 def _int8_matmul(centred: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:

@@ -141,12 +141,13 @@ class _FakeQuant:
         """(fake-quant input, weight, bias). The bias is rounded to the int32 grid of the
         accumulator (scale s_in x s_w per channel), as the integer kernel stores it."""
         effective = self.effective_weight()
-        weight = fake_quantize_weight(effective, self.weight_bits)
+        scale = weight_scale(effective, self.weight_bits)
+        weight = fake_quantize_weight(effective, self.weight_bits, scale)
         bias = self.bias
         if self.input_quant is not None:
             x = self.input_quant(x)
             if bias is not None and bool(self.input_quant.initialized):
-                step = self.input_quant.qparams()[0] * weight_scale(effective, self.weight_bits).view(-1)
+                step = self.input_quant.qparams()[0] * scale.view(-1)
                 bias = bias + (torch.round(bias / step) * step - bias).detach()
         return x, weight, bias
 
