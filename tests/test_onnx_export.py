@@ -167,3 +167,33 @@ def test_a_quantized_model_exports_from_its_rounded_weights(tiny_model, tiny_cor
     int8_weights = [v for k, v in inits.items() if v.dtype == np.int8 and v.shape == codes.t().shape]
     assert any(np.array_equal(v, codes.t().numpy()) for v in int8_weights)
     assert quantized_layers(model)
+
+
+def test_compacted_graph_computes_the_same_in_far_fewer_bytes(variant_dir):
+    from edgeasr.export.onnx import compact_initializers
+
+    _, out = variant_dir
+    graph = onnx.load(str(out / "encoder.onnx"))
+    compact_initializers(graph)
+    floats = [i for i in graph.graph.initializer
+              if i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) >= 16]
+    # every sizeable float32 tensor is now int8 codes or float16, but for per-channel conv scales
+    assert all(all(size == 1 for size in i.dims[1:]) for i in floats)
+    conv_codes = [i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert conv_codes  # convolution weights as codes with per-channel scales
+    assert graph.ByteSize() < 0.6 * onnx.load(str(out / "encoder.onnx")).ByteSize()
+    onnx.checker.check_model(graph)
+
+    def run(model_bytes):
+        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feeds = {}
+        window = json.loads((out / "metadata.json").read_text())["window"]
+        for value in session.get_inputs():
+            shape = [window if size == "window" else 3 if size == "cached" else size for size in value.shape]
+            feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+        return session.run(["encoded"], feeds)[0]
+
+    before = run(onnx.load(str(out / "encoder.onnx")).SerializeToString())
+    after = run(graph.SerializeToString())
+    assert np.abs(after - before).max() < 0.05 * np.abs(before).max()
