@@ -71,3 +71,31 @@ def test_chunk_mask_pattern():
         dtype=torch.bool,
     )
     assert torch.equal(mask, expected)
+
+
+def test_remembered_position_projections_change_nothing_but_the_flops(monkeypatch):
+    """Inference keeps projected relative positions per distance; a stream then projects only
+    the distances its new chunk adds, with the same numbers as projecting them all again."""
+    import edgeasr.nn.attention as attention
+    from torch.utils.flop_counter import FlopCounterMode
+
+    encoder = small_encoder()
+    feats = torch.randn(300, 80)
+
+    def run():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            out = stream_in_random_pieces(EncoderStream(encoder, 4, -1), feats, seed=3)
+        return out, counter.get_total_flops()
+
+    remembered, fewer = run()
+    monkeypatch.setattr(attention, "MAX_MEMO_DISTANCES", 0)
+    recomputed, more = run()
+    assert (remembered - recomputed).abs().max().item() < 1e-5
+    assert fewer < 0.97 * more
+    with torch.no_grad():  # a weight update invalidates what was remembered
+        encoder.layers[0].attention.linear_pos.weight.mul_(2.0)
+    monkeypatch.setattr(attention, "MAX_MEMO_DISTANCES", 2048)
+    changed, _ = run()
+    monkeypatch.setattr(attention, "MAX_MEMO_DISTANCES", 0)
+    expected, _ = run()
+    assert (changed - expected).abs().max().item() < 1e-5

@@ -247,6 +247,9 @@ def export_onnx(
 
     packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
     asr = packaged.model.eval()
+    if asr.encoder.dynamic is not None:
+        raise EdgeAsrError("ONNX export of dynamic-compute models is not supported (their gates pick which "
+                           "modules run, a data-dependent graph); run them with the torch backend")
     asr.fuse()
     quantization = asr.config.quantization
     if quantization is not None:

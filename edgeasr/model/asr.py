@@ -160,6 +160,12 @@ class ASRModel(nn.Module):
 
             losses["quant_reg"] = quantization_regularizer(self)
             loss = loss + quant["regularizer_weight"] * losses["quant_reg"]
+        dynamic = self.encoder.dynamic
+        if dynamic is not None and self.training:
+            record = self.encoder.last_gates
+            compute = dynamic.cost(record.probabilities, record.frame_mask)
+            losses["compute"] = compute.detach()
+            loss = loss + dynamic.loss(compute)
         losses["loss"] = loss
         return losses
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from edgeasr.model.dynamic import run_gated
 from edgeasr.nn.attention import RelPositionAttention
 from edgeasr.nn.convolution import BatchNormConvolutionModule, ConvolutionModule
 from edgeasr.nn.feed_forward import BatchNormFeedForward, FeedForward
@@ -104,14 +105,55 @@ class ConformerBlock(EncoderBlock):
         frame_mask: torch.Tensor,
         att_cache: torch.Tensor | None = None,
         cnn_cache: torch.Tensor | None = None,
+        gates: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = x + 0.5 * self.dropout(self.ff_in(self.norm_ff_in(x)))
-        att, new_att_cache = self.attention(self.norm_att(x), att_mask, att_cache)
-        x = x + self.dropout(att)
+        """``gates`` (dynamic compute): per module name, [B] or [B, T] 0/1 values; a closed gate
+        skips the module and leaves the residual untouched (see edgeasr.model.dynamic)."""
+        if gates is None:  # the plain path, unchanged
+            x = x + 0.5 * self.dropout(self.ff_in(self.norm_ff_in(x)))
+            att, new_att_cache = self.attention(self.norm_att(x), att_mask, att_cache)
+            x = x + self.dropout(att)
+            conv, new_cnn_cache = self.conv(self.norm_conv(x), frame_mask, cnn_cache)
+            x = x + self.dropout(conv)
+            x = x + 0.5 * self.dropout(self.ff_out(self.norm_ff_out(x)))
+            return self.norm_final(x), new_att_cache, new_cnn_cache
+        ff = run_gated(lambda h: self.ff_in(self.norm_ff_in(h)), x, gates.get("ff_in"), self.training)
+        if ff is not None:
+            x = x + 0.5 * self.dropout(ff)
+        att, new_att_cache = self._gated_attention(x, att_mask, att_cache, gates.get("attention"))
+        if att is not None:
+            x = x + self.dropout(att)
         conv, new_cnn_cache = self.conv(self.norm_conv(x), frame_mask, cnn_cache)
         x = x + self.dropout(conv)
-        x = x + 0.5 * self.dropout(self.ff_out(self.norm_ff_out(x)))
+        ff = run_gated(lambda h: self.ff_out(self.norm_ff_out(h)), x, gates.get("ff_out"), self.training)
+        if ff is not None:
+            x = x + 0.5 * self.dropout(ff)
         return self.norm_final(x), new_att_cache, new_cnn_cache
+
+    def _gated_attention(self, x, att_mask, att_cache, gate):
+        """(output or None when skipped, new cache). Utterance gates skip whole utterances;
+        frame gates skip queries of closed frames while keys and values are kept for all."""
+        if gate is None or self.training:
+            att, new_cache = self.attention(self.norm_att(x), att_mask, att_cache)
+            if gate is not None:
+                att = att * gate.view(*gate.shape, *([1] * (x.dim() - gate.dim())))
+            return att, new_cache
+        keep = gate > 0.5
+        if keep.dim() == 2:  # frame level
+            if not bool(keep.any()):  # keys and values still enter the cache
+                return None, self.attention(self.norm_att(x), att_mask, att_cache, query_keep=keep)[1]
+            query_keep = None if bool(keep.all()) else keep
+            return self.attention(self.norm_att(x), att_mask, att_cache, query_keep=query_keep)
+        if bool(keep.all()):
+            return self.attention(self.norm_att(x), att_mask, att_cache)
+        unchanged = att_cache if att_cache is not None else _empty(x)
+        if not bool(keep.any()):  # skipped for the whole utterance: its cache is never read
+            return None, unchanged
+        if att_cache is not None and att_cache.numel() > 0:
+            raise ValueError("per-utterance attention gates with a cache need one utterance per stream")
+        out = x.new_zeros(x.shape)
+        out[keep], _ = self.attention(self.norm_att(x[keep]), att_mask[keep], None)
+        return out, unchanged
 
 
 @register_block("performer")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from edgeasr.model.blocks import BLOCKS
+from edgeasr.model.dynamic import DynamicCompute, DynamicConfig, GateRecord, module_costs
 from edgeasr.nn.mask import attention_mask, padding_mask
 from edgeasr.nn.subsampling import ConvSubsampling
 
@@ -44,6 +45,9 @@ class EncoderConfig:
     subsampling_rate: int = 4
     dropout: float = 0.1
     attention_dropout: float = 0.0
+    #: Dynamic compute (edgeasr.model.dynamic.DynamicConfig as a dict): I3D dynamic depth or
+    #: compute-amortized frame skipping; None = every module runs on every frame.
+    dynamic: dict | None = None
 
     def plan(self) -> list[str]:
         return list(self.blocks) if self.blocks else [self.block_kind] * self.num_blocks
@@ -60,6 +64,10 @@ class EncoderConfig:
         unknown_kinds = [kind for kind in result.plan() if kind not in BLOCKS]
         if unknown_kinds:
             raise ValueError(f"unknown block kind '{unknown_kinds[0]}' (known: {', '.join(BLOCKS)})")
+        if result.dynamic is not None:
+            DynamicConfig.from_dict(result.dynamic)
+            if set(result.plan()) != {"conformer"}:
+                raise ValueError("dynamic compute gates conformer blocks; use block_kind conformer")
         return result
 
     def to_dict(self) -> dict:
@@ -79,6 +87,12 @@ class Encoder(nn.Module):
             layers.append(BLOCKS[kind].from_config(config))
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(config.d_model) if config.final_norm == "layer" else nn.Identity()
+        self.dynamic = None
+        if config.dynamic is not None:
+            self.dynamic = DynamicCompute(DynamicConfig.from_dict(config.dynamic), config.d_model, len(layers),
+                                          module_costs(config.d_model, config.d_ff))
+        #: Gates of the last forward pass (dynamic compute): the cost and what was executed.
+        self.last_gates: GateRecord | None = None
 
     @property
     def output_dim(self) -> int:
@@ -96,8 +110,21 @@ class Encoder(nn.Module):
         x = x * self.scale
         frames = padding_mask(lengths, x.size(1))
         mask = attention_mask(lengths, x.size(1), chunk_size, num_left_chunks)
-        for layer in self.layers:
-            x, _, _ = layer(x, mask, frames)
+        if self.dynamic is None:
+            for layer in self.layers:
+                x, _, _ = layer(x, mask, frames)
+            return self.norm(x), lengths
+        record = GateRecord(frame_mask=frames)
+        upfront = self.dynamic.upfront(x, frames)
+        for index, layer in enumerate(self.layers):
+            if upfront is None:
+                gates, probs = self.dynamic.local(index, x, frames)
+            else:
+                gates, probs = upfront[0][index], upfront[1][index]
+            record.gates.append(gates)
+            record.probabilities.append(probs)
+            x, _, _ = layer(x, mask, frames, gates=self.dynamic.by_module(gates))
+        self.last_gates = record
         return self.norm(x), lengths
 
     def forward_chunk(
@@ -106,11 +133,14 @@ class Encoder(nn.Module):
         att_caches: list[torch.Tensor],
         cnn_caches: list[torch.Tensor],
         max_left_frames: int = -1,
+        dynamic_state: dict | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Encode one chunk from its feature window, given and returning per-layer caches.
 
         ``window`` [B, W, F] is the feature window of exactly this chunk (see EncoderStream).
         ``max_left_frames`` >= 0 keeps only that many encoder frames of attention history.
+        ``dynamic_state`` (dynamic compute): a dict the stream keeps; utterance-level gates are
+        decided on the first chunk and stored in it, and ``last_gates`` records this chunk's.
         """
         lengths = torch.full((window.size(0),), window.size(1), dtype=torch.long)
         x, _ = self.subsampling(window, lengths)
@@ -118,12 +148,29 @@ class Encoder(nn.Module):
         batch, t_chunk, _ = x.shape
         frames = torch.ones(batch, t_chunk, dtype=torch.bool)
         new_att, new_cnn = [], []
+        decided = None
+        if self.dynamic is not None:
+            dynamic_state = {} if dynamic_state is None else dynamic_state
+            decided = dynamic_state.get("gates")
+            if decided is None:
+                upfront = self.dynamic.upfront(x, frames)
+                decided = upfront[0] if upfront is not None else [None] * len(self.layers)
+                if not self.dynamic.config.frame_level:
+                    dynamic_state["gates"] = decided
+            self.last_gates = GateRecord(frame_mask=frames)
         for index, layer in enumerate(self.layers):
             att_cache = att_caches[index] if att_caches else None
             cnn_cache = cnn_caches[index] if cnn_caches else None
             t_cache = layer.cached_frames(att_cache)
             mask = torch.ones(batch, t_chunk, t_cache + t_chunk, dtype=torch.bool)
-            x, att_cache, cnn_cache = layer(x, mask, frames, att_cache, cnn_cache)
+            if decided is None:
+                x, att_cache, cnn_cache = layer(x, mask, frames, att_cache, cnn_cache)
+            else:
+                if decided[index] is None:  # I3D local: decided at this layer on the first chunk
+                    decided[index] = self.dynamic.local(index, x, frames)[0]
+                self.last_gates.gates.append(decided[index])
+                gates = self.dynamic.by_module(decided[index])
+                x, att_cache, cnn_cache = layer(x, mask, frames, att_cache, cnn_cache, gates=gates)
             att_cache = layer.trim_cache(att_cache, max_left_frames)
             new_att.append(att_cache)
             new_cnn.append(cnn_cache)
@@ -150,6 +197,11 @@ class EncoderStream:
         self.pending = torch.zeros(0, encoder.config.input_dim)
         self.att_caches: list[torch.Tensor] = []
         self.cnn_caches: list[torch.Tensor] = []
+        #: Dynamic compute: the utterance's gate decisions, and per chunk what ran.
+        self.dynamic_state: dict = {}
+        self.executed: list = []
+        if encoder.dynamic is not None:
+            encoder.dynamic.check_stream(chunk_size)
 
     def state_bytes(self) -> int:
         """Bytes of the model's streaming state now: attention and convolution caches.
@@ -162,8 +214,11 @@ class EncoderStream:
 
     def _run(self, window: torch.Tensor) -> torch.Tensor:
         out, self.att_caches, self.cnn_caches = self.encoder.forward_chunk(
-            window.unsqueeze(0), self.att_caches, self.cnn_caches, self.max_left_frames
+            window.unsqueeze(0), self.att_caches, self.cnn_caches, self.max_left_frames,
+            self.dynamic_state if self.encoder.dynamic is not None else None,
         )
+        if self.encoder.dynamic is not None:
+            self.executed.append(self.encoder.last_gates)
         return out[0]
 
     @torch.no_grad()

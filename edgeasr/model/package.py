@@ -198,16 +198,31 @@ def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
 _FRESH_STATE = tuple(f".{q}.{b}" for q in ("input_quant", "output_quant") for b in ("low", "high", "initialized"))
 
 
-def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str]) -> PackagedModel:
+def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str],
+                      layers: list[int] | None = None) -> PackagedModel:
     """Copy a packaged model's weights (CMVN included) into ``model``, whose config may add
-    quantizers (their ranges start fresh) but must otherwise match; returns the source package."""
+    quantizers (their ranges start fresh) or gate predictors (they start fresh) but must
+    otherwise match; returns the source package. ``layers`` picks which source encoder layers
+    fill the model's layers, in order (layer pruning: a shallower model from a deeper one)."""
     source = load_model_dir(name_or_path)
+    state = source.model.state_dict()
+    if layers is not None:
+        available = len(source.model.encoder.layers)
+        if len(layers) != len(model.encoder.layers) or any(not 0 <= i < available for i in layers):
+            raise EdgeAsrError(f"init_layers must list {len(model.encoder.layers)} layer indices "
+                               f"below {available}, got {layers}")
+        state = {key: value for key, value in state.items() if not key.startswith("encoder.layers.")}
+        for target, origin in enumerate(layers):
+            prefix = f"encoder.layers.{origin}."
+            for key, value in source.model.state_dict().items():
+                if key.startswith(prefix):
+                    state[f"encoder.layers.{target}.{key[len(prefix):]}"] = value
     try:
-        missing, unexpected = model.load_state_dict(source.model.state_dict(), strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
         detail = str(error).splitlines()[-1].strip()
         raise EdgeAsrError(f"{source.directory}: weights do not fit this config ({detail})") from None
-    missing = [name for name in missing if not name.endswith(_FRESH_STATE)]
+    missing = [name for name in missing if not name.endswith(_FRESH_STATE) and not name.startswith("encoder.dynamic.")]
     if missing or unexpected:
         names = ", ".join((missing + unexpected)[:3])
         raise EdgeAsrError(f"{source.directory}: the model does not match this config ({names} ...)")

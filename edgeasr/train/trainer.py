@@ -79,6 +79,12 @@ class TrainConfig:
     #: Start from this model directory's weights, tokenizer and CMVN (fine-tuning, e.g. QAT from a
     #: float model). Layers the new config adds (quantizer ranges) start fresh; shapes must match.
     init_from: str | None = None
+    #: With init_from: which source encoder layers to copy, in order (a pruned, shallower model
+    #: initialized from a deeper one; the static-depth baseline of dynamic depth). None = all.
+    init_layers: list[int] | None = None
+    #: Learning-rate multiplier of gate predictors (dynamic compute): fresh, small networks
+    #: fine-tuned next to a trained model learn their decisions faster than Adam's lr allows.
+    gate_lr_scale: float = 10.0
     min_duration: float = 0.3
     max_duration: float = 20.0
     feature_jobs: int = 2
@@ -235,11 +241,11 @@ def train(
     torch.manual_seed(cfg.seed)
     model = ASRModel(model_config)
     if cfg.init_from:
-        load_weights_from(model, cfg.init_from)
+        load_weights_from(model, cfg.init_from, cfg.init_layers)
     else:
         model.set_cmvn(*compute_cmvn_from_store(train_store))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.peak_lr, betas=(0.9, 0.98), eps=1e-9,
-                                 weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(_parameter_groups(model, cfg.gate_lr_scale), lr=cfg.peak_lr, betas=(0.9, 0.98),
+                                 eps=1e-9, weight_decay=cfg.weight_decay)
     step, epoch, batch_in_epoch = 0, 0, 0
     if resume and (latest := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(latest)
@@ -258,6 +264,8 @@ def train(
     )
     log_path = out_dir / "train_log.csv"
     log_fields = ["step", "epoch", "loss", "ctc", "attention", "lr", "frames_per_s", "elapsed_s", "dev_cer", "dev_wer"]
+    if model.encoder.dynamic is not None:
+        log_fields.append("compute")  # dynamic compute: the gated modules' mean compute fraction
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(log_fields)
@@ -305,7 +313,7 @@ def train(
             step += 1
             lr = warmup_lr(step, cfg.peak_lr, cfg.warmup_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if torch.isfinite(norm):
                 optimizer.step()
@@ -328,8 +336,9 @@ def train(
                 with open(log_path, "a", newline="") as handle:
                     csv.writer(handle).writerow([row.get(k, "") for k in log_fields])
                 if bar:
+                    extra = {"compute": row["compute"]} if "compute" in row else {}
                     bar.set_postfix(loss=row.get("loss"), ctc=row.get("ctc"), fps=row["frames_per_s"],
-                                    dev_cer=row.get("dev_cer", "-"))
+                                    dev_cer=row.get("dev_cer", "-"), **extra)
             out_of_time = bool(cfg.max_minutes) and (time.time() - started) > 60 * cfg.max_minutes
             if world.world > 1:
                 flag = torch.tensor([float(out_of_time)])
@@ -386,6 +395,16 @@ def package_experiment(
 
 
 @torch.no_grad()
+def _parameter_groups(model: ASRModel, gate_lr_scale: float) -> list[dict]:
+    """One group for the model, one (with its own lr scale) for dynamic-compute gate predictors."""
+    gate_params = list(model.encoder.dynamic.parameters()) if model.encoder.dynamic is not None else []
+    gate_ids = {id(p) for p in gate_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in gate_ids], "lr_scale": 1.0}]
+    if gate_params:
+        groups.append({"params": gate_params, "lr_scale": gate_lr_scale})
+    return groups
+
+
 def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance], tokenizer: Tokenizer) -> tuple[float, float]:
     """CTC-greedy CER and WER (percent) on the dev subset, full context: a cheap progress signal."""
     import jiwer
