@@ -109,7 +109,7 @@ def test_i3d_global_knows_the_architecture_before_the_encoder_runs():
 
 def test_i3d_streams_only_with_chunks_that_hold_the_pooled_prefix():
     model = dynamic_model("i3d_global", pool_frames=8)
-    with pytest.raises(ValueError, match="chunk size of at least 8"):
+    with pytest.raises(EdgeAsrError, match="chunk size of at least 8"):
         EncoderStream(model.encoder, 4)
     EncoderStream(model.encoder, 8)
     EncoderStream(dynamic_model("amortized", pool_frames=8).encoder, 1)  # frame gates: any chunk
@@ -208,3 +208,42 @@ def test_gates_start_fresh_when_a_float_model_initializes_a_dynamic_one(tiny_mod
     load_weights_from(model, tiny_model)  # predictors are new; everything else must match
     source = load_model_dir(tiny_model).model
     assert torch.equal(model.encoder.layers[1].attention.linear_q.weight, source.encoder.layers[1].attention.linear_q.weight)
+
+
+def test_transcribe_a_dynamic_model_with_a_chosen_gate_threshold(tmp_path, tiny_model, tiny_corpus, capsys):
+    from edgeasr.cli import main
+    from edgeasr.data.manifest import read_manifest
+
+    tokenizer = load_model_dir(tiny_model).tokenizer
+    config = dynamic_model("i3d_global").config.to_dict()
+    config["vocab_size"] = tokenizer.vocab_size
+    torch.manual_seed(0)
+    model = ASRModel(ModelConfig.from_dict(config)).eval()
+    directory = save_model_dir(tmp_path / "m", model, tokenizer, FbankOptions(), StreamingDefaults(chunk_size=4))
+    audio = str(read_manifest(tiny_corpus / "test.jsonl")[0].audio)
+    assert main(["transcribe", "--model", str(directory), "--gate-threshold", "0.9", audio]) == 0
+    assert main(["transcribe", "--model", str(directory), "--chunk-size", "2", audio]) == 2
+    assert "chunk size of at least 4" in capsys.readouterr().err
+    assert main(["transcribe", "--model", str(tiny_model), "--gate-threshold", "0.9", audio]) == 2
+    assert "no gates" in capsys.readouterr().err
+
+
+def test_the_stream_counts_executed_layers_in_constant_memory():
+    feats = torch.randn(300, 80)
+    for kind in KINDS:
+        model = dynamic_model(kind)
+        stream = EncoderStream(model.encoder, 4)
+        stream.accept(feats)
+        stream.finish()
+        counter = stream.gate_counter
+        _, lengths = model.encoder(feats[None], torch.tensor([300]))
+        assert counter.frames == int(lengths[0])
+        assert 0 < counter.executed_layers() < 3
+        assert counter.open.shape == (3, 3)
+    model = dynamic_model("amortized")
+    with torch.no_grad():  # every gate wide open
+        model.encoder.dynamic.predictor.out.weight.zero_()
+        model.encoder.dynamic.predictor.out.bias.fill_(5.0)
+    everything = EncoderStream(model.encoder, 4)
+    everything.accept(feats[:100])
+    assert everything.gate_counter.executed_layers() == pytest.approx(3.0)

@@ -22,6 +22,9 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--dynamic-int8", action="store_true",
                         help="run Linear layers as torch dynamic int8 (float models; no calibration)")
+    parser.add_argument("--gate-threshold", type=float, metavar="P",
+                        help="dynamic-compute models: gate-open probability (default: the model's, 0.5); "
+                             "higher runs fewer modules")
 
 
 def decode_options(args: argparse.Namespace) -> DecodeOptions:
@@ -33,4 +36,5 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         ctc_weight=args.ctc_weight,
         reverse_weight=args.reverse_weight,
         dynamic_int8=args.dynamic_int8,
+        gate_threshold=args.gate_threshold,
     )

@@ -41,6 +41,9 @@ class DecodeOptions:
     reverse_weight: float = 0.0
     #: run Linear layers as torch dynamic int8 (edgeasr.quant.dynamic); float model files only
     dynamic_int8: bool = False
+    #: dynamic-compute models: the probability at which a gate opens (None = the model's own);
+    #: higher skips more modules, trading accuracy for compute without retraining
+    gate_threshold: float | None = None
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -49,6 +52,8 @@ class DecodeOptions:
             raise EdgeAsrError("--chunk-size must be 0 (full context) or a positive number of frames")
         if self.beam_size < 1:
             raise EdgeAsrError("--beam-size must be at least 1")
+        if self.gate_threshold is not None and not 0.0 < self.gate_threshold < 1.0:
+            raise EdgeAsrError("--gate-threshold must be between 0 and 1")
 
 
 class Recognizer:
@@ -65,6 +70,10 @@ class Recognizer:
             from edgeasr.quant.dynamic import dynamic_int8
 
             self.model = dynamic_int8(self.model)
+        if self.options.gate_threshold is not None:
+            if self.model.encoder.dynamic is None:
+                raise EdgeAsrError("--gate-threshold applies to dynamic-compute models (I3D, amortized); this one has no gates")
+            self.model.encoder.dynamic.config.threshold = self.options.gate_threshold
         if self.options.mode == "attention_rescoring" and self.model.decoder is None:
             self.options.mode = "ctc_prefix_beam"
         encoder = self.model.encoder

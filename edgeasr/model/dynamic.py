@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from edgeasr.errors import EdgeAsrError
+
 #: Modules a gate can switch, in the order of a gate vector's last dimension.
 GATEABLE = ("ff_in", "attention", "ff_out")
 KINDS = ("i3d_local", "i3d_global", "amortized")
@@ -134,6 +136,36 @@ class GateRecord:
     gates: list[torch.Tensor] = field(default_factory=list)  # per layer [B, (T,) M], 0/1
 
 
+class GateCounter:
+    """Running totals of what the gates ran over a stream: constant memory however long it is."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.open: torch.Tensor | None = None  # [layers, modules]: open module-frames
+
+    def update(self, record: GateRecord) -> None:
+        frames = int(record.frame_mask[0].sum()) if record.frame_mask is not None else 0
+        per_layer = []
+        for gates in record.gates:
+            g = gates[0].float()
+            per_layer.append(g.sum(0) if g.dim() == 2 else g * frames)
+        totals = torch.stack(per_layer)
+        self.open = totals if self.open is None else self.open + totals
+        self.frames += frames
+
+    def executed_layers(self) -> float:
+        """Layers' worth of gated modules run per frame (all open = the number of layers)."""
+        if self.open is None or self.frames == 0:
+            return 0.0
+        return float((self.open / self.frames).mean(-1).sum())
+
+    def module_fractions(self) -> list[list[float]]:
+        """Per layer, per gated module: the fraction of frames it ran on."""
+        if self.open is None or self.frames == 0:
+            return []
+        return (self.open / self.frames).tolist()
+
+
 class DynamicCompute(nn.Module):
     """The gate predictors of one encoder, and the cost of their decisions."""
 
@@ -164,9 +196,9 @@ class DynamicCompute(nn.Module):
             return
         pool = self.config.pool_frames
         if pool == 0:
-            raise ValueError("this model's I3D gates pool the whole utterance (pool_frames 0): offline only")
+            raise EdgeAsrError("this model's I3D gates pool the whole utterance (pool_frames 0): offline only")
         if chunk_size < pool:
-            raise ValueError(f"this model decides its I3D gates on the first {pool} encoder frames: "
+            raise EdgeAsrError(f"this model decides its I3D gates on the first {pool} encoder frames: "
                              f"stream with a chunk size of at least {pool}")
 
     def _gate(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgeasr.model.blocks import BLOCKS
-from edgeasr.model.dynamic import DynamicCompute, DynamicConfig, GateRecord, module_costs
+from edgeasr.model.dynamic import DynamicCompute, DynamicConfig, GateCounter, GateRecord, module_costs
 from edgeasr.nn.mask import attention_mask, padding_mask
 from edgeasr.nn.subsampling import ConvSubsampling
 
@@ -199,7 +199,7 @@ class EncoderStream:
         self.cnn_caches: list[torch.Tensor] = []
         #: Dynamic compute: the utterance's gate decisions, and per chunk what ran.
         self.dynamic_state: dict = {}
-        self.executed: list = []
+        self.gate_counter = GateCounter() if encoder.dynamic is not None else None
         if encoder.dynamic is not None:
             encoder.dynamic.check_stream(chunk_size)
 
@@ -217,8 +217,8 @@ class EncoderStream:
             window.unsqueeze(0), self.att_caches, self.cnn_caches, self.max_left_frames,
             self.dynamic_state if self.encoder.dynamic is not None else None,
         )
-        if self.encoder.dynamic is not None:
-            self.executed.append(self.encoder.last_gates)
+        if self.gate_counter is not None:
+            self.gate_counter.update(self.encoder.last_gates)
         return out[0]
 
     @torch.no_grad()
