@@ -218,6 +218,97 @@ def pareto_plot(result: dict, path: str | Path, chunk_size: int = 16) -> None:
     plt.close(figure)
 
 
+def _static_wer_at(rows: list[dict], layers: float) -> float | None:
+    """WER of the static models linearly interpolated at ``layers`` executed layers."""
+    static = sorted((r["executed_layers"], r["wer"]) for r in rows if r["family"] == "static")
+    for (x0, y0), (x1, y1) in zip(static, static[1:]):
+        if x0 <= layers <= x1:
+            return y0 + (y1 - y0) * (layers - x0) / (x1 - x0) if x1 > x0 else y0
+    return None
+
+
+def dynamic_section(result: dict, name: str, plot: str | None) -> list[str]:
+    test = result["test"]
+    lines = [
+        f"## Dynamic compute: I3D dynamic depth and compute-amortized frame skipping ({name})",
+        "",
+        f"Streaming at chunk {result['chunk_size']} with attention rescoring, {test['utts']} held-out utterances "
+        f"({test['audio_seconds'] / 60:.1f} min), {result['machine']} ({result['date']}). Executed layers: layers' worth of "
+        "gated modules (attention, both feed-forward modules) run per frame; the convolution module always runs. "
+        f"FLOPs: counted from the products actually executed on {test['flops_utts']} utterances (gate predictors "
+        "included), for the whole encoder and for its layers alone (the subsampling front end is outside every gate). "
+        f"Encoder time: per utterance, median over {test['timing_utts']} utterances x {test['repeats']} interleaved passes. "
+        f"Ratios against `{result['reference']}`.",
+        "",
+        "| model | executed layers | encoder GFLOPs / s | layers GFLOPs / s | compute saved (layers) | encoder ms / utt | "
+        "time saved | WER (CER) | WER change |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        change = f"{row['wer_relative']:+.1f}%" if row.get("wer_relative") is not None else "-"
+        lines.append(
+            f"| {row['name']} | {row['executed_layers']:.2f} | {row['encoder_gflops_per_s']:.3f} | "
+            f"{row['layers_gflops_per_s']:.3f} | {100 * row['compute_saved']:.0f}% ({100 * row['layers_compute_saved']:.0f}%) | "
+            f"{row['encoder_ms_per_utt']:.1f} | {100 * row['time_saved']:.0f}% | {row['wer']:.1f} ({row['cer']:.1f}) | {change} |"
+        )
+    targets = []
+    for row in result["rows"]:
+        if row["family"].startswith("i3d") and row["threshold"] == 0.5:
+            static = _static_wer_at(result["rows"], row["executed_layers"])
+            measured = f"{row['wer']:.1f} vs {static:.1f}" if static is not None else f"{row['wer']:.1f} (outside the static range)"
+            targets.append((f"{row['name']}: lower WER than static models at {row['executed_layers']:.2f} layers",
+                            measured, static is not None and row["wer"] < static))
+        if row["family"] == "amortized" and row["threshold"] == 0.5:
+            targets.append((f"{row['name']}: >= 50% less encoder compute (layers) at <= +5% WER",
+                            f"{100 * row['layers_compute_saved']:.0f}% (whole encoder {100 * row['compute_saved']:.0f}%), "
+                            f"{row['wer_relative']:+.1f}%",
+                            row["layers_compute_saved"] >= 0.5 and row["wer_relative"] <= 5))
+            targets.append((f"{row['name']}: >= 30% less encoder wall time", f"{100 * row['time_saved']:.0f}%",
+                            row["time_saved"] >= 0.3))
+    if targets:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets]
+    if plot:
+        lines += ["", f"![WER against executed layers and executed compute]({plot})"]
+    lines.append("")
+    return lines
+
+
+def dynamic_plot(result: dict, path: str | Path) -> None:
+    """Two panels: WER against executed layers (I3D vs static), and against executed encoder
+    layer FLOPs (amortized vs static); each dynamic model is a curve over gate thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    families = sorted({row["family"] for row in result["rows"]})
+    for axes, x_key, label, keep in (
+        (left, "executed_layers", "executed layers (gated modules per frame, in layers)", lambda f: f != "amortized"),
+        (right, "layers_gflops_per_s", "executed encoder-layer GFLOPs per audio second", lambda f: True),
+    ):
+        for family in families:
+            if not keep(family):
+                continue
+            rows = sorted((r for r in result["rows"] if r["family"] == family), key=lambda r: r[x_key])
+            style = "s-" if family == "static" else "o--"
+            axes.plot([r[x_key] for r in rows], [r["wer"] for r in rows], style, label=family, markersize=5)
+            for r in rows:
+                if r["threshold"] is not None:
+                    axes.annotate(f"{r['threshold']:g}", (r[x_key], r["wer"]), textcoords="offset points",
+                                  xytext=(4, 3), fontsize=7)
+        axes.set_xlabel(label, fontsize=9)
+        axes.set_ylabel(f"WER % (chunk {result['chunk_size']}, rescored)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle(f"Dynamic compute vs static depth ({result['date']}); labels: gate threshold", fontsize=10)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
 def write_report(results_dir: str | Path, out: str | Path) -> Path:
     """Regenerate the whole BENCHMARKS.md from every result file in ``results_dir``."""
     results_dir, out = Path(results_dir), Path(out)
@@ -243,5 +334,14 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
                 except ValueError:
                     pass
             lines += encoders_section(result, path.name, plot)
+        elif result.get("benchmark") == "dynamic":
+            plot = result.get("plot")  # a file name next to the result
+            if plot:
+                dynamic_plot(result, results_dir / plot)
+                try:
+                    plot = str((results_dir / plot).resolve().relative_to(out.resolve().parent))
+                except ValueError:
+                    plot = str(results_dir / plot)
+            lines += dynamic_section(result, path.name, plot)
     atomic_write_text(out, "\n".join(lines))
     return out
