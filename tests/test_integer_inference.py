@@ -170,3 +170,32 @@ def test_four_bit_activations_run_integer_and_match_fake_quant():
     codes = integer.forward_codes(integer.quantize_input(x))
     assert codes.min() >= -8 and codes.max() <= 7
     assert (integer(x) - expected).abs().max().item() <= integer.output_scale * 1.0001
+
+
+def test_attention_products_run_on_int8_codes_with_int32_sums():
+    from edgeasr.quant.integer import integer_matmul
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 4, 16, 36), torch.randn(2, 4, 36, 50) * 3
+    exact = torch.matmul(a, b)
+    got = integer_matmul(a, b)
+    s_a, s_b = a.abs().max() / 127, b.abs().max() / 127
+    worst = 36 * (a.abs().max() * s_b / 2 + b.abs().max() * s_a / 2 + s_a * s_b / 4)  # 36 rounded products
+    assert (got - exact).abs().max() < worst
+    assert (got - exact).abs().mean() < 0.02 * exact.abs().mean()
+    probs = torch.softmax(torch.randn(2, 4, 16, 50), dim=-1)
+    got = integer_matmul(probs, b.transpose(-2, -1)[..., :50, :36].contiguous(), a_scale=1 / 127)
+    assert torch.allclose(got, torch.matmul(probs, b.transpose(-2, -1)[..., :50, :36]), atol=0.05 * b.abs().max())
+    calls = []
+    original = torch.matmul
+
+    def spy(x, y, *args, **kwargs):
+        calls.append((x.dtype, y.dtype))
+        return original(x, y, *args, **kwargs)
+
+    torch.matmul = spy
+    try:
+        integer_matmul(a, b)
+    finally:
+        torch.matmul = original
+    assert calls == [(torch.int32, torch.int32)]  # the product itself never sees a float

@@ -45,6 +45,9 @@ class RelPositionAttention(nn.Module):
 
     #: The cache holds keys and values of past frames: it grows with context and is trimmed.
     cache_grows = True
+    #: Set by the integer-only path (edgeasr.quant.integer.convert_to_integer): the attention
+    #: products run on int8 codes with int32 accumulation.
+    integer_products = False
 
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, batch_norm: bool = False) -> None:
         super().__init__()
@@ -163,8 +166,11 @@ class RelPositionAttention(nn.Module):
 
         q_u = q + self.pos_bias_u.unsqueeze(1)
         q_v = q + self.pos_bias_v.unsqueeze(1)
-        content = torch.matmul(q_u, k.transpose(-2, -1))  # [B, H, Tq, Tk]
-        position_all = torch.matmul(q_v, pos.transpose(-2, -1).unsqueeze(0))  # [B, H, Tq, R]
+        matmul = torch.matmul
+        if self.integer_products and not self.training:
+            from edgeasr.quant.integer import integer_matmul as matmul
+        content = matmul(q_u, k.transpose(-2, -1))  # [B, H, Tq, Tk]
+        position_all = matmul(q_v, pos.transpose(-2, -1).unsqueeze(0))  # [B, H, Tq, R]
         index = relative_index.expand(batch, self.num_heads, t_query, t_key)
         position = torch.gather(position_all, 3, index)
 
@@ -172,7 +178,10 @@ class RelPositionAttention(nn.Module):
         allowed = mask.unsqueeze(1)  # [B, 1, Tq, Tk]
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
-        context = torch.matmul(self.dropout(weights), v)  # [B, H, Tq, dh]
+        if matmul is torch.matmul:
+            context = torch.matmul(self.dropout(weights), v)  # [B, H, Tq, dh]
+        else:
+            context = matmul(weights, v, a_scale=1.0 / 127.0)
         context = context.transpose(1, 2).reshape(batch, t_query, self.d_model)
         return _project(self.linear_out, context, frame_mask)
 
@@ -183,8 +192,10 @@ MAX_MEMO_DISTANCES = 2048
 
 
 def _memo_key(layer: nn.Module) -> tuple:
-    weight = getattr(layer, "weight", None)
-    return (id(layer), None if weight is None else (weight.data_ptr(), weight._version))
+    """Identifies the projection and the state of its weights: an update or a swapped layer
+    (dynamic int8, integer path) invalidates what was remembered."""
+    weights = tuple((t.data_ptr(), t._version) for t in (*layer.parameters(), *layer.buffers()))
+    return (id(layer), type(layer), weights)
 
 
 _POSITION_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -16,7 +16,9 @@ what makes int8 faster than float here rather than slower.
 
 Only the layer's input quantization and output dequantization touch floats, because the ops
 between layers (softmax, LayerNorm, Swish, residual adds) stay in float in this path; the docs
-say so. The outputs match the fake-quant model within one output quantization step (tested).
+say so. The attention products (q·k, q·p, probabilities·v) run on int8 codes with int32 sums too
+(``integer_matmul``): probabilities on a fixed 1/127 grid, queries, keys, positions and values on
+a per-tensor range measured on each chunk, since they have no calibrated observers. The outputs match the fake-quant model within one output quantization step (tested).
 """
 
 from __future__ import annotations
@@ -192,6 +194,26 @@ def _int8_matmul(centred: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
     return 16 * torch._int_mm(high.to(torch.int8), weight_t) + torch._int_mm(low.to(torch.int8), weight_t)
 
 
+def integer_matmul(a: torch.Tensor, b: torch.Tensor, a_scale: float | None = None) -> torch.Tensor:
+    """a @ b (batched) with int8 operands and int32 accumulation, for activation x activation
+    products (attention's q·k, q·p and probabilities·v), which have no weights to calibrate.
+
+    Each operand gets one symmetric 8-bit scale: ``a_scale`` when given (attention
+    probabilities use 1/127: they lie in [0, 1]), else its own absolute maximum measured on the
+    tensor (a per-call, dynamic range). The codes are multiplied as int32 tensors and the int32
+    sums are scaled back once: s_a * s_b * (A_q @ B_q).
+    """
+    def codes(x: torch.Tensor, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.as_tensor(scale if scale is not None else float(x.abs().max()) / 127.0)
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        return torch.clamp(torch.round(x / s), -127, 127).to(torch.int8), s
+
+    a_q, s_a = codes(a, a_scale)
+    b_q, s_b = codes(b, None)
+    accumulated = torch.matmul(a_q.to(torch.int32), b_q.to(torch.int32))
+    return accumulated.to(a.dtype) * (s_a * s_b)
+
+
 def convert_to_integer(model: nn.Module) -> int:
     """Replace every calibrated 8-bit-activation fake-quant Linear and convolution by its integer
     form (``IntegerLinear`` / ``IntegerConv``), in place, for inference; returns how many.
@@ -211,4 +233,10 @@ def convert_to_integer(model: nn.Module) -> int:
             else:
                 continue
             converted += 1
+    if converted:
+        from edgeasr.nn.attention import RelPositionAttention
+
+        for module in model.modules():
+            if isinstance(module, RelPositionAttention):
+                module.integer_products = True  # q·k, q·p and probabilities·v on int8 codes
     return converted
