@@ -240,8 +240,8 @@ def dynamic_section(result: dict, name: str, plot: str | None) -> list[str]:
         f"Encoder time: per utterance, median over {test['timing_utts']} utterances x {test['repeats']} interleaved passes. "
         f"Ratios against `{result['reference']}`.",
         "",
-        "| model | executed layers | encoder GFLOPs / s | layers GFLOPs / s | compute saved (layers) | encoder ms / utt | "
-        "time saved | WER (CER) | WER change |",
+        "| model | executed layers | encoder GFLOPs / s | layers GFLOPs / s | compute saved (layers) | "
+        "encoder ms / utt, streaming (offline) | time saved, streaming (offline) | WER (CER) | WER change |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
@@ -249,7 +249,8 @@ def dynamic_section(result: dict, name: str, plot: str | None) -> list[str]:
         lines.append(
             f"| {row['name']} | {row['executed_layers']:.2f} | {row['encoder_gflops_per_s']:.3f} | "
             f"{row['layers_gflops_per_s']:.3f} | {100 * row['compute_saved']:.0f}% ({100 * row['layers_compute_saved']:.0f}%) | "
-            f"{row['encoder_ms_per_utt']:.1f} | {100 * row['time_saved']:.0f}% | {row['wer']:.1f} ({row['cer']:.1f}) | {change} |"
+            f"{row['encoder_ms_per_utt']:.1f} ({row['encoder_ms_per_utt_offline']:.1f}) | "
+            f"{100 * row['time_saved']:.0f}% ({100 * row['time_saved_offline']:.0f}%) | {row['wer']:.1f} ({row['cer']:.1f}) | {change} |"
         )
     targets = []
     for row in result["rows"]:
@@ -263,8 +264,10 @@ def dynamic_section(result: dict, name: str, plot: str | None) -> list[str]:
                             f"{100 * row['layers_compute_saved']:.0f}% (whole encoder {100 * row['compute_saved']:.0f}%), "
                             f"{row['wer_relative']:+.1f}%",
                             row["layers_compute_saved"] >= 0.5 and row["wer_relative"] <= 5))
-            targets.append((f"{row['name']}: >= 30% less encoder wall time", f"{100 * row['time_saved']:.0f}%",
-                            row["time_saved"] >= 0.3))
+            targets.append((f"{row['name']}: >= 30% less encoder wall time (streaming chunk {result['chunk_size']})",
+                            f"{100 * row['time_saved']:.0f}%", row["time_saved"] >= 0.3))
+            targets.append((f"{row['name']}: >= 30% less encoder wall time (offline, one pass)",
+                            f"{100 * row['time_saved_offline']:.0f}%", row["time_saved_offline"] >= 0.3))
     if targets:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets]
