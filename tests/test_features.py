@@ -26,7 +26,13 @@ TOLERANCE = 1e-3
 
 def knf_features(samples: np.ndarray, options: FbankOptions | None = None) -> torch.Tensor:
     extractor = StreamingFbank(options)
-    return torch.cat([extractor.accept(samples), extractor.finish()])
+    return cat([extractor.accept(samples), extractor.finish()])
+
+
+def cat(pieces: list[np.ndarray]) -> torch.Tensor:
+    """Streaming frames come out as numpy (the serving path has no torch)."""
+    assert all(isinstance(p, np.ndarray) and p.dtype == np.float32 for p in pieces)
+    return torch.from_numpy(np.concatenate(pieces))
 
 
 def float64_features(samples: np.ndarray, options: FbankOptions) -> torch.Tensor:
@@ -166,7 +172,7 @@ def test_streaming_equals_whole_file_for_random_chunkings(seed):
         pieces.append(extractor.accept(x[start : start + size]))
         start += size
     pieces.append(extractor.finish())
-    streamed = torch.cat(pieces)
+    streamed = cat(pieces)
     assert torch.equal(streamed, whole)
     assert extractor.frames_emitted == len(whole)
 
@@ -176,14 +182,14 @@ def test_streaming_snip_edges_false_and_reset():
     x = speech_like(seconds=0.7)
     whole = knf_features(x, options)
     extractor = StreamingFbank(options)
-    first = torch.cat([extractor.accept(x[i : i + 333]) for i in range(0, len(x), 333)])
+    first = cat([extractor.accept(x[i : i + 333]) for i in range(0, len(x), 333)])
     last = extractor.finish()
     assert len(last) > 0  # frames that need the mirrored end wait for finish()
-    assert torch.equal(torch.cat([first, last]), whole)
+    assert torch.equal(torch.cat([first, torch.from_numpy(last)]), whole)
     with pytest.raises(RuntimeError):
         extractor.accept(x[:10])
     extractor.reset()
-    assert torch.equal(torch.cat([extractor.accept(x), extractor.finish()]), whole)
+    assert torch.equal(cat([extractor.accept(x), extractor.finish()]), whole)
 
 
 def test_streaming_tiny_inputs():

@@ -197,3 +197,26 @@ def test_compacted_graph_computes_the_same_in_far_fewer_bytes(variant_dir):
     before = run(onnx.load(str(out / "encoder.onnx")).SerializeToString())
     after = run(graph.SerializeToString())
     assert np.abs(after - before).max() < 0.05 * np.abs(before).max()
+
+
+def test_onnx_runtime_runs_where_torch_cannot_be_imported(variant_dir, tiny_corpus):
+    import subprocess
+    import sys
+
+    directory, out = variant_dir
+    audio = str(read_manifest(tiny_corpus / "test.jsonl")[0].audio)
+    script = (
+        "import sys, json\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edgeasr.export.runtime import OnnxRecognizer\n"
+        f"print(json.dumps(OnnxRecognizer.load({str(out)!r}).transcribe({audio!r}).text))\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    expected = Recognizer(load_model_dir(directory), DecodeOptions(chunk_size=4)).transcribe(audio).text
+    assert json.loads(done.stdout) == expected

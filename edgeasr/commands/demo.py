@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeasr.audio.features import FbankOptions, StreamingFbank, compute_fbank
@@ -115,11 +116,11 @@ def run_features(args: argparse.Namespace) -> int:
     options = FbankOptions()
     samples = load_audio(clip.audio)
     whole_stream = StreamingFbank(options)
-    whole = torch.cat([whole_stream.accept(samples), whole_stream.finish()])
+    whole = torch.from_numpy(np.concatenate([whole_stream.accept(samples), whole_stream.finish()]))
     stream = StreamingFbank(options)
     pieces = [stream.accept(samples[i : i + 1600]) for i in range(0, len(samples), 1600)]
     pieces.append(stream.finish())
-    streamed = torch.cat(pieces)
+    streamed = torch.from_numpy(np.concatenate(pieces))
     batched = compute_fbank(samples, options)
     same = whole.shape == streamed.shape and torch.equal(whole, streamed)
     torch_gap = (batched - whole).abs().max().item() if batched.shape == whole.shape else float("inf")

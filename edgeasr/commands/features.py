@@ -59,7 +59,7 @@ def _stream(
         extractor.accept(samples[start : start + chunk]) for start in range(0, len(samples), chunk)
     ]
     pieces.append(extractor.finish())
-    return torch.cat(pieces), (len(samples) + chunk - 1) // chunk
+    return torch.from_numpy(np.concatenate(pieces)), (len(samples) + chunk - 1) // chunk
 
 
 def _band_labels(options: FbankOptions, bands: list[np.ndarray]) -> list[str]:

@@ -4,6 +4,9 @@ Prefix beam search keeps, for every distinct collapsed prefix, the probability o
 and in non-blank, so that "a a" (two tokens) and "aa" (one token with a repeat) are kept apart.
 It is incremental: ``PrefixBeamSearch.step`` consumes one chunk of log-probabilities at a time, so
 streaming and offline decoding run the very same code and give the same n-best.
+
+Log-probabilities may be numpy arrays or (CPU) torch tensors; the search itself is numpy and
+plain Python, so the ONNX runtime uses it without torch.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 NEG_INF = float("-inf")
 
@@ -49,8 +52,10 @@ class GreedySearch:
         self.score = 0.0
         self.frame_offset = 0
 
-    def step(self, log_probs: torch.Tensor) -> None:
-        values, best = log_probs.max(dim=-1)
+    def step(self, log_probs) -> None:
+        scores = np.asarray(log_probs, dtype=np.float32)
+        best = scores.argmax(axis=-1)
+        values = np.take_along_axis(scores, best[:, None], axis=-1)[:, 0]
         for t, (token, value) in enumerate(zip(best.tolist(), values.tolist())):
             self.score += value
             if token != self.blank and token != self.previous:
@@ -64,7 +69,7 @@ class GreedySearch:
         return [Hypothesis(tuple(self.tokens), self.score, tuple(self.times), tuple(self.probs))]
 
 
-def ctc_greedy(log_probs: torch.Tensor, blank: int = 0) -> Hypothesis:
+def ctc_greedy(log_probs, blank: int = 0) -> Hypothesis:
     """log_probs [T, V] -> best path collapsed (repeats merged, blanks removed)."""
     search = GreedySearch(blank)
     search.step(log_probs)
@@ -106,11 +111,11 @@ class PrefixBeamSearch:
         self.beams = {(): _Beam(blank=0.0)}
         self.frame_offset = 0
 
-    def step(self, log_probs: torch.Tensor) -> None:
+    def step(self, log_probs) -> None:
         """Consume log_probs [T, V] of the next frames."""
-        token_beam = self.token_beam or self.beam_size
-        values, indices = log_probs.topk(min(token_beam, log_probs.size(-1)), dim=-1)
-        values, indices = values.tolist(), indices.tolist()
+        scores = np.asarray(log_probs, dtype=np.float32)
+        token_beam = min(self.token_beam or self.beam_size, scores.shape[-1])
+        values, indices = _top_tokens(scores, token_beam)
         for t in range(len(values)):
             frame = self.frame_offset + t
             next_beams: dict[tuple[int, ...], _Beam] = {}
@@ -162,7 +167,20 @@ class PrefixBeamSearch:
         ]
 
 
-def ctc_prefix_beam_search(log_probs: torch.Tensor, beam_size: int = 10, blank: int = 0) -> list[Hypothesis]:
+def _top_tokens(scores: np.ndarray, k: int) -> tuple[list, list]:
+    """Per frame, the ``k`` best (log-prob, token) pairs, best first (ties: lower token first)."""
+    if scores.shape[0] == 0:
+        return [], []
+    candidates = np.argpartition(-scores, k - 1, axis=-1)[:, :k] if k < scores.shape[-1] else \
+        np.broadcast_to(np.arange(scores.shape[-1]), scores.shape).copy()
+    candidate_scores = np.take_along_axis(scores, candidates, axis=-1)
+    order = np.lexsort((candidates, -candidate_scores), axis=-1)
+    indices = np.take_along_axis(candidates, order, axis=-1)
+    values = np.take_along_axis(candidate_scores, order, axis=-1)
+    return values.tolist(), indices.tolist()
+
+
+def ctc_prefix_beam_search(log_probs, beam_size: int = 10, blank: int = 0) -> list[Hypothesis]:
     """log_probs [T, V] -> n-best hypotheses, best first."""
     search = PrefixBeamSearch(beam_size=beam_size, blank=blank)
     search.step(log_probs)

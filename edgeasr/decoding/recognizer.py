@@ -186,6 +186,7 @@ class StreamingSession:
 
     def _consume(self, feats: torch.Tensor, final: bool) -> None:
         model = self.recognizer.model
+        feats = torch.from_numpy(feats)
         out = self.encoder.accept(model.normalize(feats)) if feats.numel() else torch.zeros(0, model.encoder.output_dim)
         if final:
             out = torch.cat([out, self.encoder.finish()])

@@ -1,4 +1,4 @@
-"""Streaming recognition with ONNX Runtime from an exported model directory (no torch model).
+"""Streaming recognition with ONNX Runtime from an exported model directory, without torch.
 
 ``OnnxRecognizer.load(dir)`` reads ``encoder.onnx`` (or ``encoder.int8.onnx`` with
 ``int8=True``), ``decoder.onnx``, ``metadata.json`` and the tokenizer written by
@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from edgeasr.audio.features import FbankOptions, StreamingFbank
+from edgeasr.audio.fbank import FbankOptions, StreamingFbank
 from edgeasr.audio.io import load_audio
 from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
 from edgeasr.decoding.result import Result, build_result
@@ -137,10 +136,10 @@ class OnnxStreamingSession:
         self.caches = list(new_caches)
         if self.keep_encoded:
             self.encoded.append(encoded)
-        self.search.step(torch.from_numpy(log_probs))
+        self.search.step(log_probs)
 
-    def _consume(self, feats: torch.Tensor, final: bool) -> None:
-        self.pending = np.concatenate([self.pending, feats.numpy()])
+    def _consume(self, feats: np.ndarray, final: bool) -> None:
+        self.pending = np.concatenate([self.pending, feats])
         while self.pending.shape[0] >= self.window:
             self._run(self.pending[: self.window])
             self.pending = self.pending[self.stride :]
