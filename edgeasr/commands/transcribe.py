@@ -26,20 +26,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line: audio, text, words with times, confidence, n-best")
     parser.add_argument("--partials", action="store_true", help="also print partial results while streaming")
-    parser.add_argument("--int8", action="store_true", help="with an ONNX export: run its int8 graphs")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="torch, or onnx: ONNX Runtime only (a model directory is exported once into "
+                             "~/.cache/edgeasr); an export directory always runs on ONNX Runtime")
+    parser.add_argument("--int8", action="store_true", help="ONNX backend: run the int8 graphs")
     add_decode_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgeasr.api import is_onnx_export, load_model
     from edgeasr.audio.io import load_audio
-    from edgeasr.decoding.recognizer import Recognizer
 
     torch.set_num_threads(max(1, args.threads))
-    if _is_onnx_export(args.model):
-        recognizer = _onnx_recognizer(args)
+    if is_onnx_export(args.model) or args.backend == "onnx":
+        if args.gate_threshold is not None or args.dynamic_int8:
+            raise EdgeAsrError("--gate-threshold and --dynamic-int8 apply to the torch backend")
+        recognizer = load_model(args.model, "onnx", mode=args.mode, chunk_size=args.chunk_size,
+                                num_left_chunks=args.left_chunks, beam_size=args.beam_size,
+                                ctc_weight=args.ctc_weight, int8=args.int8, threads=args.threads)
         chunk_size, sample_rate = recognizer.meta["chunk_size"], recognizer.features.sample_rate
     else:
+        from edgeasr.decoding.recognizer import Recognizer
+
+        if args.int8:
+            raise EdgeAsrError("--int8 runs ONNX int8 graphs: add --backend onnx (or use --dynamic-int8 with torch)")
         recognizer = Recognizer.load(args.model, decode_options(args))
         chunk_size, sample_rate = recognizer.chunk_size, recognizer.packaged.features.sample_rate
     failed = 0
@@ -65,20 +76,3 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{path}\t{result.text}" if len(args.files) > 1 else result.text, flush=True)
     return 2 if failed else 0
-
-
-def _is_onnx_export(model: str) -> bool:
-    from pathlib import Path
-
-    return (Path(model) / "metadata.json").exists() and (Path(model) / "encoder.onnx").exists()
-
-
-def _onnx_recognizer(args: argparse.Namespace):
-    """An exported directory runs on ONNX Runtime; its chunk size and left context are fixed at export."""
-    from edgeasr.export.runtime import OnnxRecognizer
-
-    if args.chunk_size is not None or args.left_chunks is not None:
-        raise EdgeAsrError(f"{args.model}: an ONNX export streams with the chunk size and left context it was "
-                           "exported with (re-export to change them)")
-    return OnnxRecognizer.load(args.model, int8=args.int8, mode=args.mode, beam_size=args.beam_size,
-                               ctc_weight=args.ctc_weight, threads=max(1, args.threads))

@@ -1,0 +1,116 @@
+"""The Python API: ``edgeasr.load_model`` picks a runtime and returns a recognizer.
+
+    import edgeasr
+    asr = edgeasr.load_model("default")                  # torch
+    result = asr.transcribe("some.wav")                   # or a float32 numpy array at 16 kHz
+    print(result.text, result.words, result.confidence, result.nbest)
+    session = asr.stream()
+    partial = session.accept(samples)                     # any number of samples, any times
+    final = session.finish()
+
+Both runtimes return the same ``Result`` (text, tokens, token times, words with start/end/confidence,
+utterance confidence, n-best) and stream through the same ``accept``/``finish`` session API.
+
+- ``backend="torch"``: the model directory through ``Recognizer``.
+- ``backend="onnx"``: ONNX Runtime only (``OnnxRecognizer``, no torch at run time). Given an
+  exported directory (``edgeasr export``) it is used as is; given a model directory, the model is
+  exported once into a cache (``$EDGEASR_CACHE`` or ``~/.cache/edgeasr``), keyed by the model
+  file and the export settings, and reused afterwards.
+An exported directory always runs on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from edgeasr.errors import EdgeAsrError
+
+BACKENDS = ("torch", "onnx")
+
+
+def is_onnx_export(path: str | os.PathLike[str]) -> bool:
+    directory = Path(path)
+    return (directory / "metadata.json").exists() and (directory / "encoder.onnx").exists()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGEASR_CACHE") or Path.home() / ".cache" / "edgeasr")
+
+
+def load_model(
+    model: str | os.PathLike[str] = "default",
+    backend: str = "torch",
+    *,
+    mode: str = "attention_rescoring",
+    chunk_size: int | None = None,
+    num_left_chunks: int | None = None,
+    beam_size: int = 10,
+    ctc_weight: float = 0.5,
+    int8: bool = False,
+    threads: int = 1,
+):
+    """A recognizer for ``model`` ("default", a model directory or an ONNX export directory).
+
+    ``int8`` selects the int8 graphs of the ONNX backend; ``chunk_size`` / ``num_left_chunks``
+    override the model's streaming defaults (an existing export keeps the ones it was made with).
+    """
+    if backend not in BACKENDS:
+        raise EdgeAsrError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    if is_onnx_export(model):
+        return _onnx(Path(model), chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads)
+    if backend == "onnx":
+        directory = export_cached(model, chunk_size, num_left_chunks)
+        return _onnx(directory, None, None, mode, beam_size, ctc_weight, int8, threads)
+    if int8:
+        raise EdgeAsrError("int8 selects the ONNX backend's int8 graphs; use backend='onnx' "
+                           "(or --dynamic-int8 / a quantized model with torch)")
+    import torch
+
+    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+
+    torch.set_num_threads(max(1, threads))
+    options = DecodeOptions(mode=mode, chunk_size=chunk_size, num_left_chunks=num_left_chunks,
+                            beam_size=beam_size, ctc_weight=ctc_weight)
+    return Recognizer.load(model, options)
+
+
+def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads):
+    from edgeasr.export.runtime import OnnxRecognizer
+
+    if chunk_size is not None or num_left_chunks is not None:
+        raise EdgeAsrError(f"{directory}: an ONNX export streams with the chunk size and left context it was "
+                           "exported with (re-export to change them)")
+    return OnnxRecognizer.load(directory, int8=int8, mode=mode, beam_size=beam_size, ctc_weight=ctc_weight,
+                               threads=max(1, threads))
+
+
+def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_left_chunks: int | None) -> Path:
+    """Export ``model`` for ONNX Runtime once; later calls with the same file and settings reuse it."""
+    from edgeasr.export.onnx import export_onnx
+    from edgeasr.model.package import resolve_model_dir
+
+    directory = resolve_model_dir(model)
+    weights = directory / "model.pt"
+    stat = weights.stat()
+    key = json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns, chunk_size, num_left_chunks])
+    out = cache_root() / "onnx" / f"{directory.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    if is_onnx_export(out) and (out / "encoder.int8.onnx").exists():
+        return out
+    import shutil
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:  # export beside the cache entry, then rename: a concurrent reader never sees half a graph
+        export_onnx(directory, staging, chunk_size=chunk_size, num_left_chunks=num_left_chunks, int8=True)
+        try:
+            staging.rename(out)
+        except OSError:  # another process finished the same export first
+            if not is_onnx_export(out):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

@@ -1,0 +1,73 @@
+"""The Python API: edgeasr.load_model, results, streaming sessions, and the two backends."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgeasr
+from edgeasr.audio.io import load_audio
+from edgeasr.cli import main
+from edgeasr.data.manifest import read_manifest
+from edgeasr.errors import EdgeAsrError
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEASR_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_transcribe_a_path_or_an_array_and_stream(tiny_model, tiny_corpus):
+    asr = edgeasr.load_model(str(tiny_model))
+    path = read_manifest(tiny_corpus / "test.jsonl")[0].audio
+    samples = load_audio(path)
+    result = asr.transcribe(path)
+    assert result.text and result.text == asr.transcribe(samples).text
+    assert result.words and all(w.start <= w.end for w in result.words)
+    assert 0 < result.confidence <= 1 and result.nbest and result.nbest[0]["text"] == result.text
+    assert len(result.tokens) == len(result.token_times)
+    session = asr.stream()
+    partials = [session.accept(samples[i : i + 1600]) for i in range(0, len(samples), 1600)]
+    assert not partials[-1].is_final and partials[-1].text
+    final = session.finish()
+    assert final.is_final and final.text == result.text
+
+
+def test_onnx_backend_exports_once_and_gives_the_torch_text(tiny_model, tiny_corpus, cache):
+    path = read_manifest(tiny_corpus / "test.jsonl")[1].audio
+    expected = edgeasr.load_model(str(tiny_model)).transcribe(path).text
+    asr = edgeasr.load_model(str(tiny_model), backend="onnx")
+    assert type(asr).__name__ == "OnnxRecognizer"
+    assert asr.transcribe(path).text == expected
+    exports = list((cache / "onnx").iterdir())
+    assert len(exports) == 1
+    stamp = (exports[0] / "encoder.onnx").stat().st_mtime_ns
+    again = edgeasr.load_model(str(tiny_model), backend="onnx", int8=True)
+    assert isinstance(again.transcribe(path).text, str)
+    assert (exports[0] / "encoder.onnx").stat().st_mtime_ns == stamp  # reused, not re-exported
+    assert type(edgeasr.load_model(exports[0])).__name__ == "OnnxRecognizer"  # an export runs on ORT
+    assert main(["transcribe", "--backend", "onnx", "--model", str(tiny_model), str(path)]) == 0
+
+
+def test_bad_choices_get_one_line_errors(tiny_model):
+    with pytest.raises(EdgeAsrError, match="unknown backend"):
+        edgeasr.load_model(str(tiny_model), backend="tensorrt")
+    with pytest.raises(EdgeAsrError, match="backend='onnx'"):
+        edgeasr.load_model(str(tiny_model), int8=True)
+    with pytest.raises(EdgeAsrError):
+        edgeasr.load_model("/no/such/model")
+
+
+def test_importing_edgeasr_does_not_import_torch():
+    code = "import sys, edgeasr; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_results_serialize_to_json(tiny_model):
+    import json
+
+    asr = edgeasr.load_model(str(tiny_model))
+    result = asr.transcribe(np.zeros(16000, dtype=np.float32))
+    assert json.loads(json.dumps(result.to_dict()))["is_final"] is True
