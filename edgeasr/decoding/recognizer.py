@@ -21,6 +21,7 @@ import torch
 from edgeasr.audio.features import StreamingFbank, compute_fbank
 from edgeasr.audio.io import load_audio
 from edgeasr.decoding.ctc import GreedySearch, PrefixBeamSearch, ctc_greedy
+from edgeasr.decoding.endpoint import BlankTracker
 from edgeasr.decoding.rescoring import attention_rescore
 from edgeasr.decoding.result import Result, build_result
 from edgeasr.errors import EdgeAsrError
@@ -84,6 +85,10 @@ class Recognizer:
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str] = "default", options: DecodeOptions | None = None) -> "Recognizer":
         return cls(load_model_dir(name_or_path), options)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.packaged.features.sample_rate
 
     @property
     def chunk_size(self) -> int:
@@ -181,6 +186,8 @@ class StreamingSession:
         # nothing per frame, so an endless stream with limited left context has bounded memory.
         self.keep_encoded = recognizer.options.mode == "attention_rescoring"
         self.encoded: list[torch.Tensor] = []
+        #: trailing silence and frames decoded, for endpointing (edgeasr.decoding.endpoint)
+        self.blank_tracker = BlankTracker(blank=model.blank_id)
         self.samples_seen = 0
         self.finished = False
 
@@ -193,7 +200,9 @@ class StreamingSession:
         if out.size(0):
             if self.keep_encoded:
                 self.encoded.append(out)
-            self.search.step(model.ctc_log_probs(out))
+            log_probs = model.ctc_log_probs(out)
+            self.search.step(log_probs)
+            self.blank_tracker.update(log_probs)
 
     @torch.no_grad()
     def accept(self, samples: np.ndarray) -> Result:

@@ -19,6 +19,7 @@ import numpy as np
 from edgeasr.audio.fbank import FbankOptions, StreamingFbank
 from edgeasr.audio.io import load_audio
 from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
+from edgeasr.decoding.endpoint import BlankTracker
 from edgeasr.decoding.result import Result, build_result
 from edgeasr.errors import EdgeAsrError
 from edgeasr.text.tokenizer import Tokenizer
@@ -55,6 +56,7 @@ class OnnxRecognizer:
         self.ctc_weight = ctc_weight
         self.tokenizer = Tokenizer.load(self.directory / "tokenizer")
         self.features = FbankOptions.from_dict(self.meta["features"])
+        self.sample_rate = self.features.sample_rate
         self.frame_seconds = self.meta["subsampling_rate"] * self.meta["frame_shift_ms"] / 1000.0
         self.cache_inputs = [i.name for i in self.encoder.get_inputs()][1:]
 
@@ -119,6 +121,7 @@ class OnnxStreamingSession:
         self.search = GreedySearch() if self.greedy else PrefixBeamSearch(beam_size=recognizer.beam_size)
         self.keep_encoded = recognizer.mode == "attention_rescoring"
         self.encoded: list[np.ndarray] = []
+        self.blank_tracker = BlankTracker(blank=recognizer.meta["blank_id"])
         self.samples_seen = 0
         self.finished = False
 
@@ -137,6 +140,7 @@ class OnnxStreamingSession:
         if self.keep_encoded:
             self.encoded.append(encoded)
         self.search.step(log_probs)
+        self.blank_tracker.update(log_probs)
 
     def _consume(self, feats: np.ndarray, final: bool) -> None:
         self.pending = np.concatenate([self.pending, feats])

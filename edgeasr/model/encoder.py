@@ -157,7 +157,7 @@ class Encoder(nn.Module):
                 decided = upfront[0] if upfront is not None else [None] * len(self.layers)
                 if not self.dynamic.config.frame_level:
                     dynamic_state["gates"] = decided
-            self.last_gates = GateRecord(frame_mask=frames)
+            self.last_gates = dynamic_state["last"] = GateRecord(frame_mask=frames)
         for index, layer in enumerate(self.layers):
             att_cache = att_caches[index] if att_caches else None
             cnn_cache = cnn_caches[index] if cnn_caches else None
@@ -168,7 +168,7 @@ class Encoder(nn.Module):
             else:
                 if decided[index] is None:  # I3D local: decided at this layer on the first chunk
                     decided[index] = self.dynamic.local(index, x, frames)[0]
-                self.last_gates.gates.append(decided[index])
+                dynamic_state["last"].gates.append(decided[index])
                 gates = self.dynamic.by_module(decided[index])
                 x, att_cache, cnn_cache = layer(x, mask, frames, att_cache, cnn_cache, gates=gates)
             att_cache = layer.trim_cache(att_cache, max_left_frames)
@@ -217,8 +217,8 @@ class EncoderStream:
             window.unsqueeze(0), self.att_caches, self.cnn_caches, self.max_left_frames,
             self.dynamic_state if self.encoder.dynamic is not None else None,
         )
-        if self.gate_counter is not None:
-            self.gate_counter.update(self.encoder.last_gates)
+        if self.gate_counter is not None:  # this stream's own record: safe with concurrent streams
+            self.gate_counter.update(self.dynamic_state["last"])
         return out[0]
 
     @torch.no_grad()

@@ -1,0 +1,121 @@
+"""``edgeasr serve`` (the streaming websocket server) and ``edgeasr client`` (stream a file to it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from edgeasr.errors import EdgeAsrError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="streaming recognition server (websocket) with a browser demo page",
+        description=(
+            "Serve a model over websockets. Protocol: a JSON start message ({\"type\": \"start\", "
+            "\"sample_rate\": 16000}), binary 16-bit PCM frames, a JSON end message ({\"type\": \"end\"}); "
+            "the server answers with JSON partial and final results (word times in seconds from the stream "
+            "start). Endpointing cuts a long stream into utterances. http://HOST:PORT/ is a browser page that "
+            "streams the microphone; /health reports sessions."
+        ),
+    )
+    serve.add_argument("--model", default="default", help="model directory, ONNX export, or 'default'")
+    serve.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    serve.add_argument("--int8", action="store_true", help="ONNX backend: int8 graphs")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=6006, help="port (default: 6006; 0 = any free port)")
+    serve.add_argument("--chunk-size", type=int, help="encoder frames per chunk (default: the model's)")
+    serve.add_argument("--mode", default="attention_rescoring",
+                       choices=("ctc_greedy", "ctc_prefix_beam", "attention_rescoring"),
+                       help="final results' decoding mode (default: attention_rescoring)")
+    serve.add_argument("--workers", type=int, default=2, help="compute threads shared by all sessions (default: 2)")
+    serve.add_argument("--max-sessions", type=int, default=32, help="open sessions at most (default: 32)")
+    serve.add_argument("--max-message-kb", type=int, default=256, help="largest message accepted (default: 256 KB)")
+    serve.add_argument("--max-session-seconds", type=float, default=3600.0, help="audio per session at most")
+    serve.add_argument("--idle-timeout", type=float, default=30.0, help="close a session silent this long (s)")
+    serve.add_argument("--endpoint-silence", type=float, default=0.8,
+                       help="trailing silence after speech that ends an utterance (s, default 0.8)")
+    serve.add_argument("--max-utterance", type=float, default=20.0, help="longest utterance before a cut (s)")
+    serve.set_defaults(func=run_serve)
+
+    client = subparsers.add_parser(
+        "client", help="stream an audio file to an edgeasr server",
+        description="Stream FILE to a running `edgeasr serve` at real-time speed (or --speed times faster; "
+                    "0 = as fast as possible); print final results (and partials with --partials).",
+    )
+    client.add_argument("file", metavar="FILE")
+    client.add_argument("--url", default="ws://127.0.0.1:6006", help="server URL (default: ws://127.0.0.1:6006)")
+    client.add_argument("--speed", type=float, default=1.0, help="x real time (default: 1; 0 = no pacing)")
+    client.add_argument("--chunk-ms", type=float, default=100.0, help="audio per message (default: 100 ms)")
+    client.add_argument("--partials", action="store_true", help="print partial results to stderr")
+    client.add_argument("--json", action="store_true", help="print every event as a JSON line")
+    client.set_defaults(func=run_client)
+
+
+def build_server(args: argparse.Namespace):
+    from edgeasr.api import load_model
+    from edgeasr.decoding.endpoint import EndpointRules
+    from edgeasr.serve.server import ServerLimits, StreamingServer
+
+    for name in ("workers", "max_sessions", "max_message_kb"):
+        if getattr(args, name) < 1:
+            raise EdgeAsrError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_session_seconds <= 0 or args.idle_timeout <= 0 or args.endpoint_silence <= 0 or args.max_utterance <= 0:
+        raise EdgeAsrError("durations must be positive")
+    recognizer = load_model(args.model, args.backend, mode=args.mode, chunk_size=args.chunk_size,
+                            int8=args.int8, threads=1)
+    limits = ServerLimits(workers=args.workers, max_sessions=args.max_sessions,
+                          max_message_bytes=args.max_message_kb * 1024,
+                          max_session_seconds=args.max_session_seconds, idle_timeout=args.idle_timeout,
+                          endpoint=EndpointRules(silence_after_speech=args.endpoint_silence,
+                                                 max_utterance=args.max_utterance))
+    return StreamingServer(recognizer, limits)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = build_server(args)
+
+    async def main() -> None:
+        ready = asyncio.Event()
+        task = asyncio.create_task(server.run(args.host, args.port, ready))
+        await ready.wait()
+        print(f"edgeasr serve: ws://{args.host}:{server.port} (browser page: http://{args.host}:{server.port}/)",
+              flush=True)
+        await task
+
+    try:
+        asyncio.run(main())
+    except OSError as error:
+        raise EdgeAsrError(f"cannot listen on {args.host}:{args.port} ({error.strerror})") from None
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from edgeasr.audio.io import load_audio
+    from edgeasr.serve.client import stream_audio
+
+    samples = load_audio(args.file)
+
+    def show(event: dict) -> None:
+        if args.json:
+            print(json.dumps({k: v for k, v in event.items() if k != "received_at"}), flush=True)
+        elif event["type"] == "final":
+            print(f"[{event['start']:.2f}-{event['end']:.2f}] {event['text']}", flush=True)
+        elif event["type"] == "partial" and args.partials:
+            print(f"  ... {event['text']}", file=sys.stderr, flush=True)
+        elif event["type"] == "error":
+            print(f"edgeasr: server error: {event['message']}", file=sys.stderr, flush=True)
+
+    try:
+        events = asyncio.run(stream_audio(args.url, samples, 16000, args.speed, args.chunk_ms, on_event=show))
+    except (OSError, asyncio.TimeoutError) as error:
+        raise EdgeAsrError(f"cannot reach {args.url} ({error})") from None
+    except Exception as error:
+        if type(error).__module__.startswith("websockets"):
+            raise EdgeAsrError(f"{args.url}: {error}") from None
+        raise
+    return 2 if any(e["type"] == "error" for e in events) else 0

@@ -1,0 +1,1 @@
+"""Serving: the streaming websocket server, its client, and the browser demo page."""

@@ -1,0 +1,53 @@
+"""A websocket client for ``edgeasr serve``: streams audio at real-time speed (or faster).
+
+``stream_audio(url, samples, ...)`` sends the start message, 16-bit PCM chunks paced at
+``speed`` x real time (0 = as fast as possible), then the end message, and returns every event the
+server sent, in order, each stamped with its arrival time and the audio time sent by then, so
+latency can be measured from the client's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+
+
+async def stream_audio(url: str, samples: np.ndarray, sample_rate: int = 16000, speed: float = 1.0,
+                       chunk_ms: float = 100.0, on_event=None, open_timeout: float = 10.0) -> list[dict]:
+    from websockets.asyncio.client import connect
+
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    step = max(1, int(sample_rate * chunk_ms / 1000))
+    events: list[dict] = []
+    sent = {"seconds": 0.0}
+    async with connect(url, open_timeout=open_timeout, max_size=2**22) as websocket:
+        await websocket.send(json.dumps({"type": "start", "sample_rate": sample_rate}))
+
+        async def receive() -> None:
+            async for message in websocket:
+                event = json.loads(message)
+                event["received_at"] = time.perf_counter()
+                event["audio_sent"] = round(sent["seconds"], 3)
+                events.append(event)
+                if on_event is not None:
+                    on_event(event)
+                if event.get("type") in ("done", "error"):
+                    return
+
+        receiver = asyncio.create_task(receive())
+        started = time.perf_counter()
+        for index, begin in enumerate(range(0, len(pcm), step)):
+            if receiver.done():
+                break  # the server closed the session (an error event says why)
+            await websocket.send(pcm[begin : begin + step].tobytes())
+            sent["seconds"] = min(len(pcm), begin + step) / sample_rate
+            if speed > 0:
+                due = started + sent["seconds"] / speed
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        if not receiver.done():
+            await websocket.send(json.dumps({"type": "end"}))
+        await receiver
+    return events

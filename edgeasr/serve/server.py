@@ -1,0 +1,269 @@
+"""The streaming websocket server behind ``edgeasr serve``.
+
+Protocol (one websocket per audio stream):
+
+1. client -> ``{"type": "start", "sample_rate": 16000}`` (any rate from 8 to 48 kHz; resampled);
+2. client -> binary frames of 16-bit little-endian mono PCM, any size up to the message limit;
+   server -> ``{"type": "partial", "segment": n, "text", "words", "start"}`` as text changes;
+3. when the endpointer cuts an utterance (trailing silence after speech, or its maximum length),
+   server -> ``{"type": "final", "segment": n, "text", "words", "start", "end", "confidence"}``
+   and recognition goes on with segment n + 1 in the same stream;
+4. client -> ``{"type": "end"}``; server -> the last ``final`` (if any speech) and
+   ``{"type": "done"}``, then closes.
+
+Times are seconds from the start of the stream. Any problem (a malformed message, audio before
+``start``, an odd byte count, a session over its length limit, an idle client) gets
+``{"type": "error", "message": ...}`` and a close of that connection only; other sessions never
+notice. Model compute runs on a bounded pool of worker threads (``workers``), the number of open
+sessions is capped (``max_sessions``), and each session's state is freed when it closes, so memory
+stays flat over a long run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeasr.decoding.endpoint import EndpointRules, endpoint_reached
+
+log = logging.getLogger("edgeasr.serve")
+STATIC = Path(__file__).with_name("static")
+
+
+@dataclass
+class ServerLimits:
+    workers: int = 2
+    max_sessions: int = 32
+    max_message_bytes: int = 256 * 1024
+    max_session_seconds: float = 3600.0
+    idle_timeout: float = 30.0
+    endpoint: EndpointRules = field(default_factory=EndpointRules)
+
+
+class ProtocolError(Exception):
+    """A client mistake: reported to that client, then its connection is closed."""
+
+
+@dataclass
+class Stats:
+    sessions_open: int = 0
+    sessions_total: int = 0
+    sessions_rejected: int = 0
+    errors: int = 0
+    finals: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StreamingServer:
+    """Serves one recognizer (torch or ONNX) to many websocket clients."""
+
+    def __init__(self, recognizer, limits: ServerLimits | None = None) -> None:
+        self.recognizer = recognizer
+        self.limits = limits or ServerLimits()
+        self.pool = ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="edgeasr-worker")
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self.port: int | None = None
+
+    # -- one connection -------------------------------------------------------------------------
+
+    async def handle(self, websocket) -> None:
+        with self._lock:
+            if self.stats.sessions_open >= self.limits.max_sessions:
+                self.stats.sessions_rejected += 1
+                rejected = True
+            else:
+                self.stats.sessions_open += 1
+                self.stats.sessions_total += 1
+                rejected = False
+        if rejected:
+            await self._send(websocket, {"type": "error", "message": f"server busy: {self.limits.max_sessions} "
+                                                                     "sessions open, try again later"})
+            await websocket.close(1013, "server busy")
+            return
+        try:
+            await self._serve(websocket)
+        except ProtocolError as error:
+            with self._lock:
+                self.stats.errors += 1
+            await self._send(websocket, {"type": "error", "message": str(error)})
+            await websocket.close(1008, str(error)[:120])
+        except Exception as error:  # a disconnect mid-stream, or a bug: this session only
+            if type(error).__name__.startswith("ConnectionClosed"):
+                log.info("client went away: %s", error)
+            else:
+                log.exception("session failed")
+                with self._lock:
+                    self.stats.errors += 1
+                await self._send(websocket, {"type": "error", "message": f"internal error: {type(error).__name__}"})
+        finally:
+            with self._lock:
+                self.stats.sessions_open -= 1
+
+    async def _receive(self, websocket):
+        try:
+            return await asyncio.wait_for(websocket.recv(), timeout=self.limits.idle_timeout)
+        except asyncio.TimeoutError:
+            raise ProtocolError(f"idle for {self.limits.idle_timeout:g} s: closing") from None
+
+    async def _serve(self, websocket) -> None:
+        start = _parse_json(await self._receive(websocket))
+        if start.get("type") != "start":
+            raise ProtocolError('the first message must be {"type": "start", "sample_rate": ...}')
+        rate = start.get("sample_rate", 16000)
+        if not isinstance(rate, int) or not 8000 <= rate <= 48000:
+            raise ProtocolError("sample_rate must be an integer from 8000 to 48000")
+        stream = _Utterances(self.recognizer, rate, self.limits.endpoint)
+        loop = asyncio.get_running_loop()
+        await self._send(websocket, {"type": "ready", "sample_rate": rate})
+        while True:
+            message = await self._receive(websocket)
+            if isinstance(message, (bytes, bytearray)):
+                if len(message) % 2:
+                    raise ProtocolError("binary frames must hold whole 16-bit samples (even byte count)")
+                samples = np.frombuffer(message, dtype="<i2").astype(np.float32) / 32768.0
+                if stream.seconds_received + len(samples) / rate > self.limits.max_session_seconds:
+                    raise ProtocolError(f"session longer than {self.limits.max_session_seconds:g} s")
+                for event in await loop.run_in_executor(self.pool, stream.accept, samples):
+                    if event["type"] == "final":
+                        with self._lock:
+                            self.stats.finals += 1
+                    await self._send(websocket, event)
+                continue
+            request = _parse_json(message)
+            if request.get("type") != "end":
+                raise ProtocolError(f"unexpected message type {request.get('type')!r} (expected audio or end)")
+            for event in await loop.run_in_executor(self.pool, stream.finish):
+                await self._send(websocket, event)
+            await self._send(websocket, {"type": "done"})
+            await websocket.close()
+            return
+
+    @staticmethod
+    async def _send(websocket, event: dict) -> None:
+        try:
+            await websocket.send(json.dumps(event))
+        except Exception:  # the client is gone; nothing left to tell it
+            pass
+
+    # -- the HTTP side: the browser demo page and a health check ----------------------------------
+
+    def process_request(self, connection, request):
+        from websockets.datastructures import Headers
+        from websockets.http11 import Response
+
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        path = request.path.split("?")[0]
+        if path == "/health":
+            body = json.dumps({"status": "ok", **self.stats.to_dict()}).encode()
+            return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
+        files = {"/": ("index.html", "text/html; charset=utf-8"), "/worklet.js": ("worklet.js", "text/javascript"),
+                 "/app.js": ("app.js", "text/javascript")}
+        if path not in files or not (STATIC / files[path][0]).exists():
+            return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"not found\n")
+        name, kind = files[path]
+        return Response(200, "OK", Headers([("Content-Type", kind), ("Cache-Control", "no-store")]),
+                        (STATIC / name).read_bytes())
+
+    async def run(self, host: str, port: int, ready: asyncio.Event | None = None,
+                  stop: asyncio.Event | None = None) -> None:
+        from websockets.asyncio.server import serve
+
+        async with serve(self.handle, host, port, max_size=self.limits.max_message_bytes,
+                         process_request=self.process_request, ping_interval=20, ping_timeout=20) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            if ready is not None:
+                ready.set()
+            if stop is None:
+                await asyncio.Future()  # until cancelled
+            else:
+                await stop.wait()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _parse_json(message) -> dict:
+    if isinstance(message, (bytes, bytearray)):
+        raise ProtocolError('expected a JSON text message first: {"type": "start", "sample_rate": ...}')
+    try:
+        value = json.loads(message)
+    except json.JSONDecodeError:
+        raise ProtocolError("malformed JSON message") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("a JSON message must be an object with a 'type'")
+    return value
+
+
+class _Utterances:
+    """One client's audio: resampling, the current utterance's session, endpointing, offsets.
+
+    Runs on a worker thread (one call at a time per client, in arrival order).
+    """
+
+    def __init__(self, recognizer, sample_rate: int, rules: EndpointRules) -> None:
+        self.recognizer = recognizer
+        self.rules = rules
+        self.model_rate = recognizer.sample_rate
+        self.resampler = None
+        if sample_rate != self.model_rate:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(sample_rate, self.model_rate, 1, dtype="float32", quality="HQ")
+        self.seconds_received = 0.0
+        self.segment = 0
+        self.offset = 0.0  # stream time at which the current utterance started
+        self.session = recognizer.stream()
+        self.last_partial = ""
+        self.input_rate = sample_rate
+
+    def _event(self, result, kind: str) -> dict:
+        words = [{"word": w.word, "start": round(self.offset + w.start, 3), "end": round(self.offset + w.end, 3),
+                  "confidence": w.confidence} for w in result.words]
+        event = {"type": kind, "segment": self.segment, "text": result.text, "words": words,
+                 "start": round(self.offset, 3)}
+        if kind == "final":
+            event["end"] = round(self.offset + self.session.samples_seen / self.model_rate, 3)
+            event["confidence"] = result.confidence
+        return event
+
+    def accept(self, samples: np.ndarray) -> list[dict]:
+        self.seconds_received += len(samples) / self.input_rate
+        if self.resampler is not None:
+            samples = self.resampler.resample_chunk(samples)
+        events = []
+        partial = self.session.accept(samples)
+        if partial.text != self.last_partial:
+            self.last_partial = partial.text
+            events.append(self._event(partial, "partial"))
+        tracker = self.session.blank_tracker
+        frame_seconds = self.recognizer.frame_seconds
+        if endpoint_reached(self.rules, tracker, frame_seconds, bool(partial.text)):
+            events.extend(self._close_utterance())
+        return events
+
+    def _close_utterance(self) -> list[dict]:
+        final = self.session.finish()
+        events = [self._event(final, "final")] if final.text else []
+        self.offset += self.session.samples_seen / self.model_rate
+        if final.text:
+            self.segment += 1
+        self.session = self.recognizer.stream()
+        self.last_partial = ""
+        return events
+
+    def finish(self) -> list[dict]:
+        if self.resampler is not None:
+            tail = self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if tail.size:
+                self.session.accept(tail)
+        final = self.session.finish()
+        return [self._event(final, "final")] if final.text else []

@@ -1,0 +1,239 @@
+"""The streaming websocket server: protocol, endpointing, limits, isolation, and the client."""
+
+import asyncio
+import gc
+import json
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+
+from edgeasr.api import load_model
+from edgeasr.audio.io import load_audio
+from edgeasr.cli import main
+from edgeasr.data.manifest import read_manifest
+from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached
+from edgeasr.serve.client import stream_audio
+from edgeasr.serve.server import ServerLimits, StreamingServer
+
+
+class RunningServer:
+    """A server on a free port in a background thread with its own event loop."""
+
+    def __init__(self, recognizer, limits: ServerLimits) -> None:
+        self.server = StreamingServer(recognizer, limits)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(20)
+        self.url = f"ws://127.0.0.1:{self.server.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.stop = asyncio.Event()
+        ready = asyncio.Event()
+
+        async def main():
+            task = asyncio.create_task(self.server.run("127.0.0.1", 0, ready, self.stop))
+            await ready.wait()
+            self.ready.set()
+            await task
+
+        self.loop.run_until_complete(main())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def recognizer(tiny_model):
+    return load_model(str(tiny_model))
+
+
+@pytest.fixture(scope="module")
+def speech(tiny_corpus):
+    utts = read_manifest(tiny_corpus / "test.jsonl")
+    return [np.round(load_audio(u.audio) * 32767) / 32767 for u in utts[:2]]  # what 16-bit PCM carries
+
+
+def serve(recognizer, **limits):
+    limits.setdefault("endpoint", EndpointRules(silence_after_speech=30, silence_without_speech=30, max_utterance=600))
+    return RunningServer(recognizer, ServerLimits(**limits))
+
+
+def wait_until_idle(server, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds * 20)):
+        if server.server.stats.sessions_open == 0:
+            return
+        threading.Event().wait(0.05)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def raw_session(url, messages, wait_for=("done", "error")):
+    """Send raw messages, return the server's events until one of ``wait_for`` (or close)."""
+    from websockets.asyncio.client import connect
+
+    events = []
+    async with connect(url) as ws:
+        try:
+            for message in messages:
+                await ws.send(message)
+        except Exception:  # the server may already have closed: read what it said
+            pass
+        try:
+            async for message in ws:
+                events.append(json.loads(message))
+                if events[-1]["type"] in wait_for:
+                    break
+        except Exception:
+            pass
+    return events
+
+
+def test_a_streamed_file_gives_the_recognizer_text(recognizer, speech):
+    server = serve(recognizer)
+    try:
+        events = run(stream_audio(server.url, speech[0], speed=0))
+    finally:
+        server.close()
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "done" and "final" in kinds and "partial" in kinds
+    final = [e for e in events if e["type"] == "final"]
+    assert len(final) == 1 and final[0]["segment"] == 0
+    assert final[0]["text"] == recognizer.transcribe(speech[0].astype(np.float32)).text
+    assert all(w["start"] <= w["end"] <= final[0]["end"] + 1e-6 for w in final[0]["words"])
+
+
+def test_endpointing_cuts_a_long_stream_into_finalized_utterances(recognizer, speech):
+    server = serve(recognizer, endpoint=EndpointRules(max_utterance=1.0))
+    audio = np.concatenate([speech[0], speech[1]])
+    try:
+        events = run(stream_audio(server.url, audio, speed=0, chunk_ms=50))
+    finally:
+        server.close()
+    finals = [e for e in events if e["type"] == "final"]
+    assert len(finals) >= 3  # a cut at least every second of audio
+    assert [f["segment"] for f in finals] == list(range(len(finals)))
+    assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(finals, finals[1:]))
+    assert finals[-1]["end"] <= len(audio) / 16000 + 0.05
+
+
+def test_blank_tracker_and_rules():
+    rules = EndpointRules(silence_after_speech=0.8, silence_without_speech=2.0, max_utterance=10.0)
+    tracker = BlankTracker(threshold=0.9)
+    speech_frames = np.log(np.full((5, 4), 0.25))  # blank 0.25: speech
+    silence = np.log(np.array([[0.97, 0.01, 0.01, 0.01]] * 10))
+    tracker.update(speech_frames)
+    tracker.update(silence[:19 // 2])
+    assert tracker.trailing_silence == 9 and tracker.frames == 14
+    assert not endpoint_reached(rules, tracker, 0.04, has_text=True)  # 0.36 s of silence
+    tracker.update(np.concatenate([silence, silence]))
+    assert endpoint_reached(rules, tracker, 0.04, has_text=True)  # 1.16 s
+    assert not endpoint_reached(rules, tracker, 0.04, has_text=False)  # without speech wait 2 s
+    tracker.update(speech_frames[:1])
+    assert tracker.trailing_silence == 0
+
+
+@pytest.mark.parametrize("messages,expected", [
+    ([b"\x00\x00"], "JSON text message first"),
+    (["{not json"], "malformed JSON"),
+    (['{"type": "hello"}'], "first message must be"),
+    (['{"type": "start", "sample_rate": 100}'], "sample_rate"),
+    (['{"type": "start"}', b"\x00\x00\x00"], "even byte count"),
+    (['{"type": "start"}', '{"type": "pause"}'], "unexpected message type"),
+])
+def test_malformed_messages_get_a_clear_error_and_do_not_disturb_others(recognizer, speech, messages, expected):
+    server = serve(recognizer)
+    try:
+        async def both():
+            good = asyncio.create_task(stream_audio(server.url, speech[1], speed=0))
+            bad = await raw_session(server.url, messages)
+            return bad, await good
+
+        bad, good = run(both())
+    finally:
+        server.close()
+    assert bad[-1]["type"] == "error" and expected in bad[-1]["message"]
+    finals = [e for e in good if e["type"] == "final"]
+    assert good[-1]["type"] == "done" and finals[0]["text"] == recognizer.transcribe(speech[1].astype(np.float32)).text
+
+
+def test_limits_idle_session_length_message_size_and_sessions(recognizer, speech):
+    server = serve(recognizer, idle_timeout=0.5, max_session_seconds=1.0, max_message_bytes=64 * 1024, max_sessions=1)
+    try:
+        idle = run(raw_session(server.url, ['{"type": "start"}']))
+        assert idle[-1]["type"] == "error" and "idle" in idle[-1]["message"]
+        long = run(stream_audio(server.url, np.zeros(16000 * 3, np.float32), speed=0))
+        assert long[-1]["type"] == "error" and "longer than 1 s" in long[-1]["message"]
+        big = run(raw_session(server.url, ['{"type": "start"}', b"\x00" * (100 * 1024)]))
+        assert not any(e["type"] in ("final", "done") for e in big)  # refused, connection closed
+
+        async def two_at_once():
+            from websockets.asyncio.client import connect
+
+            async with connect(server.url) as first:
+                await first.send('{"type": "start"}')
+                await first.recv()  # ready: the one session slot is taken
+                return await raw_session(server.url, ['{"type": "start"}'])
+
+        wait_until_idle(server)  # the refused sessions above have been let go
+        busy = run(two_at_once())
+        assert busy[0]["type"] == "error" and "busy" in busy[0]["message"]
+    finally:
+        server.close()
+
+
+def test_abrupt_disconnects_free_their_sessions(recognizer, speech):
+    from edgeasr.serve import server as server_module
+
+    server = serve(recognizer)
+    try:
+        async def vanish():
+            from websockets.asyncio.client import connect
+
+            async with connect(server.url) as ws:
+                await ws.send('{"type": "start"}')
+                await ws.send((speech[0][:8000] * 32767).astype("<i2").tobytes())
+            # closed without an end message
+
+        for _ in range(5):
+            run(vanish())
+        events = run(stream_audio(server.url, speech[1], speed=0))
+        assert events[-1]["type"] == "done"
+        wait_until_idle(server)
+        assert server.server.stats.sessions_open == 0 and server.server.stats.sessions_total == 6
+        gc.collect()
+        assert not [o for o in gc.get_objects() if type(o) is server_module._Utterances]
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.server.port}/health").read())
+        assert health["status"] == "ok" and health["sessions_total"] == 6
+    finally:
+        server.close()
+
+
+def test_client_command_and_resampled_input(recognizer, speech, tmp_path, capsys):
+    import soundfile as sf
+
+    server = serve(recognizer)
+    path = tmp_path / "speech.wav"
+    sf.write(path, speech[0], 16000, subtype="PCM_16")
+    try:
+        assert main(["client", "--url", server.url, "--speed", "0", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert recognizer.transcribe(speech[0].astype(np.float32)).text in out
+        async def at_8k():
+            import soxr
+
+            return await stream_audio(server.url, soxr.resample(speech[0], 16000, 8000), sample_rate=8000, speed=0)
+
+        events = run(at_8k())
+        assert events[-1]["type"] == "done"
+    finally:
+        server.close()
+    assert main(["client", "--url", "ws://127.0.0.1:9", str(path)]) == 2
+    assert "cannot reach" in capsys.readouterr().err
