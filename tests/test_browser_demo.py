@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from edgeasr.api import load_model
+from edgeasr.decoding.endpoint import EndpointRules
 from edgeasr.evaluate.metrics import char_errors
 from edgeasr.serve.server import ServerLimits
 from serve_helpers import RunningServer
@@ -63,7 +64,8 @@ class DevTools:
 
 
 def test_the_page_streams_a_microphone_and_shows_the_transcript():
-    server = RunningServer(load_model("default"), ServerLimits())
+    # the clip loops without a pause long enough to end an utterance: cut every 5 s instead
+    server = RunningServer(load_model("default"), ServerLimits(endpoint=EndpointRules(max_utterance=5.0)))
     profile = tempfile.mkdtemp(prefix="edgeasr-chromium-")
     process = subprocess.Popen([
         chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",

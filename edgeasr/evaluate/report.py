@@ -312,6 +312,32 @@ def dynamic_plot(result: dict, path: str | Path) -> None:
     plt.close(figure)
 
 
+def load_test_section(result: dict, name: str) -> list[str]:
+    memory = result["memory_kb"]
+    lines = [
+        f"## Streaming server load test ({name})",
+        "",
+        f"`edgeasr serve` ({result['backend']}, model `{result['model']}`) on {result['machine']} ({result['date']}). "
+        f"Each session streams {result['seconds_per_session']:g} s of held-out speech at {result['speed']:g}x real time "
+        f"in {result['chunk_ms']} ms messages over loopback; latency is from sending a message to receiving the "
+        "server's reply to it (queueing included). RTF: worker compute over audio.",
+        "",
+        "| sessions | chunks | latency p50 (ms) | p95 | max | RTF | sessions held | server RSS after (MB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["levels"]:
+        lat = row["latency_ms"]
+        lines.append(f"| {row['sessions']} | {row['chunks']} | {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['max']:.1f} | "
+                     f"{row['rtf']:.3f} | {row['sessions_held_max']} | {row['memory_after_kb']['rss_kb'] / 1024:.0f} |")
+    lines += [
+        "",
+        f"Server memory: {memory['start']['rss_kb'] / 1024:.0f} MB resident at start, "
+        f"{memory['end']['rss_kb'] / 1024:.0f} MB at the end, peak {memory['end']['peak_kb'] / 1024:.0f} MB.",
+        "",
+    ]
+    return lines
+
+
 def write_report(results_dir: str | Path, out: str | Path) -> Path:
     """Regenerate the whole BENCHMARKS.md from every result file in ``results_dir``."""
     results_dir, out = Path(results_dir), Path(out)
@@ -337,6 +363,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
                 except ValueError:
                     pass
             lines += encoders_section(result, path.name, plot)
+        elif result.get("benchmark") == "load_test":
+            lines += load_test_section(result, path.name)
         elif result.get("benchmark") == "dynamic":
             plot = result.get("plot")  # a file name next to the result
             if plot:

@@ -4,7 +4,9 @@ Protocol (one websocket per audio stream):
 
 1. client -> ``{"type": "start", "sample_rate": 16000}`` (any rate from 8 to 48 kHz; resampled);
 2. client -> binary frames of 16-bit little-endian mono PCM, any size up to the message limit;
-   server -> ``{"type": "partial", "segment": n, "text", "words", "start"}`` as text changes;
+   server -> ``{"type": "partial", "segment": n, "text", "words", "start"}`` as text changes (or
+   after every audio message when the start message says ``"every_chunk": true``, which lets a
+   client time each chunk);
 3. when the endpointer cuts an utterance (trailing silence after speech, or its maximum length),
    server -> ``{"type": "final", "segment": n, "text", "words", "start", "end", "confidence"}``
    and recognition goes on with segment n + 1 in the same stream;
@@ -25,6 +27,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +61,9 @@ class Stats:
     sessions_rejected: int = 0
     errors: int = 0
     finals: int = 0
+    #: audio received and worker time spent on it, over all sessions (RTF = compute / audio)
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,7 +128,10 @@ class StreamingServer:
         rate = start.get("sample_rate", 16000)
         if not isinstance(rate, int) or not 8000 <= rate <= 48000:
             raise ProtocolError("sample_rate must be an integer from 8000 to 48000")
-        stream = _Utterances(self.recognizer, rate, self.limits.endpoint)
+        every_chunk = start.get("every_chunk", False)
+        if not isinstance(every_chunk, bool):
+            raise ProtocolError("every_chunk must be true or false")
+        stream = _Utterances(self.recognizer, rate, self.limits.endpoint, every_chunk)
         loop = asyncio.get_running_loop()
         await self._send(websocket, {"type": "ready", "sample_rate": rate})
         while True:
@@ -133,7 +142,11 @@ class StreamingServer:
                 samples = np.frombuffer(message, dtype="<i2").astype(np.float32) / 32768.0
                 if stream.seconds_received + len(samples) / rate > self.limits.max_session_seconds:
                     raise ProtocolError(f"session longer than {self.limits.max_session_seconds:g} s")
-                for event in await loop.run_in_executor(self.pool, stream.accept, samples):
+                events, seconds = await loop.run_in_executor(self.pool, _timed, stream.accept, samples)
+                with self._lock:
+                    self.stats.audio_seconds += len(samples) / rate
+                    self.stats.compute_seconds += seconds
+                for event in events:
                     if event["type"] == "final":
                         with self._lock:
                             self.stats.finals += 1
@@ -191,6 +204,12 @@ class StreamingServer:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _timed(function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
 def _parse_json(message) -> dict:
     if isinstance(message, (bytes, bytearray)):
         raise ProtocolError('expected a JSON text message first: {"type": "start", "sample_rate": ...}')
@@ -209,8 +228,9 @@ class _Utterances:
     Runs on a worker thread (one call at a time per client, in arrival order).
     """
 
-    def __init__(self, recognizer, sample_rate: int, rules: EndpointRules) -> None:
+    def __init__(self, recognizer, sample_rate: int, rules: EndpointRules, every_chunk: bool = False) -> None:
         self.recognizer = recognizer
+        self.every_chunk = every_chunk
         self.rules = rules
         self.model_rate = recognizer.sample_rate
         self.resampler = None
@@ -241,7 +261,7 @@ class _Utterances:
             samples = self.resampler.resample_chunk(samples)
         events = []
         partial = self.session.accept(samples)
-        if partial.text != self.last_partial:
+        if partial.text != self.last_partial or self.every_chunk:
             self.last_partial = partial.text
             events.append(self._event(partial, "partial"))
         tracker = self.session.blank_tracker
