@@ -163,3 +163,16 @@ def test_batched_offline_decoding_equals_one_at_a_time(tiny_model):
     alone = [recognizer.transcribe(c, streaming=False) for c in clips]
     assert [r.text for r in batched] == [r.text for r in alone]
     assert [r.token_times for r in batched] == [r.token_times for r in alone]
+
+
+def test_searches_accept_tensors_that_require_grad_and_numpy_arrays():
+    import numpy as np
+
+    from edgeasr.decoding.ctc import ctc_greedy, ctc_prefix_beam_search
+
+    torch.manual_seed(0)
+    logits = torch.randn(12, 6, requires_grad=True)
+    log_probs = logits.log_softmax(-1)  # as the trainer's dev check passes them
+    as_array = log_probs.detach().numpy()
+    assert ctc_greedy(log_probs).tokens == ctc_greedy(as_array).tokens
+    assert [h.tokens for h in ctc_prefix_beam_search(log_probs)] == [h.tokens for h in ctc_prefix_beam_search(as_array)]

@@ -19,6 +19,13 @@ import numpy as np
 NEG_INF = float("-inf")
 
 
+def _as_array(log_probs) -> np.ndarray:
+    """float32 [T, V] from a numpy array or a torch tensor (detached, on the CPU)."""
+    if hasattr(log_probs, "detach"):
+        log_probs = log_probs.detach().cpu().numpy()
+    return np.asarray(log_probs, dtype=np.float32)
+
+
 def _logadd(*values: float) -> float:
     top = max(values)
     if top == NEG_INF:
@@ -53,7 +60,7 @@ class GreedySearch:
         self.frame_offset = 0
 
     def step(self, log_probs) -> None:
-        scores = np.asarray(log_probs, dtype=np.float32)
+        scores = _as_array(log_probs)
         best = scores.argmax(axis=-1)
         values = np.take_along_axis(scores, best[:, None], axis=-1)[:, 0]
         for t, (token, value) in enumerate(zip(best.tolist(), values.tolist())):
@@ -113,7 +120,7 @@ class PrefixBeamSearch:
 
     def step(self, log_probs) -> None:
         """Consume log_probs [T, V] of the next frames."""
-        scores = np.asarray(log_probs, dtype=np.float32)
+        scores = _as_array(log_probs)
         token_beam = min(self.token_beam or self.beam_size, scores.shape[-1])
         values, indices = _top_tokens(scores, token_beam)
         for t in range(len(values)):

@@ -41,6 +41,8 @@ class BlankTracker:
         self.trailing_silence = 0
 
     def update(self, log_probs) -> None:
+        if hasattr(log_probs, "detach"):
+            log_probs = log_probs.detach().cpu().numpy()
         blank = np.asarray(log_probs, dtype=np.float32)[:, self.blank]
         silent = blank >= self.log_threshold
         if silent.size == 0:
