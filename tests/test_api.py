@@ -71,3 +71,16 @@ def test_results_serialize_to_json(tiny_model):
     asr = edgeasr.load_model(str(tiny_model))
     result = asr.transcribe(np.zeros(16000, dtype=np.float32))
     assert json.loads(json.dumps(result.to_dict()))["is_final"] is True
+
+
+def test_eval_on_both_backends_gives_the_same_wer(tiny_model, tiny_corpus, cache, capsys):
+    import json
+
+    manifest = str(tiny_corpus / "test.jsonl")
+    assert main(["eval", "--model", str(tiny_model), "--manifest", manifest, "--json"]) == 0
+    torch_summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", "--model", str(tiny_model), "--manifest", manifest, "--json", "--backend", "onnx"]) == 0
+    onnx_summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert onnx_summary["backend"] == "onnx" and onnx_summary["utts"] == torch_summary["utts"]
+    assert onnx_summary["wer"] == torch_summary["wer"] and onnx_summary["cer"] == torch_summary["cer"]
+    assert main(["eval", "--model", str(tiny_model), "--manifest", manifest, "--backend", "onnx", "--offline"]) == 2

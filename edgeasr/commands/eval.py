@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="only the first N utterances")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="with --offline: utterances per padded encoder batch (default: 1)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="onnx: ONNX Runtime only (a model directory is exported once into ~/.cache/edgeasr)")
+    parser.add_argument("--int8", action="store_true", help="ONNX backend: int8 graphs")
     add_decode_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -43,14 +46,29 @@ def run(args: argparse.Namespace) -> int:
     from edgeasr.decoding.recognizer import Recognizer
     from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
 
+    from edgeasr.api import is_onnx_export, load_model
+
     torch.set_num_threads(max(1, args.threads))
-    recognizer = Recognizer.load(args.model, decode_options(args))
+    onnx = args.backend == "onnx" or is_onnx_export(args.model)
+    if onnx:
+        if args.offline or args.batch_size != 1 or args.gate_threshold is not None or args.dynamic_int8:
+            raise EdgeAsrError("the ONNX backend streams one utterance at a time "
+                               "(no --offline, --batch-size, --gate-threshold or --dynamic-int8)")
+        recognizer = load_model(args.model, "onnx", mode=args.mode, chunk_size=args.chunk_size,
+                                num_left_chunks=args.left_chunks, beam_size=args.beam_size,
+                                ctc_weight=args.ctc_weight, int8=args.int8, threads=args.threads)
+        chunk_size, model_name = recognizer.meta["chunk_size"], str(recognizer.directory)
+    else:
+        if args.int8:
+            raise EdgeAsrError("--int8 runs ONNX int8 graphs: add --backend onnx (or use --dynamic-int8 with torch)")
+        recognizer = Recognizer.load(args.model, decode_options(args))
+        chunk_size, model_name = recognizer.chunk_size, str(recognizer.packaged.directory)
     utts = read_manifest(args.manifest)[: args.limit]
     words, chars = ErrorCounts(), ErrorCounts()
     audio_seconds = 0.0
     compute_seconds = 0.0
     rows = []
-    streaming = recognizer.chunk_size > 0 and not args.offline
+    streaming = chunk_size > 0 and not args.offline
     if args.batch_size < 1:
         raise EdgeAsrError("--batch-size must be at least 1")
     batch_size = 1 if streaming else args.batch_size
@@ -58,12 +76,14 @@ def run(args: argparse.Namespace) -> int:
     for begin in range(0, len(utts), batch_size):
         audio = [load_audio(u.audio) for u in utts[begin : begin + batch_size]]
         started = time.perf_counter()
-        if batch_size == 1:
+        if onnx:
+            results.append(recognizer.transcribe(audio[0]))
+        elif batch_size == 1:
             results.append(recognizer.transcribe(audio[0], streaming=streaming))
         else:
             results.extend(recognizer.transcribe_batch(audio))
         compute_seconds += time.perf_counter() - started
-        audio_seconds += sum(len(a) for a in audio) / recognizer.packaged.features.sample_rate
+        audio_seconds += sum(len(a) for a in audio) / recognizer.sample_rate
     for utt, result in zip(utts, results):
         w, c = word_errors(utt.text, result.text), char_errors(utt.text, result.text)
         words, chars = words + w, chars + c
@@ -79,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
         "deletions": words.deletions,
         "insertions": words.insertions,
         "words": words.reference_length,
-        "mode": recognizer.options.mode,
-        "chunk_size": recognizer.chunk_size,
+        "mode": recognizer.mode if onnx else recognizer.options.mode,
+        "backend": "onnx" if onnx else "torch",
+        "chunk_size": chunk_size,
         "streaming": streaming,
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
-        "model": str(recognizer.packaged.directory),
+        "model": model_name,
     }
     if args.errors:
         with atomic_write(args.errors, "w", encoding="utf-8") as handle:
