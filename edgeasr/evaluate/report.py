@@ -338,6 +338,25 @@ def load_test_section(result: dict, name: str) -> list[str]:
     return lines
 
 
+def onnx_parity_section(result: dict, name: str) -> list[str]:
+    test = result["test"]
+    lines = [
+        f"## ONNX Runtime backend against torch ({name})",
+        "",
+        f"Model `{result['model']}` streamed at its chunk size with attention rescoring on {test['utts']} held-out "
+        f"utterances ({test['audio_seconds'] / 60:.1f} min), {result['machine']} ({result['date']}). The ONNX rows run "
+        "without torch (fbank, encoder with caches, CTC prefix beam, rescoring).",
+        "",
+        "| backend | same text as torch | WER (CER) | RTF |",
+        "|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['backend']} | {row['same_text_as_torch']}/{test['utts']} | {row['wer']:.1f} ({row['cer']:.1f}) | "
+                     f"{row['rtf']:.4f} |")
+    lines.append("")
+    return lines
+
+
 def write_report(results_dir: str | Path, out: str | Path) -> Path:
     """Regenerate the whole BENCHMARKS.md from every result file in ``results_dir``."""
     results_dir, out = Path(results_dir), Path(out)
@@ -363,6 +382,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
                 except ValueError:
                     pass
             lines += encoders_section(result, path.name, plot)
+        elif result.get("benchmark") == "onnx_parity":
+            lines += onnx_parity_section(result, path.name)
         elif result.get("benchmark") == "load_test":
             lines += load_test_section(result, path.name)
         elif result.get("benchmark") == "dynamic":
