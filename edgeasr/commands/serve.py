@@ -1,10 +1,9 @@
-"""``edgeasr serve`` (the streaming websocket server) and ``edgeasr client`` (stream a file to it)."""
+"""``edgeasr serve``: the streaming websocket server (see edgeasr.serve.server and docs/SERVING.md)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 
@@ -40,19 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="trailing silence after speech that ends an utterance (s, default 0.8)")
     serve.add_argument("--max-utterance", type=float, default=20.0, help="longest utterance before a cut (s)")
     serve.set_defaults(func=run_serve)
-
-    client = subparsers.add_parser(
-        "client", help="stream an audio file to an edgeasr server",
-        description="Stream FILE to a running `edgeasr serve` at real-time speed (or --speed times faster; "
-                    "0 = as fast as possible); print final results (and partials with --partials).",
-    )
-    client.add_argument("file", metavar="FILE")
-    client.add_argument("--url", default="ws://127.0.0.1:6006", help="server URL (default: ws://127.0.0.1:6006)")
-    client.add_argument("--speed", type=float, default=1.0, help="x real time (default: 1; 0 = no pacing)")
-    client.add_argument("--chunk-ms", type=float, default=100.0, help="audio per message (default: 100 ms)")
-    client.add_argument("--partials", action="store_true", help="print partial results to stderr")
-    client.add_argument("--json", action="store_true", help="print every event as a JSON line")
-    client.set_defaults(func=run_client)
 
 
 def build_server(args: argparse.Namespace):
@@ -92,30 +78,3 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as error:
         raise EdgeAsrError(f"cannot listen on {args.host}:{args.port} ({error.strerror})") from None
     return 0
-
-
-def run_client(args: argparse.Namespace) -> int:
-    from edgeasr.audio.io import load_audio
-    from edgeasr.serve.client import stream_audio
-
-    samples = load_audio(args.file)
-
-    def show(event: dict) -> None:
-        if args.json:
-            print(json.dumps({k: v for k, v in event.items() if k != "received_at"}), flush=True)
-        elif event["type"] == "final":
-            print(f"[{event['start']:.2f}-{event['end']:.2f}] {event['text']}", flush=True)
-        elif event["type"] == "partial" and args.partials:
-            print(f"  ... {event['text']}", file=sys.stderr, flush=True)
-        elif event["type"] == "error":
-            print(f"edgeasr: server error: {event['message']}", file=sys.stderr, flush=True)
-
-    try:
-        events = asyncio.run(stream_audio(args.url, samples, 16000, args.speed, args.chunk_ms, on_event=show))
-    except (OSError, asyncio.TimeoutError) as error:
-        raise EdgeAsrError(f"cannot reach {args.url} ({error})") from None
-    except Exception as error:
-        if type(error).__module__.startswith("websockets"):
-            raise EdgeAsrError(f"{args.url}: {error}") from None
-        raise
-    return 2 if any(e["type"] == "error" for e in events) else 0
