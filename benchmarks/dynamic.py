@@ -38,8 +38,7 @@ from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
-from edgeasr.evaluate.report import write_report
-from edgeasr.fileio import atomic_write_text
+from edgeasr.evaluate.report import save_result
 from edgeasr.model.encoder import EncoderStream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,10 +161,7 @@ def main() -> int:
         "rows": rows,
         "plot": Path(args.out).with_suffix(".png").name,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1))
-    write_report(out.parent, args.report)
+    save_result(result, args.out, args.report)
     print(json.dumps(rows, indent=1))
     return 0
 

@@ -34,8 +34,7 @@ import numpy as np
 
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
-from edgeasr.evaluate.report import write_report
-from edgeasr.fileio import atomic_write_text
+from edgeasr.evaluate.report import save_result
 from edgeasr.serve.client import stream_audio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,10 +153,7 @@ def main() -> int:
         "levels": rows,
         "memory_kb": {"start": memory_start, "end": memory_end},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1))
-    write_report(out.parent, args.report)
+    save_result(result, args.out, args.report)
     print(json.dumps(result, indent=1))
     return 0
 

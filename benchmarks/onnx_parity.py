@@ -24,8 +24,7 @@ from edgeasr.api import load_model
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
 from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
-from edgeasr.evaluate.report import write_report
-from edgeasr.fileio import atomic_write_text
+from edgeasr.evaluate.report import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,10 +65,7 @@ def main() -> int:
         "test": {"manifest": args.manifest, "utts": len(utts), "audio_seconds": round(seconds, 1)},
         "rows": rows,
     }
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_path, json.dumps(result, indent=1))
-    write_report(out_path.parent, args.report)
+    save_result(result, args.out, args.report)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -39,10 +39,9 @@ from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
-from edgeasr.evaluate.report import write_report
+from edgeasr.evaluate.report import save_result
 from edgeasr.export.onnx import export_onnx
 from edgeasr.export.runtime import OnnxRecognizer
-from edgeasr.fileio import atomic_write_text
 from edgeasr.model.encoder import EncoderStream
 from edgeasr.quant.dynamic import serialized_bytes
 from edgeasr.quant.integer import convert_to_integer
@@ -189,10 +188,7 @@ def main() -> int:
         "rows": rows,
         "reload": checks,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1))
-    write_report(out.parent, args.report)
+    save_result(result, args.out, args.report)
     print(json.dumps(rows, indent=1))
     return 0
 

@@ -357,6 +357,14 @@ def onnx_parity_section(result: dict, name: str) -> list[str]:
     return lines
 
 
+def save_result(result: dict, out: str | Path, report: str | Path) -> Path:
+    """Write a benchmark's result JSON (atomically) and regenerate the report from its folder."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1))
+    return write_report(out.parent, report)
+
+
 def write_report(results_dir: str | Path, out: str | Path) -> Path:
     """Regenerate the whole BENCHMARKS.md from every result file in ``results_dir``."""
     results_dir, out = Path(results_dir), Path(out)
