@@ -240,3 +240,35 @@ def test_tanh_model_reloads_from_packed_codes_with_the_same_outputs(tmp_path):
         a = model.ctc_log_probs(model.encode(feats, lengths)[0])
         b = reloaded.ctc_log_probs(reloaded.encode(feats, lengths)[0])
     assert (a - b).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("encoder", [
+    {"blocks": ["conv", "performer"], "performer_features": 8},
+    {"num_blocks": 2, "block_kind": "fusionformer", "final_norm": "none"},
+    {"num_blocks": 2},
+], ids=["practical", "fusionformer", "conformer"])
+def test_qat_trains_and_streams_with_every_encoder_variant(encoder):
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.encoder import EncoderStream
+    from edgeasr.quant.qat import quantized_layers
+
+    torch.manual_seed(0)
+    model = ASRModel(ModelConfig.from_dict({
+        "vocab_size": 12, "encoder": {"d_model": 32, "num_heads": 2, "d_ff": 64, "dropout": 0.0, **encoder},
+        "decoder": {"num_layers": 1, "d_ff": 64, "dropout": 0.0},
+        "quantization": {"weight_bits": 4, "act_bits": 8},
+    }))
+    layers = quantized_layers(model)
+    assert any(name.startswith("encoder.layers.") for name in layers)
+    model.train()
+    losses = model(torch.randn(2, 90, 80), torch.tensor([90, 70]), torch.randint(1, 11, (2, 4)), torch.tensor([4, 3]))
+    losses["loss"].backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("encoder.layers.0.") and p.requires_grad)
+    model.eval()
+    model.fuse()
+    feats = torch.randn(1, 150, 80)
+    with torch.no_grad():
+        full, _ = model.encoder(feats, torch.tensor([150]), chunk_size=4)
+        stream = EncoderStream(model.encoder, 4)
+        streamed = torch.cat([stream.accept(feats[0]), stream.finish()])
+    assert (full[0] - streamed).abs().max() < 1e-3
