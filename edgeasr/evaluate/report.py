@@ -287,6 +287,7 @@ def dynamic_plot(result: dict, path: str | Path) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     families = sorted({row["family"] for row in result["rows"]})
+    colors = {family: f"C{index}" for index, family in enumerate(families)}  # same colour in both panels
     for axes, x_key, label, keep in (
         (left, "executed_layers", "executed layers (gated modules per frame, in layers)", lambda f: f != "amortized"),
         (right, "layers_gflops_per_s", "executed encoder-layer GFLOPs per audio second", lambda f: True),
@@ -296,7 +297,8 @@ def dynamic_plot(result: dict, path: str | Path) -> None:
                 continue
             rows = sorted((r for r in result["rows"] if r["family"] == family), key=lambda r: r[x_key])
             style = "s-" if family == "static" else "o--"
-            axes.plot([r[x_key] for r in rows], [r["wer"] for r in rows], style, label=family, markersize=5)
+            axes.plot([r[x_key] for r in rows], [r["wer"] for r in rows], style, label=family, markersize=5,
+                      color=colors[family])
             for r in rows:
                 if r["threshold"] is not None:
                     axes.annotate(f"{r['threshold']:g}", (r[x_key], r["wer"]), textcoords="offset points",
