@@ -22,9 +22,34 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--dynamic-int8", action="store_true",
                         help="run Linear layers as torch dynamic int8 (float models; no calibration)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="torch, or onnx: ONNX Runtime only (a model directory is exported once into "
+                             "~/.cache/edgeasr); an export directory always runs on ONNX Runtime")
+    parser.add_argument("--int8", action="store_true", help="ONNX backend: run the int8 graphs")
     parser.add_argument("--gate-threshold", type=float, metavar="P",
                         help="dynamic-compute models: gate-open probability (default: the model's, 0.5); "
                              "higher runs fewer modules")
+
+
+def open_recognizer(args: argparse.Namespace):
+    """The recognizer the decode arguments ask for: torch ``Recognizer`` or ``OnnxRecognizer``.
+
+    Both have ``chunk_size``, ``sample_rate``, ``directory``, ``stream()`` and ``transcribe()``.
+    """
+    from edgeasr.api import is_onnx_export, load_model
+    from edgeasr.errors import EdgeAsrError
+
+    if args.backend == "onnx" or is_onnx_export(args.model):
+        if args.gate_threshold is not None or args.dynamic_int8:
+            raise EdgeAsrError("--gate-threshold and --dynamic-int8 apply to the torch backend")
+        return load_model(args.model, "onnx", mode=args.mode, chunk_size=args.chunk_size,
+                          num_left_chunks=args.left_chunks, beam_size=args.beam_size,
+                          ctc_weight=args.ctc_weight, int8=args.int8, threads=args.threads)
+    if args.int8:
+        raise EdgeAsrError("--int8 runs ONNX int8 graphs: add --backend onnx (or use --dynamic-int8 with torch)")
+    from edgeasr.decoding.recognizer import Recognizer
+
+    return Recognizer.load(args.model, decode_options(args))
 
 
 def decode_options(args: argparse.Namespace) -> DecodeOptions:

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from edgeasr.commands._decode_args import add_decode_arguments, decode_options
+from edgeasr.commands._decode_args import add_decode_arguments, open_recognizer
 from edgeasr.errors import EdgeAsrError
 from edgeasr.fileio import atomic_write
 
@@ -33,9 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="only the first N utterances")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="with --offline: utterances per padded encoder batch (default: 1)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                        help="onnx: ONNX Runtime only (a model directory is exported once into ~/.cache/edgeasr)")
-    parser.add_argument("--int8", action="store_true", help="ONNX backend: int8 graphs")
     add_decode_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -46,23 +43,12 @@ def run(args: argparse.Namespace) -> int:
     from edgeasr.decoding.recognizer import Recognizer
     from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
 
-    from edgeasr.api import is_onnx_export, load_model
-
     torch.set_num_threads(max(1, args.threads))
-    onnx = args.backend == "onnx" or is_onnx_export(args.model)
-    if onnx:
-        if args.offline or args.batch_size != 1 or args.gate_threshold is not None or args.dynamic_int8:
-            raise EdgeAsrError("the ONNX backend streams one utterance at a time "
-                               "(no --offline, --batch-size, --gate-threshold or --dynamic-int8)")
-        recognizer = load_model(args.model, "onnx", mode=args.mode, chunk_size=args.chunk_size,
-                                num_left_chunks=args.left_chunks, beam_size=args.beam_size,
-                                ctc_weight=args.ctc_weight, int8=args.int8, threads=args.threads)
-        chunk_size, model_name = recognizer.meta["chunk_size"], str(recognizer.directory)
-    else:
-        if args.int8:
-            raise EdgeAsrError("--int8 runs ONNX int8 graphs: add --backend onnx (or use --dynamic-int8 with torch)")
-        recognizer = Recognizer.load(args.model, decode_options(args))
-        chunk_size, model_name = recognizer.chunk_size, str(recognizer.packaged.directory)
+    recognizer = open_recognizer(args)
+    onnx = not isinstance(recognizer, Recognizer)
+    if onnx and (args.offline or args.batch_size != 1):
+        raise EdgeAsrError("the ONNX backend streams one utterance at a time (no --offline or --batch-size)")
+    chunk_size, model_name = recognizer.chunk_size, str(recognizer.directory)
     utts = read_manifest(args.manifest)[: args.limit]
     words, chars = ErrorCounts(), ErrorCounts()
     audio_seconds = 0.0

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from edgeasr.commands._decode_args import add_decode_arguments, decode_options
+from edgeasr.commands._decode_args import add_decode_arguments, open_recognizer
 from edgeasr.errors import EdgeAsrError
 
 
@@ -26,33 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line: audio, text, words with times, confidence, n-best")
     parser.add_argument("--partials", action="store_true", help="also print partial results while streaming")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                        help="torch, or onnx: ONNX Runtime only (a model directory is exported once into "
-                             "~/.cache/edgeasr); an export directory always runs on ONNX Runtime")
-    parser.add_argument("--int8", action="store_true", help="ONNX backend: run the int8 graphs")
     add_decode_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeasr.api import is_onnx_export, load_model
     from edgeasr.audio.io import load_audio
 
     torch.set_num_threads(max(1, args.threads))
-    if is_onnx_export(args.model) or args.backend == "onnx":
-        if args.gate_threshold is not None or args.dynamic_int8:
-            raise EdgeAsrError("--gate-threshold and --dynamic-int8 apply to the torch backend")
-        recognizer = load_model(args.model, "onnx", mode=args.mode, chunk_size=args.chunk_size,
-                                num_left_chunks=args.left_chunks, beam_size=args.beam_size,
-                                ctc_weight=args.ctc_weight, int8=args.int8, threads=args.threads)
-        chunk_size, sample_rate = recognizer.meta["chunk_size"], recognizer.features.sample_rate
-    else:
-        from edgeasr.decoding.recognizer import Recognizer
-
-        if args.int8:
-            raise EdgeAsrError("--int8 runs ONNX int8 graphs: add --backend onnx (or use --dynamic-int8 with torch)")
-        recognizer = Recognizer.load(args.model, decode_options(args))
-        chunk_size, sample_rate = recognizer.chunk_size, recognizer.packaged.features.sample_rate
+    recognizer = open_recognizer(args)
+    chunk_size, sample_rate = recognizer.chunk_size, recognizer.sample_rate
     failed = 0
     for path in args.files:
         try:

@@ -87,6 +87,10 @@ class Recognizer:
         return cls(load_model_dir(name_or_path), options)
 
     @property
+    def directory(self):
+        return self.packaged.directory
+
+    @property
     def sample_rate(self) -> int:
         return self.packaged.features.sample_rate
 

@@ -141,10 +141,11 @@ def compact_initializers(graph_model, min_elements: int = 16) -> dict:
     channel) followed by ``Cast`` and ``Mul``; other float32 initializers of at least
     ``min_elements`` values become float16 followed by ``Cast``. Every added node has only
     constant inputs, so onnxruntime's constant folding turns it back into one float tensor at
-    session load: speed is unchanged and only the bytes on disk shrink. Returns counts for logs.
+    session load: the graph that runs is the same and only the bytes on disk shrink. Returns
+    counts for logs.
     """
     import numpy as np
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = graph_model.graph
     conv_weights = {node.input[1] for node in graph.node if node.op_type == "Conv" and len(node.input) > 1}
@@ -164,13 +165,13 @@ def compact_initializers(graph_model, min_elements: int = 16) -> dict:
             kept.append(numpy_helper.from_array(codes, f"{name}.codes"))
             kept.append(numpy_helper.from_array(scale.astype(np.float32).reshape(scale_shape), f"{name}.scale"))
             added_nodes.append(helper.make_node("Cast", [f"{name}.codes"], [f"{name}.float_codes"],
-                                                to=onnx_float(), name=f"{name}.dequantize_cast"))
+                                                to=TensorProto.FLOAT, name=f"{name}.dequantize_cast"))
             added_nodes.append(helper.make_node("Mul", [f"{name}.float_codes", f"{name}.scale"], [name],
                                                 name=f"{name}.dequantize_scale"))
             stats["int8"] += 1
         else:
             kept.append(numpy_helper.from_array(array.astype(np.float16), f"{name}.half"))
-            added_nodes.append(helper.make_node("Cast", [f"{name}.half"], [name], to=onnx_float(),
+            added_nodes.append(helper.make_node("Cast", [f"{name}.half"], [name], to=TensorProto.FLOAT,
                                                 name=f"{name}.to_float"))
             stats["float16"] += 1
     del graph.initializer[:]
@@ -204,12 +205,6 @@ def _shorten_internal_names(graph) -> None:
         node.doc_string = ""
         node.input[:] = [rename(name) for name in node.input]
         node.output[:] = [rename(name) for name in node.output]
-
-
-def onnx_float() -> int:
-    from onnx import TensorProto
-
-    return TensorProto.FLOAT
 
 
 def float_twin(asr):

@@ -60,6 +60,11 @@ class OnnxRecognizer:
         self.frame_seconds = self.meta["subsampling_rate"] * self.meta["frame_shift_ms"] / 1000.0
         self.cache_inputs = [i.name for i in self.encoder.get_inputs()][1:]
 
+    @property
+    def chunk_size(self) -> int:
+        """Fixed at export (the ``Recognizer`` property of the same name, for shared callers)."""
+        return self.meta["chunk_size"]
+
     @classmethod
     def load(cls, directory, **options) -> "OnnxRecognizer":
         return cls(directory, **options)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from edgeasr.model.dynamic import run_gated
+from edgeasr.model.dynamic import broadcast_gate, run_gated
 from edgeasr.nn.attention import RelPositionAttention
 from edgeasr.nn.convolution import BatchNormConvolutionModule, ConvolutionModule
 from edgeasr.nn.feed_forward import BatchNormFeedForward, FeedForward
@@ -109,14 +109,7 @@ class ConformerBlock(EncoderBlock):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``gates`` (dynamic compute): per module name, [B] or [B, T] 0/1 values; a closed gate
         skips the module and leaves the residual untouched (see edgeasr.model.dynamic)."""
-        if gates is None:  # the plain path, unchanged
-            x = x + 0.5 * self.dropout(self.ff_in(self.norm_ff_in(x)))
-            att, new_att_cache = self.attention(self.norm_att(x), att_mask, att_cache)
-            x = x + self.dropout(att)
-            conv, new_cnn_cache = self.conv(self.norm_conv(x), frame_mask, cnn_cache)
-            x = x + self.dropout(conv)
-            x = x + 0.5 * self.dropout(self.ff_out(self.norm_ff_out(x)))
-            return self.norm_final(x), new_att_cache, new_cnn_cache
+        gates = gates or {}  # no gate: the module always runs (run_gated calls it directly)
         ff = run_gated(lambda h: self.ff_in(self.norm_ff_in(h)), x, gates.get("ff_in"), self.training)
         if ff is not None:
             x = x + 0.5 * self.dropout(ff)
@@ -135,9 +128,7 @@ class ConformerBlock(EncoderBlock):
         frame gates skip queries of closed frames while keys and values are kept for all."""
         if gate is None or self.training:
             att, new_cache = self.attention(self.norm_att(x), att_mask, att_cache)
-            if gate is not None:
-                att = att * gate.view(*gate.shape, *([1] * (x.dim() - gate.dim())))
-            return att, new_cache
+            return (att if gate is None else att * broadcast_gate(gate, x)), new_cache
         keep = gate > 0.5
         if keep.dim() == 2:  # frame level
             if not bool(keep.any()):  # keys and values still enter the cache

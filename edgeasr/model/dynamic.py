@@ -144,7 +144,7 @@ class GateCounter:
         self.open: torch.Tensor | None = None  # [layers, modules]: open module-frames
 
     def update(self, record: GateRecord) -> None:
-        frames = int(record.frame_mask[0].sum()) if record.frame_mask is not None else 0
+        frames = int(record.frame_mask[0].sum())
         per_layer = []
         for gates in record.gates:
             g = gates[0].float()
@@ -250,6 +250,11 @@ def module_costs(d_model: int, d_ff: int) -> dict[str, float]:
     return {"ff_in": 2.0 * d_model * d_ff, "ff_out": 2.0 * d_model * d_ff, "attention": 2.0 * d_model * d_model}
 
 
+def broadcast_gate(gate: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A [B] or [B, T] gate shaped to multiply x [B, T, D]."""
+    return gate.view(*gate.shape, *([1] * (x.dim() - gate.dim())))
+
+
 def run_gated(module, x: torch.Tensor, gate: torch.Tensor | None, training: bool) -> torch.Tensor | None:
     """Output of ``module(x)`` weighted by ``gate``; None when the module need not run at all.
 
@@ -261,7 +266,7 @@ def run_gated(module, x: torch.Tensor, gate: torch.Tensor | None, training: bool
     if gate is None:
         return module(x)
     if training:
-        return module(x) * (gate.view(*gate.shape, *([1] * (x.dim() - gate.dim()))))
+        return module(x) * broadcast_gate(gate, x)
     keep = gate > 0.5
     if not bool(keep.any()):
         return None

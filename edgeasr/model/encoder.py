@@ -91,7 +91,7 @@ class Encoder(nn.Module):
         if config.dynamic is not None:
             self.dynamic = DynamicCompute(DynamicConfig.from_dict(config.dynamic), config.d_model, len(layers),
                                           module_costs(config.d_model, config.d_ff))
-        #: Gates of the last forward pass (dynamic compute): the cost and what was executed.
+        #: Gates of the last full-sequence pass (dynamic compute): the training cost reads them.
         self.last_gates: GateRecord | None = None
 
     @property
@@ -140,7 +140,8 @@ class Encoder(nn.Module):
         ``window`` [B, W, F] is the feature window of exactly this chunk (see EncoderStream).
         ``max_left_frames`` >= 0 keeps only that many encoder frames of attention history.
         ``dynamic_state`` (dynamic compute): a dict the stream keeps; utterance-level gates are
-        decided on the first chunk and stored in it, and ``last_gates`` records this chunk's.
+        decided on the first chunk and stored in it, and ``dynamic_state["last"]`` records this
+        chunk's gates (per stream, so concurrent streams never share it).
         """
         lengths = torch.full((window.size(0),), window.size(1), dtype=torch.long)
         x, _ = self.subsampling(window, lengths)
@@ -157,7 +158,7 @@ class Encoder(nn.Module):
                 decided = upfront[0] if upfront is not None else [None] * len(self.layers)
                 if not self.dynamic.config.frame_level:
                     dynamic_state["gates"] = decided
-            self.last_gates = dynamic_state["last"] = GateRecord(frame_mask=frames)
+            dynamic_state["last"] = GateRecord(frame_mask=frames)
         for index, layer in enumerate(self.layers):
             att_cache = att_caches[index] if att_caches else None
             cnn_cache = cnn_caches[index] if cnn_caches else None

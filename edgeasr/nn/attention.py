@@ -125,7 +125,7 @@ class RelPositionAttention(nn.Module):
         The projection depends on the distance only, never on the input, so inference keeps the
         rows it has computed and projects only distances it has not seen: streaming extends the
         range by one chunk of distances at a time instead of re-projecting the whole history
-        (about 10% of the encoder's FLOPs at 5 s context). Training and tracing compute it.
+        (a saving that grows with context). Training and tracing compute it.
         """
         remember = not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing())
         if not remember or t_key + t_chunk - 1 > MAX_MEMO_DISTANCES:
