@@ -74,12 +74,39 @@ class FbankOptions:
     def padded_window_size(self) -> int:
         return 1 << (self.window_size - 1).bit_length()
 
+    # --- the front-end protocol (edgeasr.audio.frontend) ---------------------------------------
+    kind = "fbank"
+
+    @property
+    def dim(self) -> int:
+        return self.num_mel_bins
+
+    @property
+    def frame_shift(self) -> float:
+        """Seconds between frames."""
+        return self.frame_shift_ms / 1000.0
+
+    def compute(self, samples: np.ndarray):  # noqa: ANN201 - torch.Tensor, torch imported lazily
+        """Features of one utterance, [T, dim] float32 torch tensor (batched torch fbank)."""
+        from edgeasr.audio.features import compute_fbank
+
+        return compute_fbank(samples, self)
+
+    def stream(self) -> "StreamingFbank":
+        return StreamingFbank(self)
+
     def to_dict(self) -> dict[str, Any]:
+        # No "kind" key: fbank options stored before front ends had kinds look the same, and
+        # feature-cache fingerprints stay valid (edgeasr.audio.frontend treats no kind as fbank).
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FbankOptions:
         """Strict on purpose: a misspelled key in a model file must not silently change features."""
+        data = dict(data)
+        if data.get("kind", "fbank") != "fbank":
+            raise DataError(f"fbank options: kind is '{data['kind']}', not 'fbank'")
+        data.pop("kind", None)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -67,7 +67,7 @@ def _targets(result: dict) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeasr.audio.features import compute_fbank
+    from edgeasr.audio.features import FbankOptions
     from edgeasr.audio.io import load_audio
     from edgeasr.data.manifest import read_manifest
     from edgeasr.evaluate.bench import load_bench_model, run_bench
@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(args.models, utts, audio, chunk_sizes, args.latency_utts, args.repeats, log=log)
     if args.profile_layer_norm:
         baseline = load_bench_model(args.models[0])
-        options = baseline.packaged.features if baseline.packaged else None
-        feats = [compute_fbank(samples, options) for samples in audio[: args.latency_utts]]
+        options = baseline.packaged.features if baseline.packaged else FbankOptions()
+        feats = [options.compute(samples) for samples in audio[: args.latency_utts]]
         result["layer_norm_profile"] = layer_norm_share(baseline.model, feats, chunk_size=16)
         log(f"LayerNorm profile: {result['layer_norm_profile']}")
     result["targets"] = _targets(result)

@@ -55,7 +55,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from edgeasr.audio.features import compute_fbank
     from edgeasr.audio.io import load_audio
     from edgeasr.data.manifest import read_manifest
     from edgeasr.model.asr import ASRModel, ModelConfig
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     def batches():
         for utt in utts:
-            feats = compute_fbank(load_audio(utt.audio), source.features)
+            feats = source.features.compute(load_audio(utt.audio, sample_rate=source.features.sample_rate))
             yield feats.unsqueeze(0), torch.tensor([feats.size(0)])
 
     def build(quant_config: QuantConfig):

@@ -1,4 +1,4 @@
-"""Fbank features computed once and kept on disk as float16, for training.
+"""Front-end features (fbank or Whisper log-mel) computed once and kept on disk as float16, for training.
 
 On two CPU cores, recomputing features every epoch costs as much as a small model's forward pass,
 so training reads cached features instead (the feasibility run's main lesson). Speed perturbation
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from edgeasr.audio.augment import speed_perturb
-from edgeasr.audio.features import FbankOptions, compute_fbank
+from edgeasr.audio.frontend import Frontend, frontend_from_dict
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import Utterance
 from edgeasr.errors import DataError
@@ -34,7 +34,7 @@ from edgeasr.fileio import atomic_write
 SHARD_SIZE = 256
 
 
-def _fingerprint(utterances: list[Utterance], options: FbankOptions) -> str:
+def _fingerprint(utterances: list[Utterance], options: Frontend) -> str:
     digest = hashlib.sha256(json.dumps(options.to_dict(), sort_keys=True).encode())
     for utt in utterances:
         digest.update(f"{utt.audio}\t{utt.duration:.4f}\n".encode())
@@ -53,18 +53,18 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 def _build_shard(args: tuple) -> str:
     audio_paths, speed, options_dict, shard_path = args
     torch.set_num_threads(1)
-    options = FbankOptions.from_dict(options_dict)
+    options = frontend_from_dict(options_dict)
     feats, index, start = [], [], 0
     for audio in audio_paths:
         samples = load_audio(audio, sample_rate=options.sample_rate)
         if speed != 1.0:
             samples = speed_perturb(samples, speed, options.sample_rate)
-        frames = compute_fbank(samples, options).numpy().astype(np.float16)
+        frames = options.compute(samples).numpy().astype(np.float16)
         feats.append(frames)
         index.append((start, len(frames)))
         start += len(frames)
     shard = Path(shard_path)
-    data = np.concatenate(feats) if feats else np.zeros((0, options.num_mel_bins), np.float16)
+    data = np.concatenate(feats) if feats else np.zeros((0, options.dim), np.float16)
     _atomic_save(shard.with_name(shard.name.replace(".npy", ".idx.npy")), np.asarray(index, np.int64))
     _atomic_save(shard, data)  # written last: its presence marks the shard finished
     return shard_path
@@ -106,13 +106,13 @@ class FeatureStore:
 def build_feature_store(
     utterances: list[Utterance],
     root: str | os.PathLike[str],
-    options: FbankOptions | None = None,
+    options: Frontend | None = None,
     speeds: tuple[float, ...] = (1.0,),
     jobs: int = 1,
     progress: bool = False,
 ) -> FeatureStore:
     """Compute (or finish computing) cached features for ``utterances`` at each speed factor."""
-    options = options or FbankOptions()
+    options = options or frontend_from_dict(None)
     root = Path(root)
     fingerprint = _fingerprint(utterances, options)
     meta_path = root / "store.json"

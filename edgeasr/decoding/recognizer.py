@@ -18,17 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgeasr.audio.features import StreamingFbank, compute_fbank
 from edgeasr.audio.io import load_audio
 from edgeasr.decoding.ctc import GreedySearch, PrefixBeamSearch, ctc_greedy
-from edgeasr.decoding.endpoint import BlankTracker
+from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached
 from edgeasr.decoding.rescoring import attention_rescore
-from edgeasr.decoding.result import Result, build_result
+from edgeasr.decoding.result import Result, Word, build_result
 from edgeasr.errors import EdgeAsrError
-from edgeasr.model.encoder import EncoderStream
 from edgeasr.model.package import PackagedModel, load_model_dir
 
-MODES = ("ctc_greedy", "ctc_prefix_beam", "attention_rescoring")
+MODES = ("ctc_greedy", "ctc_prefix_beam", "attention_rescoring", "whisper_rescoring")
 
 
 @dataclass
@@ -45,6 +43,12 @@ class DecodeOptions:
     #: dynamic-compute models: the probability at which a gate opens (None = the model's own);
     #: higher skips more modules, trading accuracy for compute without retraining
     gate_threshold: float | None = None
+    #: whisper_rescoring: per-word score bonus (longer hypotheses fight deletions)
+    length_bonus: float = 0.0
+    #: cut the stream into segments at endpoints, each decoded (and rescored) on its own, so
+    #: memory and time stay bounded on endless audio; None = automatic (on for encoders whose
+    #: positions end, such as Whisper's 30 s, and for whisper_rescoring)
+    segment: bool | None = None
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -72,15 +76,36 @@ class Recognizer:
 
             self.model = dynamic_int8(self.model)
         if self.options.gate_threshold is not None:
-            if self.model.encoder.dynamic is None:
+            if getattr(self.model.encoder, "dynamic", None) is None:
                 raise EdgeAsrError("--gate-threshold applies to dynamic-compute models (I3D, amortized); this one has no gates")
             self.model.encoder.dynamic.config.threshold = self.options.gate_threshold
-        if self.options.mode == "attention_rescoring" and self.model.decoder is None:
-            self.options.mode = "ctc_prefix_beam"
-        encoder = self.model.encoder
-        self.frame_seconds = (
-            encoder.subsampling.rate * packaged.features.frame_shift_ms / 1000.0
-        )
+        self.mode = self.options.mode
+        if self.mode == "attention_rescoring" and self.model.decoder is None:
+            # "rescore with the model's own attention decoder": Whisper's, when that is the one it has
+            self.mode = "whisper_rescoring" if self.model.whisper_decoder is not None else "ctc_prefix_beam"
+        if self.mode == "whisper_rescoring" and self.model.whisper_decoder is None:
+            raise EdgeAsrError("whisper_rescoring needs a model with a Whisper decoder (edgeasr import whisper)")
+        self.second_pass = None
+        if self.mode == "whisper_rescoring":
+            from edgeasr.decoding.whisper_rescoring import WhisperSecondPass
+
+            self.second_pass = WhisperSecondPass(
+                self.model, packaged.tokenizer, packaged.whisper_tokenizer, packaged.whisper_prompt,
+                ctc_weight=self.options.ctc_weight, length_bonus=self.options.length_bonus,
+                beam_size=self.options.beam_size)
+        #: encoder frames a segment may hold (Whisper's positions end at 30 s); None = unlimited
+        self.max_segment_frames = getattr(self.model.encoder, "max_frames", None)
+        segment = self.options.segment
+        if segment is None:
+            segment = self.max_segment_frames is not None or self.second_pass is not None
+        self.endpoint_rules = None
+        if segment:
+            limit = 20.0
+            if self.max_segment_frames is not None:
+                limit = min(limit, 0.9 * self.max_segment_frames * self.frame_seconds)
+            self.endpoint_rules = EndpointRules(max_utterance=limit)
+        self.frontend = packaged.features
+        self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str] = "default", options: DecodeOptions | None = None) -> "Recognizer":
@@ -92,7 +117,7 @@ class Recognizer:
 
     @property
     def sample_rate(self) -> int:
-        return self.packaged.features.sample_rate
+        return self.frontend.sample_rate
 
     @property
     def chunk_size(self) -> int:
@@ -107,7 +132,7 @@ class Recognizer:
     def _audio(self, audio: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
         if isinstance(audio, np.ndarray):
             return audio.astype(np.float32, copy=False)
-        return load_audio(audio, sample_rate=self.packaged.features.sample_rate)
+        return load_audio(audio, sample_rate=self.frontend.sample_rate)
 
     def stream(self) -> "StreamingSession":
         if self.chunk_size <= 0:
@@ -128,11 +153,19 @@ class Recognizer:
 
     @torch.no_grad()
     def transcribe_offline(self, samples: np.ndarray) -> Result:
-        feats = compute_fbank(samples, self.packaged.features)
+        feats = self.model.normalize(self.frontend.compute(samples))
+        self._check_segment_length(feats.size(0))
         encoded, _ = self.model.encode(
             feats.unsqueeze(0), torch.tensor([feats.size(0)]), self.chunk_size, self.num_left_chunks
         )
-        return self._decode(encoded, len(samples) / self.packaged.features.sample_rate)
+        return self._decode(encoded, len(samples) / self.frontend.sample_rate, feats)
+
+    def _check_segment_length(self, feature_frames: int) -> None:
+        limit = self.max_segment_frames
+        if limit is not None and (feature_frames + 1) // self.model.encoder.subsampling_rate > limit:
+            seconds = limit * self.frame_seconds
+            raise EdgeAsrError(f"this model's encoder sees at most {seconds:.0f} s at once; stream longer audio "
+                               "(a chunk size above 0) so it is cut into segments at endpoints")
 
     @torch.no_grad()
     def transcribe_batch(self, batch: list[np.ndarray]) -> list[Result]:
@@ -143,29 +176,40 @@ class Recognizer:
         """
         if not batch:
             return []
-        feats = [compute_fbank(samples, self.packaged.features) for samples in batch]
+        feats = [self.model.normalize(self.frontend.compute(samples)) for samples in batch]
+        for f in feats:
+            self._check_segment_length(f.size(0))
         lengths = torch.tensor([f.size(0) for f in feats])
         padded = torch.zeros(len(feats), int(lengths.max()), feats[0].size(1))
         for i, f in enumerate(feats):
             padded[i, : f.size(0)] = f
-        encoded, enc_lengths = self.model.encode(padded, lengths, self.chunk_size, self.num_left_chunks)
-        rate = self.packaged.features.sample_rate
+        # normalize() was applied per utterance above; encode the batch without a second one
+        encoded, enc_lengths = self.model.encoder(padded, lengths, self.chunk_size, self.num_left_chunks)
+        rate = self.frontend.sample_rate
         return [
-            self._decode(encoded[i : i + 1, : int(enc_lengths[i])], len(samples) / rate)
+            self._decode(encoded[i : i + 1, : int(enc_lengths[i])], len(samples) / rate, feats[i])
             for i, samples in enumerate(batch)
         ]
 
-    def _decode(self, encoded: torch.Tensor, audio_seconds: float) -> Result:
+    def _decode(self, encoded: torch.Tensor, audio_seconds: float, feats: torch.Tensor | None = None) -> Result:
         log_probs = self.model.ctc_log_probs(encoded)[0]
-        if self.options.mode == "ctc_greedy":
+        if self.mode == "ctc_greedy":
             return build_result(ctc_greedy(log_probs), self.tokenizer, self.frame_seconds, audio_seconds=audio_seconds)
         search = PrefixBeamSearch(beam_size=self.options.beam_size)
         search.step(log_probs)
-        return self._finalize(search, encoded, audio_seconds)
+        return self._finalize(search, encoded, audio_seconds, feats)
 
-    def _finalize(self, search: PrefixBeamSearch, encoded: torch.Tensor, audio_seconds: float) -> Result:
+    def _finalize(self, search: PrefixBeamSearch, encoded: torch.Tensor, audio_seconds: float,
+                  feats: torch.Tensor | None = None) -> Result:
+        """The final result of one segment: its n-best, rescored by the mode's second pass.
+
+        ``feats`` (the segment's normalized features) feed the Whisper second pass, which
+        re-encodes them with full context.
+        """
         hyps = search.nbest()
-        if self.options.mode == "attention_rescoring" and hyps and encoded.size(1) > 0:
+        if self.mode == "whisper_rescoring" and feats is not None and feats.size(0) > 0:
+            ranked, _ = self.second_pass.rescore(feats, hyps)
+        elif self.mode == "attention_rescoring" and hyps and encoded.size(1) > 0:
             ranked = attention_rescore(
                 self.model, hyps, encoded, self.options.ctc_weight, self.options.reverse_weight
             )
@@ -176,29 +220,72 @@ class Recognizer:
         return build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
 
 
+def join_segments(segments: list[tuple[float, Result]], is_final: bool, audio_seconds: float | None = None) -> Result:
+    """One result from the results of consecutive segments, each with its start time (seconds).
+
+    Words and token times are shifted by their segment's start; confidence is the word-weighted
+    mean; the n-best of a multi-segment result is the joined best paths (one entry).
+    """
+    texts = [r.text for _, r in segments if r.text]
+    if len(segments) == 1 and segments[0][0] == 0.0:
+        result = segments[0][1]
+        result.is_final = is_final
+        return result
+    words, tokens, times = [], [], []
+    for offset, result in segments:
+        words += [Word(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.confidence) for w in result.words]
+        tokens += result.tokens
+        times += [round(t + offset, 3) for t in result.token_times]
+    confidence = (sum(w.confidence for w in words) / len(words)) if words else 0.0
+    text = " ".join(texts)
+    return Result(text=text, tokens=tokens, token_times=times, words=words, confidence=confidence,
+                  nbest=[{"text": text, "score": sum(r.nbest[0]["score"] for _, r in segments if r.nbest)}] if text else [],
+                  is_final=is_final)
+
+
 class StreamingSession:
-    """One utterance being recognized as its audio arrives."""
+    """One stream being recognized as its audio arrives.
+
+    With endpoint segmentation (``Recognizer.endpoint_rules``), the stream is cut into segments
+    at endpoints: each segment is finalized (second pass included) as soon as it ends, and the
+    encoder, search and endpointer start afresh for the next one, so memory and compute stay flat
+    however long the stream runs. ``is_endpoint()`` tells whether the last ``accept`` closed a
+    segment; results always cover the whole stream.
+    """
 
     def __init__(self, recognizer: Recognizer) -> None:
         self.recognizer = recognizer
         model = recognizer.model
-        self.fbank = StreamingFbank(recognizer.packaged.features)
-        self.encoder = EncoderStream(model.encoder, recognizer.chunk_size, recognizer.num_left_chunks)
-        self.greedy = recognizer.options.mode == "ctc_greedy"
-        self.search = GreedySearch() if self.greedy else PrefixBeamSearch(beam_size=recognizer.options.beam_size)
-        # Only attention rescoring needs the whole utterance's encoder output; the CTC modes keep
-        # nothing per frame, so an endless stream with limited left context has bounded memory.
-        self.keep_encoded = recognizer.options.mode == "attention_rescoring"
-        self.encoded: list[torch.Tensor] = []
-        #: trailing silence and frames decoded, for endpointing (edgeasr.decoding.endpoint)
-        self.blank_tracker = BlankTracker(blank=model.blank_id)
+        self.fbank = recognizer.frontend.stream()
+        self.encoder = model.encoder.stream(recognizer.chunk_size, recognizer.num_left_chunks)
+        self.greedy = recognizer.mode == "ctc_greedy"
+        # Only rescoring needs the segment's encoder output (attention) or features (Whisper);
+        # the CTC modes keep nothing per frame, so an endless stream has bounded memory.
+        self.keep_encoded = recognizer.mode == "attention_rescoring"
+        self.keep_feats = recognizer.mode == "whisper_rescoring"
+        self.rules = recognizer.endpoint_rules
+        #: finalized segments: (start seconds, result)
+        self.segments: list[tuple[float, Result]] = []
+        self.segment_start_frames = 0
         self.samples_seen = 0
         self.finished = False
+        self.endpoint = False
+        self._new_segment()
+
+    def _new_segment(self) -> None:
+        model = self.recognizer.model
+        self.search = GreedySearch() if self.greedy else PrefixBeamSearch(beam_size=self.recognizer.options.beam_size)
+        self.encoded: list[torch.Tensor] = []
+        self.feats: list[torch.Tensor] = []
+        #: trailing silence and frames decoded, for endpointing (edgeasr.decoding.endpoint)
+        self.blank_tracker = BlankTracker(blank=model.blank_id)
 
     def _consume(self, feats: torch.Tensor, final: bool) -> None:
         model = self.recognizer.model
-        feats = torch.from_numpy(feats)
-        out = self.encoder.accept(model.normalize(feats)) if feats.numel() else torch.zeros(0, model.encoder.output_dim)
+        feats = model.normalize(torch.from_numpy(feats))
+        if self.keep_feats and feats.numel():
+            self.feats.append(feats)
+        out = self.encoder.accept(feats) if feats.numel() else torch.zeros(0, model.encoder.output_dim)
         if final:
             out = torch.cat([out, self.encoder.finish()])
         if out.size(0):
@@ -207,6 +294,52 @@ class StreamingSession:
             log_probs = model.ctc_log_probs(out)
             self.search.step(log_probs)
             self.blank_tracker.update(log_probs)
+
+    def _segment_result(self, final: bool) -> Result:
+        rec = self.recognizer
+        start = self.segment_start_frames * rec.frame_seconds
+        # The last segment runs to the end of the audio; earlier ones to their last frame.
+        seconds = (self.samples_seen / rec.frontend.sample_rate - start if final
+                   else self.blank_tracker.frames * rec.frame_seconds)
+        if self.greedy:
+            return build_result(self.search.nbest()[0], rec.tokenizer, rec.frame_seconds, audio_seconds=seconds)
+        encoded = torch.cat(self.encoded).unsqueeze(0) if self.encoded else torch.zeros(1, 0, rec.model.encoder.output_dim)
+        feats = torch.cat(self.feats) if self.feats else None
+        return rec._finalize(self.search, encoded, seconds, feats)
+
+    def _close_segment(self, final: bool) -> None:
+        """Flush the encoder into this segment, finalize it, and start the next one."""
+        if not final:
+            out = self.encoder.finish()
+            if out.size(0):
+                if self.keep_encoded:
+                    self.encoded.append(out)
+                log_probs = self.recognizer.model.ctc_log_probs(out)
+                self.search.step(log_probs)
+                self.blank_tracker.update(log_probs)
+        start = self.segment_start_frames * self.recognizer.frame_seconds
+        result = self._segment_result(final)
+        self.segment_start_frames += self.blank_tracker.frames
+        if result.text or not self.segments:
+            self.segments.append((start, result))
+        if not final:
+            self.encoder.reset()
+            self._new_segment()
+
+    def is_endpoint(self) -> bool:
+        """True when the last ``accept`` ended a segment (its text is final from now on)."""
+        return self.endpoint
+
+    def _current(self, is_final: bool) -> Result:
+        rec = self.recognizer
+        parts = [(s, r) for s, r in self.segments if r.text]
+        best = self.search.nbest(1)
+        if best and best[0].tokens:
+            start = self.segment_start_frames * rec.frame_seconds
+            parts.append((start, build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)))
+        if not parts:
+            return Result(text="", is_final=is_final)
+        return join_segments(parts, is_final=is_final)
 
     @torch.no_grad()
     def accept(self, samples: np.ndarray) -> Result:
@@ -218,11 +351,13 @@ class StreamingSession:
             raise EdgeAsrError("audio chunk contains NaN or Inf samples")
         self.samples_seen += samples.size
         self._consume(self.fbank.accept(samples), final=False)
-        best = self.search.nbest(1)
-        hyp = best[0] if best else None
-        if hyp is None:
-            return Result(text="", is_final=False)
-        return build_result(hyp, self.recognizer.tokenizer, self.recognizer.frame_seconds, is_final=False)
+        self.endpoint = False
+        if self.rules is not None:
+            has_text = bool(self.search.nbest(1) and self.search.nbest(1)[0].tokens)
+            if endpoint_reached(self.rules, self.blank_tracker, self.recognizer.frame_seconds, has_text):
+                self._close_segment(final=False)
+                self.endpoint = True
+        return self._current(is_final=False)
 
     @torch.no_grad()
     def finish(self) -> Result:
@@ -231,9 +366,6 @@ class StreamingSession:
             raise EdgeAsrError("this stream is already finished")
         self.finished = True
         self._consume(self.fbank.finish(), final=True)
-        rec = self.recognizer
-        seconds = self.samples_seen / rec.packaged.features.sample_rate
-        encoded = torch.cat(self.encoded).unsqueeze(0) if self.encoded else torch.zeros(1, 0, rec.model.encoder.output_dim)
-        if self.greedy:
-            return build_result(self.search.nbest()[0], rec.tokenizer, rec.frame_seconds, audio_seconds=seconds)
-        return rec._finalize(self.search, encoded, seconds)
+        self._close_segment(final=True)
+        parts = [(s, r) for s, r in self.segments if r.text] or self.segments[-1:]
+        return join_segments(parts, is_final=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from edgeasr.audio.features import compute_fbank
 from edgeasr.decoding.ctc import PrefixBeamSearch, ctc_greedy
 from edgeasr.decoding.rescoring import attention_rescore
 from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
@@ -27,7 +26,7 @@ def decode_all_modes(packaged, utts, audio, chunk_size: int, beam_size: int = 10
     model, tokenizer = packaged.model, packaged.tokenizer
     totals = {mode: [ErrorCounts(), ErrorCounts()] for mode in MODES}
     for utt, samples in zip(utts, audio):
-        feats = compute_fbank(samples, packaged.features)
+        feats = packaged.features.compute(samples)
         encoded, _ = model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]), chunk_size, -1)
         log_probs = model.ctc_log_probs(encoded)[0]
         search = PrefixBeamSearch(beam_size=beam_size)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from edgeasr.audio.features import FbankOptions, compute_fbank
+from edgeasr.audio.features import FbankOptions
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 from edgeasr.errors import EdgeAsrError
 from edgeasr.evaluate.accuracy import decode_all_modes
@@ -141,10 +141,10 @@ def run_bench(
     if len(set(names)) != len(names):
         raise EdgeAsrError(f"model names must be distinct (got {', '.join(names)}); use NAME=PATH")
     features = models[0].packaged.features if models[0].packaged else FbankOptions()
-    latency_feats = [compute_fbank(samples, features) for samples in audio[:latency_utts]]
+    latency_feats = [features.compute(samples) for samples in audio[:latency_utts]]
     rows = []
     for m in models:
-        ten_seconds = torch.randn(1000, features.num_mel_bins)
+        ten_seconds = torch.randn(1000, features.dim)
         flops = streaming_flops(m.model, ten_seconds, 16)
         rows.append({
             "name": m.name,

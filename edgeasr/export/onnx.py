@@ -242,6 +242,9 @@ def export_onnx(
 
     packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
     asr = packaged.model.eval()
+    if packaged.features.kind != "fbank" or not hasattr(asr.encoder, "subsampling"):
+        raise EdgeAsrError("ONNX export covers block-plan encoders with fbank features; this model "
+                           f"({packaged.features.kind} front end) runs with the torch backend")
     if asr.encoder.dynamic is not None:
         raise EdgeAsrError("ONNX export of dynamic-compute models is not supported (their gates pick which "
                            "modules run, a data-dependent graph); run them with the torch backend")

@@ -1,4 +1,12 @@
-"""The ASR model: encoder + CTC head + attention decoder(s), and the joint U2 loss.
+"""The ASR model, composed of parts: encoder, CTC head, attention decoder(s), and the U2 loss.
+
+The encoder is picked by ``encoder.kind`` from ``ENCODERS``: ``blocks`` (edgeasr's own per-layer
+block plan, the default, what every older config means) or ``whisper`` (a pretrained Whisper
+encoder imported with ``edgeasr import whisper``). Both implement one interface: ``forward(feats,
+lengths, chunk_size, num_left_chunks)`` under a chunk mask, ``stream(chunk_size, num_left_chunks)``
+with caches, ``output_dim``, ``subsampling_rate``, ``dynamic`` (gates or None). Heads are optional
+parts: the CTC head (a linear layer, or a small MLP with ``ctc_hidden``), edgeasr's attention
+decoders, and Whisper's own decoder (``whisper_decoder``) used as a second pass.
 
 loss = ctc_weight * CTC + (1 - ctc_weight) * attention, where the attention loss is label-smoothed
 cross entropy, mixed from the left-to-right and right-to-left decoders by ``reverse_weight``.
@@ -33,6 +41,38 @@ class DecoderConfig:
     dropout: float = 0.1
 
 
+def _whisper_encoder_parts():
+    from edgeasr.model.whisper import WhisperEncoder, WhisperEncoderConfig
+
+    return WhisperEncoderConfig, WhisperEncoder
+
+
+def _block_encoder_parts():
+    return EncoderConfig, Encoder
+
+
+#: encoder kind -> a function returning (config class, module class); imported lazily.
+ENCODERS = {"blocks": _block_encoder_parts, "whisper": _whisper_encoder_parts}
+
+
+def encoder_config_from_dict(config: dict):
+    config = dict(config)
+    kind = config.pop("kind", "blocks")
+    if kind not in ENCODERS:
+        raise ValueError(f"unknown encoder kind '{kind}' (known: {', '.join(ENCODERS)})")
+    config_class, _ = ENCODERS[kind]()
+    return config_class.from_dict(config)
+
+
+def encoder_kind(config) -> str:
+    return "whisper" if type(config).__name__ == "WhisperEncoderConfig" else "blocks"
+
+
+def build_encoder(config) -> nn.Module:
+    _, module_class = ENCODERS[encoder_kind(config)]()
+    return module_class(config)
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int
@@ -50,25 +90,38 @@ class ModelConfig:
     #: Quantization-aware training (edgeasr.quant.qat.QuantConfig as a dict); None = float model.
     #: Stored with the model so a reload rebuilds the same fake-quant layers.
     quantization: dict | None = None
+    #: Hidden units of an MLP CTC head (Linear, GELU, Linear); 0 = one linear layer. A frozen
+    #: pretrained encoder needs the extra layer to map its features onto our units.
+    ctc_hidden: int = 0
+    #: Whisper's own decoder (edgeasr.model.whisper.WhisperDecoderConfig as a dict) as a second
+    #: pass over a full-context re-encoding; None = no Whisper decoder.
+    whisper_decoder: dict | None = None
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
         config = dict(config)
-        encoder = EncoderConfig.from_dict(config.pop("encoder", {}))
+        encoder = encoder_config_from_dict(config.pop("encoder", {}))
         decoder = DecoderConfig(**config.pop("decoder", {}))
         return cls(encoder=encoder, decoder=decoder, **config)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        result = asdict(self)
+        if encoder_kind(self.encoder) != "blocks":
+            result["encoder"] = {"kind": encoder_kind(self.encoder), **result["encoder"]}
+        return result
 
 
 class ASRModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config.encoder)
-        d_model = config.encoder.d_model
-        self.ctc = nn.Linear(d_model, config.vocab_size)
+        self.encoder = build_encoder(config.encoder)
+        d_model = self.encoder.output_dim
+        if config.ctc_hidden > 0:
+            self.ctc = nn.Sequential(nn.Linear(d_model, config.ctc_hidden), nn.GELU(),
+                                     nn.Dropout(config.decoder.dropout), nn.Linear(config.ctc_hidden, config.vocab_size))
+        else:
+            self.ctc = nn.Linear(d_model, config.vocab_size)
         dec = config.decoder
         self.decoder = (
             TransformerDecoder(config.vocab_size, d_model, dec.num_heads, dec.d_ff, dec.num_layers, dec.dropout)
@@ -80,6 +133,11 @@ class ASRModel(nn.Module):
             if dec.reverse_layers > 0
             else None
         )
+        self.whisper_decoder = None
+        if config.whisper_decoder is not None:
+            from edgeasr.model.whisper import WhisperDecoder, WhisperDecoderConfig
+
+            self.whisper_decoder = WhisperDecoder(WhisperDecoderConfig.from_dict(config.whisper_decoder))
         self.blank_id = 0
         self.sos_id = self.eos_id = config.vocab_size - 1
         self.ctc_loss = nn.CTCLoss(blank=self.blank_id, reduction="sum", zero_infinity=True)
@@ -87,6 +145,9 @@ class ASRModel(nn.Module):
         # Global CMVN travels inside the model (and its exports) so features are never normalised
         # with the wrong statistics; set from training data with ``set_cmvn``.
         input_dim = config.encoder.input_dim
+        #: Parameter-name prefixes that training leaves as they are (set by the trainer's
+        #: ``freeze`` option): their forward runs without building a graph.
+        self.frozen_prefixes: tuple[str, ...] = ()
         self.register_buffer("cmvn_mean", torch.zeros(input_dim))
         self.register_buffer("cmvn_istd", torch.ones(input_dim))
         if config.quantization is not None:
@@ -123,7 +184,28 @@ class ASRModel(nn.Module):
     def encode(
         self, feats: torch.Tensor, lengths: torch.Tensor, chunk_size: int = 0, num_left_chunks: int = -1
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if "encoder" in self.frozen_prefixes:  # a frozen encoder: no graph, no activations kept
+            with torch.no_grad():
+                return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
         return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
+
+    def freeze(self, prefixes: list[str] | tuple[str, ...]) -> int:
+        """Stop training the parameters under these name prefixes; returns how many tensors.
+
+        "encoder" freezes the whole encoder (then run without autograd: a frozen pretrained
+        encoder costs only its forward pass); finer prefixes ("encoder.blocks.0") freeze parts.
+        """
+        names = dict(self.named_parameters())
+        unknown = [p for p in prefixes if not any(n == p or n.startswith(p + ".") for n in names)]
+        if unknown:
+            raise ValueError(f"freeze: no parameters under {', '.join(unknown)}")
+        count = 0
+        for name, param in names.items():
+            if any(name == p or name.startswith(p + ".") for p in prefixes):
+                param.requires_grad_(False)
+                count += 1
+        self.frozen_prefixes = tuple(prefixes)
+        return count
 
     def ctc_log_probs(self, encoded: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.ctc(encoded), dim=-1)
@@ -160,7 +242,7 @@ class ASRModel(nn.Module):
 
             losses["quant_reg"] = quantization_regularizer(self)
             loss = loss + quant["regularizer_weight"] * losses["quant_reg"]
-        dynamic = self.encoder.dynamic
+        dynamic = getattr(self.encoder, "dynamic", None)
         if dynamic is not None and self.training:
             record = self.encoder.last_gates
             compute = dynamic.cost(record.probabilities, record.frame_mask)

@@ -98,6 +98,15 @@ class Encoder(nn.Module):
     def output_dim(self) -> int:
         return self.config.d_model
 
+    @property
+    def subsampling_rate(self) -> int:
+        """Feature frames per encoder frame."""
+        return self.subsampling.rate
+
+    def stream(self, chunk_size: int, num_left_chunks: int = -1) -> "EncoderStream":
+        """A streaming session over this encoder (the encoder interface every kind implements)."""
+        return EncoderStream(self, chunk_size, num_left_chunks)
+
     def forward(
         self,
         feats: torch.Tensor,
@@ -195,14 +204,19 @@ class EncoderStream:
         self.window = (chunk_size - 1) * rate + encoder.subsampling.right_context + 1
         self.stride = chunk_size * rate
         self.max_left_frames = -1 if num_left_chunks < 0 else num_left_chunks * chunk_size
-        self.pending = torch.zeros(0, encoder.config.input_dim)
+        self.gate_counter = GateCounter() if encoder.dynamic is not None else None
+        if encoder.dynamic is not None:
+            encoder.dynamic.check_stream(chunk_size)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new segment: buffered frames, caches and gate decisions are dropped."""
+        self.pending = torch.zeros(0, self.encoder.config.input_dim)
         self.att_caches: list[torch.Tensor] = []
         self.cnn_caches: list[torch.Tensor] = []
         #: Dynamic compute: the utterance's gate decisions, and per chunk what ran.
         self.dynamic_state: dict = {}
-        self.gate_counter = GateCounter() if encoder.dynamic is not None else None
-        if encoder.dynamic is not None:
-            encoder.dynamic.check_stream(chunk_size)
+        self.frames_encoded = 0
 
     def state_bytes(self) -> int:
         """Bytes of the model's streaming state now: attention and convolution caches.
@@ -220,6 +234,7 @@ class EncoderStream:
         )
         if self.gate_counter is not None:  # this stream's own record: safe with concurrent streams
             self.gate_counter.update(self.dynamic_state["last"])
+        self.frames_encoded += out.size(1)
         return out[0]
 
     @torch.no_grad()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from edgeasr.audio.features import FbankOptions
+from edgeasr.audio.frontend import Frontend, frontend_from_dict
 from edgeasr.errors import EdgeAsrError
 from edgeasr.fileio import atomic_save_torch, atomic_write_text
 from edgeasr.model.asr import ASRModel, ModelConfig
@@ -39,7 +39,8 @@ class StreamingDefaults:
 class PackagedModel:
     model: ASRModel
     tokenizer: Tokenizer
-    features: FbankOptions
+    #: the front end (edgeasr.audio.frontend): Kaldi fbank or Whisper log-mel
+    features: Frontend
     streaming: StreamingDefaults = field(default_factory=StreamingDefaults)
     directory: Path | None = None
 
@@ -48,7 +49,7 @@ def save_model_dir(
     directory: str | os.PathLike[str],
     model: ASRModel,
     tokenizer: Tokenizer,
-    features: FbankOptions,
+    features: Frontend,
     streaming: StreamingDefaults | None = None,
     state_dict: dict | None = None,
     half: bool = False,
@@ -188,7 +189,7 @@ def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
     return PackagedModel(
         model=model,
         tokenizer=Tokenizer.load(directory / "tokenizer"),
-        features=FbankOptions.from_dict(config["features"]),
+        features=frontend_from_dict(config["features"]),
         streaming=streaming,
         directory=directory,
     )

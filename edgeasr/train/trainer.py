@@ -24,7 +24,7 @@ import yaml
 
 from edgeasr.audio.augment import spec_augment
 from edgeasr.audio.cmvn import CMVNAccumulator
-from edgeasr.audio.features import FbankOptions
+from edgeasr.audio.frontend import frontend_from_dict
 from edgeasr.data.batching import DurationBatchSampler
 from edgeasr.data.feature_store import FeatureStore, build_feature_store
 from edgeasr.data.manifest import Utterance, read_manifest
@@ -88,6 +88,9 @@ class TrainConfig:
     min_duration: float = 0.3
     max_duration: float = 20.0
     feature_jobs: int = 2
+    #: Parameter-name prefixes left untrained, e.g. [encoder] for a frozen pretrained encoder
+    #: (its forward then runs without autograd) or [encoder.blocks.0, encoder.blocks.1].
+    freeze: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.average_by not in ("last", "best"):
@@ -213,7 +216,10 @@ def train(
     dev_utts = _filter(read_manifest(data_dir / "dev.jsonl"), cfg)[: cfg.eval_utts]
     if not train_utts:
         raise DataError(f"{data_dir}/train.jsonl: no usable utterances")
-    options = FbankOptions.from_dict(exp.features) if exp.features else FbankOptions()
+    options = frontend_from_dict(exp.features)
+
+    # Each front-end kind caches its features apart (fbank keeps the original location).
+    store_dir = data_dir / "features" if options.kind == "fbank" else data_dir / f"features-{options.kind}"
 
     # --- preparation (rank 0), then everyone loads ----------------------------------------------
     tok_dir = out_dir / "tokenizer"
@@ -228,13 +234,13 @@ def train(
                 load_model_dir(cfg.init_from).tokenizer.save(tok_dir)
             else:
                 Tokenizer.train((u.text for u in train_utts), seed=cfg.seed, **exp.tokenizer).save(tok_dir)
-        build_feature_store(train_utts, data_dir / "features" / "train", options, tuple(cfg.speeds),
+        build_feature_store(train_utts, store_dir / "train", options, tuple(cfg.speeds),
                             jobs=cfg.feature_jobs, progress=progress)
-        build_feature_store(dev_utts, data_dir / "features" / "dev", options, (1.0,), jobs=1)
+        build_feature_store(dev_utts, store_dir / "dev", options, (1.0,), jobs=1)
     world.barrier()
     tokenizer = Tokenizer.load(tok_dir)
-    train_store = FeatureStore(data_dir / "features" / "train", tuple(cfg.speeds), len(train_utts))
-    dev_store = FeatureStore(data_dir / "features" / "dev", (1.0,), len(dev_utts))
+    train_store = FeatureStore(store_dir / "train", tuple(cfg.speeds), len(train_utts))
+    dev_store = FeatureStore(store_dir / "dev", (1.0,), len(dev_utts))
     train_tokens = [tokenizer.encode(u.text) for u in train_utts]
 
     model_config = ModelConfig.from_dict({**exp.model, "vocab_size": tokenizer.vocab_size})
@@ -242,8 +248,16 @@ def train(
     model = ASRModel(model_config)
     if cfg.init_from:
         load_weights_from(model, cfg.init_from, cfg.init_layers)
-    else:
+    elif options.kind == "fbank":
         model.set_cmvn(*compute_cmvn_from_store(train_store))
+    # (A pretrained encoder's front end is already normalised the way it was trained: no CMVN.)
+    if cfg.freeze:
+        try:
+            frozen = model.freeze(cfg.freeze)
+        except ValueError as error:
+            raise EdgeAsrError(f"{config_path}: {error}") from None
+        if world.main:
+            print(f"froze {frozen} parameter tensors under {', '.join(cfg.freeze)}")
     optimizer = torch.optim.Adam(_parameter_groups(model, cfg.gate_lr_scale), lr=cfg.peak_lr, betas=(0.9, 0.98),
                                  eps=1e-9, weight_decay=cfg.weight_decay)
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -264,7 +278,7 @@ def train(
     )
     log_path = out_dir / "train_log.csv"
     log_fields = ["step", "epoch", "loss", "ctc", "attention", "lr", "frames_per_s", "elapsed_s", "dev_cer", "dev_wer"]
-    if model.encoder.dynamic is not None:
+    if getattr(model.encoder, "dynamic", None) is not None:
         log_fields.append("compute")  # dynamic compute: the gated modules' mean compute fraction
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
@@ -390,16 +404,18 @@ def package_experiment(
     averaged = average_checkpoints(paths)
     model.load_state_dict(averaged)
     streaming = raw.get("streaming") or {"chunk_size": 16, "num_left_chunks": -1}
-    return save_model_dir(out, model, tokenizer, FbankOptions.from_dict(raw["features"]),
+    return save_model_dir(out, model, tokenizer, frontend_from_dict(raw["features"]),
                           StreamingDefaults(**streaming), half=half)
 
 
 @torch.no_grad()
 def _parameter_groups(model: ASRModel, gate_lr_scale: float) -> list[dict]:
     """One group for the model, one (with its own lr scale) for dynamic-compute gate predictors."""
-    gate_params = list(model.encoder.dynamic.parameters()) if model.encoder.dynamic is not None else []
+    dynamic = getattr(model.encoder, "dynamic", None)
+    gate_params = list(dynamic.parameters()) if dynamic is not None else []
     gate_ids = {id(p) for p in gate_params}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in gate_ids], "lr_scale": 1.0}]
+    groups = [{"params": [p for p in model.parameters() if id(p) not in gate_ids and p.requires_grad],
+               "lr_scale": 1.0}]
     if gate_params:
         groups.append({"params": gate_params, "lr_scale": gate_lr_scale})
     return groups

@@ -1,0 +1,149 @@
+"""The second pass of a Whisper-based model: full-context re-encoding plus Whisper's own decoder.
+
+The first pass streams: a chunk-causal Whisper encoder and the CTC head give partial results chunk
+by chunk. At the end of each segment (an endpoint, or the end of the stream) this pass re-encodes
+the segment's features with full context (same weights, no chunk mask: U2's two-pass idea with
+pretrained weights) and then picks the final text among candidates:
+
+- the CTC prefix-beam n-best over the full-context encoding, and the streaming pass's n-best;
+- Whisper's decoder writing freely (greedy) over the same encoding. Fed an encoding shorter than
+  the 30 s it was trained on, it may not stop, so its length is capped from the CTC hypothesis
+  and it is only ever one candidate among others.
+
+Each candidate is scored with ``ctc_weight * log P_ctc(text) + (1 - ctc_weight) * log P_whisper(text)``
+(CTC: the exact forward score of the text under the full-context CTC head; Whisper: teacher-forced
+over the normalized text plus end-of-text), plus ``length_bonus`` per word. A hallucinated or
+looping decoder output has a poor CTC score and loses; a misspelled CTC hypothesis has a poor
+Whisper score and loses. The winner's token times come from a CTC forced alignment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgeasr.decoding.ctc import Hypothesis, PrefixBeamSearch
+from edgeasr.text.normalize import normalize_text
+from edgeasr.text.tokenizer import Tokenizer
+from edgeasr.text.whisper_tokenizer import WhisperTokenizer
+
+
+def ctc_scores(log_probs: torch.Tensor, candidates: list[list[int]], blank: int = 0) -> torch.Tensor:
+    """log P(candidate | audio) under CTC for each token sequence; log_probs [T, V]."""
+    count = len(candidates)
+    lengths = torch.tensor([len(c) for c in candidates], dtype=torch.long)
+    targets = torch.zeros(count, max(1, int(lengths.max())), dtype=torch.long)
+    for i, cand in enumerate(candidates):
+        if cand:
+            targets[i, : len(cand)] = torch.tensor(cand)
+    frames = log_probs.size(0)
+    batch = log_probs.float().unsqueeze(1).expand(frames, count, log_probs.size(1))
+    loss = torch.nn.functional.ctc_loss(batch, targets, torch.full((count,), frames, dtype=torch.long), lengths,
+                                        blank=blank, reduction="none", zero_infinity=False)
+    return -loss
+
+
+def ctc_align(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> tuple[list[int], list[float]]:
+    """Viterbi forced alignment: the frame of each token's first emission, and its posterior.
+
+    Returns empty lists when the tokens cannot fit in the frames (more emissions than frames).
+    """
+    log_probs = np.asarray(log_probs, dtype=np.float32)
+    frames = log_probs.shape[0]
+    if not tokens or frames == 0:
+        return [], []
+    states = np.full(2 * len(tokens) + 1, blank, dtype=np.int64)
+    states[1::2] = tokens
+    count = states.size
+    # A token state may be entered from two back when the token differs from the one before it.
+    skip = np.zeros(count, dtype=bool)
+    skip[3::2] = states[3::2] != states[1:-2:2]
+    score = np.full(count, -np.inf, dtype=np.float64)
+    score[0] = log_probs[0, states[0]]
+    score[1] = log_probs[0, states[1]]
+    back = np.zeros((frames, count), dtype=np.int8)  # 0 stay, 1 from previous, 2 from two back
+    for t in range(1, frames):
+        stay = score
+        prev = np.concatenate([[-np.inf], score[:-1]])
+        two = np.where(skip, np.concatenate([[-np.inf, -np.inf], score[:-2]]), -np.inf)
+        stacked = np.stack([stay, prev, two])
+        choice = stacked.argmax(axis=0)
+        score = stacked[choice, np.arange(count)] + log_probs[t, states]
+        back[t] = choice
+    end = count - 1 if score[count - 1] >= score[count - 2] else count - 2
+    if not np.isfinite(score[end]):
+        return [], []
+    path = np.empty(frames, dtype=np.int64)
+    state = end
+    for t in range(frames - 1, -1, -1):
+        path[t] = state
+        state -= int(back[t, state])
+    times, probs = [], []
+    previous_state = -1
+    for t, state in enumerate(path):
+        if state % 2 == 1 and state != previous_state:
+            times.append(t)
+            probs.append(float(np.exp(log_probs[t, states[state]])))
+        previous_state = state
+    return times, probs
+
+
+class WhisperSecondPass:
+    """Rescores one segment; shared by the streaming session and offline transcription."""
+
+    def __init__(self, model, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
+                 ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
+                 generate: bool = True) -> None:
+        if model.whisper_decoder is None:
+            raise ValueError("this model has no Whisper decoder")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.whisper_tokenizer = whisper_tokenizer
+        self.prompt = list(prompt)
+        self.ctc_weight = ctc_weight
+        self.length_bonus = length_bonus
+        self.beam_size = beam_size
+        self.generate = generate
+
+    def _max_tokens(self, texts: list[str]) -> int:
+        longest = max((len(self.whisper_tokenizer.encode(t)) for t in texts if t), default=0)
+        return int(min(200, 8 + 1.5 * longest))
+
+    @torch.no_grad()
+    def rescore(self, feats: torch.Tensor, first_pass: list[Hypothesis]) -> tuple[list[tuple[Hypothesis, float]], torch.Tensor]:
+        """feats [T, F] (normalized model input) -> ranked hypotheses and the full-context log-probs."""
+        model = self.model
+        encoded, _ = model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
+        log_probs = model.ctc_log_probs(encoded)[0]
+        search = PrefixBeamSearch(beam_size=self.beam_size)
+        search.step(log_probs)
+        texts: list[str] = []
+        for hyp in [*search.nbest(), *first_pass]:
+            text = self.tokenizer.decode(hyp.tokens)
+            if text not in texts:
+                texts.append(text)
+        if self.generate and encoded.size(1) > 0:
+            ids = model.whisper_decoder.greedy(encoded, self.prompt, self._max_tokens(texts))
+            text = normalize_text(self.whisper_tokenizer.decode(ids))
+            if text not in texts:
+                texts.append(text)
+        texts = [t for t in texts if t] or texts
+        if not texts or encoded.size(1) == 0:
+            return [], log_probs
+        units = [self.tokenizer.encode(t) for t in texts]
+        ctc = ctc_scores(log_probs, units, model.blank_id)
+        att = model.whisper_decoder.sequence_log_probs(self.prompt, [self.whisper_tokenizer.encode(t) for t in texts],
+                                                       encoded)
+        words = torch.tensor([len(t.split()) for t in texts], dtype=torch.float32)
+        total = self.ctc_weight * ctc + (1 - self.ctc_weight) * att.float() + self.length_bonus * words
+        ranked = []
+        frames = log_probs.detach().numpy()
+        for index in torch.argsort(total, descending=True).tolist():
+            if not torch.isfinite(total[index]):
+                continue
+            times, probs = ctc_align(frames, units[index], model.blank_id)
+            if len(times) != len(units[index]):
+                continue
+            hyp = Hypothesis(tuple(units[index]), float(ctc[index]), tuple(times), tuple(probs))
+            ranked.append((hyp, float(total[index])))
+        return ranked, log_probs
