@@ -45,6 +45,9 @@ class DecodeOptions:
     gate_threshold: float | None = None
     #: whisper_rescoring: per-word score bonus (longer hypotheses fight deletions)
     length_bonus: float = 0.0
+    #: whisper_rescoring: "joint" (Whisper's decoder writes, CTC scores every prefix) or
+    #: "rescore" (pick among the CTC n-best and one free Whisper decode)
+    second_pass_search: str = "joint"
     #: cut the stream into segments at endpoints, each decoded (and rescored) on its own, so
     #: memory and time stay bounded on endless audio; None = automatic (on for encoders whose
     #: positions end, such as Whisper's 30 s, and for whisper_rescoring)
@@ -57,6 +60,8 @@ class DecodeOptions:
             raise EdgeAsrError("--chunk-size must be 0 (full context) or a positive number of frames")
         if self.beam_size < 1:
             raise EdgeAsrError("--beam-size must be at least 1")
+        if self.second_pass_search not in ("joint", "rescore"):
+            raise EdgeAsrError("--second-pass must be 'joint' or 'rescore'")
         if self.gate_threshold is not None and not 0.0 < self.gate_threshold < 1.0:
             raise EdgeAsrError("--gate-threshold must be between 0 and 1")
 
@@ -79,6 +84,8 @@ class Recognizer:
             if getattr(self.model.encoder, "dynamic", None) is None:
                 raise EdgeAsrError("--gate-threshold applies to dynamic-compute models (I3D, amortized); this one has no gates")
             self.model.encoder.dynamic.config.threshold = self.options.gate_threshold
+        self.frontend = packaged.features
+        self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
         self.mode = self.options.mode
         if self.mode == "attention_rescoring" and self.model.decoder is None:
             # "rescore with the model's own attention decoder": Whisper's, when that is the one it has
@@ -92,7 +99,7 @@ class Recognizer:
             self.second_pass = WhisperSecondPass(
                 self.model, packaged.tokenizer, packaged.whisper_tokenizer, packaged.whisper_prompt,
                 ctc_weight=self.options.ctc_weight, length_bonus=self.options.length_bonus,
-                beam_size=self.options.beam_size)
+                beam_size=self.options.beam_size, search=self.options.second_pass_search)
         #: encoder frames a segment may hold (Whisper's positions end at 30 s); None = unlimited
         self.max_segment_frames = getattr(self.model.encoder, "max_frames", None)
         segment = self.options.segment
@@ -104,8 +111,6 @@ class Recognizer:
             if self.max_segment_frames is not None:
                 limit = min(limit, 0.9 * self.max_segment_frames * self.frame_seconds)
             self.endpoint_rules = EndpointRules(max_utterance=limit)
-        self.frontend = packaged.features
-        self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str] = "default", options: DecodeOptions | None = None) -> "Recognizer":
@@ -155,7 +160,7 @@ class Recognizer:
     def transcribe_offline(self, samples: np.ndarray) -> Result:
         feats = self.model.normalize(self.frontend.compute(samples))
         self._check_segment_length(feats.size(0))
-        encoded, _ = self.model.encode(
+        encoded, _ = self.model.encoder(  # features are normalized above
             feats.unsqueeze(0), torch.tensor([feats.size(0)]), self.chunk_size, self.num_left_chunks
         )
         return self._decode(encoded, len(samples) / self.frontend.sample_rate, feats)

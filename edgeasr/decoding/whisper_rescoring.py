@@ -3,7 +3,11 @@
 The first pass streams: a chunk-causal Whisper encoder and the CTC head give partial results chunk
 by chunk. At the end of each segment (an endpoint, or the end of the stream) this pass re-encodes
 the segment's features with full context (same weights, no chunk mask: U2's two-pass idea with
-pretrained weights) and then picks the final text among candidates:
+pretrained weights) and then decodes it again, in one of two ways (``search``):
+
+``joint`` (default): a beam search in which Whisper's decoder writes and the full-context CTC head
+scores every prefix (edgeasr.decoding.joint_whisper), so the text is Whisper's wording kept on
+the audio by CTC. ``rescore``: pick among fixed candidates:
 
 - the CTC prefix-beam n-best over the full-context encoding, and the streaming pass's n-best;
 - Whisper's decoder writing freely (greedy) over the same encoding. Fed an encoding shorter than
@@ -93,7 +97,9 @@ class WhisperSecondPass:
 
     def __init__(self, model, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
                  ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
-                 generate: bool = True) -> None:
+                 generate: bool = True, search: str = "joint", joint_beam: int = 4) -> None:
+        if search not in ("joint", "rescore"):
+            raise ValueError(f"second-pass search must be 'joint' or 'rescore', not {search!r}")
         if model.whisper_decoder is None:
             raise ValueError("this model has no Whisper decoder")
         self.model = model
@@ -104,6 +110,30 @@ class WhisperSecondPass:
         self.length_bonus = length_bonus
         self.beam_size = beam_size
         self.generate = generate
+        self.search = search
+        self.joint_beam = joint_beam
+        self._spelling = None
+
+    def _joint(self, encoded: torch.Tensor, log_probs: torch.Tensor) -> list[tuple[Hypothesis, float]]:
+        from edgeasr.decoding.joint_whisper import joint_beam_search, spell_whisper_tokens
+        from edgeasr.text.tokenizer import SPACE
+
+        if self._spelling is None:  # ~50k token spellings, computed once per recognizer
+            self._spelling = spell_whisper_tokens(self.whisper_tokenizer, self.tokenizer)
+        space_id = self.tokenizer.piece_to_id(SPACE)
+        found = joint_beam_search(self.model.whisper_decoder, encoded, log_probs, self.prompt, self._spelling,
+                                  space_id, beam_size=self.joint_beam, ctc_weight=self.ctc_weight,
+                                  max_tokens=min(200, 10 + encoded.size(1) // 4), blank=self.model.blank_id)
+        frames = log_probs.detach().numpy()
+        ranked = []
+        for _, units, score in found:
+            text = self.tokenizer.decode(units)
+            units = self.tokenizer.encode(text)  # canonical spelling (spaces collapsed)
+            times, probs = ctc_align(frames, units, self.model.blank_id)
+            if len(times) != len(units):
+                continue
+            ranked.append((Hypothesis(tuple(units), score, tuple(times), tuple(probs)), score))
+        return ranked
 
     def _max_tokens(self, texts: list[str]) -> int:
         longest = max((len(self.whisper_tokenizer.encode(t)) for t in texts if t), default=0)
@@ -113,8 +143,13 @@ class WhisperSecondPass:
     def rescore(self, feats: torch.Tensor, first_pass: list[Hypothesis]) -> tuple[list[tuple[Hypothesis, float]], torch.Tensor]:
         """feats [T, F] (normalized model input) -> ranked hypotheses and the full-context log-probs."""
         model = self.model
-        encoded, _ = model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
+        # feats are already normalized (model input): the encoder itself, full context
+        encoded, _ = model.encoder(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
         log_probs = model.ctc_log_probs(encoded)[0]
+        if self.search == "joint" and encoded.size(1) > 0:
+            ranked = self._joint(encoded, log_probs)
+            if ranked:
+                return ranked, log_probs
         search = PrefixBeamSearch(beam_size=self.beam_size)
         search.step(log_probs)
         texts: list[str] = []

