@@ -1,6 +1,6 @@
 """Quantized models side by side with the float model, in torch and in ONNX Runtime, in one run.
 
-    python benchmarks/quantization.py --float models/default --manifest data/synth/test.jsonl \
+    python benchmarks/quantization.py --float models/u2-baseline --manifest data/synth/test.jsonl \
         --model ptq_int8=exp/ptq_w8 --model qat_int8=exp/qat_w8a8/model \
         --model qat_w4a8=exp/qat_w4a8/model --model qat_w4a4=exp/qat_w4a4/model \
         --model mixed=exp/mixed --out benchmarks/results/quantization.json
@@ -133,7 +133,7 @@ def reload_check(directory: str, audio_paths: list[str]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--float", dest="float_model", default="models/default")
+    parser.add_argument("--float", dest="float_model", default="models/u2-baseline")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="a quantized model")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--limit", type=int, help="utterances for WER (default: all)")

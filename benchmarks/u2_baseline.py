@@ -1,7 +1,7 @@
 """Accuracy and speed of a U2 model per decoding mode and chunk size; writes JSON + model card.
 
-    python benchmarks/u2_baseline.py --model models/default --manifest data/synth/test.jsonl \
-        --out benchmarks/results/u2_default.json [--card models/default/README.md]
+    python benchmarks/u2_baseline.py --model models/u2-baseline --manifest data/synth/test.jsonl \
+        --out benchmarks/results/u2_default.json [--card models/u2-baseline/README.md]
 
 For each chunk size (0 = full context, 16, 8, 4) the encoder runs once per utterance under that
 chunk mask and all three decoding modes read the same encoder output. Streaming is checked against
@@ -85,8 +85,8 @@ def model_card(result: dict) -> str:
         f"chunk size on {s['identical_text']}/{s['utts']} utterances.",
         "",
         f"Measured {result['date']} on {result['machine']}. Regenerate with "
-        "`python benchmarks/u2_baseline.py --model models/default --manifest data/synth/test.jsonl "
-        "--out benchmarks/results/u2_default.json --card models/default/README.md`.",
+        "`python benchmarks/u2_baseline.py --model models/u2-baseline --manifest data/synth/test.jsonl "
+        "--out benchmarks/results/u2_default.json --card models/u2-baseline/README.md`.",
         "",
     ]
     return "\n".join(lines)
@@ -94,7 +94,7 @@ def model_card(result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/default")
+    parser.add_argument("--model", default="models/u2-baseline")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--card", help="also write the model card here")

@@ -140,7 +140,37 @@ def model_info(directory: str | Path, packaged) -> dict:
         info["pretrained"] = {**source.to_dict(), "path": str(path), "bytes": path.stat().st_size}
         info["bytes"]["pretrained_file"] = path.stat().st_size
         info["bytes"]["total"] = in_git + path.stat().st_size
+    info["bytes"]["float16_all"] = _state_bytes(model, torch.float16)
+    info["bytes"]["int8_all"] = _int8_state_bytes(model)
     return info
+
+
+def _state_bytes(model, dtype) -> int:
+    """Bytes on disk of the whole model's weights stored in ``dtype`` (what a self-contained
+    directory, `edgeasr import whisper` without --link, holds)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}, buffer)
+    return buffer.tell()
+
+
+def _int8_state_bytes(model) -> int:
+    """Bytes on disk of the model with every Linear as torch dynamic int8 (weights int8 codes with
+    per-tensor scales; convolutions, norms and embeddings float16): the int8 footprint."""
+    import copy
+    import io
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).float(), {torch.nn.Linear},
+                                                           dtype=torch.qint8)
+    state = {k: (v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+             for k, v in quantized.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.tell()
 
 
 # --- accuracy ------------------------------------------------------------------------------------
@@ -372,6 +402,9 @@ def model_card(result: dict) -> str:
         lines.append(f"- Pretrained package file `{pre['file']}` ({pre['package']} {pre['version']}, sha256 "
                      f"`{pre['sha256'][:16]}...`, checked on every load): {_mb(pre['bytes'])}; total "
                      f"{_mb(b['total'])}.")
+    if "float16_all" in b:
+        lines.append(f"- Every weight in one file: {_mb(b['float16_all'])} in float16, {_mb(b['int8_all'])} with "
+                     "int8 linear layers (torch dynamic int8; the tied 51,864-token embedding stays float16).")
     lines.append("- Parameters: " + ", ".join(f"{k} {v / 1e6:.3f} M" for k, v in params.items()) + "; stored in "
                  "`model.pt`: " + (", ".join(f"{k} {v / 1e6:.3f} M" for k, v in stored.items()) or "none") + ".")
     targets = whisper_targets(result)

@@ -121,3 +121,26 @@ def test_long_stream_is_cut_into_segments_with_flat_state(whisper_model):
     session.finish()
     assert endpoints >= 2  # 75 s cannot be one segment
     assert max(sizes) <= 1.05 * max(sizes[:30])  # state bounded by the segment, not the stream
+
+
+def test_int8_decoding_copies_keep_scores_and_leave_the_weights_alone(whisper_model):
+    """use_int8 runs decoding steps on int8 copies: scores move by little, the state dict not."""
+    decoder = whisper_model.model.whisper_decoder
+    samples = load_audio("samples/kokoro-male.wav", sample_rate=16000)
+    feats = whisper_model.features.compute(samples)
+    encoded, _ = whisper_model.model.encoder(feats[None], torch.tensor([feats.size(0)]))
+    tokenizer = whisper_model.whisper_tokenizer
+    reference = open("samples/kokoro-male.txt").read().strip()
+    candidates = [tokenizer.encode(reference), tokenizer.encode("it was going to rain in the region")]
+    keys = set(decoder.state_dict())
+    with torch.no_grad():
+        exact = decoder.sequence_log_probs(whisper_model.whisper_prompt, candidates, encoded)
+        decoder.use_int8()
+        try:
+            fast = decoder.sequence_log_probs(whisper_model.whisper_prompt, candidates, encoded)
+        finally:
+            decoder.use_int8(False)
+    assert set(decoder.state_dict()) == keys
+    per_token = (exact - fast).abs() / torch.tensor([len(c) + 1 for c in candidates])
+    assert float(per_token.max()) < 0.15  # measured ~0.07 nat per token
+    assert fast[0] > fast[1]  # the spoken sentence still wins

@@ -16,7 +16,15 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
     parser.add_argument("--left-chunks", type=int, metavar="N",
                         help="chunks of history attention keeps (-1 = all); default: the model's setting")
     parser.add_argument("--beam-size", type=int, default=10, help="CTC prefix beam size (default: 10)")
-    parser.add_argument("--ctc-weight", type=float, default=0.5, help="CTC weight in rescoring (default: 0.5)")
+    parser.add_argument("--ctc-weight", type=float, default=0.5,
+                        help="CTC weight in attention rescoring (default: 0.5)")
+    parser.add_argument("--whisper-ctc-weight", type=float, default=0.2,
+                        help="Whisper second pass: CTC's weight against Whisper's decoder (default: 0.2)")
+    parser.add_argument("--whisper-length-bonus", type=float, default=0.5,
+                        help="Whisper second pass: score bonus per character (default: 0.5)")
+    parser.add_argument("--second-pass", choices=("joint", "rescore"), default="joint",
+                        help="whisper_rescoring: joint CTC/Whisper beam search, or rescoring of the CTC "
+                             "n-best plus one free Whisper decode (default: joint)")
     parser.add_argument("--reverse-weight", type=float, default=0.0,
                         help="right-to-left decoder weight in rescoring, U2++ models (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
@@ -62,4 +70,7 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         reverse_weight=args.reverse_weight,
         dynamic_int8=args.dynamic_int8,
         gate_threshold=args.gate_threshold,
+        second_pass_search=args.second_pass,
+        whisper_ctc_weight=args.whisper_ctc_weight,
+        whisper_length_bonus=args.whisper_length_bonus,
     )

@@ -61,7 +61,7 @@ def run_transcription(args: argparse.Namespace) -> int:
     recognizer = Recognizer.load(args.model)
     print(f"== streaming transcription with {recognizer.packaged.directory} "
           f"(chunk {recognizer.chunk_size} frames = {recognizer.chunk_size * recognizer.frame_seconds * 1000:.0f} ms, "
-          f"mode {recognizer.options.mode}, 1 thread)")
+          f"mode {recognizer.mode}, 1 thread)")
     clips = sorted(SAMPLES_DIR.glob("*.wav"))
     if not clips:
         raise EdgeAsrError(f"{SAMPLES_DIR}: no sample clips to transcribe")

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "deletions": words.deletions,
         "insertions": words.insertions,
         "words": words.reference_length,
-        "mode": recognizer.mode if onnx else recognizer.options.mode,
+        "mode": recognizer.mode,
         "backend": "onnx" if onnx else "torch",
         "chunk_size": chunk_size,
         "streaming": streaming,

@@ -149,8 +149,16 @@ def _spelled(beam_units: list[int], token_units: tuple[int, ...], space_id: int)
 @torch.no_grad()
 def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tensor, prompt: list[int],
                       spelling: TokenSpelling, space_id: int, beam_size: int = 4, ctc_weight: float = 0.5,
-                      candidates_per_beam: int = 8, max_tokens: int = 200, blank: int = 0) -> list[tuple[list[int], list[int], float]]:
-    """Hypotheses [(whisper tokens, our units, joint score)], best first, for encoded [1, T, D]."""
+                      candidates_per_beam: int = 8, max_tokens: int = 200, blank: int = 0,
+                      length_bonus: float = 0.0, end_margin: float = 8.0) -> list[tuple[list[int], list[int], float]]:
+    """Hypotheses [(whisper tokens, our units, joint score)], best first, for encoded [1, T, D].
+
+    ``length_bonus`` is added per unit (character) of a hypothesis: both scores only fall as a
+    hypothesis grows, which favours stopping early when the CTC head is unsure; the bonus pays
+    for the characters the audio holds. With a bonus, live scores can rise, so the search ends
+    when every live hypothesis trails the best finished one by ``end_margin`` (or at
+    ``max_tokens``) instead of at the first finished hypothesis that beats them all.
+    """
     scorer = CTCPrefixScorer(ctc_log_probs, blank, space_id)
     r_n, r_b, _, _ = scorer.initial()
     beams = [_Beam([], [], r_n, r_b, 0.0, 0.0)]
@@ -178,7 +186,8 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
             eos_att = beam.att + float(log_probs[b, eot])
             eos_ctc = float(scorer.final(beam.r_n[None], beam.r_b[None])[0])
             if beam.units:
-                finished.append((beam.tokens, beam.units, ctc_weight * eos_ctc + (1 - ctc_weight) * eos_att))
+                finished.append((beam.tokens, beam.units, ctc_weight * eos_ctc + (1 - ctc_weight) * eos_att
+                                 + length_bonus * len(beam.units)))
             for value, token in zip(top.values[b].tolist(), top.indices[b].tolist()):
                 if token == eot or not math.isfinite(value):
                     continue
@@ -204,12 +213,14 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
             r_n[idx], r_b[idx], ctc[idx] = new_n, new_b, psi
             last[idx] = units
             lengths[idx] += 1
-        scored = [(ctc_weight * float(ctc[i]) + (1 - ctc_weight) * rows[i][2], i) for i in range(count)]
+        scored = [(ctc_weight * float(ctc[i]) + (1 - ctc_weight) * rows[i][2]
+                   + length_bonus * (len(beams[rows[i][0]].units) + len(rows[i][3])), i) for i in range(count)]
         scored.sort(reverse=True)
         best_finished = max((s for *_, s in finished), default=-math.inf)
         chosen = [i for _, i in scored[:beam_size]]
-        if not chosen or scored[0][0] < best_finished:
-            break  # every live hypothesis already scores below a finished one; scores only fall
+        margin = end_margin if length_bonus > 0 else 0.0
+        if not chosen or scored[0][0] < best_finished - margin:
+            break  # every live hypothesis trails a finished one (without a bonus, scores only fall)
         new_beams, order = [], []
         for i in chosen:
             b, token, att, units = rows[i]

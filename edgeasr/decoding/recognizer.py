@@ -43,8 +43,11 @@ class DecodeOptions:
     #: dynamic-compute models: the probability at which a gate opens (None = the model's own);
     #: higher skips more modules, trading accuracy for compute without retraining
     gate_threshold: float | None = None
-    #: whisper_rescoring: per-word score bonus (longer hypotheses fight deletions)
-    length_bonus: float = 0.0
+    #: whisper_rescoring: CTC's weight against Whisper's decoder (tuned on dev: 0.2)
+    whisper_ctc_weight: float = 0.2
+    #: whisper_rescoring: score bonus per character of a hypothesis; CTC and decoder scores
+    #: fall with every character, so without it an unsure head ends hypotheses early
+    whisper_length_bonus: float = 0.5
     #: whisper_rescoring: "joint" (Whisper's decoder writes, CTC scores every prefix) or
     #: "rescore" (pick among the CTC n-best and one free Whisper decode)
     second_pass_search: str = "joint"
@@ -60,6 +63,8 @@ class DecodeOptions:
             raise EdgeAsrError("--chunk-size must be 0 (full context) or a positive number of frames")
         if self.beam_size < 1:
             raise EdgeAsrError("--beam-size must be at least 1")
+        if not 0.0 <= self.whisper_ctc_weight <= 1.0:
+            raise EdgeAsrError("--whisper-ctc-weight must be between 0 and 1")
         if self.second_pass_search not in ("joint", "rescore"):
             raise EdgeAsrError("--second-pass must be 'joint' or 'rescore'")
         if self.gate_threshold is not None and not 0.0 < self.gate_threshold < 1.0:
@@ -98,7 +103,7 @@ class Recognizer:
 
             self.second_pass = WhisperSecondPass(
                 self.model, packaged.tokenizer, packaged.whisper_tokenizer, packaged.whisper_prompt,
-                ctc_weight=self.options.ctc_weight, length_bonus=self.options.length_bonus,
+                ctc_weight=self.options.whisper_ctc_weight, length_bonus=self.options.whisper_length_bonus,
                 beam_size=self.options.beam_size, search=self.options.second_pass_search)
         #: encoder frames a segment may hold (Whisper's positions end at 30 s); None = unlimited
         self.max_segment_frames = getattr(self.model.encoder, "max_frames", None)
@@ -264,6 +269,10 @@ class StreamingSession:
         self.fbank = recognizer.frontend.stream()
         self.encoder = model.encoder.stream(recognizer.chunk_size, recognizer.num_left_chunks)
         self.greedy = recognizer.mode == "ctc_greedy"
+        # The joint second pass decodes each segment anew and never reads the first pass's
+        # n-best, so its partials come from the best path: a prefix beam would only cost time.
+        self.greedy_partials = self.greedy or (recognizer.mode == "whisper_rescoring"
+                                               and recognizer.options.second_pass_search == "joint")
         # Only rescoring needs the segment's encoder output (attention) or features (Whisper);
         # the CTC modes keep nothing per frame, so an endless stream has bounded memory.
         self.keep_encoded = recognizer.mode == "attention_rescoring"
@@ -279,7 +288,8 @@ class StreamingSession:
 
     def _new_segment(self) -> None:
         model = self.recognizer.model
-        self.search = GreedySearch() if self.greedy else PrefixBeamSearch(beam_size=self.recognizer.options.beam_size)
+        self.search = (GreedySearch() if self.greedy_partials
+                       else PrefixBeamSearch(beam_size=self.recognizer.options.beam_size))
         self.encoded: list[torch.Tensor] = []
         self.feats: list[torch.Tensor] = []
         #: trailing silence and frames decoded, for endpointing (edgeasr.decoding.endpoint)

@@ -16,7 +16,7 @@ the audio by CTC. ``rescore``: pick among fixed candidates:
 
 Each candidate is scored with ``ctc_weight * log P_ctc(text) + (1 - ctc_weight) * log P_whisper(text)``
 (CTC: the exact forward score of the text under the full-context CTC head; Whisper: teacher-forced
-over the normalized text plus end-of-text), plus ``length_bonus`` per word. A hallucinated or
+over the normalized text plus end-of-text), plus ``length_bonus`` per character. A hallucinated or
 looping decoder output has a poor CTC score and loses; a misspelled CTC hypothesis has a poor
 Whisper score and loses. The winner's token times come from a CTC forced alignment.
 """
@@ -97,7 +97,8 @@ class WhisperSecondPass:
 
     def __init__(self, model, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
                  ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
-                 generate: bool = True, search: str = "joint", joint_beam: int = 4) -> None:
+                 generate: bool = True, search: str = "joint", joint_beam: int = 3,
+                 int8_logits: bool = True) -> None:
         if search not in ("joint", "rescore"):
             raise ValueError(f"second-pass search must be 'joint' or 'rescore', not {search!r}")
         if model.whisper_decoder is None:
@@ -112,22 +113,46 @@ class WhisperSecondPass:
         self.generate = generate
         self.search = search
         self.joint_beam = joint_beam
+        #: hypotheses kept (and force-aligned for their times) in a result's n-best
+        self.nbest = 5
+        #: our units for each Whisper token (~50k), built with the recognizer so the first
+        #: segment's latency does not include it
         self._spelling = None
+        if search == "joint":
+            from edgeasr.decoding.joint_whisper import spell_whisper_tokens
+
+            self._spelling = spell_whisper_tokens(whisper_tokenizer, tokenizer)
+        if int8_logits:
+            model.whisper_decoder.use_int8()
+
+    def _joint_max_tokens(self, log_probs: torch.Tensor) -> int:
+        """A cap on Whisper tokens from the CTC best path: twice its words, plus room."""
+        from edgeasr.decoding.ctc import ctc_greedy
+
+        words = len(self.tokenizer.decode(ctc_greedy(log_probs, self.model.blank_id).tokens).split())
+        return int(min(200, 10 + 2 * words))
 
     def _joint(self, encoded: torch.Tensor, log_probs: torch.Tensor) -> list[tuple[Hypothesis, float]]:
         from edgeasr.decoding.joint_whisper import joint_beam_search, spell_whisper_tokens
         from edgeasr.text.tokenizer import SPACE
 
-        if self._spelling is None:  # ~50k token spellings, computed once per recognizer
+        if self._spelling is None:
             self._spelling = spell_whisper_tokens(self.whisper_tokenizer, self.tokenizer)
         space_id = self.tokenizer.piece_to_id(SPACE)
         found = joint_beam_search(self.model.whisper_decoder, encoded, log_probs, self.prompt, self._spelling,
-                                  space_id, beam_size=self.joint_beam, ctc_weight=self.ctc_weight,
-                                  max_tokens=min(200, 10 + encoded.size(1) // 4), blank=self.model.blank_id)
+                                  space_id, beam_size=self.joint_beam, candidates_per_beam=5,
+                                  ctc_weight=self.ctc_weight,
+                                  max_tokens=self._joint_max_tokens(log_probs), blank=self.model.blank_id,
+                                  length_bonus=self.length_bonus)
         frames = log_probs.detach().numpy()
-        ranked = []
-        for _, units, score in found:
+        ranked, seen = [], set()
+        for _, units, score in found:  # best first; the same text may end several beams
             text = self.tokenizer.decode(units)
+            if text in seen:
+                continue
+            seen.add(text)
+            if len(ranked) >= self.nbest:
+                break
             units = self.tokenizer.encode(text)  # canonical spelling (spaces collapsed)
             times, probs = ctc_align(frames, units, self.model.blank_id)
             if len(times) != len(units):
@@ -169,8 +194,8 @@ class WhisperSecondPass:
         ctc = ctc_scores(log_probs, units, model.blank_id)
         att = model.whisper_decoder.sequence_log_probs(self.prompt, [self.whisper_tokenizer.encode(t) for t in texts],
                                                        encoded)
-        words = torch.tensor([len(t.split()) for t in texts], dtype=torch.float32)
-        total = self.ctc_weight * ctc + (1 - self.ctc_weight) * att.float() + self.length_bonus * words
+        chars = torch.tensor([len(u) for u in units], dtype=torch.float32)
+        total = self.ctc_weight * ctc + (1 - self.ctc_weight) * att.float() + self.length_bonus * chars
         ranked = []
         frames = log_probs.detach().numpy()
         for index in torch.argsort(total, descending=True).tolist():

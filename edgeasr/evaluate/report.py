@@ -196,6 +196,62 @@ def whisper_section(result: dict, name: str) -> list[str]:
     return lines
 
 
+def long_stream_section(result: dict, name: str) -> list[str]:
+    """Per-minute accuracy, speed and memory of one long stream per variant (benchmarks/long_stream.py)."""
+    model = result["model"]
+    rules = result.get("endpoint_rules")
+    if result.get("segmented") and rules:
+        cut = (f"cut into segments at endpoints (CTC blank >= {rules['blank_threshold']:g}: "
+               f"{rules['silence_after_speech']:g} s of silence after speech, {rules['silence_without_speech']:g} s "
+               f"without any; forced cut at {rules['max_utterance']:g} s), each starting a fresh encoder stream")
+    else:
+        cut = "not cut into segments (one encoder stream throughout)"
+    mode = result["mode_used"] if result["mode_used"] == result["mode"] else f"{result['mode']} -> {result['mode_used']}"
+    lines = [
+        f"## Long streams ({name})",
+        "",
+        f"Model `{model['directory']}` ({model['encoder']}, {model['frame_ms']:g} ms frames), `{mode}`, chunk "
+        f"{result['chunk_size']} ({result['chunk_ms']:g} ms); test utterances of `{result['manifest']}` in order, "
+        f"joined into {result['minutes']:g}-minute streams fed to one streaming session in {result['block_ms']:g} ms "
+        f"blocks; the stream is {cut}. Measured {result['date']} on {result['machine']} (load average "
+        f"{result['load_average'][0]:.1f} at the start).",
+        "",
+        "Per minute of stream time: WER % of the utterances starting in it (hypothesis words go to the utterance "
+        "their start time falls in); RTF: `accept` wall time / audio (the last minute includes `finish()` and the "
+        "tail of the utterance crossing the end); ms per block: median (max; blocks that close a segment include "
+        "its second pass); encoder state: max of `state_bytes()`; RSS: max resident memory of the process; "
+        "segments: closed in that minute.",
+        "",
+    ]
+    bound = result.get("state_bytes_bound")
+    for variant, row in result["variants"].items():
+        lines += [
+            f"### `{variant}`: {row['description']}",
+            "",
+            f"{row['audio_seconds'] / 60:.2f} min, {row['utts']} utterances, {row['words']} words; WER "
+            f"{row['wer']:.1f}% over the whole stream ({row['substitutions']} S, {row['deletions']} D, "
+            f"{row['insertions']} I), RTF {row['rtf']:.4f}, {row['segments']} segments "
+            f"({row['segments_with_text']} with text), finish {row['finish_ms']:.0f} ms, RSS "
+            f"{row['rss_mb_start']:.0f} MB before the stream.",
+            "",
+            "| minute | utts | WER % | RTF | ms / block (max) | encoder state MB | RSS MB | segments |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m in row["minutes"]:
+            blocks = m["block_ms"]
+            ms = f"{blocks['median']:.1f} ({blocks['max']:.0f})" if blocks["median"] is not None else "-"
+            lines.append(f"| {m['minute']} | {m['utts']} | {m['wer']:.1f} | {m['rtf']:.4f} | {ms} | "
+                         f"{m['state_bytes'] / 1e6:.2f} | {m['rss_mb']:.0f} | {m['segments']} |")
+        first, last = row["minutes"][0], row["minutes"][-1]
+        lines.append(f"| all | {row['utts']} | {row['wer']:.1f} | {row['rtf']:.4f} | | "
+                     f"{row['state_bytes_max'] / 1e6:.2f} | {row['rss_mb_max']:.0f} | {row['segments']} |")
+        lines += ["", f"Last minute against the first: WER {last['wer']:.1f}% vs {first['wer']:.1f}%, RTF "
+                  f"{last['rtf']:.4f} vs {first['rtf']:.4f}, RSS {last['rss_mb']:.0f} vs {first['rss_mb']:.0f} MB"
+                  + (f"; encoder state at most {row['state_bytes_max'] / 1e6:.2f} MB (bound for one forced-cut "
+                     f"segment: {bound / 1e6:.2f} MB)." if bound else "."), ""]
+    return lines
+
+
 def _kb(value: int) -> str:
     return f"{value / 1024:.1f}"
 
@@ -511,11 +567,14 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
         "",
     ]
     loaded = [(path, json.loads(path.read_text())) for path in sorted(results_dir.glob("*.json"))]
-    # The default model's section first; the others in file-name order.
-    loaded.sort(key=lambda item: item[1].get("benchmark") != "whisper_default")
+    # The default model's section first, then its long-stream check; the others in file-name order.
+    first = {"whisper_default": 0, "long_stream": 1}
+    loaded.sort(key=lambda item: first.get(item[1].get("benchmark"), len(first)))
     for path, result in loaded:
         if result.get("benchmark") == "whisper_default":
             lines += whisper_section(result, path.name)
+        elif result.get("benchmark") == "long_stream":
+            lines += long_stream_section(result, path.name)
         elif result.get("benchmark") == "u2_baseline":
             lines += u2_section(result, path.name)
         elif result.get("benchmark") == "quantization":
