@@ -10,8 +10,10 @@ Whisper-based model cuts the stream into segments at endpoints (CTC-blank rules,
 up over minutes: the last minute is recognized as well as the first, and memory and time per
 block stay flat.
 
-Two streams of ``--minutes`` minutes are built from the test utterances in manifest order (the
-manifest starts over if it runs out; the utterance that crosses the end is kept whole, so the
+Two streams of ``--minutes`` minutes are built from the test utterances in a seeded shuffled order
+(a synthesized manifest is grouped by engine, and espeak's voices are far harder than the others:
+in manifest order the first minute would be all espeak and the comparison of minutes meaningless;
+``--order manifest`` keeps the file's order). The order starts over if it runs out; the utterance that crosses the end is kept whole, so the
 stream runs a few seconds past it and that tail counts in the last minute):
 
 - ``pauses``: a pause of 0.3-1.5 s of low Gaussian noise (``--noise-dbfs``, seeded) between
@@ -65,6 +67,8 @@ PAUSE_SECONDS = (0.3, 1.5)
 VARIANTS = {
     "pauses": "0.3-1.5 s of low noise between utterances (endpoints from the CTC-blank rules)",
     "no_pauses": "utterances back to back, no pause added (segments end mostly by the forced cut)",
+    "repeated": "the first minute of the pauses stream played again and again: every minute holds the same "
+                "speech, so any drift over the stream shows as a WER that changes from minute to minute",
 }
 
 
@@ -86,10 +90,13 @@ def current_rss_bytes() -> int:
 class UtteranceAudio:
     """The manifest's utterances in order (starting over at the end), each loaded once."""
 
-    def __init__(self, manifest: str | Path) -> None:
+    def __init__(self, manifest: str | Path, shuffle_seed: int | None = None) -> None:
         self.utts = read_manifest(manifest)  # audio paths resolved against the manifest's folder
         if not self.utts:
             raise EdgeAsrError(f"{manifest}: no utterances")
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(len(self.utts))
+            self.utts = [self.utts[i] for i in order]
         self._audio: dict[int, np.ndarray] = {}
 
     def get(self, index: int) -> tuple[object, np.ndarray]:
@@ -98,6 +105,17 @@ class UtteranceAudio:
             samples = load_audio(self.utts[index].audio, sample_rate=RATE)
             self._audio[index] = np.asarray(samples, dtype=np.float32).reshape(-1)
         return self.utts[index], self._audio[index]
+
+
+def repeat_minute(stream: tuple[np.ndarray, list[dict]], times: int) -> tuple[np.ndarray, list[dict]]:
+    """The stream cut to exactly its first 60 s (whole utterances), played ``times`` times."""
+    audio, spans = stream
+    spans = [s for s in spans if s["end"] <= 60.0] or spans[:1]
+    block = audio[: int(round(max(60.0, spans[-1]["end"]) * RATE))]
+    length = block.size / RATE
+    repeated = [dict(s, start=s["start"] + k * length, end=s["end"] + k * length)
+                for k in range(times) for s in spans]
+    return np.tile(block, times), repeated
 
 
 def build_stream(source: UtteranceAudio, seconds: float, pauses: bool, rng: np.random.Generator,
@@ -251,13 +269,15 @@ def state_bytes_bound(recognizer: Recognizer) -> int | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="model directory")
-    parser.add_argument("--manifest", required=True, help="test manifest (JSONL); utterances in its order")
+    parser.add_argument("--manifest", required=True, help="test manifest (JSONL)")
     parser.add_argument("--minutes", type=float, default=5.0, help="length of each stream")
     parser.add_argument("--mode", default="whisper_rescoring", choices=MODES)
     parser.add_argument("--chunk-size", type=int, default=32, help="encoder frames per chunk (20 ms frames for Whisper)")
     parser.add_argument("--beam-size", type=int, default=10)
     parser.add_argument("--block-ms", type=float, default=640.0, help="audio per accept() call")
-    parser.add_argument("--seed", type=int, default=0, help="pause lengths and noise")
+    parser.add_argument("--seed", type=int, default=0, help="utterance order, pause lengths and noise")
+    parser.add_argument("--order", choices=("shuffled", "manifest"), default="shuffled",
+                        help="utterance order in the stream (default: shuffled with --seed)")
     parser.add_argument("--noise-dbfs", type=float, default=-60.0, help="RMS level of the pauses' noise")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="which streams to run")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "long_stream.json"))
@@ -287,10 +307,13 @@ def main(argv: list[str] | None = None) -> int:
                                                     beam_size=args.beam_size))
     if recognizer.sample_rate != RATE:
         raise EdgeAsrError(f"this benchmark streams {RATE} Hz audio; the model wants {recognizer.sample_rate} Hz")
-    source = UtteranceAudio(args.manifest)
+    source = UtteranceAudio(args.manifest, args.seed if args.order == "shuffled" else None)
     rng = np.random.default_rng(args.seed)
     streams = {name: build_stream(source, 60.0 * args.minutes, name == "pauses", rng, noise_rms)
-               for name in variants}
+               for name in variants if name != "repeated"}
+    if "repeated" in variants:
+        streams["repeated"] = repeat_minute(build_stream(source, 60.0, True, np.random.default_rng(args.seed), noise_rms),
+                                            minutes)
 
     # warm-up, untimed: first calls pay for lazy initialisation (the second pass too, at finish)
     first = next(iter(streams.values()))[0]
@@ -327,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "beam_size": args.beam_size,
         "block_ms": round(1000 * block / RATE, 3),
         "minutes": args.minutes,
-        "seed": args.seed,
+        "seed": args.seed, "order": args.order,
         "pause_seconds": list(PAUSE_SECONDS),
         "noise_dbfs": args.noise_dbfs,
         "segmented": rules is not None,

@@ -326,6 +326,14 @@ def _mb(value: int) -> str:
     return f"{value / 1e6:.1f} MB"
 
 
+def _relative(path: str) -> str:
+    """A path inside the repository as the repository sees it (cards must not name a machine)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def model_card(result: dict) -> str:
     """The model card (markdown), every number from the result JSON."""
     m = result["model"]
@@ -348,9 +356,10 @@ def model_card(result: dict) -> str:
         f"- **CTC head**: {params.get('ctc_head', 0) / 1e6:.2f} M parameters (characters), trained on synthesized "
         "speech (see Training data); it gives the streaming (first-pass) text chunk by chunk.",
         f"- **Second pass** (`whisper_rescoring`, the default mode): at the end of each segment the segment is "
-        f"re-encoded with full context, and the CTC n-best plus the Whisper decoder's own text "
-        f"({params.get('whisper_decoder', 0) / 1e6:.2f} M parameters, Whisper tiny.en's decoder) are scored by CTC "
-        "and by the Whisper decoder together.",
+        f"re-encoded with full context and decoded by a joint beam search: Whisper tiny.en's decoder "
+        f"({params.get('whisper_decoder', 0) / 1e6:.2f} M parameters, unchanged) proposes tokens and the CTC head "
+        "scores every prefix (CTC weight 0.2, 0.5 per character), so the text is Whisper's wording kept on the "
+        "audio; partials come from the first pass. See docs/WHISPER.md.",
         f"- {params['total'] / 1e6:.2f} M parameters in all; default chunk "
         f"{m.get('streaming_defaults', {}).get('chunk_size', '-')} frames.",
         "",
@@ -415,7 +424,7 @@ def model_card(result: dict) -> str:
     engines = list(corpus["engines"]) if corpus else list(ENGINE_LICENCES)
     lines += ["", "## Training data", ""]
     if corpus:
-        lines.append(f"Corpus `{corpus['path']}`: {corpus.get('hours', 0):.2f} hours, {corpus.get('utterances', 0)} "
+        lines.append(f"Corpus `{_relative(corpus['path'])}`: {corpus.get('hours', 0):.2f} hours, {corpus.get('utterances', 0)} "
                      f"utterances of synthesized speech from {', '.join(engines)}; voices and sentences of the test "
                      "split are held out from training.")
     else:
@@ -432,9 +441,13 @@ def model_card(result: dict) -> str:
         "## Reproduce",
         "",
         "```sh",
+        "edgeasr corpus synth --hours 4 --out data/synth4 "
+        "--engine-weights kokoro=2,hibari=2,piper=1.5,festival=1.5,flite=1.5,espeak=1",
         "edgeasr import whisper --link --out exp/whisper-import",
         f"edgeasr train --config {result.get('recipe', 'configs/whisper/tiny_ctc_frozen.yaml')} "
-        f"--data {corpus['path'] if corpus else 'data/synth4'} --out exp/whisper-ctc",
+        f"--data {_relative(corpus['path']) if corpus else 'data/synth4'} --out exp/whisper-ctc "
+        "--set max_frames=12000 --set max_minutes=50 --set warmup_steps=200",
+        "edgeasr average --exp exp/whisper-ctc --out models/default --num 3 --by best --fp16",
         result["command"],
         "```",
         "",

@@ -83,7 +83,7 @@ def test_long_stream_rows_and_report(whisper_model, tmp_path):
     assert result["machine"] and result["date"] and result["command"].startswith("python benchmarks/long_stream.py")
     bound = result["state_bytes_bound"]
     assert bound and bound < 20e6  # one forced-cut segment of key/value caches, not the whole stream
-    assert set(result["variants"]) == {"pauses", "no_pauses"}
+    assert set(result["variants"]) == {"pauses", "no_pauses", "repeated"}
     for name, row in result["variants"].items():
         assert 60.0 <= row["audio_seconds"] < 60.0 + 8.0 and row["utts"] >= 10 and row["words"] > 0
         assert _finite(row["wer"]) and row["rtf"] > 0 and row["blocks"] > 0
@@ -101,7 +101,7 @@ def test_long_stream_rows_and_report(whisper_model, tmp_path):
     no_pauses = result["variants"]["no_pauses"]
     assert no_pauses["speech_seconds"] == pytest.approx(no_pauses["audio_seconds"], abs=0.01)
     lines = [json.loads(line) for line in hyps.read_text().splitlines()]
-    assert [(h["variant"], h["minute"]) for h in lines] == [("pauses", 1), ("no_pauses", 1)]
+    assert [(h["variant"], h["minute"]) for h in lines] == [("pauses", 1), ("no_pauses", 1), ("repeated", 1)]
 
     bench = report.read_text()
     assert "## Long streams (long_stream.json)" in bench
