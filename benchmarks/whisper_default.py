@@ -471,6 +471,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--beam-size", type=int, default=10)
     parser.add_argument("--second-pass", choices=("joint", "rescore"),
                         help="whisper_rescoring's search (DecodeOptions.second_pass_search; default: the recognizer's)")
+    parser.add_argument("--whisper-ctc-weight", type=float, help="second pass: CTC weight (default: the recognizer's)")
+    parser.add_argument("--whisper-length-bonus", type=float,
+                        help="second pass: bonus per character (default: the recognizer's)")
     parser.add_argument("--rtf-utts", type=int, default=10, help="utterances per set for the speed measurements")
     parser.add_argument("--baseline", metavar="DIR", help="also score this (fbank) model, side by side")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "whisper_default.json"))
@@ -536,9 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     def options(mode: str, chunk: int) -> DecodeOptions:
         chosen = DecodeOptions(mode=mode, chunk_size=chunk, beam_size=args.beam_size)
         if args.second_pass:
-            if not hasattr(chosen, "second_pass_search"):
-                raise EdgeAsrError("--second-pass: this edgeasr's DecodeOptions has no second_pass_search")
             chosen.second_pass_search = args.second_pass
+        if args.whisper_ctc_weight is not None:
+            chosen.whisper_ctc_weight = args.whisper_ctc_weight
+        if args.whisper_length_bonus is not None:
+            chosen.whisper_length_bonus = args.whisper_length_bonus
         return chosen
 
     result["decode_options"] = {k: v for k, v in vars(options(modes[0], chunks[0])).items() if k != "mode"

@@ -144,13 +144,20 @@ def whisper_section(result: dict, name: str) -> list[str]:
     params, size = model["parameters"], model["bytes"]
     pre = model.get("pretrained")
     source = f"{pre['package']} {pre['version']}" if pre else "Whisper weights"
+    options = result.get("decode_options") or {}
+    search = options.get("second_pass_search", "joint")
+    how = ("a joint beam search: Whisper's decoder proposes, the CTC head scores every prefix" if search == "joint"
+           else "rescoring of the CTC n-best plus one free Whisper decode")
+    weights = (f"; CTC weight {options['whisper_ctc_weight']:g}, {options.get('whisper_length_bonus', 0):g} per "
+               "character" if "whisper_ctc_weight" in options else "")
+    title = ("Default model: Whisper tiny.en encoder + streaming CTC head + Whisper second pass" if search == "joint"
+             else "Comparison: the same model with the second pass by rescoring")
     lines = [
-        f"## Default model: Whisper tiny.en encoder + streaming CTC head + Whisper second pass: "
-        f"`{model['directory']}` ({name})",
+        f"## {title}: `{model['directory']}` ({name})",
         "",
         f"Whisper tiny.en's encoder ({source}, MIT, OpenAI) run chunk by chunk with caches, a CTC head trained on "
         f"synthesized speech, and Whisper's decoder in the second pass (`whisper_rescoring`: full-context "
-        f"re-encoding of each segment, CTC n-best + Whisper decoder). {params['total'] / 1e6:.2f} M parameters "
+        f"re-encoding of each segment, then {how}{weights}). {params['total'] / 1e6:.2f} M parameters "
         f"(encoder {params.get('encoder', 0) / 1e6:.2f} M, CTC head {params.get('ctc_head', 0) / 1e6:.2f} M, Whisper "
         f"decoder {params.get('whisper_decoder', 0) / 1e6:.2f} M); {size['in_git'] / 1e6:.1f} MB in git, "
         f"{size['total'] / 1e6:.1f} MB with the pretrained package file. Measured {result['date']} on "
