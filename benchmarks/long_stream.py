@@ -108,10 +108,16 @@ class UtteranceAudio:
 
 
 def repeat_minute(stream: tuple[np.ndarray, list[dict]], times: int) -> tuple[np.ndarray, list[dict]]:
-    """The stream cut to exactly its first 60 s (whole utterances), played ``times`` times."""
+    """The stream's whole utterances that end within its first 60 s, played ``times`` times.
+
+    The block ends where the first utterance left out begins (after the pause that precedes it):
+    cutting at 60 s would keep the start of that utterance's audio without its reference.
+    """
     audio, spans = stream
-    spans = [s for s in spans if s["end"] <= 60.0] or spans[:1]
-    block = audio[: int(round(max(60.0, spans[-1]["end"]) * RATE))]
+    kept = [s for s in spans if s["end"] <= 60.0] or spans[:1]
+    following = spans[len(kept)]["start"] if len(kept) < len(spans) else kept[-1]["end"]
+    spans = kept
+    block = audio[: int(round(following * RATE))]
     length = block.size / RATE
     repeated = [dict(s, start=s["start"] + k * length, end=s["end"] + k * length)
                 for k in range(times) for s in spans]
