@@ -85,7 +85,9 @@ def test_long_stream_rows_and_report(whisper_model, tmp_path):
     assert bound and bound < 20e6  # one forced-cut segment of key/value caches, not the whole stream
     assert set(result["variants"]) == {"pauses", "no_pauses", "repeated"}
     for name, row in result["variants"].items():
-        assert 60.0 <= row["audio_seconds"] < 60.0 + 8.0 and row["utts"] >= 10 and row["words"] > 0
+        # the repeated minute holds the whole utterances that end within 60 s, so it may be shorter
+        low = 45.0 if name == "repeated" else 60.0
+        assert low <= row["audio_seconds"] < 60.0 + 8.0 and row["utts"] >= 10 and row["words"] > 0
         assert _finite(row["wer"]) and row["rtf"] > 0 and row["blocks"] > 0
         assert 0 < row["state_bytes_max"] <= bound
         # a minute of audio crosses the forced cut (20 s) at least twice, plus the segment finish() closes
