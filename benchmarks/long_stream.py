@@ -43,8 +43,6 @@ import bisect
 import json
 import math
 import os
-import platform
-import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -58,7 +56,7 @@ from edgeasr.data.manifest import read_manifest
 from edgeasr.decoding.recognizer import MODES, DecodeOptions, Recognizer
 from edgeasr.errors import EdgeAsrError
 from edgeasr.evaluate.metrics import ErrorCounts, word_errors
-from edgeasr.evaluate.report import save_result
+from edgeasr.evaluate.report import run_facts, save_result
 from edgeasr.model.package import load_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,17 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     del warm
 
     rules = recognizer.endpoint_rules
-    command = "python benchmarks/long_stream.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {
-        "benchmark": "long_stream",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, 1 thread",
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "command": command,
+        **run_facts("long_stream", "benchmarks/long_stream.py", sys.argv[1:] if argv is None else argv),
         "model": {
             "directory": str(args.model),
             "encoder": type(recognizer.model.encoder).__name__,

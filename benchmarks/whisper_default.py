@@ -28,9 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -45,7 +42,8 @@ from edgeasr.data.manifest import read_manifest
 from edgeasr.decoding.recognizer import MODES, DecodeOptions, Recognizer
 from edgeasr.errors import EdgeAsrError
 from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
-from edgeasr.evaluate.report import baseline_chunks_label, save_result, whisper_speed_rows, whisper_targets
+from edgeasr.evaluate.report import (baseline_chunks_label, run_facts, save_result, whisper_speed_rows,
+                                     whisper_targets)
 from edgeasr.model.package import load_model_dir
 from edgeasr.model.pretrained import PretrainedSource
 
@@ -508,17 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         if not utts:
             raise EdgeAsrError(f"{path}: no utterances")
         data[name] = (utts, [load_audio(u.audio) for u in utts])
-    command = "python benchmarks/whisper_default.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {
-        "benchmark": "whisper_default",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, 1 thread",
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "command": command,
+        **run_facts("whisper_default", "benchmarks/whisper_default.py", sys.argv[1:] if argv is None else argv),
         "recipe": args.recipe,
         "model": info,
         "chunk_sizes": chunks,

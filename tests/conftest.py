@@ -46,3 +46,14 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
     tone = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in (220, 440, 1250, 2600))
     return (0.1 * envelope * tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def whisper_imported(tmp_path_factory):
+    """Whisper tiny.en imported from the installed package (linked), with an untrained CTC head:
+    real encoder and decoder, so plumbing and second passes are real; the head's text is noise."""
+    from edgeasr.model.whisper_import import import_whisper
+
+    out = tmp_path_factory.mktemp("whisper") / "model"
+    import_whisper(None, out, link=True)
+    return out

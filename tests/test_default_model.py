@@ -4,7 +4,6 @@ These run the real model in models/default (Whisper tiny.en's encoder and decode
 package, the CTC head trained here) on the bundled sample clips, held-out voices and sentences.
 """
 
-import json
 import tomllib
 from pathlib import Path
 

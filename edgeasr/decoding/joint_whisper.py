@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -35,29 +36,38 @@ NEG = -1e30
 
 @dataclass
 class TokenSpelling:
-    """chars[t]: unit ids token t adds (None: never propose it); starts_word[t]: leading space."""
+    """chars[t]: the unit ids Whisper token t adds (None: never propose it)."""
 
     chars: list[tuple[int, ...] | None]
-    starts_word: list[bool]
+
+
+@lru_cache(maxsize=4)
+def _spelling(tokenizer_json: str, eot: int, units: tuple[str, ...]) -> TokenSpelling:
+    from edgeasr.text.whisper_tokenizer import WhisperTokenizer
+
+    return _spell(WhisperTokenizer(tokenizer_json, eot=eot), Tokenizer("char", list(units)))
 
 
 def spell_whisper_tokens(whisper_tokenizer, tokenizer: Tokenizer) -> TokenSpelling:
-    """Our units for every Whisper text token (ids below end-of-text)."""
+    """Our units for every Whisper text token (ids below end-of-text); built once per process
+    for a pair of tokenizers (~50k token decodes), however many recognizers share them."""
+    if tokenizer.kind != "char":
+        raise ValueError("the joint search spells Whisper's tokens in characters: a char tokenizer is needed")
+    return _spelling(str(whisper_tokenizer.path), whisper_tokenizer.eot, tuple(tokenizer.units))
+
+
+def _spell(whisper_tokenizer, tokenizer: Tokenizer) -> TokenSpelling:
     letters = set(TEXT_ALPHABET) - {" "}
     space_id = tokenizer.piece_to_id(SPACE)
     chars: list[tuple[int, ...] | None] = []
-    starts: list[bool] = []
-    raw = whisper_tokenizer._tokenizer
     for token in range(whisper_tokenizer.eot):
-        text = raw.decode([token])
+        text = whisper_tokenizer.token_text(token)
         if "\ufffd" in text:  # part of a multi-byte character: not English text
             chars.append(None)
-            starts.append(False)
             continue
         lowered = text.lower().replace("-", " ")
         if any(ch.isalnum() and ch not in letters for ch in lowered):
             chars.append(None)  # digits, accented or foreign letters
-            starts.append(False)
             continue
         units: list[int] = []
         for ch in lowered:
@@ -66,8 +76,7 @@ def spell_whisper_tokens(whisper_tokenizer, tokenizer: Tokenizer) -> TokenSpelli
             elif ch.isspace():
                 units.append(space_id)
         chars.append(tuple(units))
-        starts.append(text[:1].isspace())
-    return TokenSpelling(chars, starts)
+    return TokenSpelling(chars)
 
 
 class CTCPrefixScorer:
@@ -76,16 +85,15 @@ class CTCPrefixScorer:
     A state is (r_n, r_b): log P(prefix ends at frame t with a non-blank / blank), shape [T].
     """
 
-    def __init__(self, log_probs: torch.Tensor, blank: int = 0, space_id: int | None = None) -> None:
+    def __init__(self, log_probs: torch.Tensor, blank: int = 0) -> None:
         self.x = log_probs.double()
         self.frames = self.x.size(0)
         self.blank = blank
-        self.space_id = space_id
         self.blank_cum = torch.cumsum(self.x[:, blank], dim=0)  # B[t] = sum_{u<=t} log blank[u]
 
-    def initial(self) -> tuple[torch.Tensor, torch.Tensor, int, float]:
-        """(r_n, r_b, last unit, prefix log-prob) of the empty prefix."""
-        return torch.full((self.frames,), NEG, dtype=torch.float64), self.blank_cum.clone(), -1, 0.0
+    def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_n, r_b) of the empty prefix (its prefix log-probability is 0)."""
+        return torch.full((self.frames,), NEG, dtype=torch.float64), self.blank_cum.clone()
 
     def extend(self, r_n: torch.Tensor, r_b: torch.Tensor, last: torch.Tensor, units: torch.Tensor,
                empty: torch.Tensor):
@@ -130,9 +138,6 @@ class _Beam:
     ctc: float
     att: float
 
-    def score(self, ctc_weight: float) -> float:
-        return ctc_weight * self.ctc + (1 - ctc_weight) * self.att
-
 
 def _spelled(beam_units: list[int], token_units: tuple[int, ...], space_id: int) -> list[int]:
     """Units a token appends after ``beam_units``: no leading, doubled or trailing-start spaces."""
@@ -159,8 +164,8 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
     when every live hypothesis trails the best finished one by ``end_margin`` (or at
     ``max_tokens``) instead of at the first finished hypothesis that beats them all.
     """
-    scorer = CTCPrefixScorer(ctc_log_probs, blank, space_id)
-    r_n, r_b, _, _ = scorer.initial()
+    scorer = CTCPrefixScorer(ctc_log_probs, blank)
+    r_n, r_b = scorer.initial()
     beams = [_Beam([], [], r_n, r_b, 0.0, 0.0)]
     finished: list[tuple[list[int], list[int], float]] = []
     eot = decoder.config.eot_id
@@ -180,7 +185,7 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
         log_probs = logits.log_softmax(dim=-1)
         offset += step.size(1)
         top = log_probs.topk(candidates_per_beam, dim=-1)
-        rows, extensions = [], []
+        rows = []
         for b, beam in enumerate(beams):
             # End of text: the CTC probability of the whole hypothesis
             eos_att = beam.att + float(log_probs[b, eot])

@@ -230,17 +230,17 @@ class Recognizer:
         return build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
 
 
-def join_segments(segments: list[tuple[float, Result]], is_final: bool, audio_seconds: float | None = None) -> Result:
+def join_segments(segments: list[tuple[float, Result]], is_final: bool) -> Result:
     """One result from the results of consecutive segments, each with its start time (seconds).
 
     Words and token times are shifted by their segment's start; confidence is the word-weighted
     mean; the n-best of a multi-segment result is the joined best paths (one entry).
     """
-    texts = [r.text for _, r in segments if r.text]
     if len(segments) == 1 and segments[0][0] == 0.0:
         result = segments[0][1]
         result.is_final = is_final
         return result
+    texts = [r.text for _, r in segments if r.text]
     words, tokens, times = [], [], []
     for offset, result in segments:
         words += [Word(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.confidence) for w in result.words]
@@ -303,16 +303,20 @@ class StreamingSession:
         out = self.encoder.accept(feats) if feats.numel() else torch.zeros(0, model.encoder.output_dim)
         if final:
             out = torch.cat([out, self.encoder.finish()])
-        if out.size(0):
-            if self.keep_encoded:
-                self.encoded.append(out)
-            log_probs = model.ctc_log_probs(out)
-            self.search.step(log_probs)
-            self.blank_tracker.update(log_probs)
+        self._decode_frames(out)
 
-    def _segment_result(self, final: bool) -> Result:
+    def _decode_frames(self, out: torch.Tensor) -> None:
+        """Encoder frames of this segment into the search, the endpointer and (rescoring) the store."""
+        if not out.size(0):
+            return
+        if self.keep_encoded:
+            self.encoded.append(out)
+        log_probs = self.recognizer.model.ctc_log_probs(out)
+        self.search.step(log_probs)
+        self.blank_tracker.update(log_probs)
+
+    def _segment_result(self, start: float, final: bool) -> Result:
         rec = self.recognizer
-        start = self.segment_start_frames * rec.frame_seconds
         # The last segment runs to the end of the audio; earlier ones to their last frame.
         seconds = (self.samples_seen / rec.frontend.sample_rate - start if final
                    else self.blank_tracker.frames * rec.frame_seconds)
@@ -325,15 +329,9 @@ class StreamingSession:
     def _close_segment(self, final: bool) -> None:
         """Flush the encoder into this segment, finalize it, and start the next one."""
         if not final:
-            out = self.encoder.finish()
-            if out.size(0):
-                if self.keep_encoded:
-                    self.encoded.append(out)
-                log_probs = self.recognizer.model.ctc_log_probs(out)
-                self.search.step(log_probs)
-                self.blank_tracker.update(log_probs)
+            self._decode_frames(self.encoder.finish())
         start = self.segment_start_frames * self.recognizer.frame_seconds
-        result = self._segment_result(final)
+        result = self._segment_result(start, final)
         self.segment_start_frames += self.blank_tracker.frames
         if result.text or not self.segments:
             self.segments.append((start, result))
@@ -345,10 +343,10 @@ class StreamingSession:
         """True when the last ``accept`` ended a segment (its text is final from now on)."""
         return self.endpoint
 
-    def _current(self, is_final: bool) -> Result:
+    def _current(self, best: list, is_final: bool) -> Result:
+        """The whole stream so far: finished segments and ``best``, the open segment's best path."""
         rec = self.recognizer
         parts = [(s, r) for s, r in self.segments if r.text]
-        best = self.search.nbest(1)
         if best and best[0].tokens:
             start = self.segment_start_frames * rec.frame_seconds
             parts.append((start, build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)))
@@ -367,12 +365,14 @@ class StreamingSession:
         self.samples_seen += samples.size
         self._consume(self.fbank.accept(samples), final=False)
         self.endpoint = False
+        best = self.search.nbest(1)  # one sort of the beams per call, shared below
         if self.rules is not None:
-            has_text = bool(self.search.nbest(1) and self.search.nbest(1)[0].tokens)
+            has_text = bool(best and best[0].tokens)
             if endpoint_reached(self.rules, self.blank_tracker, self.recognizer.frame_seconds, has_text):
                 self._close_segment(final=False)
                 self.endpoint = True
-        return self._current(is_final=False)
+                best = self.search.nbest(1)  # the new, empty segment's
+        return self._current(best, is_final=False)
 
     @torch.no_grad()
     def finish(self) -> Result:

@@ -23,6 +23,8 @@ Whisper score and loses. The winner's token times come from a CTC forced alignme
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -97,8 +99,7 @@ class WhisperSecondPass:
 
     def __init__(self, model, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
                  ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
-                 generate: bool = True, search: str = "joint", joint_beam: int = 3,
-                 int8_logits: bool = True) -> None:
+                 search: str = "joint", joint_beam: int = 3, int8_logits: bool = True) -> None:
         if search not in ("joint", "rescore"):
             raise ValueError(f"second-pass search must be 'joint' or 'rescore', not {search!r}")
         if model.whisper_decoder is None:
@@ -110,13 +111,12 @@ class WhisperSecondPass:
         self.ctc_weight = ctc_weight
         self.length_bonus = length_bonus
         self.beam_size = beam_size
-        self.generate = generate
         self.search = search
         self.joint_beam = joint_beam
         #: hypotheses kept (and force-aligned for their times) in a result's n-best
         self.nbest = 5
-        #: our units for each Whisper token (~50k), built with the recognizer so the first
-        #: segment's latency does not include it
+        #: our units for each Whisper token (~50k), built with the recognizer (once per process)
+        #: so the first segment's latency does not include it
         self._spelling = None
         if search == "joint":
             from edgeasr.decoding.joint_whisper import spell_whisper_tokens
@@ -133,31 +133,44 @@ class WhisperSecondPass:
         return int(min(200, 10 + 2 * words))
 
     def _joint(self, encoded: torch.Tensor, log_probs: torch.Tensor) -> list[tuple[Hypothesis, float]]:
-        from edgeasr.decoding.joint_whisper import joint_beam_search, spell_whisper_tokens
+        from edgeasr.decoding.joint_whisper import joint_beam_search
         from edgeasr.text.tokenizer import SPACE
 
-        if self._spelling is None:
-            self._spelling = spell_whisper_tokens(self.whisper_tokenizer, self.tokenizer)
         space_id = self.tokenizer.piece_to_id(SPACE)
         found = joint_beam_search(self.model.whisper_decoder, encoded, log_probs, self.prompt, self._spelling,
                                   space_id, beam_size=self.joint_beam, candidates_per_beam=5,
                                   ctc_weight=self.ctc_weight,
                                   max_tokens=self._joint_max_tokens(log_probs), blank=self.model.blank_id,
                                   length_bonus=self.length_bonus)
-        frames = log_probs.detach().numpy()
-        ranked, seen = [], set()
+        candidates, seen = [], set()
         for _, units, score in found:  # best first; the same text may end several beams
             text = self.tokenizer.decode(units)
-            if text in seen:
-                continue
-            seen.add(text)
+            if text not in seen and math.isfinite(score):
+                seen.add(text)
+                # canonical spelling (spaces collapsed); the joint score stands for both scores
+                candidates.append((self.tokenizer.encode(text), score, score))
+        return self._with_times(log_probs, candidates)
+
+    def _with_times(self, log_probs: torch.Tensor, candidates: list[tuple[list[int], float, float]]
+                    ) -> list[tuple[Hypothesis, float]]:
+        """(units, CTC score, total) best first -> the n-best, the best with token times.
+
+        Only the winner's times are ever shown (the n-best lists texts and scores), so only it is
+        force-aligned; a candidate whose units cannot fit the frames is passed over.
+        """
+        frames = log_probs.detach().numpy()
+        ranked: list[tuple[Hypothesis, float]] = []
+        for units, ctc, total in candidates:
             if len(ranked) >= self.nbest:
                 break
-            units = self.tokenizer.encode(text)  # canonical spelling (spaces collapsed)
-            times, probs = ctc_align(frames, units, self.model.blank_id)
-            if len(times) != len(units):
-                continue
-            ranked.append((Hypothesis(tuple(units), score, tuple(times), tuple(probs)), score))
+            times: tuple = ()
+            probs: tuple = ()
+            if not ranked:
+                aligned_times, aligned_probs = ctc_align(frames, units, self.model.blank_id)
+                if len(aligned_times) != len(units):
+                    continue
+                times, probs = tuple(aligned_times), tuple(aligned_probs)
+            ranked.append((Hypothesis(tuple(units), ctc, times, probs), total))
         return ranked
 
     def _max_tokens(self, texts: list[str]) -> int:
@@ -182,7 +195,7 @@ class WhisperSecondPass:
             text = self.tokenizer.decode(hyp.tokens)
             if text not in texts:
                 texts.append(text)
-        if self.generate and encoded.size(1) > 0:
+        if encoded.size(1) > 0:
             ids = model.whisper_decoder.greedy(encoded, self.prompt, self._max_tokens(texts))
             text = normalize_text(self.whisper_tokenizer.decode(ids))
             if text not in texts:
@@ -196,14 +209,6 @@ class WhisperSecondPass:
                                                        encoded)
         chars = torch.tensor([len(u) for u in units], dtype=torch.float32)
         total = self.ctc_weight * ctc + (1 - self.ctc_weight) * att.float() + self.length_bonus * chars
-        ranked = []
-        frames = log_probs.detach().numpy()
-        for index in torch.argsort(total, descending=True).tolist():
-            if not torch.isfinite(total[index]):
-                continue
-            times, probs = ctc_align(frames, units[index], model.blank_id)
-            if len(times) != len(units[index]):
-                continue
-            hyp = Hypothesis(tuple(units[index]), float(ctc[index]), tuple(times), tuple(probs))
-            ranked.append((hyp, float(total[index])))
-        return ranked, log_probs
+        order = [i for i in torch.argsort(total, descending=True).tolist() if torch.isfinite(total[i])]
+        candidates = [(units[i], float(ctc[i]), float(total[i])) for i in order]
+        return self._with_times(log_probs, candidates), log_probs

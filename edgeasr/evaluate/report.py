@@ -555,6 +555,31 @@ def onnx_parity_section(result: dict, name: str) -> list[str]:
     return lines
 
 
+def run_facts(benchmark: str, script: str, argv: list[str]) -> dict:
+    """What every result records about its run: the machine, versions, threads, load, command.
+
+    The load average is kept because speeds here are measured on shared machines."""
+    import os
+    import platform
+    import shlex
+    import time
+
+    import torch
+
+    return {
+        "benchmark": benchmark,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "command": f"python {script} " + shlex.join(argv),
+    }
+
+
 def save_result(result: dict, out: str | Path, report: str | Path) -> Path:
     """Write a benchmark's result JSON (atomically) and regenerate the report from its folder."""
     out = Path(out)

@@ -254,13 +254,14 @@ def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
 _FRESH_STATE = tuple(f".{q}.{b}" for q in ("input_quant", "output_quant") for b in ("low", "high", "initialized"))
 
 
-def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str],
+def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str] | PackagedModel,
                       layers: list[int] | None = None) -> PackagedModel:
     """Copy a packaged model's weights (CMVN included) into ``model``, whose config may add
     quantizers (their ranges start fresh) or gate predictors (they start fresh) but must
     otherwise match; returns the source package. ``layers`` picks which source encoder layers
-    fill the model's layers, in order (layer pruning: a shallower model from a deeper one)."""
-    source = load_model_dir(name_or_path)
+    fill the model's layers, in order (layer pruning: a shallower model from a deeper one).
+    The source may be a package already loaded (the trainer reads its config first)."""
+    source = name_or_path if isinstance(name_or_path, PackagedModel) else load_model_dir(name_or_path)
     state = source.model.state_dict()
     if layers is not None:
         available = len(source.model.encoder.layers)

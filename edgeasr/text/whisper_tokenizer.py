@@ -34,5 +34,9 @@ class WhisperTokenizer:
             return []
         return self._tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
 
+    def token_text(self, token: int) -> str:
+        """One token's text exactly as it adds it (leading space kept, no stripping)."""
+        return self._tokenizer.decode([token])
+
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode([i for i in ids if i < self.eot]).strip()

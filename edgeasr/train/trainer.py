@@ -237,7 +237,7 @@ def train(
         )
         if not (tok_dir / "tokenizer.json").exists():
             if cfg.init_from:
-                load_model_dir(cfg.init_from).tokenizer.save(tok_dir)
+                source.tokenizer.save(tok_dir)
             else:
                 Tokenizer.train((u.text for u in train_utts), seed=cfg.seed, **exp.tokenizer).save(tok_dir)
         build_feature_store(train_utts, store_dir / "train", options, tuple(cfg.speeds),
@@ -253,7 +253,7 @@ def train(
     torch.manual_seed(cfg.seed)
     model = ASRModel(model_config)
     if cfg.init_from:
-        load_weights_from(model, cfg.init_from, cfg.init_layers)
+        load_weights_from(model, source, cfg.init_layers)
     elif options.kind == "fbank":
         model.set_cmvn(*compute_cmvn_from_store(train_store))
     # (A pretrained encoder's front end is already normalised the way it was trained: no CMVN.)
