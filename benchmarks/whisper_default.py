@@ -441,7 +441,6 @@ def model_card(result: dict) -> str:
         "```sh",
         "edgeasr corpus synth --hours 4 --out data/synth4 "
         "--engine-weights kokoro=2,hibari=2,piper=1.5,festival=1.5,flite=1.5,espeak=1",
-        "edgeasr import whisper --link --out exp/whisper-import",
         f"edgeasr train --config {result.get('recipe', 'configs/whisper/tiny_ctc_frozen.yaml')} "
         f"--data {_relative(corpus['path']) if corpus else 'data/synth4'} --out exp/whisper-ctc "
         "--set max_frames=12000 --set max_minutes=50 --set warmup_steps=200",

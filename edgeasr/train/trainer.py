@@ -78,6 +78,8 @@ class TrainConfig:
     sortagrad: bool = False
     #: Start from this model directory's weights, tokenizer and CMVN (fine-tuning, e.g. QAT from a
     #: float model). Layers the new config adds (quantizer ranges) start fresh; shapes must match.
+    #: ``whisper:tiny.en`` = Whisper tiny.en from the pinned package, imported (linked) into the
+    #: experiment's ``init/`` on the first run, so a recipe reproduces with one command.
     init_from: str | None = None
     #: With init_from: which source encoder layers to copy, in order (a pruned, shallower model
     #: initialized from a deeper one; the static-depth baseline of dynamic depth). None = all.
@@ -93,10 +95,32 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.init_from is not None and self.init_from.startswith(PRETRAINED_PREFIX) \
+                and self.init_from not in PRETRAINED_SOURCES:
+            raise ValueError(f"train.init_from: unknown pretrained model {self.init_from!r}; "
+                             f"known: {', '.join(PRETRAINED_SOURCES)} (or a model directory)")
         if self.average_by not in ("last", "best"):
             raise ValueError(f"train.average_by must be 'last' or 'best', got {self.average_by!r}")
         if self.max_steps < 1 or self.max_frames < 1 or self.accum_grad < 1:
             raise ValueError("train.max_steps, max_frames and accum_grad must be at least 1")
+
+
+#: init_from names of pretrained models imported on demand (``edgeasr import whisper --link``).
+PRETRAINED_PREFIX = "whisper:"
+PRETRAINED_SOURCES = ("whisper:tiny.en",)
+
+
+def init_source_dir(init_from: str, exp_dir: Path, create: bool = True) -> Path:
+    """The model directory ``init_from`` names: itself, or for a pretrained name the experiment's
+    ``init/``, imported there (linked to the pinned package) when ``create`` and not yet there."""
+    if not init_from.startswith(PRETRAINED_PREFIX):
+        return Path(init_from)
+    directory = exp_dir / "init"
+    if create and not (directory / "model.pt").exists():
+        from edgeasr.model.whisper_import import import_whisper
+
+        import_whisper(None, directory, link=True)
+    return directory
 
 
 @dataclass
@@ -218,7 +242,12 @@ def train(
         raise DataError(f"{data_dir}/train.jsonl: no usable utterances")
     # Fine-tuning inherits what it does not override: the source's front end and model config
     # (an imported Whisper model's dims, heads and decoder), merged key by key with the config's.
-    source = load_model_dir(cfg.init_from) if cfg.init_from else None
+    source = None
+    if cfg.init_from:
+        if world.main:
+            init_source_dir(cfg.init_from, out_dir)
+        world.barrier()
+        source = load_model_dir(init_source_dir(cfg.init_from, out_dir, create=False))
     options = frontend_from_dict(exp.features) if (exp.features or source is None) else source.features
     if source is not None:
         exp.model = {**source.model.config.to_dict(), **exp.model}
@@ -413,7 +442,7 @@ def package_experiment(
     model.load_state_dict(averaged)
     streaming = raw.get("streaming") or {"chunk_size": 16, "num_left_chunks": -1}
     init_from = (raw.get("train") or {}).get("init_from")
-    source = load_model_dir(init_from) if init_from else None
+    source = load_model_dir(init_source_dir(init_from, exp_dir)) if init_from else None
     return save_model_dir(out, model, tokenizer, frontend_from_dict(raw["features"]),
                           StreamingDefaults(**streaming), half=half,
                           pretrained=source.pretrained if source else None,
