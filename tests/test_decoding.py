@@ -34,10 +34,24 @@ def test_prefix_beam_search_with_a_wide_beam_is_exact(seed):
     torch.manual_seed(seed)
     log_probs = torch.log_softmax(torch.randn(5, 3) * 2, dim=-1)
     exact = sorted(brute_force_ctc(log_probs).items(), key=lambda kv: -kv[1])[:4]
-    found = ctc_prefix_beam_search(log_probs, beam_size=64)[:4]
+    # no token pruning: the search is then exact for a beam this wide
+    found = ctc_prefix_beam_search(log_probs, beam_size=64, token_threshold=math.inf)[:4]
     assert [h.tokens for h in found] == [tokens for tokens, _ in exact]
     for hyp, (_, p) in zip(found, exact):
         assert math.exp(hyp.score) == pytest.approx(p, rel=1e-6)
+
+
+def test_token_pruning_only_drops_what_cannot_matter():
+    """Tokens far below a frame's best are skipped: the best hypothesis stays the exact one's
+    on peaky (CTC-like) frames, and blank-only frames update the beams in place."""
+    torch.manual_seed(5)
+    logits = torch.randn(60, 8) * 4
+    logits[::2, 0] += 12  # every other frame nearly all blank, as CTC heads emit
+    log_probs = torch.log_softmax(logits, dim=-1)
+    exact = ctc_prefix_beam_search(log_probs, beam_size=8, token_threshold=math.inf)
+    pruned = ctc_prefix_beam_search(log_probs, beam_size=8, token_threshold=5.0)
+    assert pruned[0].tokens == exact[0].tokens
+    assert pruned[0].score == pytest.approx(exact[0].score, abs=0.05)
 
 
 def test_incremental_search_equals_one_shot_search():
@@ -150,7 +164,7 @@ def test_thirty_minutes_stream_with_bounded_memory(tiny_model):
     # Every 40 ms encoder frame of the half hour reached the search (the last partial chunk too).
     assert abs(session.search.frame_offset - 30 * 60 * 25) <= 2
     assert result.text
-    caches = session.encoder.att_caches
+    caches = session.runner.encoder.att_caches
     assert all(cache.size(2) <= 4 * 16 for cache in caches)
     growth = memory_at[30 * 60 - 1] - memory_at[5 * 60]
     assert growth < 30 * 2**20, f"memory grew by {growth / 2**20:.1f} MiB over 25 minutes of audio"

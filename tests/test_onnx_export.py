@@ -47,18 +47,9 @@ def variant_dir(request, tmp_path_factory):
 
 
 def run_onnx_encoder(out, feats: np.ndarray) -> np.ndarray:
-    rec = OnnxRecognizer.load(out)
-    session = rec.stream()
-    pieces = []
-    original = session._run
-
-    def capture(window):
-        outputs = rec.encoder.run(None, {"feats": window[None], **dict(zip(rec.cache_inputs, session.caches))})
-        pieces.append(outputs[0][0])
-        original(window)
-
-    session._run = capture
-    session._consume(torch.from_numpy(feats), final=True)
+    """The ONNX backend's chunk runner over ``feats``: every encoder frame, the flush included."""
+    runner = OnnxRecognizer.load(out).chunk_runner()
+    pieces = [encoded for encoded, _ in (runner.accept(feats), runner.finish()) if encoded is not None]
     return np.concatenate(pieces)
 
 
@@ -116,7 +107,7 @@ def test_limited_left_context_keeps_onnx_caches_bounded(tiny_model, tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(20):
         session.accept(rng.normal(scale=0.1, size=3200).astype(np.float32))
-    att = [c for name, c in zip(rec.cache_inputs, session.caches) if name.startswith("att")]
+    att = [c for name, c in zip(rec.cache_inputs, session.runner.caches) if name.startswith("att")]
     assert att and all(c.shape[2] <= 8 for c in att)
 
 

@@ -113,8 +113,8 @@ def test_long_stream_is_cut_into_segments_with_flat_state(whisper_model):
     for start in range(0, len(stream_audio), 16000):
         session.accept(stream_audio[start : start + 16000])
         endpoints += session.is_endpoint()
-        sizes.append(session.encoder.state_bytes())
-        assert session.encoder.frames_encoded <= recognizer.max_segment_frames
+        sizes.append(session.runner.encoder.state_bytes())
+        assert session.runner.encoder.frames_encoded <= recognizer.max_segment_frames
     session.finish()
     assert endpoints >= 2  # 75 s cannot be one segment
     assert max(sizes) <= 1.05 * max(sizes[:30])  # state bounded by the segment, not the stream

@@ -11,8 +11,9 @@ plain Python, so the ONNX runtime uses it without torch.
 
 from __future__ import annotations
 
+import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,13 +27,6 @@ def _as_array(log_probs) -> np.ndarray:
     return np.asarray(log_probs, dtype=np.float32)
 
 
-def _logadd(*values: float) -> float:
-    top = max(values)
-    if top == NEG_INF:
-        return NEG_INF
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
 @dataclass
 class Hypothesis:
     tokens: tuple[int, ...]
@@ -41,6 +35,8 @@ class Hypothesis:
     times: tuple[int, ...] = ()
     #: per-token posterior at its emission frame, for confidence
     token_probs: tuple[float, ...] = ()
+    #: the fused scorer's score (weighted LM, word bonus, hotword boosts); 0 without one
+    fused_score: float = 0.0
 
 
 class GreedySearch:
@@ -83,95 +79,208 @@ def ctc_greedy(log_probs, blank: int = 0) -> Hypothesis:
     return search.nbest()[0]
 
 
-@dataclass
 class _Beam:
-    blank: float = NEG_INF  # log P(prefix, path ends in blank)
-    nonblank: float = NEG_INF  # log P(prefix, path ends in its last token)
-    times: tuple[int, ...] = ()
-    probs: tuple[float, ...] = ()
-    #: best log-prob of the last token's frame so far, to place its timestamp at its peak
-    last_peak: float = NEG_INF
+    """One prefix: CTC log-probabilities of its paths and what the fused scorer says of it.
 
-    @property
-    def total(self) -> float:
-        return _logadd(self.blank, self.nonblank)
+    ``emitted`` is a cons list ``(frame, posterior, previous)`` of the prefix's token times, so
+    extending a prefix costs O(1) however long it is (tuples would be copied every frame)."""
+
+    __slots__ = ("blank", "nonblank", "total", "emitted", "last_peak", "state", "fused")
+
+    def __init__(self, blank: float = NEG_INF, nonblank: float = NEG_INF, emitted=None,
+                 last_peak: float = NEG_INF, state=None, fused: float = 0.0) -> None:
+        self.blank = blank  # log P(prefix, path ends in blank)
+        self.nonblank = nonblank  # log P(prefix, path ends in its last token)
+        self.total = NEG_INF
+        self.emitted = emitted
+        #: best log-prob of the last token's frame so far, to place its timestamp at its peak
+        self.last_peak = last_peak
+        self.state = state  # the fused scorer's state (None without one)
+        self.fused = fused  # the fused scorer's score of the prefix (LM, hotwords)
+
+    def copy(self) -> "_Beam":
+        return _Beam(emitted=self.emitted, last_peak=self.last_peak, state=self.state, fused=self.fused)
 
 
-@dataclass
+def _logadd2(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    if b == NEG_INF:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
+class _PrefixTrie:
+    """Prefixes as small integers: node 0 is the empty prefix, ``child(node, token)`` the prefix
+    one token longer. Hashing an int pair is O(1) where a tuple prefix costs its length on every
+    lookup. ``compact`` drops the nodes no live beam needs, so endless streams stay bounded."""
+
+    def __init__(self) -> None:
+        self.children: dict[tuple[int, int], int] = {}
+        self.parent = [-1]
+        self.token = [-1]
+
+    def child(self, node: int, token: int) -> int:
+        key = (node, token)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = len(self.parent)
+            self.parent.append(node)
+            self.token.append(token)
+        return found
+
+    def tokens(self, node: int) -> tuple[int, ...]:
+        out = []
+        while node > 0:
+            out.append(self.token[node])
+            node = self.parent[node]
+        return tuple(reversed(out))
+
+    def compact(self, live: list[int]) -> dict[int, int]:
+        """Keep only ``live`` nodes and their ancestors; returns old id -> new id."""
+        old_parent, old_token = self.parent, self.token
+        self.children, self.parent, self.token = {}, [-1], [-1]
+        mapping = {0: 0}
+        for node in live:
+            path = []
+            while node not in mapping:
+                path.append(node)
+                node = old_parent[node]
+            for old in reversed(path):
+                mapping[old] = self.child(mapping[old_parent[old]], old_token[old])
+        return mapping
+
+
+def _unroll(emitted) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    times, probs = [], []
+    while emitted is not None:
+        times.append(emitted[0])
+        probs.append(emitted[1])
+        emitted = emitted[2]
+    return tuple(reversed(times)), tuple(reversed(probs))
+
+
 class PrefixBeamSearch:
-    """Incremental CTC prefix beam search.
+    """Incremental CTC prefix beam search, optionally fused with a text scorer (LM, hotwords).
 
-    ``beam_size`` prefixes survive each frame; only the ``token_beam`` most likely tokens of a frame
-    are expanded (the rest cannot enter a small beam anyway), which keeps the cost linear in T.
+    ``beam_size`` prefixes survive each frame, ranked by CTC log-probability plus the scorer's
+    score. Per frame only the ``token_beam`` most likely tokens (default: the beam size) within
+    ``token_threshold`` nats of the frame's best are expanded: a token ~150 times less likely
+    than the best (5 nats) cannot lift a prefix into a small beam, and skipping it keeps the
+    search a small share of streaming time (measured in benchmarks/search_speed.py; with no
+    threshold the n-best is that of the exhaustive top-k search). Frames where only blank
+    remains update the beams in place without building new ones.
     """
 
-    beam_size: int = 10
-    blank: int = 0
-    token_beam: int | None = None
-    frame_offset: int = 0
-    beams: dict = field(default_factory=dict)
+    #: trie nodes kept before dead branches are dropped (a few MB)
+    compact_after = 200_000
 
-    def __post_init__(self) -> None:
+    def __init__(self, beam_size: int = 10, blank: int = 0, token_beam: int | None = None,
+                 token_threshold: float = 5.0, scorer=None, piece_texts: list[str] | None = None) -> None:
+        if scorer is not None and piece_texts is None:
+            raise ValueError("a fused scorer needs the text of every token (fusion.piece_texts)")
+        self.beam_size = beam_size
+        self.blank = blank
+        self.token_beam = token_beam
+        self.token_threshold = token_threshold
+        self.scorer = scorer
+        self.piece_texts = piece_texts
+        self._advance: dict = {}
         self.reset()
 
     def reset(self) -> None:
-        self.beams = {(): _Beam(blank=0.0)}
+        root = _Beam(blank=0.0, state=self.scorer.initial() if self.scorer is not None else None)
+        root.total = 0.0
+        self.trie = _PrefixTrie()
+        self.beams: dict[int, _Beam] = {0: root}
         self.frame_offset = 0
+
+    def _extend(self, beam: _Beam, token: int, frame: int, lp: float) -> _Beam:
+        state, fused = None, 0.0
+        if self.scorer is not None:
+            key = (beam.state, token)
+            hit = self._advance.get(key)
+            if hit is None:
+                hit = self._advance[key] = self.scorer.advance(beam.state, self.piece_texts[token])
+            fused = beam.fused + hit[0]
+            state = hit[1]
+        return _Beam(emitted=(frame, math.exp(lp), beam.emitted), last_peak=lp, state=state, fused=fused)
 
     def step(self, log_probs) -> None:
         """Consume log_probs [T, V] of the next frames."""
         scores = _as_array(log_probs)
+        if scores.shape[0] == 0:
+            return
+        blank, trie = self.blank, self.trie
         token_beam = min(self.token_beam or self.beam_size, scores.shape[-1])
         values, indices = _top_tokens(scores, token_beam)
         for t in range(len(values)):
             frame = self.frame_offset + t
-            next_beams: dict[tuple[int, ...], _Beam] = {}
-
-            def get(prefix, source: _Beam) -> _Beam:
-                beam = next_beams.get(prefix)
-                if beam is None:
-                    beam = _Beam(times=source.times, probs=source.probs, last_peak=source.last_peak)
-                    next_beams[prefix] = beam
-                return beam
-
-            for token, lp in zip(indices[t], values[t]):
-                for prefix, beam in self.beams.items():
-                    if token == self.blank:
-                        target = get(prefix, beam)
-                        target.blank = _logadd(target.blank, beam.total + lp)
+            floor = values[t][0] - self.token_threshold
+            candidates = [(token, lp) for token, lp in zip(indices[t], values[t]) if lp >= floor]
+            if len(candidates) == 1 and candidates[0][0] == blank:
+                lp = candidates[0][1]
+                for beam in self.beams.values():  # only blank: every prefix stays, in the same order
+                    beam.blank = beam.total + lp
+                    beam.nonblank = NEG_INF
+                    beam.total = beam.blank
+                continue
+            next_beams: dict[int, _Beam] = {}
+            for node, beam in self.beams.items():
+                last = trie.token[node]
+                for token, lp in candidates:
+                    if token == blank:
+                        target = next_beams.get(node)
+                        if target is None:
+                            target = next_beams[node] = beam.copy()
+                        target.blank = _logadd2(target.blank, beam.total + lp)
                         continue
-                    last = prefix[-1] if prefix else None
                     if token == last:
-                        # Repeat without blank in between: same prefix, token continues.
-                        target = get(prefix, beam)
-                        target.nonblank = _logadd(target.nonblank, beam.nonblank + lp)
-                        if lp > target.last_peak and target.times:
-                            target.times = target.times[:-1] + (frame,)
-                            target.probs = target.probs[:-1] + (math.exp(lp),)
+                        # Repeat without blank in between: same prefix, the token continues.
+                        target = next_beams.get(node)
+                        if target is None:
+                            target = next_beams[node] = beam.copy()
+                        target.nonblank = _logadd2(target.nonblank, beam.nonblank + lp)
+                        if lp > target.last_peak and target.emitted is not None:
+                            target.emitted = (frame, math.exp(lp), target.emitted[2])
                             target.last_peak = lp
-                        # Repeat after a blank: a new token.
-                        extended = prefix + (token,)
-                        new = next_beams.get(extended)
-                        if new is None:
-                            new = _Beam(times=beam.times + (frame,), probs=beam.probs + (math.exp(lp),), last_peak=lp)
-                            next_beams[extended] = new
-                        new.nonblank = _logadd(new.nonblank, beam.blank + lp)
+                        source = beam.blank  # a repeat after a blank is a new token
+                        if source == NEG_INF:
+                            continue
                     else:
-                        extended = prefix + (token,)
-                        new = next_beams.get(extended)
-                        if new is None:
-                            new = _Beam(times=beam.times + (frame,), probs=beam.probs + (math.exp(lp),), last_peak=lp)
-                            next_beams[extended] = new
-                        new.nonblank = _logadd(new.nonblank, beam.total + lp)
-            ranked = sorted(next_beams.items(), key=lambda item: item[1].total, reverse=True)
-            self.beams = dict(ranked[: self.beam_size])
+                        source = beam.total
+                    extended = trie.child(node, token)
+                    new = next_beams.get(extended)
+                    if new is None:
+                        new = next_beams[extended] = self._extend(beam, token, frame, lp)
+                    new.nonblank = _logadd2(new.nonblank, source + lp)
+            for beam in next_beams.values():
+                beam.total = _logadd2(beam.blank, beam.nonblank)
+            if len(next_beams) > self.beam_size:
+                next_beams = dict(heapq.nlargest(self.beam_size, next_beams.items(),
+                                                 key=lambda item: item[1].total + item[1].fused))
+            self.beams = next_beams
         self.frame_offset += len(values)
+        if len(trie.parent) > self.compact_after:
+            mapping = trie.compact(list(self.beams))
+            self.beams = {mapping[node]: beam for node, beam in self.beams.items()}
+        if len(self._advance) > self.compact_after:
+            self._advance.clear()
 
     def nbest(self, n: int | None = None) -> list[Hypothesis]:
-        ranked = sorted(self.beams.items(), key=lambda item: item[1].total, reverse=True)
-        return [
-            Hypothesis(prefix, beam.total, beam.times, beam.probs) for prefix, beam in ranked[: n or len(ranked)]
-        ]
+        """Best first, by CTC plus the fused score, with the scorer's end-of-hypothesis terms
+        (the LM's last word and ``</s>``, unfinished hotwords' credit given back)."""
+        scorer = self.scorer
+        ranked = []
+        for node, beam in self.beams.items():
+            fused = beam.fused + (scorer.finish(beam.state) if scorer is not None else 0.0)
+            ranked.append((beam.total + fused, node, beam, fused))
+        ranked.sort(key=lambda item: item[0], reverse=True)
+        out = []
+        for _, node, beam, fused in ranked[: n or len(ranked)]:
+            times, probs = _unroll(beam.emitted)
+            out.append(Hypothesis(self.trie.tokens(node), beam.total, times, probs, fused))
+        return out
 
 
 def _top_tokens(scores: np.ndarray, k: int) -> tuple[list, list]:
@@ -187,8 +296,8 @@ def _top_tokens(scores: np.ndarray, k: int) -> tuple[list, list]:
     return values.tolist(), indices.tolist()
 
 
-def ctc_prefix_beam_search(log_probs, beam_size: int = 10, blank: int = 0) -> list[Hypothesis]:
-    """log_probs [T, V] -> n-best hypotheses, best first."""
-    search = PrefixBeamSearch(beam_size=beam_size, blank=blank)
+def ctc_prefix_beam_search(log_probs, beam_size: int = 10, blank: int = 0, **options) -> list[Hypothesis]:
+    """log_probs [T, V] -> n-best hypotheses, best first (``options``: see PrefixBeamSearch)."""
+    search = PrefixBeamSearch(beam_size=beam_size, blank=blank, **options)
     search.step(log_probs)
     return search.nbest()

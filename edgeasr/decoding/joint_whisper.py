@@ -137,6 +137,8 @@ class _Beam:
     r_b: torch.Tensor
     ctc: float
     att: float
+    state: object = None  # the fused scorer's (LM, hotwords)
+    fused: float = 0.0
 
 
 def _spelled(beam_units: list[int], token_units: tuple[int, ...], space_id: int) -> list[int]:
@@ -155,7 +157,8 @@ def _spelled(beam_units: list[int], token_units: tuple[int, ...], space_id: int)
 def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tensor, prompt: list[int],
                       spelling: TokenSpelling, space_id: int, beam_size: int = 4, ctc_weight: float = 0.5,
                       candidates_per_beam: int = 8, max_tokens: int = 200, blank: int = 0,
-                      length_bonus: float = 0.0, end_margin: float = 8.0) -> list[tuple[list[int], list[int], float]]:
+                      length_bonus: float = 0.0, end_margin: float = 8.0, text_scorer=None,
+                      unit_texts: list[str] | None = None) -> list[tuple[list[int], list[int], float]]:
     """Hypotheses [(whisper tokens, our units, joint score)], best first, for encoded [1, T, D].
 
     ``length_bonus`` is added per unit (character) of a hypothesis: both scores only fall as a
@@ -163,10 +166,14 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
     for the characters the audio holds. With a bonus, live scores can rise, so the search ends
     when every live hypothesis trails the best finished one by ``end_margin`` (or at
     ``max_tokens``) instead of at the first finished hypothesis that beats them all.
+
+    ``text_scorer`` (edgeasr.decoding.fusion: word LM, hotwords) adds its score of the text each token
+    spells (``unit_texts``: the text of each of our units), and its end terms at end-of-text.
     """
     scorer = CTCPrefixScorer(ctc_log_probs, blank)
     r_n, r_b = scorer.initial()
-    beams = [_Beam([], [], r_n, r_b, 0.0, 0.0)]
+    beams = [_Beam([], [], r_n, r_b, 0.0, 0.0, text_scorer.initial() if text_scorer is not None else None)]
+    advanced: dict = {}
     finished: list[tuple[list[int], list[int], float]] = []
     eot = decoder.config.eot_id
     cross_one = decoder.cross_keys_values(encoded[:1])
@@ -191,13 +198,21 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
             eos_att = beam.att + float(log_probs[b, eot])
             eos_ctc = float(scorer.final(beam.r_n[None], beam.r_b[None])[0])
             if beam.units:
+                end = beam.fused + (text_scorer.finish(beam.state) if text_scorer is not None else 0.0)
                 finished.append((beam.tokens, beam.units, ctc_weight * eos_ctc + (1 - ctc_weight) * eos_att
-                                 + length_bonus * len(beam.units)))
+                                 + length_bonus * len(beam.units) + end))
             for value, token in zip(top.values[b].tolist(), top.indices[b].tolist()):
                 if token == eot or not math.isfinite(value):
                     continue
                 units = _spelled(beam.units, spelling.chars[token], space_id)
-                rows.append((b, token, beam.att + value, units))
+                fused, state = beam.fused, beam.state
+                if text_scorer is not None and units:
+                    key = (state, tuple(units))
+                    hit = advanced.get(key)
+                    if hit is None:
+                        hit = advanced[key] = text_scorer.advance(state, "".join(unit_texts[u] for u in units))
+                    fused, state = fused + hit[0], hit[1]
+                rows.append((b, token, beam.att + value, units, fused, state))
         if not rows:
             break
         # CTC prefix scores of every extension, one unit position at a time, all rows together
@@ -219,7 +234,8 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
             last[idx] = units
             lengths[idx] += 1
         scored = [(ctc_weight * float(ctc[i]) + (1 - ctc_weight) * rows[i][2]
-                   + length_bonus * (len(beams[rows[i][0]].units) + len(rows[i][3])), i) for i in range(count)]
+                   + length_bonus * (len(beams[rows[i][0]].units) + len(rows[i][3])) + rows[i][4], i)
+                  for i in range(count)]
         scored.sort(reverse=True)
         best_finished = max((s for *_, s in finished), default=-math.inf)
         chosen = [i for _, i in scored[:beam_size]]
@@ -228,9 +244,10 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
             break  # every live hypothesis trails a finished one (without a bonus, scores only fall)
         new_beams, order = [], []
         for i in chosen:
-            b, token, att, units = rows[i]
+            b, token, att, units, fused, state = rows[i]
             parent = beams[b]
-            new_beams.append(_Beam(parent.tokens + [token], parent.units + units, r_n[i], r_b[i], float(ctc[i]), att))
+            new_beams.append(_Beam(parent.tokens + [token], parent.units + units, r_n[i], r_b[i], float(ctc[i]), att,
+                                   state, fused))
             order.append(b)
         index = torch.tensor(order)
         caches = [(k.index_select(0, index), v.index_select(0, index)) for k, v in caches]

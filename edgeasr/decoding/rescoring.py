@@ -46,5 +46,6 @@ def attention_rescore(
     if model.reverse_decoder is not None and reverse_weight > 0:
         reverse = _decoder_scores(model, model.reverse_decoder, hyps, encoded, reverse=True)
         scores = (1 - reverse_weight) * scores + reverse_weight * reverse
-    combined = [(hyp, float(att) + ctc_weight * hyp.score) for hyp, att in zip(hyps, scores)]
+    # The fused score (LM, hotwords) the first pass gave each hypothesis counts here too.
+    combined = [(hyp, float(att) + ctc_weight * hyp.score + hyp.fused_score) for hyp, att in zip(hyps, scores)]
     return sorted(combined, key=lambda item: item[1], reverse=True)

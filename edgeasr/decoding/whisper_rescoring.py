@@ -124,6 +124,9 @@ class WhisperSecondPass:
             self._spelling = spell_whisper_tokens(whisper_tokenizer, tokenizer)
         if int8_logits:
             model.whisper_decoder.use_int8()
+        from edgeasr.decoding.fusion import piece_texts
+
+        self._unit_texts = piece_texts(tokenizer)
 
     def _joint_max_tokens(self, log_probs: torch.Tensor) -> int:
         """A cap on Whisper tokens from the CTC best path: twice its words, plus room."""
@@ -132,7 +135,7 @@ class WhisperSecondPass:
         words = len(self.tokenizer.decode(ctc_greedy(log_probs, self.model.blank_id).tokens).split())
         return int(min(200, 10 + 2 * words))
 
-    def _joint(self, encoded: torch.Tensor, log_probs: torch.Tensor) -> list[tuple[Hypothesis, float]]:
+    def _joint(self, encoded: torch.Tensor, log_probs: torch.Tensor, scorer=None) -> list[tuple[Hypothesis, float]]:
         from edgeasr.decoding.joint_whisper import joint_beam_search
         from edgeasr.text.tokenizer import SPACE
 
@@ -141,7 +144,8 @@ class WhisperSecondPass:
                                   space_id, beam_size=self.joint_beam, candidates_per_beam=5,
                                   ctc_weight=self.ctc_weight,
                                   max_tokens=self._joint_max_tokens(log_probs), blank=self.model.blank_id,
-                                  length_bonus=self.length_bonus)
+                                  length_bonus=self.length_bonus, text_scorer=scorer,
+                                  unit_texts=self._unit_texts)
         candidates, seen = [], set()
         for _, units, score in found:  # best first; the same text may end several beams
             text = self.tokenizer.decode(units)
@@ -178,14 +182,17 @@ class WhisperSecondPass:
         return int(min(200, 8 + 1.5 * longest))
 
     @torch.no_grad()
-    def rescore(self, feats: torch.Tensor, first_pass: list[Hypothesis]) -> tuple[list[tuple[Hypothesis, float]], torch.Tensor]:
-        """feats [T, F] (normalized model input) -> ranked hypotheses and the full-context log-probs."""
+    def rescore(self, feats: torch.Tensor, first_pass: list[Hypothesis], scorer=None
+                ) -> tuple[list[tuple[Hypothesis, float]], torch.Tensor]:
+        """feats [T, F] (normalized model input) -> ranked hypotheses and the full-context log-probs.
+
+        ``scorer`` (edgeasr.decoding.fusion: LM, hotwords) is fused into the joint search."""
         model = self.model
         # feats are already normalized (model input): the encoder itself, full context
         encoded, _ = model.encoder(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
         log_probs = model.ctc_log_probs(encoded)[0]
         if self.search == "joint" and encoded.size(1) > 0:
-            ranked = self._joint(encoded, log_probs)
+            ranked = self._joint(encoded, log_probs, scorer)
             if ranked:
                 return ranked, log_probs
         search = PrefixBeamSearch(beam_size=self.beam_size)
@@ -208,7 +215,10 @@ class WhisperSecondPass:
         att = model.whisper_decoder.sequence_log_probs(self.prompt, [self.whisper_tokenizer.encode(t) for t in texts],
                                                        encoded)
         chars = torch.tensor([len(u) for u in units], dtype=torch.float32)
-        total = self.ctc_weight * ctc + (1 - self.ctc_weight) * att.float() + self.length_bonus * chars
+        from edgeasr.decoding.fusion import text_score
+
+        fused = torch.tensor([text_score(scorer, t) for t in texts], dtype=torch.float32)
+        total = self.ctc_weight * ctc + (1 - self.ctc_weight) * att.float() + self.length_bonus * chars + fused
         order = [i for i in torch.argsort(total, descending=True).tolist() if torch.isfinite(total[i])]
         candidates = [(units[i], float(ctc[i]), float(total[i])) for i in order]
         return self._with_times(log_probs, candidates), log_probs

@@ -2,7 +2,8 @@
 
 Streaming output equals the masked full-sequence computation at the same chunk size (the tests
 prove it), so accuracy at chunk N is measured by running the encoder once per utterance under the
-chunk-N mask; greedy, prefix beam and attention rescoring then all read that one output. This is
+chunk-N mask; every mode then decodes that one output through the decoding core the recognizers
+use (``DecodingCore.decode_frames``), so evaluation cannot drift from what a user runs. This is
 what the benchmark scripts use; ``edgeasr eval`` decodes the way a user would (streaming).
 """
 
@@ -10,40 +11,38 @@ from __future__ import annotations
 
 import torch
 
-from edgeasr.decoding.ctc import PrefixBeamSearch, ctc_greedy
-from edgeasr.decoding.rescoring import attention_rescore
+from edgeasr.decoding.modes import MODES as MODE_REGISTRY
 from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
 
-MODES = ("ctc_greedy", "ctc_prefix_beam", "attention_rescoring")
+#: the modes measured here: all but the Whisper second pass (it re-encodes with full context)
+MODES = tuple(name for name, mode in MODE_REGISTRY.items() if mode.second_pass != "whisper")
 
 
 @torch.no_grad()
-def decode_all_modes(packaged, utts, audio, chunk_size: int, beam_size: int = 10, ctc_weight: float = 0.5) -> dict:
+def decode_all_modes(packaged, utts, audio, chunk_size: int, beam_size: int = 10, ctc_weight: float = 0.5,
+                     **options) -> dict:
     """{mode: {"wer", "cer", "substitutions", "deletions", "insertions", "words"}} over ``utts``.
 
     ``audio`` holds the utterances' 16 kHz samples in the same order; chunk_size 0 = full context.
+    ``options``: further DecodeOptions (lm, lm_weight, hotwords, ...); default: no LM.
     """
-    model, tokenizer = packaged.model, packaged.tokenizer
+    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+
+    options.setdefault("lm", None)
+    recognizers = {mode: Recognizer(packaged, DecodeOptions(mode=mode, beam_size=beam_size, ctc_weight=ctc_weight,
+                                                            chunk_size=chunk_size, **options))
+                   for mode in MODES}
+    model = packaged.model
     totals = {mode: [ErrorCounts(), ErrorCounts()] for mode in MODES}
     for utt, samples in zip(utts, audio):
         feats = packaged.features.compute(samples)
         encoded, _ = model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]), chunk_size, -1)
         log_probs = model.ctc_log_probs(encoded)[0]
-        search = PrefixBeamSearch(beam_size=beam_size)
-        search.step(log_probs)
-        nbest = search.nbest()
-        texts = {
-            "ctc_greedy": tokenizer.decode(ctc_greedy(log_probs).tokens),
-            "ctc_prefix_beam": tokenizer.decode(nbest[0].tokens) if nbest else "",
-        }
-        if model.decoder is not None and nbest:
-            ranked = attention_rescore(model, nbest, encoded, ctc_weight)
-            texts["attention_rescoring"] = tokenizer.decode(ranked[0][0].tokens)
-        else:
-            texts["attention_rescoring"] = texts["ctc_prefix_beam"]
-        for mode in MODES:
-            totals[mode][0] += word_errors(utt.text, texts[mode])
-            totals[mode][1] += char_errors(utt.text, texts[mode])
+        seconds = len(samples) / packaged.features.sample_rate
+        for mode, recognizer in recognizers.items():
+            text = recognizer.decode_frames(log_probs, encoded, seconds).text
+            totals[mode][0] += word_errors(utt.text, text)
+            totals[mode][1] += char_errors(utt.text, text)
     return {
         mode: {"wer": round(w.rate, 2), "cer": round(c.rate, 2), "substitutions": w.substitutions,
                "deletions": w.deletions, "insertions": w.insertions, "words": w.reference_length}

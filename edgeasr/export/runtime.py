@@ -3,8 +3,8 @@
 ``OnnxRecognizer.load(dir)`` reads ``encoder.onnx`` (or ``encoder.int8.onnx`` with
 ``int8=True``), ``decoder.onnx``, ``metadata.json`` and the tokenizer written by
 ``edgeasr.export.onnx.export_onnx``. It streams exactly like ``Recognizer``: the same streaming
-fbank, the same searches and result building, with the encoder chunk and the rescoring decoder run
-by onnxruntime. Softmax attention caches are trimmed to the exported left context after every
+fbank and the same ``DecodingCore`` (modes, search with LM and hotwords, endpointing, result
+building), with the encoder chunk and the rescoring decoder run by onnxruntime. Softmax attention caches are trimmed to the exported left context after every
 chunk, so memory stays bounded when the left context is limited.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeasr.audio.fbank import FbankOptions, StreamingFbank
+from edgeasr.audio.fbank import FbankOptions
 from edgeasr.audio.io import load_audio
-from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
-from edgeasr.decoding.endpoint import BlankTracker
-from edgeasr.decoding.result import Result, build_result
+from edgeasr.decoding.ctc import Hypothesis
+from edgeasr.decoding.core import DecodeOptions, DecodingCore
+from edgeasr.decoding.result import Result
 from edgeasr.errors import EdgeAsrError
 from edgeasr.text.tokenizer import Tokenizer
 
@@ -34,9 +34,72 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxRecognizer:
-    def __init__(self, directory: str | os.PathLike[str], int8: bool = False, mode: str = "attention_rescoring",
-                 beam_size: int = 10, ctc_weight: float = 0.5, threads: int = 1) -> None:
+class OnnxChunkRunner:
+    """The ONNX Runtime backend's streaming encoder: feature windows through encoder.onnx with
+    its caches, attention caches trimmed to the exported left context after every chunk."""
+
+    def __init__(self, recognizer: "OnnxRecognizer") -> None:
+        self.rec = recognizer
+        meta = recognizer.meta
+        self.window, self.stride = meta["window"], meta["stride"]
+        self.max_left = meta["max_left_frames"]
+        self.grows = [entry["att"]["grows"] for entry in meta["layers"] if "att" in entry]
+        self.mel_bins = meta["features"].get("num_mel_bins", 80)
+        self.reset()
+
+    def reset(self) -> None:
+        self.pending = np.zeros((0, self.mel_bins), dtype=np.float32)
+        self.caches = self.rec.initial_caches()
+
+    def _run(self, window: np.ndarray):
+        rec = self.rec
+        outputs = rec.encoder.run(None, {"feats": window[None], **dict(zip(rec.cache_inputs, self.caches))})
+        encoded, log_probs, new_caches = outputs[0][0], outputs[1][0], outputs[2:]
+        if self.max_left >= 0:
+            att_index = 0
+            for position, name in enumerate(rec.cache_inputs):
+                if name.startswith("att_cache"):
+                    if self.grows[att_index]:
+                        cache = new_caches[position]
+                        new_caches[position] = cache[:, :, max(0, cache.shape[2] - self.max_left) :]
+                    att_index += 1
+        self.caches = list(new_caches)
+        return encoded, log_probs
+
+    @staticmethod
+    def _joined(outputs: list):
+        if not outputs:
+            return None, None
+        return np.concatenate([e for e, _ in outputs]), np.concatenate([lp for _, lp in outputs])
+
+    def accept(self, feats: np.ndarray):
+        self.pending = np.concatenate([self.pending, feats])
+        outputs = []
+        while self.pending.shape[0] >= self.window:
+            outputs.append(self._run(self.pending[: self.window]))
+            self.pending = self.pending[self.stride :]
+        return self._joined(outputs)
+
+    def finish(self):
+        outputs = []
+        if self.pending.shape[0] >= self.rec.meta["right_context"] + 1:
+            outputs.append(self._run(self.pending))
+        self.pending = self.pending[:0]
+        return self._joined(outputs)
+
+    def segment_inputs(self):
+        return None  # no Whisper second pass on ONNX Runtime
+
+    @staticmethod
+    def concat(frames: list):
+        return np.concatenate(frames)[None] if frames else None
+
+
+class OnnxRecognizer(DecodingCore):
+    """An exported model on ONNX Runtime, decoded by the same ``DecodingCore`` as torch."""
+
+    def __init__(self, directory: str | os.PathLike[str], int8: bool = False, options: DecodeOptions | None = None,
+                 threads: int = 1, **option_overrides) -> None:
         self.directory = Path(directory)
         meta_path = self.directory / "metadata.json"
         if not meta_path.exists():
@@ -49,16 +112,21 @@ class OnnxRecognizer:
         self.encoder = _session(encoder_path, threads)
         decoder_path = self.directory / f"decoder{suffix}"
         self.decoder = _session(decoder_path, threads) if decoder_path.exists() else None
-        if mode == "attention_rescoring" and self.decoder is None:
-            mode = "ctc_prefix_beam"
-        self.mode = mode
-        self.beam_size = beam_size
-        self.ctc_weight = ctc_weight
         self.tokenizer = Tokenizer.load(self.directory / "tokenizer")
         self.features = FbankOptions.from_dict(self.meta["features"])
+        self.frontend = self.features
         self.sample_rate = self.features.sample_rate
         self.frame_seconds = self.meta["subsampling_rate"] * self.meta["frame_shift_ms"] / 1000.0
         self.cache_inputs = [i.name for i in self.encoder.get_inputs()][1:]
+        options = options or DecodeOptions()
+        for name, value in option_overrides.items():
+            if not hasattr(options, name):
+                raise TypeError(f"unknown decoding option {name!r}")
+            setattr(options, name, value)
+        if options.reverse_weight > 0:
+            raise EdgeAsrError("--reverse-weight: the ONNX export carries the left-to-right decoder only")
+        # The export's model directory is where an LM travels with it (lm/ beside the graphs).
+        self._setup_decoding(options, self.decoder is not None, False, self.directory, self.meta["blank_id"])
 
     @property
     def chunk_size(self) -> int:
@@ -78,17 +146,18 @@ class OnnxRecognizer:
                 caches.append(np.zeros(entry["cnn"]["shape"], dtype=np.float32))
         return caches
 
-    def stream(self) -> "OnnxStreamingSession":
-        return OnnxStreamingSession(self)
+    def chunk_runner(self, keep_inputs: bool = False) -> OnnxChunkRunner:
+        return OnnxChunkRunner(self)
 
-    def transcribe(self, audio) -> Result:
+    def transcribe(self, audio, hotwords=None) -> Result:
         samples = audio if isinstance(audio, np.ndarray) else load_audio(audio, sample_rate=self.features.sample_rate)
-        session = self.stream()
+        session = self.stream(hotwords)
         session.accept(samples)
         return session.finish()
 
-    def rescore(self, hyps: list[Hypothesis], encoded: np.ndarray) -> list[tuple[Hypothesis, float]]:
+    def rescore_attention(self, hyps: list[Hypothesis], encoded: np.ndarray) -> list[tuple[Hypothesis, float]]:
         """Attention rescoring with decoder.onnx, as ``edgeasr.decoding.rescoring`` does in torch."""
+        encoded = encoded[0]
         sos, eos = self.meta["sos_id"], self.meta["eos_id"]
         width = max(1, max(len(h.tokens) for h in hyps)) + 1
         tokens = np.full((len(hyps), width), eos, dtype=np.int64)
@@ -106,84 +175,6 @@ class OnnxRecognizer:
         })
         picked = np.take_along_axis(log_probs, np.maximum(targets, 0)[..., None], axis=2)[..., 0]
         scores = np.where(targets >= 0, picked, 0.0).sum(axis=1)
-        ranked = [(hyp, float(att) + self.ctc_weight * hyp.score) for hyp, att in zip(hyps, scores)]
+        weight = self.options.ctc_weight
+        ranked = [(hyp, float(att) + weight * hyp.score + hyp.fused_score) for hyp, att in zip(hyps, scores)]
         return sorted(ranked, key=lambda item: item[1], reverse=True)
-
-
-class OnnxStreamingSession:
-    """One utterance through the ONNX encoder, chunk by chunk (the ``StreamingSession`` API)."""
-
-    def __init__(self, recognizer: OnnxRecognizer) -> None:
-        self.rec = recognizer
-        meta = recognizer.meta
-        self.window, self.stride = meta["window"], meta["stride"]
-        self.max_left = meta["max_left_frames"]
-        self.grows = [entry["att"]["grows"] for entry in meta["layers"] if "att" in entry]
-        self.fbank = StreamingFbank(recognizer.features)
-        self.pending = np.zeros((0, meta["features"].get("num_mel_bins", 80)), dtype=np.float32)
-        self.caches = recognizer.initial_caches()
-        self.greedy = recognizer.mode == "ctc_greedy"
-        self.search = GreedySearch() if self.greedy else PrefixBeamSearch(beam_size=recognizer.beam_size)
-        self.keep_encoded = recognizer.mode == "attention_rescoring"
-        self.encoded: list[np.ndarray] = []
-        self.blank_tracker = BlankTracker(blank=recognizer.meta["blank_id"])
-        self.samples_seen = 0
-        self.finished = False
-
-    def _run(self, window: np.ndarray) -> None:
-        outputs = self.rec.encoder.run(None, {"feats": window[None], **dict(zip(self.rec.cache_inputs, self.caches))})
-        encoded, log_probs, new_caches = outputs[0][0], outputs[1][0], outputs[2:]
-        if self.max_left >= 0:
-            att_index = 0
-            for position, name in enumerate(self.rec.cache_inputs):
-                if name.startswith("att_cache"):
-                    if self.grows[att_index]:
-                        cache = new_caches[position]
-                        new_caches[position] = cache[:, :, max(0, cache.shape[2] - self.max_left) :]
-                    att_index += 1
-        self.caches = list(new_caches)
-        if self.keep_encoded:
-            self.encoded.append(encoded)
-        self.search.step(log_probs)
-        self.blank_tracker.update(log_probs)
-
-    def _consume(self, feats: np.ndarray, final: bool) -> None:
-        self.pending = np.concatenate([self.pending, feats])
-        while self.pending.shape[0] >= self.window:
-            self._run(self.pending[: self.window])
-            self.pending = self.pending[self.stride :]
-        if final:
-            if self.pending.shape[0] >= self.rec.meta["right_context"] + 1:
-                self._run(self.pending)
-            self.pending = self.pending[:0]
-
-    def accept(self, samples: np.ndarray) -> Result:
-        if self.finished:
-            raise EdgeAsrError("this stream is finished; start a new one")
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if samples.size and not np.all(np.isfinite(samples)):
-            raise EdgeAsrError("audio chunk contains NaN or Inf samples")
-        self.samples_seen += samples.size
-        self._consume(self.fbank.accept(samples), final=False)
-        best = self.search.nbest(1)
-        if not best:
-            return Result(text="", is_final=False)
-        return build_result(best[0], self.rec.tokenizer, self.rec.frame_seconds, is_final=False)
-
-    def finish(self) -> Result:
-        if self.finished:
-            raise EdgeAsrError("this stream is already finished")
-        self.finished = True
-        self._consume(self.fbank.finish(), final=True)
-        rec = self.rec
-        seconds = self.samples_seen / rec.features.sample_rate
-        hyps = self.search.nbest()
-        if not hyps:
-            return Result(text="")
-        if self.greedy:
-            return build_result(hyps[0], rec.tokenizer, rec.frame_seconds, audio_seconds=seconds)
-        if rec.mode == "attention_rescoring" and self.encoded:
-            ranked = rec.rescore(hyps, np.concatenate(self.encoded))
-        else:
-            ranked = [(h, h.score) for h in hyps]
-        return build_result(ranked[0][0], rec.tokenizer, rec.frame_seconds, ranked, audio_seconds=seconds)

@@ -1,0 +1,351 @@
+"""The decoding core shared by every backend: encoder frames in, results out.
+
+``DecodingCore`` holds everything between a backend's encoder and a ``Result``: the mode (from
+the ``edgeasr.decoding.modes`` registry), the CTC search with its fused LM and hotwords, the
+endpointer, the second pass. A backend (torch ``Recognizer``, ONNX Runtime ``OnnxRecognizer``)
+supplies only a chunk runner (``accept(feats) -> (encoded, log_probs)``, ``finish``, ``reset``)
+and its attention rescorer, so ``StreamingSession`` — segments, partials, ``is_endpoint()``,
+``reset()`` — is written once. Nothing here imports torch: the ONNX path runs without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
+from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached
+from edgeasr.decoding.fusion import build_scorer, piece_texts, read_hotwords
+from edgeasr.decoding.modes import MODE_NAMES, resolve_mode
+from edgeasr.decoding.result import Result, Word, build_result
+from edgeasr.errors import EdgeAsrError
+
+#: kept for callers that list the modes (``edgeasr.decoding.modes`` is the registry)
+MODES = MODE_NAMES
+#: where a model directory keeps its language model (``edgeasr lm train --out DIR/lm``)
+MODEL_LM_DIR = "lm"
+
+
+@dataclass
+class DecodeOptions:
+    mode: str = "attention_rescoring"
+    #: encoder frames per chunk; 0 = full context (offline only); None = the model's default
+    chunk_size: int | None = None
+    num_left_chunks: int | None = None
+    beam_size: int = 10
+    ctc_weight: float = 0.5
+    reverse_weight: float = 0.0
+    #: run Linear layers as torch dynamic int8 (edgeasr.quant.dynamic); float model files only
+    dynamic_int8: bool = False
+    #: dynamic-compute models: the probability at which a gate opens (None = the model's own);
+    #: higher skips more modules, trading accuracy for compute without retraining
+    gate_threshold: float | None = None
+    #: whisper_rescoring: CTC's weight against Whisper's decoder (tuned on dev: 0.2)
+    whisper_ctc_weight: float = 0.2
+    #: whisper_rescoring: score bonus per character of a hypothesis; CTC and decoder scores
+    #: fall with every character, so without it an unsure head ends hypotheses early
+    whisper_length_bonus: float = 0.5
+    #: whisper_rescoring: "joint" (Whisper's decoder writes, CTC scores every prefix) or
+    #: "rescore" (pick among the CTC n-best and one free Whisper decode)
+    second_pass_search: str = "joint"
+    #: cut the stream into segments at endpoints, each decoded (and rescored) on its own, so
+    #: memory and time stay bounded on endless audio; None = automatic (on for encoders whose
+    #: positions end, such as Whisper's 30 s, and for whisper_rescoring)
+    segment: bool | None = None
+    #: word n-gram LM: "auto" = the model directory's lm/ when it has one; None = none; or a
+    #: path (an `edgeasr lm train` directory or an ARPA file)
+    lm: str | None = "auto"
+    #: shallow-fusion weight of the LM's ln-probabilities in the CTC prefix beam (tuned on dev)
+    lm_weight: float = 0.5
+    #: score added per word the LM scores (pays back what its probabilities take per word)
+    word_bonus: float = 2.0
+    #: extra penalty (nats) for a word outside the LM's vocabulary
+    unk_penalty: float = 4.0
+    #: the LM's weight in the Whisper joint second pass (0 = leave Whisper's wording alone)
+    whisper_lm_weight: float = 0.3
+    whisper_word_bonus: float = 0.5
+    #: phrases to bias towards: a file (one a line, optional ":BOOST") or a list of phrases
+    hotwords: str | list[str] | None = None
+    #: boost per character of a hotword (nats), unless its line gives one
+    hotword_boost: float = 1.5
+    #: prefix beam: tokens more than this many nats below a frame's best are not expanded
+    token_threshold: float = 5.0
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise EdgeAsrError(f"unknown decoding mode '{self.mode}' (choose from {', '.join(MODES)})")
+        for name in ("lm_weight", "unk_penalty", "whisper_lm_weight", "hotword_boost", "token_threshold"):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                raise EdgeAsrError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        if self.chunk_size is not None and self.chunk_size < 0:
+            raise EdgeAsrError("--chunk-size must be 0 (full context) or a positive number of frames")
+        if self.beam_size < 1:
+            raise EdgeAsrError("--beam-size must be at least 1")
+        if not 0.0 <= self.whisper_ctc_weight <= 1.0:
+            raise EdgeAsrError("--whisper-ctc-weight must be between 0 and 1")
+        if self.second_pass_search not in ("joint", "rescore"):
+            raise EdgeAsrError("--second-pass must be 'joint' or 'rescore'")
+        if self.gate_threshold is not None and not 0.0 < self.gate_threshold < 1.0:
+            raise EdgeAsrError("--gate-threshold must be between 0 and 1")
+
+
+class DecodingCore:
+    """Encoder frames to results, for any backend: mode, search, LM and hotwords, endpointing,
+    second pass. A backend sets ``tokenizer``, ``frame_seconds``, ``options`` and calls
+    ``_setup_decoding``; it provides ``chunk_runner()``, ``rescore_attention`` and (for
+    ``whisper_rescoring``) ``second_pass``."""
+
+    second_pass = None
+
+    def _setup_decoding(self, options: "DecodeOptions", has_attention: bool, has_whisper: bool,
+                        model_directory, blank_id: int, max_segment_frames: int | None = None) -> None:
+        self.options = options
+        options.validate()
+        self.mode_spec = resolve_mode(options.mode, has_attention, has_whisper)
+        self.mode = self.mode_spec.name
+        self.blank_id = blank_id
+        self.piece_texts = piece_texts(self.tokenizer)
+        self.lm = _resolve_lm(options.lm, model_directory)
+        self.hotwords = self._phrases(options.hotwords)
+        #: encoder frames a segment may hold (Whisper's positions end at 30 s); None = unlimited
+        self.max_segment_frames = max_segment_frames
+        segment = options.segment
+        if segment is None:
+            segment = max_segment_frames is not None or self.mode_spec.second_pass == "whisper"
+        self.endpoint_rules = None
+        if segment:
+            limit = 20.0
+            if max_segment_frames is not None:
+                limit = min(limit, 0.9 * max_segment_frames * self.frame_seconds)
+            self.endpoint_rules = EndpointRules(max_utterance=limit)
+
+    def _phrases(self, hotwords) -> list[tuple[str, float]] | None:
+        if hotwords is None or (isinstance(hotwords, (list, tuple)) and not hotwords):
+            return None
+        return read_hotwords(hotwords, self.options.hotword_boost)
+
+    def scorers(self, hotwords=None) -> tuple[object, object]:
+        """(first-pass scorer, second-pass scorer): the LM and the hotwords (``hotwords`` replaces
+        the recognizer's own for one stream). The second pass weighs the LM apart: Whisper's
+        decoder already writes fluent English."""
+        phrases = self._phrases(hotwords) if hotwords is not None else self.hotwords
+        o = self.options
+        first = build_scorer(self.lm, o.lm_weight, o.word_bonus, o.unk_penalty, phrases)
+        second = build_scorer(self.lm, o.whisper_lm_weight, o.whisper_word_bonus, o.unk_penalty, phrases)
+        return first, second
+
+    def new_search(self, scorer=None, greedy: bool = False):
+        if greedy:
+            return GreedySearch(blank=self.blank_id)
+        return PrefixBeamSearch(beam_size=self.options.beam_size, blank=self.blank_id, scorer=scorer,
+                                piece_texts=self.piece_texts, token_threshold=self.options.token_threshold)
+
+    def rescore_attention(self, hyps: list[Hypothesis], encoded) -> list[tuple[Hypothesis, float]]:
+        raise NotImplementedError
+
+    def decode_frames(self, log_probs, encoded, audio_seconds: float, feats=None, scorers=None) -> Result:
+        """One whole segment's CTC log-probs [T, V] (and encoder output, model input) to its result."""
+        first, second = scorers if scorers is not None else self.scorers()
+        search = self.new_search(first, greedy=not self.mode_spec.beam)
+        search.step(log_probs)
+        return self.finalize(search, encoded, audio_seconds, feats, second)
+
+    def finalize(self, search, encoded, audio_seconds: float, feats=None, second_scorer=None) -> Result:
+        """The final result of one segment: its n-best, rescored by the mode's second pass.
+
+        ``feats`` (the segment's normalized features) feed the Whisper second pass, which
+        re-encodes them with full context; ``encoded`` [1, T, D] feeds attention rescoring."""
+        hyps = search.nbest()
+        second = self.mode_spec.second_pass
+        if not self.mode_spec.beam:
+            return build_result(hyps[0], self.tokenizer, self.frame_seconds, audio_seconds=audio_seconds)
+        if second == "whisper" and feats is not None and feats.shape[0] > 0:
+            ranked, _ = self.second_pass.rescore(feats, hyps, second_scorer)
+        elif second == "attention" and hyps and encoded is not None and encoded.shape[1] > 0:
+            ranked = self.rescore_attention(hyps, encoded)
+        else:
+            ranked = [(h, h.score + h.fused_score) for h in hyps]
+        if not ranked:
+            return Result(text="")
+        return build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
+
+    def stream(self, hotwords=None) -> "StreamingSession":
+        """A streaming session; ``hotwords`` (phrases, or a file) bias this stream only."""
+        if self.chunk_size <= 0:
+            raise EdgeAsrError("streaming needs a chunk size of at least 1 (got 0 = full context)")
+        return StreamingSession(self, hotwords)
+
+
+def _resolve_lm(option, model_directory):
+    """The LM the option names: "auto" = the model directory's lm/ (if any), None = none."""
+    if option is None or option == "none":
+        return None
+    if option == "auto":
+        if model_directory is None or not (model_directory / MODEL_LM_DIR / "lm.arpa.gz").is_file():
+            return None
+        return _cached_lm(str(model_directory / MODEL_LM_DIR))
+    return _cached_lm(str(option))
+
+
+_LMS: dict = {}
+
+
+def _cached_lm(path: str):
+    """One loaded copy per LM file and process: the server's sessions and the CLI share it."""
+    from edgeasr.lm import load_lm
+    from edgeasr.lm.build import lm_file
+
+    file = lm_file(path)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _LMS:
+        _LMS[key] = load_lm(file)
+    return _LMS[key]
+
+
+def join_segments(segments: list[tuple[float, Result]], is_final: bool) -> Result:
+    """One result from the results of consecutive segments, each with its start time (seconds).
+
+    Words and token times are shifted by their segment's start; confidence is the word-weighted
+    mean; the n-best of a multi-segment result is the joined best paths (one entry).
+    """
+    if len(segments) == 1 and segments[0][0] == 0.0:
+        result = segments[0][1]
+        result.is_final = is_final
+        return result
+    texts = [r.text for _, r in segments if r.text]
+    words, tokens, times = [], [], []
+    for offset, result in segments:
+        words += [Word(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.confidence) for w in result.words]
+        tokens += result.tokens
+        times += [round(t + offset, 3) for t in result.token_times]
+    confidence = (sum(w.confidence for w in words) / len(words)) if words else 0.0
+    text = " ".join(texts)
+    return Result(text=text, tokens=tokens, token_times=times, words=words, confidence=confidence,
+                  nbest=[{"text": text, "score": sum(r.nbest[0]["score"] for _, r in segments if r.nbest)}] if text else [],
+                  is_final=is_final)
+
+
+class StreamingSession:
+    """One stream being recognized as its audio arrives, over any backend's chunk runner.
+
+    With endpoint segmentation (``endpoint_rules``), the stream is cut into segments at
+    endpoints: each segment is finalized (second pass included) as soon as it ends, and the
+    encoder, search and endpointer start afresh for the next one, so memory and compute stay flat
+    however long the stream runs. ``is_endpoint()`` tells whether the last ``accept`` closed a
+    segment; results always cover the whole stream; ``reset()`` starts a new stream in place.
+    """
+
+    def __init__(self, recognizer: DecodingCore, hotwords=None) -> None:
+        self.recognizer = recognizer
+        spec = recognizer.mode_spec
+        self.first_scorer, self.second_scorer = recognizer.scorers(hotwords)
+        self.greedy = not spec.beam
+        # The joint second pass decodes each segment anew and never reads the first pass's
+        # n-best, so without a fused scorer its partials come from the best path: a prefix beam
+        # would only cost time. With an LM or hotwords the beam makes the partials read better.
+        self.greedy_partials = self.greedy or (spec.second_pass == "whisper" and self.first_scorer is None
+                                               and recognizer.options.second_pass_search == "joint")
+        # Only rescoring needs the segment's encoder output (attention) or features (Whisper);
+        # the CTC modes keep nothing per frame, so an endless stream has bounded memory.
+        self.keep_encoded = spec.second_pass == "attention"
+        self.runner = recognizer.chunk_runner(keep_inputs=spec.second_pass == "whisper")
+        self.rules = recognizer.endpoint_rules
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything and start a new stream (the model, LM and hotwords stay loaded)."""
+        self.fbank = self.recognizer.frontend.stream()
+        self.runner.reset()
+        #: finalized segments: (start seconds, result)
+        self.segments: list[tuple[float, Result]] = []
+        self.segment_start_frames = 0
+        self.samples_seen = 0
+        self.finished = False
+        self.endpoint = False
+        self._new_segment()
+
+    def _new_segment(self) -> None:
+        rec = self.recognizer
+        self.search = rec.new_search(self.first_scorer, greedy=self.greedy_partials)
+        self.encoded: list = []
+        #: trailing silence and frames decoded, for endpointing (edgeasr.decoding.endpoint)
+        threshold = self.rules.blank_threshold if self.rules is not None else 0.9
+        self.blank_tracker = BlankTracker(blank=rec.blank_id, threshold=threshold)
+
+    def _decode_frames(self, encoded, log_probs) -> None:
+        """Encoder frames of this segment into the search, the endpointer and (rescoring) the store."""
+        if log_probs is None:
+            return
+        if self.keep_encoded:
+            self.encoded.append(encoded)
+        self.search.step(log_probs)
+        self.blank_tracker.update(log_probs)
+
+    def _segment_result(self, start: float, final: bool) -> Result:
+        rec = self.recognizer
+        # The last segment runs to the end of the audio; earlier ones to their last frame.
+        seconds = (self.samples_seen / rec.frontend.sample_rate - start if final
+                   else self.blank_tracker.frames * rec.frame_seconds)
+        if self.greedy:
+            return build_result(self.search.nbest()[0], rec.tokenizer, rec.frame_seconds, audio_seconds=seconds)
+        return rec.finalize(self.search, self.runner.concat(self.encoded), seconds, self.runner.segment_inputs(),
+                            self.second_scorer)
+
+    def _close_segment(self, final: bool) -> None:
+        """Flush the encoder into this segment, finalize it, and start the next one."""
+        self._decode_frames(*self.runner.finish())
+        start = self.segment_start_frames * self.recognizer.frame_seconds
+        result = self._segment_result(start, final)
+        self.segment_start_frames += self.blank_tracker.frames
+        if result.text or not self.segments:
+            self.segments.append((start, result))
+        if not final:
+            self.runner.reset()
+            self._new_segment()
+
+    def is_endpoint(self) -> bool:
+        """True when the last ``accept`` ended a segment (its text is final from now on)."""
+        return self.endpoint
+
+    def _current(self, best: list, is_final: bool) -> Result:
+        """The whole stream so far: finished segments and ``best``, the open segment's best path."""
+        rec = self.recognizer
+        parts = [(s, r) for s, r in self.segments if r.text]
+        if best and best[0].tokens:
+            start = self.segment_start_frames * rec.frame_seconds
+            parts.append((start, build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)))
+        if not parts:
+            return Result(text="", is_final=is_final)
+        return join_segments(parts, is_final=is_final)
+
+    def accept(self, samples: np.ndarray) -> Result:
+        """Feed audio (float32 mono at the model's rate); returns the partial result so far."""
+        if self.finished:
+            raise EdgeAsrError("this stream is finished; start a new one with recognizer.stream() or reset()")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if samples.size and not np.all(np.isfinite(samples)):
+            raise EdgeAsrError("audio chunk contains NaN or Inf samples")
+        self.samples_seen += samples.size
+        self._decode_frames(*self.runner.accept(self.fbank.accept(samples)))
+        self.endpoint = False
+        best = self.search.nbest(1)  # one sort of the beams per call, shared below
+        if self.rules is not None:
+            has_text = bool(best and best[0].tokens)
+            if endpoint_reached(self.rules, self.blank_tracker, self.recognizer.frame_seconds, has_text):
+                self._close_segment(final=False)
+                self.endpoint = True
+                best = self.search.nbest(1)  # the new, empty segment's
+        return self._current(best, is_final=False)
+
+    def finish(self) -> Result:
+        """No more audio: flush everything and return the final (rescored) result."""
+        if self.finished:
+            raise EdgeAsrError("this stream is already finished")
+        self.finished = True
+        self._decode_frames(*self.runner.accept(self.fbank.finish()))
+        self._close_segment(final=True)
+        parts = [(s, r) for s, r in self.segments if r.text] or self.segments[-1:]
+        return join_segments(parts, is_final=True)

@@ -1,0 +1,46 @@
+"""The decoding modes, defined once: what each needs and what it falls back to.
+
+Every caller (the torch ``Recognizer``, the ONNX Runtime recognizer, evaluation, the CLI's
+``--mode`` choices and the server) reads this registry, so a mode cannot exist in one place and
+be missing or different in another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeasr.errors import EdgeAsrError
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    #: the first pass keeps an n-best (prefix beam) rather than the best path
+    beam: bool
+    #: the second pass at each segment's end: None, "attention" (U2) or "whisper"
+    second_pass: str | None
+    summary: str
+
+
+MODES: dict[str, Mode] = {mode.name: mode for mode in (
+    Mode("ctc_greedy", beam=False, second_pass=None, summary="best path of the CTC head"),
+    Mode("ctc_prefix_beam", beam=True, second_pass=None,
+         summary="CTC prefix beam search, with the LM and hotwords when given"),
+    Mode("attention_rescoring", beam=True, second_pass="attention",
+         summary="the beam's n-best rescored by the model's attention decoder (Whisper's for Whisper models)"),
+    Mode("whisper_rescoring", beam=True, second_pass="whisper",
+         summary="Whisper's decoder and the CTC head decode each segment jointly (Whisper models)"),
+)}
+MODE_NAMES = tuple(MODES)
+
+
+def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decoder: bool) -> Mode:
+    """The mode that runs: "attention_rescoring" means "rescore with the decoder the model has"
+    (Whisper's, or none: then the beam alone); "whisper_rescoring" needs a Whisper decoder."""
+    if requested not in MODES:
+        raise EdgeAsrError(f"unknown decoding mode '{requested}' (choose from {', '.join(MODE_NAMES)})")
+    if requested == "attention_rescoring" and not has_attention_decoder:
+        requested = "whisper_rescoring" if has_whisper_decoder else "ctc_prefix_beam"
+    if requested == "whisper_rescoring" and not has_whisper_decoder:
+        raise EdgeAsrError("whisper_rescoring needs a model with a Whisper decoder (edgeasr import whisper)")
+    return MODES[requested]
