@@ -195,7 +195,7 @@ def run_stream(recognizer: Recognizer, samples: np.ndarray, spans: list[dict], m
             row["audio"] += chunk.size / RATE
             row["compute"] += elapsed
             row["blocks"].append(elapsed)
-            row["state"] = max(row["state"], session.encoder.state_bytes())
+            row["state"] = max(row["state"], session.runner.encoder.state_bytes())
             row["rss"], row["rss_end"] = max(row["rss"], rss), rss
             row["segments"] += session.is_endpoint()
         began = time.perf_counter()

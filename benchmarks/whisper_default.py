@@ -243,8 +243,8 @@ class SpeedProbe:
 
     def run(self, samples: np.ndarray, record: bool = True) -> str:
         session = self.recognizer.stream()
-        encoder = _Timed(session.encoder.accept)
-        session.encoder.accept = encoder
+        encoder = _Timed(session.runner.encoder.accept)
+        session.runner.encoder.accept = encoder
         calls, compute, first_segment = [], 0.0, self._second_pass_seconds()[0]
         with torch.no_grad():
             for start in range(0, len(samples), self.block):

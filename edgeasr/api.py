@@ -51,40 +51,50 @@ def load_model(
     ctc_weight: float = 0.5,
     int8: bool = False,
     threads: int = 1,
+    **options,
 ):
     """A recognizer for ``model`` ("default", a model directory or an ONNX export directory).
 
     ``int8`` selects the int8 graphs of the ONNX backend; ``chunk_size`` / ``num_left_chunks``
     override the model's streaming defaults (an existing export keeps the ones it was made with).
+    ``options`` are further ``DecodeOptions`` fields, the same for both backends, e.g.
+    ``lm="path/to/lm"`` (default "auto": the model directory's lm/), ``lm_weight``,
+    ``hotwords=["edgeasr", "kubernetes :3"]``, ``hotword_boost``, ``token_threshold``.
     """
+    from edgeasr.decoding.core import DecodeOptions
+
+    unknown = sorted(set(options) - set(DecodeOptions.__dataclass_fields__))
+    if unknown:
+        raise EdgeAsrError(f"unknown decoding option(s): {', '.join(unknown)}")
     if backend not in BACKENDS:
         raise EdgeAsrError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
     if is_onnx_export(model):
-        return _onnx(Path(model), chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads)
+        return _onnx(Path(model), chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options)
     if backend == "onnx":
         directory = export_cached(model, chunk_size, num_left_chunks)
-        return _onnx(directory, None, None, mode, beam_size, ctc_weight, int8, threads)
+        return _onnx(directory, None, None, mode, beam_size, ctc_weight, int8, threads, options)
     if int8:
         raise EdgeAsrError("int8 selects the ONNX backend's int8 graphs; use backend='onnx' "
                            "(or --dynamic-int8 / a quantized model with torch)")
     import torch
 
-    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+    from edgeasr.decoding.recognizer import Recognizer
 
     torch.set_num_threads(max(1, threads))
-    options = DecodeOptions(mode=mode, chunk_size=chunk_size, num_left_chunks=num_left_chunks,
-                            beam_size=beam_size, ctc_weight=ctc_weight)
-    return Recognizer.load(model, options)
+    decode = DecodeOptions(mode=mode, chunk_size=chunk_size, num_left_chunks=num_left_chunks,
+                           beam_size=beam_size, ctc_weight=ctc_weight, **options)
+    return Recognizer.load(model, decode)
 
 
-def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads):
+def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options):
+    from edgeasr.decoding.core import DecodeOptions
     from edgeasr.export.runtime import OnnxRecognizer
 
     if chunk_size is not None or num_left_chunks is not None:
         raise EdgeAsrError(f"{directory}: an ONNX export streams with the chunk size and left context it was "
                            "exported with (re-export to change them)")
-    return OnnxRecognizer.load(directory, int8=int8, mode=mode, beam_size=beam_size, ctc_weight=ctc_weight,
-                               threads=max(1, threads))
+    decode = DecodeOptions(mode=mode, beam_size=beam_size, ctc_weight=ctc_weight, **options)
+    return OnnxRecognizer.load(directory, int8=int8, options=decode, threads=max(1, threads))
 
 
 def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_left_chunks: int | None) -> Path:

@@ -118,6 +118,9 @@ def test_blank_tracker_and_rules():
     (['{"type": "start", "sample_rate": 100}'], "sample_rate"),
     (['{"type": "start"}', b"\x00\x00\x00"], "even byte count"),
     (['{"type": "start"}', '{"type": "pause"}'], "unexpected message type"),
+    (['{"type": "start", "hotwords": "edgeasr"}'], "hotwords must be a list"),
+    (['{"type": "start", "hotwords": ["# nothing"]}'], "no hotwords"),
+    (['{"type": "start", "hotwords": ["x :many"]}'], "boost"),
 ])
 def test_malformed_messages_get_a_clear_error_and_do_not_disturb_others(recognizer, speech, messages, expected):
     server = serve(recognizer)
@@ -208,3 +211,35 @@ def test_client_command_and_resampled_input(recognizer, speech, tmp_path, capsys
         server.close()
     assert main(["client", "--url", "ws://127.0.0.1:9", str(path)]) == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_hotwords_in_the_start_message_reach_that_stream_only(recognizer, speech):
+    """Each stream's sessions are built with its own start message's hotwords (the biasing itself
+    is tested in test_fusion.py), and a stream without them gets none."""
+    seen = []
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def stream(self, hotwords=None):
+            seen.append(hotwords)
+            return self.inner.stream(hotwords)
+
+    phrases = ["hello world :4", "streaming"]
+    server = serve(Recording(recognizer))
+    try:
+        async def both():
+            return await asyncio.gather(stream_audio(server.url, speech[0], speed=0, hotwords=phrases),
+                                        stream_audio(server.url, speech[0], speed=0))
+
+        with_hotwords, without = run(both())
+    finally:
+        server.close()
+    assert with_hotwords[-1]["type"] == "done" and without[-1]["type"] == "done"
+    assert phrases in seen and None in seen
+    final = " ".join(e["text"] for e in with_hotwords if e["type"] == "final")
+    assert final == recognizer.transcribe(speech[0].astype(np.float32), hotwords=phrases).text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeasr.decoding.recognizer import MODES, DecodeOptions
+from edgeasr.decoding.core import MODES, DecodeOptions
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "attention_rescoring") -> None:
@@ -37,6 +37,37 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
     parser.add_argument("--gate-threshold", type=float, metavar="P",
                         help="dynamic-compute models: gate-open probability (default: the model's, 0.5); "
                              "higher runs fewer modules")
+    add_search_arguments(parser)
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The language model, hotwords and search pruning (shared with `edgeasr serve`)."""
+    defaults = DecodeOptions()
+    parser.add_argument("--lm", metavar="PATH",
+                        help="word n-gram LM: an `edgeasr lm train` directory or an ARPA file; 'none' = no LM "
+                             "(default: the model directory's lm/ when it has one)")
+    parser.add_argument("--lm-weight", type=float, default=defaults.lm_weight,
+                        help=f"LM weight in the CTC prefix beam (default: {defaults.lm_weight})")
+    parser.add_argument("--lm-bonus", type=float, default=defaults.lm_bonus,
+                        help="score bonus per unit the LM scores: a word, or a character for a character LM "
+                             f"(default: {defaults.lm_bonus})")
+    parser.add_argument("--whisper-lm-weight", type=float, default=defaults.whisper_lm_weight,
+                        help=f"LM weight in the Whisper joint second pass (default: {defaults.whisper_lm_weight})")
+    parser.add_argument("--hotwords", metavar="FILE",
+                        help="phrases to bias recognition towards: one a line, optional ' :BOOST' at the end")
+    parser.add_argument("--hotword-boost", type=float, default=defaults.hotword_boost,
+                        help=f"boost per character of a hotword, in nats (default: {defaults.hotword_boost})")
+    parser.add_argument("--token-threshold", type=float, default=defaults.token_threshold,
+                        help="prefix beam: skip tokens this many nats below a frame's best "
+                             f"(default: {defaults.token_threshold}; 'inf' = exhaustive)")
+
+
+def search_options(args: argparse.Namespace) -> dict:
+    """The DecodeOptions fields ``add_search_arguments`` sets."""
+    return {"lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
+            "lm_weight": args.lm_weight, "lm_bonus": args.lm_bonus,
+            "whisper_lm_weight": args.whisper_lm_weight, "hotwords": args.hotwords,
+            "hotword_boost": args.hotword_boost, "token_threshold": args.token_threshold}
 
 
 def open_recognizer(args: argparse.Namespace):
@@ -52,7 +83,8 @@ def open_recognizer(args: argparse.Namespace):
             raise EdgeAsrError("--gate-threshold and --dynamic-int8 apply to the torch backend")
         return load_model(args.model, "onnx", mode=args.mode, chunk_size=args.chunk_size,
                           num_left_chunks=args.left_chunks, beam_size=args.beam_size,
-                          ctc_weight=args.ctc_weight, int8=args.int8, threads=args.threads)
+                          ctc_weight=args.ctc_weight, int8=args.int8, threads=args.threads,
+                          reverse_weight=args.reverse_weight, **search_options(args))
     if args.int8:
         raise EdgeAsrError("--int8 runs ONNX int8 graphs: add --backend onnx (or use --dynamic-int8 with torch)")
     from edgeasr.decoding.recognizer import Recognizer
@@ -73,4 +105,5 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         second_pass_search=args.second_pass,
         whisper_ctc_weight=args.whisper_ctc_weight,
         whisper_length_bonus=args.whisper_length_bonus,
+        **search_options(args),
     )

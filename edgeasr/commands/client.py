@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     client.add_argument("--chunk-ms", type=float, default=100.0, help="audio per message (default: 100 ms)")
     client.add_argument("--partials", action="store_true", help="print partial results to stderr")
     client.add_argument("--json", action="store_true", help="print every event as a JSON line")
+    client.add_argument("--hotwords", metavar="FILE",
+                        help="phrases to bias this stream towards (one a line, optional ' :BOOST')")
     client.set_defaults(func=run_client)
 
 
@@ -30,6 +32,11 @@ def run_client(args: argparse.Namespace) -> int:
     from edgeasr.serve.client import stream_audio
 
     samples = load_audio(args.file)
+    hotwords = None
+    if args.hotwords:
+        from edgeasr.decoding.fusion import read_hotwords
+
+        hotwords = [f"{text} :{boost:g}" for text, boost in read_hotwords(args.hotwords, 1.5)]
 
     def show(event: dict) -> None:
         if args.json:
@@ -42,7 +49,8 @@ def run_client(args: argparse.Namespace) -> int:
             print(f"edgeasr: server error: {event['message']}", file=sys.stderr, flush=True)
 
     try:
-        events = asyncio.run(stream_audio(args.url, samples, 16000, args.speed, args.chunk_ms, on_event=show))
+        events = asyncio.run(stream_audio(args.url, samples, 16000, args.speed, args.chunk_ms, on_event=show,
+                                         hotwords=hotwords))
     except (OSError, asyncio.TimeoutError) as error:
         raise EdgeAsrError(f"cannot reach {args.url} ({error})") from None
     except Exception as error:

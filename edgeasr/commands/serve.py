@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 
+from edgeasr.commands._decode_args import add_search_arguments, search_options
+from edgeasr.decoding.modes import MODE_NAMES
 from edgeasr.errors import EdgeAsrError
 
 
@@ -14,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve", help="streaming recognition server (websocket) with a browser demo page",
         description=(
             "Serve a model over websockets. Protocol: a JSON start message ({\"type\": \"start\", "
-            "\"sample_rate\": 16000}), binary 16-bit PCM frames, a JSON end message ({\"type\": \"end\"}); "
+            "\"sample_rate\": 16000}, optionally \"hotwords\": [\"phrase\", \"phrase :BOOST\"]), binary 16-bit PCM frames, a JSON end message ({\"type\": \"end\"}); "
             "the server answers with JSON partial and final results (word times in seconds from the stream "
             "start). Endpointing cuts a long stream into utterances. http://HOST:PORT/ is a browser page that "
             "streams the microphone; /health reports sessions."
@@ -26,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=6006, help="port (default: 6006; 0 = any free port)")
     serve.add_argument("--chunk-size", type=int, help="encoder frames per chunk (default: the model's)")
-    serve.add_argument("--mode", default="attention_rescoring",
-                       choices=("ctc_greedy", "ctc_prefix_beam", "attention_rescoring"),
+    serve.add_argument("--mode", default="attention_rescoring", choices=MODE_NAMES,
                        help="final results' decoding mode (default: attention_rescoring)")
     serve.add_argument("--workers", type=int, default=2, help="compute threads shared by all sessions (default: 2)")
     serve.add_argument("--max-sessions", type=int, default=32, help="open sessions at most (default: 32)")
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--endpoint-silence", type=float, default=0.8,
                        help="trailing silence after speech that ends an utterance (s, default 0.8)")
     serve.add_argument("--max-utterance", type=float, default=20.0, help="longest utterance before a cut (s)")
+    add_search_arguments(serve)
     serve.set_defaults(func=run_serve)
 
 
@@ -51,7 +53,7 @@ def build_server(args: argparse.Namespace):
     if args.max_session_seconds <= 0 or args.idle_timeout <= 0 or args.endpoint_silence <= 0 or args.max_utterance <= 0:
         raise EdgeAsrError("durations must be positive")
     recognizer = load_model(args.model, args.backend, mode=args.mode, chunk_size=args.chunk_size,
-                            int8=args.int8, threads=1)
+                            int8=args.int8, threads=1, **search_options(args))
     limits = ServerLimits(workers=args.workers, max_sessions=args.max_sessions,
                           max_message_bytes=args.max_message_kb * 1024,
                           max_session_seconds=args.max_session_seconds, idle_timeout=args.idle_timeout,

@@ -57,14 +57,16 @@ class DecodeOptions:
     #: path (an `edgeasr lm train` directory or an ARPA file)
     lm: str | None = "auto"
     #: shallow-fusion weight of the LM's ln-probabilities in the CTC prefix beam (tuned on dev)
-    lm_weight: float = 0.5
-    #: score added per word the LM scores (pays back what its probabilities take per word)
-    word_bonus: float = 2.0
-    #: extra penalty (nats) for a word outside the LM's vocabulary
+    lm_weight: float = 0.8
+    #: score added per unit the LM scores (a word, or a character for a character LM): pays
+    #: back what its probabilities take per unit, which would otherwise favour short output
+    lm_bonus: float = 1.5
+    #: word LMs: extra penalty (nats) for a word outside the LM's vocabulary
     unk_penalty: float = 4.0
-    #: the LM's weight in the Whisper joint second pass (0 = leave Whisper's wording alone)
-    whisper_lm_weight: float = 0.3
-    whisper_word_bonus: float = 0.5
+    #: the LM's weight in the Whisper joint second pass; 0 = leave Whisper's wording alone (its
+    #: decoder is a far stronger LM than an n-gram: fusing one there measured no gain)
+    whisper_lm_weight: float = 0.0
+    whisper_lm_bonus: float = 0.5
     #: phrases to bias towards: a file (one a line, optional ":BOOST") or a list of phrases
     hotwords: str | list[str] | None = None
     #: boost per character of a hotword (nats), unless its line gives one
@@ -132,8 +134,8 @@ class DecodingCore:
         decoder already writes fluent English."""
         phrases = self._phrases(hotwords) if hotwords is not None else self.hotwords
         o = self.options
-        first = build_scorer(self.lm, o.lm_weight, o.word_bonus, o.unk_penalty, phrases)
-        second = build_scorer(self.lm, o.whisper_lm_weight, o.whisper_word_bonus, o.unk_penalty, phrases)
+        first = build_scorer(self.lm, o.lm_weight, o.lm_bonus, o.unk_penalty, phrases)
+        second = build_scorer(self.lm, o.whisper_lm_weight, o.whisper_lm_bonus, o.unk_penalty, phrases)
         return first, second
 
     def new_search(self, scorer=None, greedy: bool = False):

@@ -12,6 +12,8 @@ is a small state machine:
 and a hypothesis's fused score is the sum of its deltas (already weighted). States are hashable
 and equal states score the future alike, so the search may cache ``advance`` per (state, token).
 
+- ``CharLMScorer``: shallow fusion of a character n-gram: every character is scored as it is
+  spelled (misspellings inside words cost at once; no vocabulary, so no unknown words).
 - ``WordLMScorer``: shallow fusion of a word n-gram. A word is scored when it ends (at the next
   space, or at the end with ``</s>``): ``weight * ln P(word | history) + word_bonus``. The bonus
   pays back what the LM's probabilities take from every word, which would otherwise favour
@@ -54,11 +56,11 @@ class WordLMScorer:
     for the word's real n-gram score when the word ends.
     """
 
-    def __init__(self, lm: NgramLM, weight: float = 0.5, word_bonus: float = 1.0,
+    def __init__(self, lm: NgramLM, weight: float = 0.5, lm_bonus: float = 1.0,
                  unk_penalty: float = 4.0) -> None:
         self.lm = lm
         self.weight = weight
-        self.word_bonus = word_bonus
+        self.word_bonus = lm_bonus
         self.unk_penalty = unk_penalty
         self._cache: dict = {}
         self.unk_log_prob = lm.log_prob((), UNK) - unk_penalty
@@ -267,12 +269,16 @@ def read_hotwords(source: str | os.PathLike[str] | Iterable[str], default_boost:
     return phrases
 
 
-def build_scorer(lm: NgramLM | None = None, lm_weight: float = 0.0, word_bonus: float = 0.0,
+def build_scorer(lm: NgramLM | None = None, lm_weight: float = 0.0, lm_bonus: float = 0.0,
                  unk_penalty: float = 4.0, hotwords: Sequence[tuple[str, float]] | None = None):
-    """The scorer a search fuses: the LM (when it has weight), hotwords, both, or None."""
+    """The scorer a search fuses: the LM (when it has weight), hotwords, both, or None.
+    A character LM (``lm.unit == "char"``) scores every character; a word LM every word."""
     scorers = []
     if lm is not None and lm_weight > 0:
-        scorers.append(WordLMScorer(lm, lm_weight, word_bonus, unk_penalty))
+        if getattr(lm, "unit", "word") == "char":
+            scorers.append(CharLMScorer(lm, lm_weight, lm_bonus))
+        else:
+            scorers.append(WordLMScorer(lm, lm_weight, lm_bonus, unk_penalty))
     if hotwords:
         scorers.append(HotwordScorer(hotwords))
     if not scorers:
@@ -286,3 +292,36 @@ def text_score(scorer, text: str) -> float:
         return 0.0
     delta, state = scorer.advance(scorer.initial(), text)
     return delta + scorer.finish(state)
+
+
+class CharLMScorer:
+    """Shallow fusion of a character n-gram (its "words" are characters, ``_`` for a space):
+    every character is scored as it is spelled, so misspellings inside a word cost at once.
+    ``char_bonus`` per character pays back the LM's cost of length."""
+
+    def __init__(self, lm: NgramLM, weight: float = 0.5, char_bonus: float = 0.5) -> None:
+        self.lm = lm
+        self.weight = weight
+        self.char_bonus = char_bonus
+        self._cache: dict = {}
+
+    def initial(self):
+        return (BOS,)
+
+    def _char(self, context, ch: str):
+        key = (context, ch)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = (self.weight * self.lm.log_prob(context, ch) + self.char_bonus,
+                                      self.lm.state_after(context, ch))
+        return hit
+
+    def advance(self, state, text: str):
+        delta = 0.0
+        for ch in text:
+            score, state = self._char(state, "_" if ch == " " else ch)
+            delta += score
+        return delta, state
+
+    def finish(self, state) -> float:
+        return self.weight * self.lm.log_prob(state, EOS)

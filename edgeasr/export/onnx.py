@@ -11,6 +11,7 @@
 - ``decoder.onnx`` (when the model has an attention decoder): teacher-forced log-probabilities
   for rescoring, inputs ``tokens`` [N, U], ``token_lengths`` [N], ``memory`` [N, T, D],
   ``memory_lengths`` [N]; output ``log_probs`` [N, U, V].
+- ``lm/`` when the model directory has a language model (``edgeasr lm train``);
 - ``tokenizer/`` and ``metadata.json`` (also stored as ONNX metadata in the encoder): chunk size,
   left chunks, window and stride in feature frames, subsampling rate, feature options, the cache
   layout of every layer, vocabulary size and special ids.
@@ -322,5 +323,10 @@ def export_onnx(
         if asr.decoder is not None:
             _quantize_int8(out / "decoder.onnx", out / "decoder.int8.onnx", per_channel)
     packaged.tokenizer.save(out / "tokenizer")
+    own_lm = packaged.directory / "lm" if packaged.directory is not None else None
+    if own_lm is not None and (own_lm / "lm.arpa.gz").is_file():  # the LM travels with the model
+        import shutil
+
+        shutil.copytree(own_lm, out / "lm", dirs_exist_ok=True)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=1))
     return metadata

@@ -66,10 +66,19 @@ def excluded_texts(manifests: Sequence[str | os.PathLike[str]]) -> set[str]:
     return texts
 
 
+def as_characters(words: list[str]) -> list[str]:
+    """A sentence as a character LM's "words": its letters, "_" for each space."""
+    return list("_".join(words))
+
+
 def build_lm(out: str | os.PathLike[str], texts: Sequence[str | os.PathLike[str]] = (), use_pool: bool = True,
              order: int = 3, min_counts: Sequence[int] | None = None,
-             exclude: Sequence[str | os.PathLike[str]] = ()) -> dict:
-    """Train and write ``out/lm.arpa.gz`` with ``card.json`` and ``README.md``; returns the card."""
+             exclude: Sequence[str | os.PathLike[str]] = (), unit: str = "word") -> dict:
+    """Train and write ``out/lm.arpa.gz`` with ``card.json`` and ``README.md``; returns the card.
+
+    ``unit="char"`` trains a character n-gram (orders 5-7 are typical) instead of a word one."""
+    if unit not in ("word", "char"):
+        raise EdgeAsrError(f"--unit must be word or char, not {unit!r}")
     if not texts and not use_pool:
         raise EdgeAsrError("no text: pass --text FILE (or leave the corpus text pool on)")
     banned = excluded_texts(exclude)
@@ -87,8 +96,12 @@ def build_lm(out: str | os.PathLike[str], texts: Sequence[str | os.PathLike[str]
     if not sentences:
         raise EdgeAsrError("no sentences left to train on")
     if min_counts is None:
-        min_counts = [1] * (order - 1) + [2] if order >= 3 else [1] * order
-    lm = train_ngram(sentences, order=order, min_counts=min_counts)
+        if unit == "char":  # character n-grams are many: prune the two highest orders
+            min_counts = [1] * (order - 2) + [2, 2] if order >= 4 else [1] * order
+        else:
+            min_counts = [1] * (order - 1) + [2] if order >= 3 else [1] * order
+    convert = as_characters if unit == "char" else list
+    lm = train_ngram([convert(s) for s in sentences], order=order, min_counts=min_counts)
     out = Path(out)
     lm.write_arpa(out / LM_FILE)
     held_out, _ = pool_sentences("dev")
@@ -103,7 +116,8 @@ def build_lm(out: str | os.PathLike[str], texts: Sequence[str | os.PathLike[str]
         "excluded_sentences": before - len(sentences),
         "excluded_manifests": [str(m) for m in exclude],
         "sources": sources,
-        "dev_perplexity": round(lm.perplexity(held_out), 1) if held_out else None,
+        "unit": unit,
+        "dev_perplexity": round(lm.perplexity([convert(s) for s in held_out]), 2) if held_out else None,
         "dev_sentences": len(held_out),
         "bytes": (out / LM_FILE).stat().st_size,
     }
@@ -121,15 +135,17 @@ LICENCES = {
 
 
 def card_markdown(card: dict) -> str:
-    lines = ["# Word n-gram language model", "",
-             f"{card['order']}-gram, {card['smoothing']}, pruned with minimum counts {card['min_counts']} "
+    kind = "Character" if card.get("unit") == "char" else "Word"
+    lines = [f"# {kind} n-gram language model", "",
+             f"{card['order']}-gram over {card.get('unit', 'word')}s, {card['smoothing']}, pruned with minimum counts {card['min_counts']} "
              f"per order; n-grams per order: {card['ngrams']}. {card['sentences']:,} sentences, "
              f"{card['words']:,} words; {card['excluded_sentences']} sentences removed because held-out "
              f"manifests contain them ({', '.join(card['excluded_manifests']) or 'none given'}).", "",
-             f"Perplexity on the text pool's held-out dev split ({card['dev_sentences']} sentences): "
+             f"Perplexity per {card.get('unit', 'word')} on the text pool's held-out dev split ({card['dev_sentences']} sentences): "
              f"{card['dev_perplexity']}.", "", "## Sources and licences", ""]
     for kind, source in card["sources"].items():
         licence = LICENCES.get(kind, "as its owner licensed it")
         lines.append(f"- {kind}: {source.get('package') or source.get('path')}, {source['sentences']:,} sentences; {licence}")
-    lines += ["", "Rebuild: `edgeasr lm train` with the same --text, --order, --prune and --exclude (see docs/LM.md).", ""]
+    lines += ["", "Rebuild: `edgeasr lm train` with the same --unit, --text, --order, --prune and --exclude "
+                  "(see docs/LM.md).", ""]
     return "\n".join(lines)

@@ -46,6 +46,8 @@ class NgramLM:
     order: int
     probs: list[dict] = field(default_factory=list)
     backoffs: list[dict] = field(default_factory=list)
+    #: "word", or "char": the model's words are characters, "_" standing for a space
+    unit: str = "word"
 
     def cached(self, name: str, build):
         """A value derived from the model (e.g. a search's look-ahead table), built once per model."""
@@ -169,14 +171,19 @@ class NgramLM:
         except (OSError, UnicodeDecodeError, ValueError, EOFError) as error:
             raise EdgeAsrError(f"{path}: not a readable ARPA language model ({error})") from None
         order = max(declared or {0: 0})
-        if not order or len(probs) <= order:
-            raise EdgeAsrError(f"{path}: not an ARPA language model (no \\data\\ section or n-gram sections)")
+        if not order:
+            raise EdgeAsrError(f"{path}: not an ARPA language model (no \\data\\ section)")
+        while len(probs) <= order:
+            probs.append({})
+            backoffs.append({})
         for n, count in declared.items():
             if len(probs[n]) != count:
                 raise EdgeAsrError(f"{path}: declares {count} {n}-grams but holds {len(probs[n])} (truncated?)")
         if (UNK,) not in probs[1]:
             probs[1][(UNK,)] = min(probs[1].values())  # ARPA files without <unk>: the rarest word's
-        return cls(order=order, probs=probs, backoffs=backoffs)
+        # a character model's "words" are single characters ("_" for the space)
+        unit = "char" if all(len(g[0]) == 1 or g[0] in (BOS, EOS, UNK) for g in probs[1]) else "word"
+        return cls(order=order, probs=probs, backoffs=backoffs, unit=unit)
 
 
 # --- estimation ------------------------------------------------------------------------------------

@@ -17,10 +17,12 @@ import numpy as np
 
 async def stream_audio(url: str, samples: np.ndarray, sample_rate: int = 16000, speed: float = 1.0,
                        chunk_ms: float = 100.0, on_event=None, open_timeout: float = 10.0,
-                       every_chunk: bool = False, sent_at: list[float] | None = None) -> list[dict]:
+                       every_chunk: bool = False, sent_at: list[float] | None = None,
+                       hotwords: list[str] | None = None) -> list[dict]:
     """Stream ``samples``; returns the server's events. With ``every_chunk`` the server answers
     every audio message with a partial, and ``sent_at`` (if given) collects each message's send
-    time, so the k-th partial's ``received_at`` minus ``sent_at[k]`` is that chunk's latency."""
+    time, so the k-th partial's ``received_at`` minus ``sent_at[k]`` is that chunk's latency.
+    ``hotwords`` (phrases, each may end in " :BOOST") bias this stream's recognition."""
     from websockets.asyncio.client import connect
 
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
@@ -28,7 +30,10 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int = 16000, 
     events: list[dict] = []
     sent = {"seconds": 0.0}
     async with connect(url, open_timeout=open_timeout, max_size=2**22) as websocket:
-        await websocket.send(json.dumps({"type": "start", "sample_rate": sample_rate, "every_chunk": every_chunk}))
+        start = {"type": "start", "sample_rate": sample_rate, "every_chunk": every_chunk}
+        if hotwords:
+            start["hotwords"] = list(hotwords)
+        await websocket.send(json.dumps(start))
 
         async def receive() -> None:
             async for message in websocket:

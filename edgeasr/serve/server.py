@@ -2,7 +2,8 @@
 
 Protocol (one websocket per audio stream):
 
-1. client -> ``{"type": "start", "sample_rate": 16000}`` (any rate from 8 to 48 kHz; resampled);
+1. client -> ``{"type": "start", "sample_rate": 16000}`` (any rate from 8 to 48 kHz; resampled;
+   optionally ``"hotwords": ["phrase", "phrase :BOOST"]`` to bias this stream's recognition);
 2. client -> binary frames of 16-bit little-endian mono PCM, any size up to the message limit;
    server -> ``{"type": "partial", "segment": n, "text", "words", "start"}`` as text changes (or
    after every audio message when the start message says ``"every_chunk": true``, which lets a
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeasr.decoding.endpoint import EndpointRules, endpoint_reached
+from edgeasr.errors import EdgeAsrError
 
 log = logging.getLogger("edgeasr.serve")
 STATIC = Path(__file__).with_name("static")
@@ -131,7 +133,11 @@ class StreamingServer:
         every_chunk = start.get("every_chunk", False)
         if not isinstance(every_chunk, bool):
             raise ProtocolError("every_chunk must be true or false")
-        stream = _Utterances(self.recognizer, rate, self.limits.endpoint, every_chunk)
+        hotwords = _hotwords(start.get("hotwords"))
+        try:
+            stream = _Utterances(self.recognizer, rate, self.limits.endpoint, every_chunk, hotwords)
+        except EdgeAsrError as error:  # unusable hotwords
+            raise ProtocolError(str(error)) from None
         loop = asyncio.get_running_loop()
         await self._send(websocket, {"type": "ready", "sample_rate": rate})
         while True:
@@ -210,6 +216,21 @@ def _timed(function, *args):
     return result, time.perf_counter() - started
 
 
+#: hotwords one start message may carry, and their length: biasing lists, not documents
+MAX_HOTWORDS, MAX_HOTWORD_CHARS = 1000, 200
+
+
+def _hotwords(value) -> list[str] | None:
+    """The start message's "hotwords": a list of phrases (each may end in " :BOOST"), or absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError('hotwords must be a list of strings, e.g. ["edgeasr", "kubernetes :3"]')
+    if len(value) > MAX_HOTWORDS or any(len(v) > MAX_HOTWORD_CHARS for v in value):
+        raise ProtocolError(f"hotwords: at most {MAX_HOTWORDS} phrases of at most {MAX_HOTWORD_CHARS} characters")
+    return value or None
+
+
 def _parse_json(message) -> dict:
     if isinstance(message, (bytes, bytearray)):
         raise ProtocolError('expected a JSON text message first: {"type": "start", "sample_rate": ...}')
@@ -228,8 +249,10 @@ class _Utterances:
     Runs on a worker thread (one call at a time per client, in arrival order).
     """
 
-    def __init__(self, recognizer, sample_rate: int, rules: EndpointRules, every_chunk: bool = False) -> None:
+    def __init__(self, recognizer, sample_rate: int, rules: EndpointRules, every_chunk: bool = False,
+                 hotwords: list[str] | None = None) -> None:
         self.recognizer = recognizer
+        self.hotwords = hotwords
         self.every_chunk = every_chunk
         self.rules = rules
         self.model_rate = recognizer.sample_rate
@@ -241,7 +264,7 @@ class _Utterances:
         self.seconds_received = 0.0
         self.segment = 0
         self.offset = 0.0  # stream time at which the current utterance started
-        self.session = recognizer.stream()
+        self.session = recognizer.stream(hotwords)
         self.last_partial = ""
         self.input_rate = sample_rate
 
@@ -276,7 +299,7 @@ class _Utterances:
         self.offset += self.session.samples_seen / self.model_rate
         if final.text:
             self.segment += 1
-        self.session = self.recognizer.stream()
+        self.session = self.recognizer.stream(self.hotwords)
         self.last_partial = ""
         return events
 
