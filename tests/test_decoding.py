@@ -34,8 +34,8 @@ def test_prefix_beam_search_with_a_wide_beam_is_exact(seed):
     torch.manual_seed(seed)
     log_probs = torch.log_softmax(torch.randn(5, 3) * 2, dim=-1)
     exact = sorted(brute_force_ctc(log_probs).items(), key=lambda kv: -kv[1])[:4]
-    # no token pruning: the search is then exact for a beam this wide
-    found = ctc_prefix_beam_search(log_probs, beam_size=64, token_threshold=math.inf)[:4]
+    # no pruning: the search is then exact for a beam this wide
+    found = ctc_prefix_beam_search(log_probs, beam_size=64, token_threshold=math.inf, score_threshold=math.inf)[:4]
     assert [h.tokens for h in found] == [tokens for tokens, _ in exact]
     for hyp, (_, p) in zip(found, exact):
         assert math.exp(hyp.score) == pytest.approx(p, rel=1e-6)
@@ -48,7 +48,7 @@ def test_token_pruning_only_drops_what_cannot_matter():
     logits = torch.randn(60, 8) * 4
     logits[::2, 0] += 12  # every other frame nearly all blank, as CTC heads emit
     log_probs = torch.log_softmax(logits, dim=-1)
-    exact = ctc_prefix_beam_search(log_probs, beam_size=8, token_threshold=math.inf)
+    exact = ctc_prefix_beam_search(log_probs, beam_size=8, token_threshold=math.inf, score_threshold=math.inf)
     pruned = ctc_prefix_beam_search(log_probs, beam_size=8, token_threshold=5.0)
     assert pruned[0].tokens == exact[0].tokens
     assert pruned[0].score == pytest.approx(exact[0].score, abs=0.05)

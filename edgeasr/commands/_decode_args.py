@@ -60,6 +60,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-threshold", type=float, default=defaults.token_threshold,
                         help="prefix beam: skip tokens this many nats below a frame's best "
                              f"(default: {defaults.token_threshold}; 'inf' = exhaustive)")
+    parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold,
+                        help="prefix beam: drop prefixes this many nats below the best "
+                             f"(default: {defaults.score_threshold}; 'inf' = keep the whole beam)")
 
 
 def search_options(args: argparse.Namespace) -> dict:
@@ -67,7 +70,8 @@ def search_options(args: argparse.Namespace) -> dict:
     return {"lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
             "lm_weight": args.lm_weight, "lm_bonus": args.lm_bonus,
             "whisper_lm_weight": args.whisper_lm_weight, "hotwords": args.hotwords,
-            "hotword_boost": args.hotword_boost, "token_threshold": args.token_threshold}
+            "hotword_boost": args.hotword_boost, "token_threshold": args.token_threshold,
+            "score_threshold": args.score_threshold}
 
 
 def open_recognizer(args: argparse.Namespace):

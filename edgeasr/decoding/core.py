@@ -72,12 +72,15 @@ class DecodeOptions:
     #: boost per character of a hotword (nats), unless its line gives one
     hotword_boost: float = 1.5
     #: prefix beam: tokens more than this many nats below a frame's best are not expanded
-    token_threshold: float = 5.0
+    token_threshold: float = 4.0
+    #: prefix beam: prefixes this many nats below the frame's best are dropped
+    score_threshold: float = 6.0
 
     def validate(self) -> None:
         if self.mode not in MODES:
             raise EdgeAsrError(f"unknown decoding mode '{self.mode}' (choose from {', '.join(MODES)})")
-        for name in ("lm_weight", "unk_penalty", "whisper_lm_weight", "hotword_boost", "token_threshold"):
+        for name in ("lm_weight", "unk_penalty", "whisper_lm_weight", "hotword_boost", "token_threshold",
+                     "score_threshold"):
             value = getattr(self, name)
             if not value >= 0:  # also refuses NaN
                 raise EdgeAsrError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
@@ -132,17 +135,22 @@ class DecodingCore:
         """(first-pass scorer, second-pass scorer): the LM and the hotwords (``hotwords`` replaces
         the recognizer's own for one stream). The second pass weighs the LM apart: Whisper's
         decoder already writes fluent English."""
+        if hotwords is None and getattr(self, "_own_scorers", None) is not None:
+            return self._own_scorers  # shared by the streams: their caches stay warm
         phrases = self._phrases(hotwords) if hotwords is not None else self.hotwords
         o = self.options
         first = build_scorer(self.lm, o.lm_weight, o.lm_bonus, o.unk_penalty, phrases)
         second = build_scorer(self.lm, o.whisper_lm_weight, o.whisper_lm_bonus, o.unk_penalty, phrases)
+        if hotwords is None:
+            self._own_scorers = (first, second)
         return first, second
 
     def new_search(self, scorer=None, greedy: bool = False):
         if greedy:
             return GreedySearch(blank=self.blank_id)
         return PrefixBeamSearch(beam_size=self.options.beam_size, blank=self.blank_id, scorer=scorer,
-                                piece_texts=self.piece_texts, token_threshold=self.options.token_threshold)
+                                piece_texts=self.piece_texts, token_threshold=self.options.token_threshold,
+                                score_threshold=self.options.score_threshold)
 
     def rescore_attention(self, hyps: list[Hypothesis], encoded) -> list[tuple[Hypothesis, float]]:
         raise NotImplementedError

@@ -165,8 +165,8 @@ class PrefixBeamSearch:
 
     ``beam_size`` prefixes survive each frame, ranked by CTC log-probability plus the scorer's
     score. Per frame only the ``token_beam`` most likely tokens (default: the beam size) within
-    ``token_threshold`` nats of the frame's best are expanded: a token ~150 times less likely
-    than the best (5 nats) cannot lift a prefix into a small beam, and skipping it keeps the
+    ``token_threshold`` nats of the frame's best are expanded: a token ~50 times less likely
+    than the best (4 nats) cannot lift a prefix into a small beam, and skipping it keeps the
     search a small share of streaming time (measured in benchmarks/search_speed.py; with no
     threshold the n-best is that of the exhaustive top-k search). Frames where only blank
     remains update the beams in place without building new ones.
@@ -176,16 +176,22 @@ class PrefixBeamSearch:
     compact_after = 200_000
 
     def __init__(self, beam_size: int = 10, blank: int = 0, token_beam: int | None = None,
-                 token_threshold: float = 5.0, scorer=None, piece_texts: list[str] | None = None) -> None:
+                 token_threshold: float = 4.0, scorer=None, piece_texts: list[str] | None = None,
+                 score_threshold: float = 6.0) -> None:
         if scorer is not None and piece_texts is None:
             raise ValueError("a fused scorer needs the text of every token (fusion.piece_texts)")
         self.beam_size = beam_size
         self.blank = blank
         self.token_beam = token_beam
         self.token_threshold = token_threshold
+        #: prefixes scoring more than this many nats below the frame's best are dropped even when
+        #: the beam has room: they cost a full expansion every frame and cannot come back
+        self.score_threshold = score_threshold
         self.scorer = scorer
         self.piece_texts = piece_texts
-        self._advance: dict = {}
+        # (scorer state, token) -> (delta, state), kept on the scorer: a recognizer shares its
+        # scorers between streams, so later streams start with a warm cache
+        self._advance: dict = scorer.__dict__.setdefault("_token_cache", {}) if scorer is not None else {}
         self.reset()
 
     def reset(self) -> None:
@@ -195,23 +201,27 @@ class PrefixBeamSearch:
         self.beams: dict[int, _Beam] = {0: root}
         self.frame_offset = 0
 
-    def _extend(self, beam: _Beam, token: int, frame: int, lp: float) -> _Beam:
-        state, fused = None, 0.0
-        if self.scorer is not None:
-            key = (beam.state, token)
-            hit = self._advance.get(key)
-            if hit is None:
-                hit = self._advance[key] = self.scorer.advance(beam.state, self.piece_texts[token])
-            fused = beam.fused + hit[0]
-            state = hit[1]
-        return _Beam(emitted=(frame, math.exp(lp), beam.emitted), last_peak=lp, state=state, fused=fused)
+    def _fused(self, beam: _Beam, token: int):
+        """(scorer state, fused score) of ``beam``'s prefix extended by ``token``."""
+        key = (beam.state, token)
+        hit = self._advance.get(key)
+        if hit is None:
+            hit = self._advance[key] = self.scorer.advance(beam.state, self.piece_texts[token])
+        return hit[1], beam.fused + hit[0]
 
     def step(self, log_probs) -> None:
-        """Consume log_probs [T, V] of the next frames."""
+        """Consume log_probs [T, V] of the next frames.
+
+        Per frame, every surviving prefix's paths are first accumulated as plain lists
+        ``[blank, nonblank, source beam, token or -1 (same prefix), lp, state, fused]``; only
+        the ``beam_size`` that survive become beams (with their times), so the many candidates
+        that are pruned cost a list each, not an object with copied history."""
         scores = _as_array(log_probs)
         if scores.shape[0] == 0:
             return
-        blank, trie = self.blank, self.trie
+        blank, trie, scorer = self.blank, self.trie, self.scorer
+        logadd, child = _logadd2, trie.child
+        tokens = trie.token
         token_beam = min(self.token_beam or self.beam_size, scores.shape[-1])
         values, indices = _top_tokens(scores, token_beam)
         for t in range(len(values)):
@@ -225,40 +235,57 @@ class PrefixBeamSearch:
                     beam.nonblank = NEG_INF
                     beam.total = beam.blank
                 continue
-            next_beams: dict[int, _Beam] = {}
+            acc: dict[int, list] = {}
+            get = acc.get
             for node, beam in self.beams.items():
-                last = trie.token[node]
+                last = tokens[node]
+                b, total = beam.blank, beam.total
                 for token, lp in candidates:
                     if token == blank:
-                        target = next_beams.get(node)
-                        if target is None:
-                            target = next_beams[node] = beam.copy()
-                        target.blank = _logadd2(target.blank, beam.total + lp)
+                        entry = get(node)
+                        if entry is None:
+                            entry = acc[node] = [NEG_INF, NEG_INF, beam, -1, NEG_INF, beam.state, beam.fused]
+                        entry[0] = logadd(entry[0], total + lp)
                         continue
                     if token == last:
                         # Repeat without blank in between: same prefix, the token continues.
-                        target = next_beams.get(node)
-                        if target is None:
-                            target = next_beams[node] = beam.copy()
-                        target.nonblank = _logadd2(target.nonblank, beam.nonblank + lp)
-                        if lp > target.last_peak and target.emitted is not None:
-                            target.emitted = (frame, math.exp(lp), target.emitted[2])
-                            target.last_peak = lp
-                        source = beam.blank  # a repeat after a blank is a new token
-                        if source == NEG_INF:
+                        entry = get(node)
+                        if entry is None:
+                            entry = acc[node] = [NEG_INF, NEG_INF, beam, -1, NEG_INF, beam.state, beam.fused]
+                        entry[1] = logadd(entry[1], beam.nonblank + lp)
+                        if entry[3] == -1 and lp > entry[4]:
+                            entry[4] = lp  # the repeated token's peak so far, for its time
+                        if b == NEG_INF:
                             continue
+                        source = b  # a repeat after a blank is a new token
                     else:
-                        source = beam.total
-                    extended = trie.child(node, token)
-                    new = next_beams.get(extended)
-                    if new is None:
-                        new = next_beams[extended] = self._extend(beam, token, frame, lp)
-                    new.nonblank = _logadd2(new.nonblank, source + lp)
-            for beam in next_beams.values():
-                beam.total = _logadd2(beam.blank, beam.nonblank)
-            if len(next_beams) > self.beam_size:
-                next_beams = dict(heapq.nlargest(self.beam_size, next_beams.items(),
-                                                 key=lambda item: item[1].total + item[1].fused))
+                        source = total
+                    extended = child(node, token)
+                    entry = get(extended)
+                    if entry is None:
+                        if scorer is not None:
+                            state, fused = self._fused(beam, token)
+                        else:
+                            state, fused = None, 0.0
+                        entry = acc[extended] = [NEG_INF, NEG_INF, beam, token, lp, state, fused]
+                    entry[1] = logadd(entry[1], source + lp)
+            ranked = [(logadd(e[0], e[1]) + e[6], node, e) for node, e in acc.items()]
+            if len(ranked) > self.beam_size:
+                ranked = heapq.nlargest(self.beam_size, ranked, key=lambda item: item[0])
+            cut = max(item[0] for item in ranked) - self.score_threshold
+            next_beams: dict[int, _Beam] = {}
+            for score, node, (b, nb, source, token, lp, state, fused) in ranked:
+                if score < cut:
+                    continue
+                if token == -1:  # the same prefix; a repeat may move its last token's time
+                    emitted, peak = source.emitted, source.last_peak
+                    if lp > peak and emitted is not None:
+                        emitted, peak = (frame, math.exp(lp), emitted[2]), lp
+                    beam = _Beam(b, nb, emitted, peak, state, fused)
+                else:
+                    beam = _Beam(b, nb, (frame, math.exp(lp), source.emitted), lp, state, fused)
+                beam.total = score - fused
+                next_beams[node] = beam
             self.beams = next_beams
         self.frame_offset += len(values)
         if len(trie.parent) > self.compact_after:

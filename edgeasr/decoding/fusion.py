@@ -39,6 +39,11 @@ from edgeasr.text.normalize import normalize_text
 from edgeasr.text.tokenizer import SPACE, Tokenizer
 
 
+#: entries a scorer's memo may hold before it starts afresh: scorers live as long as their
+#: recognizer (a server's), so their caches must not grow with the audio it has heard
+CACHE_LIMIT = 500_000
+
+
 def piece_texts(tokenizer: Tokenizer) -> list[str]:
     """The text each token id appends (specials append nothing; "▁" is a space)."""
     specials = {tokenizer.blank_id, tokenizer.unk_id, tokenizer.eos_id}
@@ -83,6 +88,8 @@ class WordLMScorer:
                 log_prob -= self.unk_penalty
             score = self.weight * log_prob + (self.word_bonus if word != EOS else 0.0)
             hit = (score, self.lm.state_after(context, word))
+            if len(self._cache) > CACHE_LIMIT:
+                self._cache.clear()
             self._cache[key] = hit
         return hit
 
@@ -206,6 +213,8 @@ class HotwordScorer:
                 new = self._step(node, ch)
                 delta += self.nodes[new].partial - self.nodes[node].partial + self.nodes[new].completes
                 node = new
+            if len(self._cache) > CACHE_LIMIT:
+                self._cache.clear()
             hit = self._cache[key] = (delta, node)
         return hit
 
@@ -312,8 +321,10 @@ class CharLMScorer:
         key = (context, ch)
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[key] = (self.weight * self.lm.log_prob(context, ch) + self.char_bonus,
-                                      self.lm.state_after(context, ch))
+            if len(self._cache) > CACHE_LIMIT:
+                self._cache.clear()
+            log10, state = self.lm.advance(context, ch)
+            hit = self._cache[key] = (self.weight * log10 * LN10 + self.char_bonus, state)
         return hit
 
     def advance(self, state, text: str):

@@ -82,6 +82,24 @@ class NgramLM:
             penalty += self.backoffs[len(context)].get(context, 0.0)
             context = context[1:]
 
+    def advance(self, context: tuple[str, ...], word: str) -> tuple[float, tuple[str, ...]]:
+        """(log10 P(word | context), the state after it) in one walk: the state is the longest
+        n-gram that matched, trimmed to the model's context length (its suffixes are in the model
+        too, so it equals ``state_after``)."""
+        if (word,) not in self.probs[1]:
+            word = UNK
+        keep = self.order - 1
+        context = context[-keep:] if keep else ()
+        penalty = 0.0
+        probs, backoffs = self.probs, self.backoffs
+        while True:
+            gram = context + (word,)
+            value = probs[len(gram)].get(gram)
+            if value is not None:
+                return penalty + value, (gram[-keep:] if keep and len(gram) > keep else (gram if keep else ()))
+            penalty += backoffs[len(context)].get(context, 0.0)
+            context = context[1:]
+
     def log_prob(self, context: Sequence[str], word: str) -> float:
         """Natural-log P(word | context)."""
         return self.log10_prob(context, word) * LN10
