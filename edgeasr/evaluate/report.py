@@ -203,6 +203,74 @@ def whisper_section(result: dict, name: str) -> list[str]:
     return lines
 
 
+def lm_fusion_section(result: dict, name: str) -> list[str]:
+    """Language models and hotwords in the search (benchmarks/lm_fusion.py)."""
+    sets = list(result["sets"])
+
+    def cells(row: dict) -> str:
+        return " | ".join(f"{row[s]['wer']:.1f} ({row[s]['cer']:.1f})" for s in sets)
+
+    def relative(base: dict, new: dict, s: str) -> str:
+        return f"{100 * (base[s]['wer'] - new[s]['wer']) / base[s]['wer']:.0f}%" if base[s]["wer"] else "-"
+
+    first, second = result["first_pass"], result["two_pass"]
+    lines = [
+        f"## Language models and hotwords ({name})",
+        "",
+        f"Model `{result['model']}`, chunk {result['chunk_size']} (streaming first pass: CTC prefix beam "
+        f"{result['beam_size']}), 1 thread; LM weights tuned on `{result['tune']['manifest']}` "
+        f"({result['tune']['utts']} utterances) only. Sets: "
+        + ", ".join(f"{s} `{result['sets'][s]['manifest']}` ({result['sets'][s]['utts']} utts)" for s in sets)
+        + f". Measured {result['date']} on {result['machine']}.",
+        "",
+        "| LM | unit, order | n-grams | size | weight, bonus |",
+        "|---|---|---|---|---|",
+    ]
+    for lm_name, lm in result["lms"].items():
+        size = f"{lm['bytes'] / 1e6:.1f} MB" if lm.get("bytes") else "-"
+        lines.append(f"| {lm_name} (`{lm['path']}`) | {lm['unit']}, {lm['order']} | {sum(lm['ngrams']):,} | {size} "
+                     f"| {lm['weight']:g}, {lm['bonus']:g} |")
+    lines += ["", "WER % (CER %):", "", "| decoding | " + " | ".join(sets) + " | WER cut vs no LM |",
+              "|---|" + "---|" * len(sets) + "---|"]
+    for key, row in first.items():
+        cut = "" if key == "no_lm" else ", ".join(f"{s} {relative(first['no_lm'], row, s)}" for s in sets)
+        lines.append(f"| first pass, {'no LM' if key == 'no_lm' else key + ' LM'} | {cells(row)} | {cut} |")
+    for key, row in second.items():
+        label = "no LM" if key == "no_lm" else key.replace("_joint_", " LM, joint-search weight ")
+        cut = "" if key == "no_lm" else ", ".join(f"{s} {relative(second['no_lm'], row, s)}" for s in sets)
+        lines.append(f"| two-pass (Whisper joint), {label} | {cells(row)} | {cut} |")
+    hot = result.get("hotwords")
+    if hot:
+        plain = hot["plain_test_with_list"]
+        lines += [
+            "",
+            f"Hotwords: {hot['phrases']} sentences with rare names and terms spoken by held-out voices "
+            f"(`{hot['manifest']}`), every phrase in the list, {hot['boost_per_char']:g} nats per character:",
+            "",
+            "| pass | phrases recognized without | with hotwords | plain test WER with the list |",
+            "|---|---|---|---|",
+            f"| first pass | {hot['first_pass']['without']['recalled']}/{hot['phrases']} | "
+            f"{hot['first_pass']['with']['recalled']}/{hot['phrases']} | {plain['first_pass']['wer']:.2f} "
+            f"(without: {first['no_lm'][plain['set']]['wer']:.2f}) |",
+            f"| two-pass | {hot['two_pass']['without']['recalled']}/{hot['phrases']} | "
+            f"{hot['two_pass']['with']['recalled']}/{hot['phrases']} | {plain['two_pass']['wer']:.2f} "
+            f"(without: {second['no_lm'][plain['set']]['wer']:.2f}) |",
+        ]
+    share = result.get("search_share")
+    if share:
+        lines += ["", "Search share of streaming time (prefix beam 10, `ctc_prefix_beam` mode, median over "
+                  f"{share['no_lm']['utts']} utterances): without LM {100 * share['no_lm']['search_share_median']:.1f}% "
+                  f"(max {100 * share['no_lm']['search_share_max']:.1f}%), with the {result['best_lm']} LM "
+                  f"{100 * share['lm']['search_share_median']:.1f}% (max {100 * share['lm']['search_share_max']:.1f}%); "
+                  f"RTF {share['no_lm']['rtf_median']:.3f} / {share['lm']['rtf_median']:.3f}."]
+    parity = result.get("onnx_parity")
+    if parity:
+        lines += ["", f"ONNX Runtime vs torch (`{parity['model']}`, LM and hotwords on): identical n-best on "
+                  f"{parity['identical_nbest']}/{parity['utts']} utterances, scores within "
+                  f"{parity['max_score_difference']:g}."]
+    return lines + [""]
+
+
 def long_stream_section(result: dict, name: str) -> list[str]:
     """Per-minute accuracy, speed and memory of one long stream per variant (benchmarks/long_stream.py)."""
     model = result["model"]
@@ -601,13 +669,15 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
     ]
     loaded = [(path, json.loads(path.read_text())) for path in sorted(results_dir.glob("*.json"))]
     # The default model's section first, then its long-stream check; the others in file-name order.
-    first = {"whisper_default": 0, "long_stream": 1}
+    first = {"whisper_default": 0, "long_stream": 1, "lm_fusion": 2}
     loaded.sort(key=lambda item: first.get(item[1].get("benchmark"), len(first)))
     for path, result in loaded:
         if result.get("benchmark") == "whisper_default":
             lines += whisper_section(result, path.name)
         elif result.get("benchmark") == "long_stream":
             lines += long_stream_section(result, path.name)
+        elif result.get("benchmark") == "lm_fusion":
+            lines += lm_fusion_section(result, path.name)
         elif result.get("benchmark") == "u2_baseline":
             lines += u2_section(result, path.name)
         elif result.get("benchmark") == "quantization":
