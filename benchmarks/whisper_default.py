@@ -433,6 +433,13 @@ def model_card(result: dict) -> str:
               f"{package} package (MIT).",
               "- Training voices (the trained head learned from their output):"]
     lines += [f"  - {ENGINE_LICENCES.get(engine, engine + ': see its package')}" for engine in engines]
+    lm = result.get("lm")
+    if lm:
+        from edgeasr.lm.build import LICENCES
+
+        lines.append(f"- The {lm['unit']} {lm['order']}-gram LM (`lm/`, first pass): trained by edgeasr on "
+                     f"{lm['sentences']:,} sentences of packaged prose:")
+        lines += [f"  - {kind}: {LICENCES.get(kind, 'see lm/README.md')}" for kind in lm.get("sources", {})]
     lines += [
         "- edgeasr code and the trained CTC head: as this repository.",
         "",
@@ -445,6 +452,8 @@ def model_card(result: dict) -> str:
         f"--data {_relative(corpus['path']) if corpus else 'data/synth4'} --out exp/whisper-ctc "
         "--set max_frames=12000 --set max_minutes=50 --set warmup_steps=200",
         "edgeasr average --exp exp/whisper-ctc --out models/default --num 3 --by best --fp16",
+        "edgeasr lm train --unit char --order 6 --exclude data/synth4/dev.jsonl --exclude data/synth4/test.jsonl "
+        "--out models/default/lm",
         result["command"],
         "```",
         "",
@@ -498,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = _parse_manifests(args.manifest)
     packaged = load_model_dir(args.model)
     info = model_info(args.model, packaged)
+    lm_card = Path(args.model) / "lm" / "card.json"
     frame_ms = info["frame_ms"]
     data = {}
     for name, path in sets:
@@ -507,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         data[name] = (utts, [load_audio(u.audio) for u in utts])
     result = {
         **run_facts("whisper_default", "benchmarks/whisper_default.py", sys.argv[1:] if argv is None else argv),
+        "lm": json.loads(lm_card.read_text()) if lm_card.is_file() else None,
         "recipe": args.recipe,
         "model": info,
         "chunk_sizes": chunks,

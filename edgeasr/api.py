@@ -66,6 +66,7 @@ def load_model(
     unknown = sorted(set(options) - set(DecodeOptions.__dataclass_fields__))
     if unknown:
         raise EdgeAsrError(f"unknown decoding option(s): {', '.join(unknown)}")
+    check_threads(threads)
     if backend not in BACKENDS:
         raise EdgeAsrError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
     if is_onnx_export(model):
@@ -84,6 +85,18 @@ def load_model(
     decode = DecodeOptions(mode=mode, chunk_size=chunk_size, num_left_chunks=num_left_chunks,
                            beam_size=beam_size, ctc_weight=ctc_weight, **options)
     return Recognizer.load(model, decode)
+
+
+#: more compute threads than this is a typo, not a machine (and a thread storm can crash the process)
+MAX_THREADS = 256
+
+
+def check_threads(threads) -> int:
+    """``threads`` as a whole number from 1 to MAX_THREADS, or a one-line error."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise EdgeAsrError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r} "
+                           f"(this machine has {os.cpu_count()} cores)")
+    return threads
 
 
 def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options):

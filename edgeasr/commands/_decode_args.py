@@ -79,8 +79,10 @@ def open_recognizer(args: argparse.Namespace):
 
     Both have ``chunk_size``, ``sample_rate``, ``directory``, ``stream()`` and ``transcribe()``.
     """
-    from edgeasr.api import is_onnx_export, load_model
+    from edgeasr.api import check_threads, is_onnx_export, load_model
     from edgeasr.errors import EdgeAsrError
+
+    check_threads(args.threads)
 
     if args.backend == "onnx" or is_onnx_export(args.model):
         if args.gate_threshold is not None or args.dynamic_int8:

@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from edgeasr.evaluate.bench import load_bench_model, run_bench
     from edgeasr.evaluate.flops import layer_norm_share
     from edgeasr.evaluate.report import pareto_plot, write_report
+    from edgeasr.api import check_threads
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(check_threads(args.threads))
     try:
         chunk_sizes = tuple(int(c) for c in args.chunk_sizes.split(","))
     except ValueError:

@@ -47,6 +47,8 @@ def build_server(args: argparse.Namespace):
     from edgeasr.decoding.endpoint import EndpointRules
     from edgeasr.serve.server import ServerLimits, StreamingServer
 
+    if not 0 <= args.port <= 65535:
+        raise EdgeAsrError(f"--port must be from 0 to 65535, got {args.port}")
     for name in ("workers", "max_sessions", "max_message_kb"):
         if getattr(args, name) < 1:
             raise EdgeAsrError(f"--{name.replace('_', '-')} must be at least 1")
@@ -69,7 +71,13 @@ def run_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         ready = asyncio.Event()
         task = asyncio.create_task(server.run(args.host, args.port, ready))
-        await ready.wait()
+        waiting = asyncio.create_task(ready.wait())
+        # a port that is busy or invalid fails the server task before it is ready: report it
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiting.cancel()
+            task.result()  # raises the listening error
+            return
         print(f"edgeasr serve: ws://{args.host}:{server.port} (browser page: http://{args.host}:{server.port}/)",
               flush=True)
         await task
@@ -77,5 +85,5 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except OSError as error:
-        raise EdgeAsrError(f"cannot listen on {args.host}:{args.port} ({error.strerror})") from None
+        raise EdgeAsrError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error})") from None
     return 0

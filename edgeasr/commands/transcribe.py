@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgeasr.audio.io import load_audio
+    from edgeasr.api import check_threads
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(check_threads(args.threads))
     recognizer = open_recognizer(args)
     chunk_size, sample_rate = recognizer.chunk_size, recognizer.sample_rate
     failed = 0

@@ -31,7 +31,11 @@ def _session(path: Path, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EdgeAsrError(f"{path}: not a usable ONNX graph ({detail[:200]})") from None
 
 
 class OnnxChunkRunner:
@@ -104,7 +108,15 @@ class OnnxRecognizer(DecodingCore):
         meta_path = self.directory / "metadata.json"
         if not meta_path.exists():
             raise EdgeAsrError(f"{self.directory}: not an exported ONNX model (missing metadata.json)")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise EdgeAsrError(f"{meta_path}: not readable JSON ({error})") from None
+        missing = [k for k in ("chunk_size", "window", "stride", "layers", "features", "blank_id",
+                               "subsampling_rate", "frame_shift_ms", "right_context", "max_left_frames")
+                   if not isinstance(self.meta, dict) or k not in self.meta]
+        if missing:
+            raise EdgeAsrError(f"{meta_path}: not an edgeasr export's metadata (missing {', '.join(missing)})")
         suffix = ".int8.onnx" if int8 else ".onnx"
         encoder_path = self.directory / f"encoder{suffix}"
         if not encoder_path.exists():

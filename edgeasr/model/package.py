@@ -230,24 +230,68 @@ def load_model_dir(name_or_path: str | os.PathLike[str]) -> PackagedModel:
     pretrained = None
     try:
         config = yaml.safe_load(config_path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise EdgeAsrError(f"{config_path}: not readable YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise EdgeAsrError(f"{config_path}: not a model config (expected a mapping)")
+    for section in ("model", "features"):
+        if not isinstance(config.get(section), dict):
+            raise EdgeAsrError(f"{config_path}: missing its '{section}' section")
+    streaming = _streaming_defaults(config.get("streaming") or {}, config_path)
+    tokenizer = Tokenizer.load(directory / "tokenizer")
+    try:
+        features = frontend_from_dict(config["features"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise EdgeAsrError(f"{config_path}: bad 'features' section ({str(error).splitlines()[0]})") from None
+    try:
         model = ASRModel(ModelConfig.from_dict(config["model"]))
-        state = unpack_quantized_weights(model, torch.load(weights_path, map_location="cpu", weights_only=True))
+    except (KeyError, TypeError, ValueError) as error:
+        raise EdgeAsrError(f"{config_path}: bad 'model' section ({str(error).splitlines()[0]})") from None
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise EdgeAsrError(f"{directory}: the tokenizer has {tokenizer.vocab_size} units but the model "
+                           f"outputs {model.config.vocab_size}")
+    if weights_path.stat().st_size == 0:
+        raise EdgeAsrError(f"{weights_path}: empty file (an interrupted copy?)")
+    try:
+        loaded = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and EOF errors alike: never run or trust it
+        kind = "refused: not plain tensors" if "weights_only" in str(error) or "Unpickl" in type(error).__name__ \
+            else "not a readable torch weights file"
+        raise EdgeAsrError(f"{weights_path}: {kind} ({type(error).__name__})") from None
+    try:
+        state = unpack_quantized_weights(model, loaded)
         if config.get("pretrained") is not None:
             pretrained = PretrainedSource.from_dict(config["pretrained"])
             state = {**pretrained.state_dict(), **state}
         model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError, yaml.YAMLError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         raise EdgeAsrError(f"{directory}: cannot load model ({str(error).splitlines()[0]})") from None
     model.eval()
-    streaming = StreamingDefaults(**config.get("streaming", {}))
     return PackagedModel(
         model=model,
-        tokenizer=Tokenizer.load(directory / "tokenizer"),
-        features=frontend_from_dict(config["features"]),
+        tokenizer=tokenizer,
+        features=features,
         streaming=streaming,
         directory=directory,
         pretrained=pretrained,
     )
+
+
+def _streaming_defaults(section: object, config_path: Path) -> StreamingDefaults:
+    """The 'streaming' section, checked: known keys, a chunk of at least one frame."""
+    if not isinstance(section, dict):
+        raise EdgeAsrError(f"{config_path}: 'streaming' must be a mapping")
+    known = {"chunk_size", "num_left_chunks"}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise EdgeAsrError(f"{config_path}: unknown streaming setting(s) {', '.join(map(str, unknown))} "
+                           f"(known: {', '.join(sorted(known))})")
+    defaults = StreamingDefaults(**section)
+    if not isinstance(defaults.chunk_size, int) or defaults.chunk_size < 1:
+        raise EdgeAsrError(f"{config_path}: streaming chunk_size must be a whole number of frames >= 1")
+    if not isinstance(defaults.num_left_chunks, int) or defaults.num_left_chunks < -1:
+        raise EdgeAsrError(f"{config_path}: streaming num_left_chunks must be -1 (all) or >= 0")
+    return defaults
 
 
 #: State a quantized model adds to a float one, which starts fresh when a float model initializes it.

@@ -272,7 +272,7 @@ class Tokenizer:
         atomic_write_bytes(folder / _META, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
+    def load(cls, directory: str | os.PathLike[str]) -> "Tokenizer":
         """Read a tokenizer written by ``save``; any problem is a ``DataError`` naming the file."""
         folder = Path(directory)
         meta_path = folder / _META
@@ -294,7 +294,7 @@ class Tokenizer:
                 f"(this edgeasr reads version {_FORMAT_VERSION})"
             )
         kind = meta.get("kind")
-        units_path = folder / str(meta.get("units", _UNITS))
+        units_path = _inside(folder, meta.get("units", _UNITS), meta_path)
         try:
             lines = units_path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as error:
@@ -312,7 +312,7 @@ class Tokenizer:
             )
         proto = None
         if kind == "bpe":
-            model_path = folder / str(meta.get("model", _BPE_MODEL))
+            model_path = _inside(folder, meta.get("model", _BPE_MODEL), meta_path)
             try:
                 proto = model_path.read_bytes()
             except OSError as error:
@@ -321,3 +321,12 @@ class Tokenizer:
             return cls(str(kind), units, proto)
         except DataError as error:
             raise DataError(f"{folder}: {error}") from error
+
+
+def _inside(folder: Path, name: object, meta_path: Path) -> Path:
+    """A file the tokenizer description names, refused when it would lie outside the folder
+    (a model directory from elsewhere must not make us read arbitrary files)."""
+    path = (folder / str(name)).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise DataError(f"{meta_path}: names a file outside the tokenizer directory ({name})")
+    return path
