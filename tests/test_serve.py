@@ -121,6 +121,9 @@ def test_blank_tracker_and_rules():
     (['{"type": "start", "hotwords": "edgeasr"}'], "hotwords must be a list"),
     (['{"type": "start", "hotwords": ["# nothing"]}'], "no hotwords"),
     (['{"type": "start", "hotwords": ["x :many"]}'], "boost"),
+    (['{"type": "start", "chunk_size": 0}'], "unknown start option"),
+    (['{"type": "start", "hotwords": ' + "[" * 100_000 + "]" * 100_000 + "}"], "nested deeper"),
+    (['{"type": "start", "sample_rate": ' + "9" * 5000 + "}"], "out-of-range number"),
 ])
 def test_malformed_messages_get_a_clear_error_and_do_not_disturb_others(recognizer, speech, messages, expected):
     server = serve(recognizer)
@@ -243,3 +246,39 @@ def test_hotwords_in_the_start_message_reach_that_stream_only(recognizer, speech
     assert phrases in seen and None in seen
     final = " ".join(e["text"] for e in with_hotwords if e["type"] == "final")
     assert final == recognizer.transcribe(speech[0].astype(np.float32), hotwords=phrases).text
+
+
+def test_web_origins_other_than_the_servers_own_are_refused(recognizer, speech):
+    from websockets.asyncio.client import connect
+
+    server = serve(recognizer)
+    port = server.server.port
+
+    async def try_origin(origin):
+        try:
+            async with connect(server.url, origin=origin) as ws:
+                await ws.send('{"type": "start"}')
+                return json.loads(await ws.recv())["type"]
+        except Exception as error:
+            return type(error).__name__
+
+    try:
+        assert run(try_origin(f"http://127.0.0.1:{port}")) == "ready"  # the demo page itself
+        assert run(try_origin("https://evil.example")) == "InvalidStatus"  # HTTP 403
+        events = run(stream_audio(server.url, speech[1], speed=0))  # no Origin: a CLI client
+        assert events[-1]["type"] == "done"
+        wait_until_idle(server)
+        finals = sum(e["type"] == "final" for e in events)
+        assert server.server.stats.finals == finals >= 1  # end-of-stream finals are counted too
+    finally:
+        server.close()
+    allowed = serve(recognizer, allowed_origins=("https://app.example",))
+    try:
+        async def app():
+            async with connect(allowed.url, origin="https://app.example") as ws:
+                await ws.send('{"type": "start"}')
+                return json.loads(await ws.recv())["type"]
+
+        assert run(app()) == "ready"
+    finally:
+        allowed.close()

@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--endpoint-silence", type=float, default=0.8,
                        help="trailing silence after speech that ends an utterance (s, default 0.8)")
     serve.add_argument("--max-utterance", type=float, default=20.0, help="longest utterance before a cut (s)")
+    serve.add_argument("--allowed-origins", default="", metavar="LIST",
+                       help="comma-separated web origins (e.g. https://app.example.com) allowed to stream besides "
+                            "the server's own page; '*' = any. Clients without an Origin (CLI tools) always are.")
     add_search_arguments(serve)
     serve.set_defaults(func=run_serve)
 
@@ -60,7 +63,8 @@ def build_server(args: argparse.Namespace):
                           max_message_bytes=args.max_message_kb * 1024,
                           max_session_seconds=args.max_session_seconds, idle_timeout=args.idle_timeout,
                           endpoint=EndpointRules(silence_after_speech=args.endpoint_silence,
-                                                 max_utterance=args.max_utterance))
+                                                 max_utterance=args.max_utterance),
+                          allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()))
     return StreamingServer(recognizer, limits)
 
 

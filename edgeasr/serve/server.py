@@ -50,6 +50,10 @@ class ServerLimits:
     max_session_seconds: float = 3600.0
     idle_timeout: float = 30.0
     endpoint: EndpointRules = field(default_factory=EndpointRules)
+    #: web origins allowed to open streams besides the server's own page ("*" = any); clients
+    #: that send no Origin (command-line tools) are always allowed. Without this check any web
+    #: page a user visits could stream to (and listen through) a server on their machine.
+    allowed_origins: tuple[str, ...] = ()
 
 
 class ProtocolError(Exception):
@@ -127,6 +131,10 @@ class StreamingServer:
         start = _parse_json(await self._receive(websocket))
         if start.get("type") != "start":
             raise ProtocolError('the first message must be {"type": "start", "sample_rate": ...}')
+        unknown = sorted(set(start) - START_KEYS)
+        if unknown:
+            raise ProtocolError(f"unknown start option(s) {', '.join(unknown)[:80]} "
+                                f"(known: {', '.join(sorted(START_KEYS - {'type'}))})")
         rate = start.get("sample_rate", 16000)
         if not isinstance(rate, int) or not 8000 <= rate <= 48000:
             raise ProtocolError("sample_rate must be an integer from 8000 to 48000")
@@ -162,6 +170,9 @@ class StreamingServer:
             if request.get("type") != "end":
                 raise ProtocolError(f"unexpected message type {request.get('type')!r} (expected audio or end)")
             for event in await loop.run_in_executor(self.pool, stream.finish):
+                if event["type"] == "final":
+                    with self._lock:
+                        self.stats.finals += 1
                 await self._send(websocket, event)
             await self._send(websocket, {"type": "done"})
             await websocket.close()
@@ -181,6 +192,11 @@ class StreamingServer:
         from websockets.http11 import Response
 
         if request.headers.get("Upgrade", "").lower() == "websocket":
+            origin = request.headers.get("Origin")
+            if origin is not None and not self._origin_allowed(origin, request.headers.get("Host", "")):
+                log.info("refused a stream from origin %s", origin[:100])
+                return Response(403, "Forbidden", Headers([("Content-Type", "text/plain")]),
+                                b"origin not allowed (edgeasr serve --allowed-origins)\n")
             return None
         path = request.path.split("?")[0]
         if path == "/health":
@@ -193,6 +209,12 @@ class StreamingServer:
         name, kind = files[path]
         return Response(200, "OK", Headers([("Content-Type", kind), ("Cache-Control", "no-store")]),
                         (STATIC / name).read_bytes())
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        allowed = self.limits.allowed_origins
+        if "*" in allowed or origin in allowed:
+            return True
+        return origin in (f"http://{host}", f"https://{host}")  # the server's own page
 
     async def run(self, host: str, port: int, ready: asyncio.Event | None = None,
                   stop: asyncio.Event | None = None) -> None:
@@ -231,13 +253,51 @@ def _hotwords(value) -> list[str] | None:
     return value or None
 
 
+#: the keys a start message may carry
+START_KEYS = frozenset({"type", "sample_rate", "every_chunk", "hotwords"})
+#: a control message's size and nesting at most (a hotword list fits; a JSON bomb does not)
+MAX_CONTROL_CHARS, MAX_JSON_DEPTH = 300_000, 8
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings, found without parsing (so a 100,000-deep
+    array is refused before the parser recurses into it)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _parse_json(message) -> dict:
     if isinstance(message, (bytes, bytearray)):
         raise ProtocolError('expected a JSON text message first: {"type": "start", "sample_rate": ...}')
+    if len(message) > MAX_CONTROL_CHARS:
+        raise ProtocolError(f"control message longer than {MAX_CONTROL_CHARS} characters")
+    if _json_depth(message) > MAX_JSON_DEPTH:
+        raise ProtocolError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(message)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise ProtocolError("malformed JSON message") from None
+    except ValueError:  # e.g. an integer of thousands of digits
+        raise ProtocolError("JSON message with an out-of-range number") from None
     if not isinstance(value, dict):
         raise ProtocolError("a JSON message must be an object with a 'type'")
     return value
