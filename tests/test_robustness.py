@@ -97,3 +97,25 @@ def test_serve_on_a_busy_or_invalid_port_says_so(tiny_model, capsys):
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert main(["serve", "--model", str(tiny_model), "--port", "70000"]) == 2
     assert "--port must be" in capsys.readouterr().err
+
+
+def test_empty_manifests_and_nan_audio_are_caught(tiny_model, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["eval", "--model", str(tiny_model), "--manifest", str(empty)]) == 2
+    assert "no utterances" in capsys.readouterr().err
+    samples = np.zeros(16000, dtype=np.float32)
+    samples[100] = np.nan
+    sf.write(tmp_path / "nan.wav", samples, 16000, subtype="FLOAT")
+    manifest = tmp_path / "nan.jsonl"
+    manifest.write_text(json.dumps({"audio": str(tmp_path / "nan.wav"), "text": "", "duration": 1.0}) + "\n")
+    assert main(["data", "validate", str(manifest)]) == 2  # what eval would refuse, validate refuses
+    assert "NaN" in capsys.readouterr().out
+    good = tmp_path / "good.wav"
+    sf.write(good, np.zeros(16000, dtype=np.float32), 16000)
+    manifest.write_text(json.dumps({"audio": str(good), "text": "", "duration": 1.0}) + "\n")
+    assert main(["eval", "--model", str(tiny_model), "--manifest", str(manifest)]) == 0
+    assert "empty reference" in capsys.readouterr().err

@@ -103,6 +103,32 @@ def test_resume_after_a_kill_continues_exactly(corpus, recipe, tmp_path):
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 
 
+def test_resume_skips_a_corrupt_checkpoint_cleans_up_and_keeps_the_log_clean(corpus, recipe, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(out), "--quiet",
+                 "--set", "max_steps=4"]) == 0
+    checkpoints = list_checkpoints(out / "checkpoints")
+    newest = checkpoints[-1]
+    newest.write_bytes(newest.read_bytes()[:200])  # a disk that filled up mid-copy
+    stale = out / "checkpoints" / ".step-00000009.pt.abc.tmp"
+    stale.write_bytes(b"half a save")
+    capsys.readouterr()
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(out), "--quiet",
+                 "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"{newest.name}: unreadable" in err
+    assert not stale.exists()
+    steps = [row.split(",")[0] for row in (out / "train_log.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps), key=int), steps  # no step logged twice
+    assert load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["step"] == 6
+    # every checkpoint damaged: a clear error, not a silent restart from step 0
+    for path in list_checkpoints(out / "checkpoints"):
+        path.write_bytes(b"")
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(out), "--quiet",
+                 "--resume"]) == 2
+    assert "no intact checkpoint" in capsys.readouterr().err
+
+
 def test_two_process_data_parallel_training(corpus, recipe, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

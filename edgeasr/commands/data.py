@@ -84,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "reported; the exit status is 2 if there is any.",
     )
     p.add_argument("manifests", nargs="+", metavar="F.jsonl", help="manifests to check")
+    p.add_argument("--header-only", action="store_true",
+                   help="read only each file's header (fast) instead of decoding every sample, which also "
+                        "catches NaN/Inf samples and broken data that recognition would refuse")
     p.set_defaults(func=_validate)
 
 
@@ -158,10 +161,15 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_audio(utterance: Utterance) -> str | None:
-    """The problem with an utterance's audio, or None."""
+def _check_audio(utterance: Utterance, decode: bool = True) -> str | None:
+    """The problem with an utterance's audio, or None. ``decode`` reads every sample the way
+    recognition does, so what passes here is what ``eval`` and ``train`` accept."""
     try:
         actual = audio_duration(utterance.audio)
+        if decode:
+            from edgeasr.audio.io import load_audio
+
+            load_audio(utterance.audio)
     except EdgeAsrError as error:
         return str(error)
     end = utterance.extra.get("end")
@@ -184,7 +192,7 @@ def _validate(args: argparse.Namespace) -> int:
         count = bad = 0
         for number, item in iter_manifest_lines(path):
             count += 1
-            problem = str(item) if isinstance(item, EdgeAsrError) else _check_audio(item)
+            problem = str(item) if isinstance(item, EdgeAsrError) else _check_audio(item, not args.header_only)
             if problem is None:
                 continue
             bad += 1

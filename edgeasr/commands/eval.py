@@ -51,6 +51,14 @@ def run(args: argparse.Namespace) -> int:
         raise EdgeAsrError("the ONNX backend streams one utterance at a time (no --offline or --batch-size)")
     chunk_size, model_name = recognizer.chunk_size, str(recognizer.directory)
     utts = read_manifest(args.manifest)[: args.limit]
+    if not utts:
+        raise EdgeAsrError(f"{args.manifest}: no utterances to score")
+    empty = sum(1 for u in utts if not u.text.strip())
+    if empty:
+        import sys
+
+        print(f"edgeasr: warning: {empty} of {len(utts)} utterances have an empty reference text "
+              "(their words count as insertions only)", file=sys.stderr)
     words, chars = ErrorCounts(), ErrorCounts()
     audio_seconds = 0.0
     compute_seconds = 0.0

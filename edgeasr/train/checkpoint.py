@@ -101,6 +101,32 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     return found[-1] if found else None
 
 
+def newest_intact_checkpoint(directory: str | os.PathLike[str]) -> tuple[Path | None, dict | None, list[str]]:
+    """(path, state, problems): the newest checkpoint that loads, and why newer ones did not
+    (a disk filled up or a copy was cut short); (None, None, problems) when none loads."""
+    problems = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            state = load_checkpoint(path)
+            if not isinstance(state, dict) or "model" not in state or "step" not in state:
+                raise ValueError("not a training checkpoint")
+            return path, state, problems
+        except Exception as error:  # torch raises many kinds for a damaged file
+            problems.append(f"{path}: unreadable ({type(error).__name__}), skipped")
+    return None, None, problems
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> int:
+    """Delete the temporary files of saves that were interrupted (``.step-*.tmp``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    stale = [p for p in directory.iterdir() if p.name.startswith(".step-") and p.name.endswith(".tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     """Element-wise mean of the model weights of several checkpoints (integer buffers: last one)."""
     if not paths:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,9 +36,9 @@ from edgeasr.text.tokenizer import Tokenizer
 from edgeasr.train.checkpoint import (
     average_checkpoints,
     checkpoints_to_average,
-    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
+    newest_intact_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from edgeasr.train.schedule import warmup_lr
@@ -296,8 +297,20 @@ def train(
     optimizer = torch.optim.Adam(_parameter_groups(model, cfg.gate_lr_scale), lr=cfg.peak_lr, betas=(0.9, 0.98),
                                  eps=1e-9, weight_decay=cfg.weight_decay)
     step, epoch, batch_in_epoch = 0, 0, 0
-    if resume and (latest := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(latest)
+    if world.main:
+        remove_stale_temporaries(ckpt_dir)
+    latest, state = None, None
+    if resume:
+        latest, state, problems = newest_intact_checkpoint(ckpt_dir)
+        if world.main:
+            for problem in problems:
+                print(f"edgeasr: warning: {problem}", file=sys.stderr)
+        if latest is None and problems:
+            raise EdgeAsrError(f"{ckpt_dir}: no intact checkpoint to resume from "
+                               f"({len(problems)} unreadable); remove them or start afresh in another --out")
+        if latest is None and world.main:
+            print("edgeasr: warning: --resume found no checkpoint; starting from step 0", file=sys.stderr)
+    if latest is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _match_optimizer_shapes(optimizer)
@@ -318,6 +331,8 @@ def train(
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(log_fields)
+    elif world.main:
+        _truncate_log(log_path, step)  # rows past the resumed step would be written again
     bar = None
     if world.main and progress:
         from tqdm import tqdm
@@ -447,6 +462,23 @@ def package_experiment(
                           StreamingDefaults(**streaming), half=half,
                           pretrained=source.pretrained if source else None,
                           whisper_dir=source.whisper_dir if source else None)
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Keep the log's header and the rows up to ``step`` (the checkpoint a run resumes from)."""
+    with open(log_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+    if len(kept) != len(rows):
+        import io
+
+        from edgeasr.fileio import atomic_write_text
+
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(kept)
+        atomic_write_text(log_path, buffer.getvalue())
 
 
 @torch.no_grad()
