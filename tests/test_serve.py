@@ -282,3 +282,64 @@ def test_web_origins_other_than_the_servers_own_are_refused(recognizer, speech):
         assert run(app()) == "ready"
     finally:
         allowed.close()
+
+
+def test_trickling_clients_are_closed_and_cannot_lock_others_out(recognizer, speech):
+    """Two bytes now and then used to hold a slot forever; now a stream must keep up a minimum
+    audio rate after a grace period, so tricklers are closed with a reason and a real client
+    gets in."""
+    from websockets.asyncio.client import connect
+
+    server = serve(recognizer, max_sessions=2, idle_timeout=30, min_audio_rate=0.5, rate_grace_seconds=0.5)
+
+    async def trickle():
+        events = []
+        async with connect(server.url) as ws:
+            await ws.send('{"type": "start"}')
+            try:
+                for _ in range(40):
+                    await ws.send(b"\x00\x00")
+                    await asyncio.sleep(0.1)
+            except Exception:
+                pass
+            try:
+                async for message in ws:
+                    events.append(json.loads(message))
+            except Exception:
+                pass
+        return events
+
+    async def scenario():
+        tricklers = [asyncio.create_task(trickle()) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        busy = await raw_session(server.url, ['{"type": "start"}'])  # both slots held: refused, with a reason
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(*tricklers)
+        closed_after = asyncio.get_running_loop().time() - started
+        served = await stream_audio(server.url, speech[1], speed=0)
+        return busy, results, closed_after, served
+
+    try:
+        busy, results, closed_after, served = run(scenario())
+    finally:
+        server.close()
+    assert busy[-1]["type"] == "error" and "busy" in busy[-1]["message"]
+    for events in results:
+        assert events[-1]["type"] == "error" and "too slow" in events[-1]["message"]
+    assert closed_after < 3.0
+    assert served[-1]["type"] == "done"
+
+
+def test_client_command_reports_a_server_side_close_in_one_line(recognizer, speech, tmp_path, capsys):
+    import soundfile as sf
+
+    path = tmp_path / "long.wav"
+    sf.write(path, np.tile(speech[1], 4), 16000)
+    server = serve(recognizer, max_session_seconds=1.0)
+    try:
+        status = main(["client", "--url", server.url, "--speed", "0", str(path)])
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "longer than 1 s" in err and "Traceback" not in err and "never retrieved" not in err

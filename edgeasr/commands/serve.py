@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--endpoint-silence", type=float, default=0.8,
                        help="trailing silence after speech that ends an utterance (s, default 0.8)")
     serve.add_argument("--max-utterance", type=float, default=20.0, help="longest utterance before a cut (s)")
+    serve.add_argument("--min-audio-rate", type=float, default=0.5, metavar="R",
+                       help="after 10 s, close streams that sent less than R s of audio per second (default: 0.5; "
+                            "0 = off): slow tricklers cannot hold sessions")
     serve.add_argument("--allowed-origins", default="", metavar="LIST",
                        help="comma-separated web origins (e.g. https://app.example.com) allowed to stream besides "
                             "the server's own page; '*' = any. Clients without an Origin (CLI tools) always are.")
@@ -50,6 +53,8 @@ def build_server(args: argparse.Namespace):
     from edgeasr.decoding.endpoint import EndpointRules
     from edgeasr.serve.server import ServerLimits, StreamingServer
 
+    if not args.min_audio_rate >= 0:
+        raise EdgeAsrError("--min-audio-rate must be 0 or more")
     if not 0 <= args.port <= 65535:
         raise EdgeAsrError(f"--port must be from 0 to 65535, got {args.port}")
     for name in ("workers", "max_sessions", "max_message_kb"):
@@ -64,6 +69,7 @@ def build_server(args: argparse.Namespace):
                           max_session_seconds=args.max_session_seconds, idle_timeout=args.idle_timeout,
                           endpoint=EndpointRules(silence_after_speech=args.endpoint_silence,
                                                  max_utterance=args.max_utterance),
+                          min_audio_rate=args.min_audio_rate,
                           allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()))
     return StreamingServer(recognizer, limits)
 

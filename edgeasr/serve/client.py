@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from edgeasr.errors import EdgeAsrError
+
 
 async def stream_audio(url: str, samples: np.ndarray, sample_rate: int = 16000, speed: float = 1.0,
                        chunk_ms: float = 100.0, on_event=None, open_timeout: float = 10.0,
@@ -48,17 +50,44 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int = 16000, 
 
         receiver = asyncio.create_task(receive())
         started = time.perf_counter()
-        for index, begin in enumerate(range(0, len(pcm), step)):
-            if receiver.done():
-                break  # the server closed the session (an error event says why)
-            if sent_at is not None:
-                sent_at.append(time.perf_counter())
-            await websocket.send(pcm[begin : begin + step].tobytes())
-            sent["seconds"] = min(len(pcm), begin + step) / sample_rate
-            if speed > 0:
-                due = started + sent["seconds"] / speed
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        if not receiver.done():
-            await websocket.send(json.dumps({"type": "end"}))
-        await receiver
+        closed = None
+        try:
+            for index, begin in enumerate(range(0, len(pcm), step)):
+                if receiver.done():
+                    break  # the server closed the session (an error event says why)
+                if sent_at is not None:
+                    sent_at.append(time.perf_counter())
+                await websocket.send(pcm[begin : begin + step].tobytes())
+                sent["seconds"] = min(len(pcm), begin + step) / sample_rate
+                if speed > 0:
+                    due = started + sent["seconds"] / speed
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            if not receiver.done():
+                await websocket.send(json.dumps({"type": "end"}))
+        except Exception as error:  # the server closed the connection while we were sending
+            if not type(error).__module__.startswith("websockets"):
+                receiver.cancel()
+                raise
+            closed = error
+        try:
+            await receiver  # always awaited: no "Task exception was never retrieved" on a close
+        except asyncio.CancelledError:
+            pass
+        except Exception as error:
+            if not type(error).__module__.startswith("websockets"):
+                raise
+            closed = closed or error
+    if closed is not None and not any(e.get("type") in ("done", "error") for e in events):
+        raise StreamClosed(f"the server closed the stream{_reason(closed)}")
     return events
+
+
+class StreamClosed(EdgeAsrError):
+    """The server ended a stream without a result or an error event (overload, a restart)."""
+
+
+def _reason(error) -> str:
+    received = getattr(error, "rcvd", None)
+    if received is None:
+        return f" ({error})" if str(error) else ""
+    return f" (code {received.code}{': ' + received.reason if received.reason else ''})"

@@ -54,6 +54,11 @@ class ServerLimits:
     #: that send no Origin (command-line tools) are always allowed. Without this check any web
     #: page a user visits could stream to (and listen through) a server on their machine.
     allowed_origins: tuple[str, ...] = ()
+    #: after ``rate_grace_seconds``, a session must have sent at least this many seconds of audio
+    #: per second of wall time, or it is closed: a client trickling a few bytes now and then
+    #: would otherwise hold a slot forever (real-time clients send 1 s per second)
+    min_audio_rate: float = 0.5
+    rate_grace_seconds: float = 10.0
 
 
 class ProtocolError(Exception):
@@ -121,11 +126,18 @@ class StreamingServer:
             with self._lock:
                 self.stats.sessions_open -= 1
 
-    async def _receive(self, websocket):
+    async def _receive(self, websocket, pace: "_Pace | None" = None):
+        """The next message; closes a session that is idle, too slow, or open too long."""
+        idle = self.limits.idle_timeout
+        timeout = idle if pace is None else max(0.05, min(idle, pace.seconds_left()))
         try:
-            return await asyncio.wait_for(websocket.recv(), timeout=self.limits.idle_timeout)
+            return await asyncio.wait_for(websocket.recv(), timeout=timeout)
         except asyncio.TimeoutError:
-            raise ProtocolError(f"idle for {self.limits.idle_timeout:g} s: closing") from None
+            if pace is not None:
+                pace.check()
+            if timeout < idle:  # the pace deadline passed but the session caught up since
+                return await self._receive(websocket, pace)
+            raise ProtocolError(f"idle for {idle:g} s: closing") from None
 
     async def _serve(self, websocket) -> None:
         start = _parse_json(await self._receive(websocket))
@@ -148,8 +160,10 @@ class StreamingServer:
             raise ProtocolError(str(error)) from None
         loop = asyncio.get_running_loop()
         await self._send(websocket, {"type": "ready", "sample_rate": rate})
+        pace = _Pace(self.limits, stream)
         while True:
-            message = await self._receive(websocket)
+            message = await self._receive(websocket, pace)
+            pace.check()
             if isinstance(message, (bytes, bytearray)):
                 if len(message) % 2:
                     raise ProtocolError("binary frames must hold whole 16-bit samples (even byte count)")
@@ -301,6 +315,37 @@ def _parse_json(message) -> dict:
     if not isinstance(value, dict):
         raise ProtocolError("a JSON message must be an object with a 'type'")
     return value
+
+
+class _Pace:
+    """Wall-clock limits of one session: a minimum audio rate after a grace period, and a total
+    wall time (the audio limit plus the grace), so no client holds a slot by sending slowly."""
+
+    def __init__(self, limits: ServerLimits, stream: "_Utterances") -> None:
+        self.limits = limits
+        self.stream = stream
+        self.opened = time.monotonic()
+
+    def seconds_left(self) -> float:
+        """Wall seconds until the session falls below the minimum rate (or its wall limit)."""
+        limits = self.limits
+        elapsed = time.monotonic() - self.opened
+        wall = limits.max_session_seconds + limits.rate_grace_seconds - elapsed
+        if limits.min_audio_rate <= 0:
+            return wall
+        due = limits.rate_grace_seconds + self.stream.seconds_received / limits.min_audio_rate
+        return min(wall, due - elapsed)
+
+    def check(self) -> None:
+        limits = self.limits
+        elapsed = time.monotonic() - self.opened
+        if elapsed > limits.max_session_seconds + limits.rate_grace_seconds:
+            raise ProtocolError(f"session open longer than {limits.max_session_seconds:g} s")
+        if limits.min_audio_rate > 0 and elapsed > limits.rate_grace_seconds:
+            expected = limits.min_audio_rate * (elapsed - limits.rate_grace_seconds)
+            if self.stream.seconds_received < expected:
+                raise ProtocolError(f"too slow: {self.stream.seconds_received:.1f} s of audio in {elapsed:.0f} s "
+                                    f"(a stream must send at least {limits.min_audio_rate:g} s of audio per second)")
 
 
 class _Utterances:
