@@ -228,9 +228,9 @@ def test_hotwords_in_the_start_message_reach_that_stream_only(recognizer, speech
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-        def stream(self, hotwords=None):
+        def stream(self, hotwords=None, **options):
             seen.append(hotwords)
-            return self.inner.stream(hotwords)
+            return self.inner.stream(hotwords, **options)
 
     phrases = ["hello world :4", "streaming"]
     server = serve(Recording(recognizer))

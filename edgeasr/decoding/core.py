@@ -118,7 +118,10 @@ class DecodingCore:
         self.max_segment_frames = max_segment_frames
         segment = options.segment
         if segment is None:
-            segment = max_segment_frames is not None or self.mode_spec.second_pass == "whisper"
+            # On wherever a stream would otherwise keep something per frame: a rescoring pass
+            # keeps the encoder output, unlimited left context keeps attention caches.
+            segment = (max_segment_frames is not None or self.mode_spec.second_pass is not None
+                       or self.num_left_chunks < 0)
         self.endpoint_rules = None
         if segment:
             limit = 20.0
@@ -181,11 +184,12 @@ class DecodingCore:
             return Result(text="")
         return build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
 
-    def stream(self, hotwords=None) -> "StreamingSession":
-        """A streaming session; ``hotwords`` (phrases, or a file) bias this stream only."""
+    def stream(self, hotwords=None, endpoint_rules: EndpointRules | None = None) -> "StreamingSession":
+        """A streaming session; ``hotwords`` (phrases, or a file) bias this stream only;
+        ``endpoint_rules`` replace the recognizer's for it (the server's, for instance)."""
         if self.chunk_size <= 0:
             raise EdgeAsrError("streaming needs a chunk size of at least 1 (got 0 = full context)")
-        return StreamingSession(self, hotwords)
+        return StreamingSession(self, hotwords, endpoint_rules)
 
 
 def _resolve_lm(option, model_directory):
@@ -248,7 +252,7 @@ class StreamingSession:
     segment; results always cover the whole stream; ``reset()`` starts a new stream in place.
     """
 
-    def __init__(self, recognizer: DecodingCore, hotwords=None) -> None:
+    def __init__(self, recognizer: DecodingCore, hotwords=None, endpoint_rules: EndpointRules | None = None) -> None:
         self.recognizer = recognizer
         spec = recognizer.mode_spec
         self.first_scorer, self.second_scorer = recognizer.scorers(hotwords)
@@ -262,7 +266,7 @@ class StreamingSession:
         # the CTC modes keep nothing per frame, so an endless stream has bounded memory.
         self.keep_encoded = spec.second_pass == "attention"
         self.runner = recognizer.chunk_runner(keep_inputs=spec.second_pass == "whisper")
-        self.rules = recognizer.endpoint_rules
+        self.rules = endpoint_rules if endpoint_rules is not None else recognizer.endpoint_rules
         self.reset()
 
     def reset(self) -> None:
@@ -271,6 +275,9 @@ class StreamingSession:
         self.runner.reset()
         #: finalized segments: (start seconds, result)
         self.segments: list[tuple[float, Result]] = []
+        #: finalized segments with text, in order: (start seconds, end seconds, result); times in
+        #: each result are relative to its start (a server sends each as one "final")
+        self.finals: list[tuple[float, float, Result]] = []
         self.segment_start_frames = 0
         self.samples_seen = 0
         self.finished = False
@@ -312,9 +319,26 @@ class StreamingSession:
         self.segment_start_frames += self.blank_tracker.frames
         if result.text or not self.segments:
             self.segments.append((start, result))
+        if result.text:
+            end = (self.samples_seen / self.recognizer.frontend.sample_rate if final
+                   else self.segment_start_frames * self.recognizer.frame_seconds)
+            self.finals.append((start, max(start, end), result))
         if not final:
             self.runner.reset()
             self._new_segment()
+
+    @property
+    def segment_start(self) -> float:
+        """Stream time (seconds) at which the open segment began."""
+        return self.segment_start_frames * self.recognizer.frame_seconds
+
+    def open_segment(self) -> Result:
+        """The open segment's best path so far, times relative to ``segment_start``."""
+        best = self.search.nbest(1)
+        if not best or not best[0].tokens:
+            return Result(text="", is_final=False)
+        rec = self.recognizer
+        return build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)
 
     def is_endpoint(self) -> bool:
         """True when the last ``accept`` ended a segment (its text is final from now on)."""

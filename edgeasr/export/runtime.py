@@ -145,6 +145,11 @@ class OnnxRecognizer(DecodingCore):
         """Fixed at export (the ``Recognizer`` property of the same name, for shared callers)."""
         return self.meta["chunk_size"]
 
+    @property
+    def num_left_chunks(self) -> int:
+        """-1 when the export keeps all history (its attention caches grow), else its chunks."""
+        return -1 if self.meta["max_left_frames"] < 0 else max(0, self.meta["max_left_frames"] // self.chunk_size)
+
     @classmethod
     def load(cls, directory, **options) -> "OnnxRecognizer":
         return cls(directory, **options)

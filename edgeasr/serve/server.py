@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeasr.decoding.endpoint import EndpointRules, endpoint_reached
+from edgeasr.decoding.endpoint import EndpointRules
 from edgeasr.errors import EdgeAsrError
 
 log = logging.getLogger("edgeasr.serve")
@@ -349,7 +349,8 @@ class _Pace:
 
 
 class _Utterances:
-    """One client's audio: resampling, the current utterance's session, endpointing, offsets.
+    """One client's audio: resampling, one streaming session (whose endpointer, with the server's
+    rules, cuts the stream into finalized segments), and the events it owes the client.
 
     Runs on a worker thread (one call at a time per client, in arrival order).
     """
@@ -367,45 +368,42 @@ class _Utterances:
 
             self.resampler = soxr.ResampleStream(sample_rate, self.model_rate, 1, dtype="float32", quality="HQ")
         self.seconds_received = 0.0
-        self.segment = 0
-        self.offset = 0.0  # stream time at which the current utterance started
-        self.session = recognizer.stream(hotwords)
+        # One session for the whole connection: its endpointer (with the server's rules) cuts
+        # the stream into segments, each finalized (second pass) as soon as it ends.
+        self.session = recognizer.stream(hotwords, endpoint_rules=rules)
+        self.sent_finals = 0
         self.last_partial = ""
         self.input_rate = sample_rate
 
-    def _event(self, result, kind: str) -> dict:
-        words = [{"word": w.word, "start": round(self.offset + w.start, 3), "end": round(self.offset + w.end, 3),
-                  "confidence": w.confidence} for w in result.words]
-        event = {"type": kind, "segment": self.segment, "text": result.text, "words": words,
-                 "start": round(self.offset, 3)}
-        if kind == "final":
-            event["end"] = round(self.offset + self.session.samples_seen / self.model_rate, 3)
-            event["confidence"] = result.confidence
-        return event
+    @staticmethod
+    def _words(result, offset: float) -> list[dict]:
+        return [{"word": w.word, "start": round(offset + w.start, 3), "end": round(offset + w.end, 3),
+                 "confidence": w.confidence} for w in result.words]
+
+    def _finals(self) -> list[dict]:
+        """A "final" event for every segment with text the session closed since the last call."""
+        events = []
+        for start, end, result in self.session.finals[self.sent_finals:]:
+            events.append({"type": "final", "segment": self.sent_finals, "text": result.text,
+                           "words": self._words(result, start), "start": round(start, 3), "end": round(end, 3),
+                           "confidence": result.confidence})
+            self.sent_finals += 1
+        return events
 
     def accept(self, samples: np.ndarray) -> list[dict]:
         self.seconds_received += len(samples) / self.input_rate
         if self.resampler is not None:
             samples = self.resampler.resample_chunk(samples)
-        events = []
-        partial = self.session.accept(samples)
+        self.session.accept(samples)
+        events = self._finals() if self.session.is_endpoint() else []
+        if events:
+            self.last_partial = ""
+        partial = self.session.open_segment()
         if partial.text != self.last_partial or self.every_chunk:
             self.last_partial = partial.text
-            events.append(self._event(partial, "partial"))
-        tracker = self.session.blank_tracker
-        frame_seconds = self.recognizer.frame_seconds
-        if endpoint_reached(self.rules, tracker, frame_seconds, bool(partial.text)):
-            events.extend(self._close_utterance())
-        return events
-
-    def _close_utterance(self) -> list[dict]:
-        final = self.session.finish()
-        events = [self._event(final, "final")] if final.text else []
-        self.offset += self.session.samples_seen / self.model_rate
-        if final.text:
-            self.segment += 1
-        self.session = self.recognizer.stream(self.hotwords)
-        self.last_partial = ""
+            start = self.session.segment_start
+            events.append({"type": "partial", "segment": self.sent_finals, "text": partial.text,
+                           "words": self._words(partial, start), "start": round(start, 3)})
         return events
 
     def finish(self) -> list[dict]:
@@ -413,5 +411,5 @@ class _Utterances:
             tail = self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
             if tail.size:
                 self.session.accept(tail)
-        final = self.session.finish()
-        return [self._event(final, "final")] if final.text else []
+        self.session.finish()
+        return self._finals()
