@@ -343,3 +343,46 @@ def test_client_command_reports_a_server_side_close_in_one_line(recognizer, spee
     err = capsys.readouterr().err
     assert status == 2
     assert "longer than 1 s" in err and "Traceback" not in err and "never retrieved" not in err
+
+
+def test_new_sessions_are_refused_while_the_workers_are_saturated(recognizer, speech):
+    """Admission control: when the open sessions keep the workers busier than max_load, a new
+    session is refused at once with a reason (instead of everyone falling behind)."""
+    import time as clock
+
+    class SlowSession:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def accept(self, samples):
+            clock.sleep(0.05)  # compute-bound: a worker is busy for longer than the audio lasts
+            return self.inner.accept(samples)
+
+    class Slow:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def stream(self, hotwords=None, **options):
+            return SlowSession(self.inner.stream(hotwords, **options))
+
+    server = serve(Slow(recognizer), workers=1, max_load=0.5, load_window=1.0)
+    try:
+        async def scenario():
+            busy = asyncio.create_task(stream_audio(server.url, np.tile(speech[1], 3), speed=0, chunk_ms=20))
+            await asyncio.sleep(1.0)
+            late = await raw_session(server.url, ['{"type": "start"}'])
+            health = json.loads(urllib.request.urlopen(server.url.replace("ws://", "http://") + "/health").read())
+            await busy
+            return late, health
+
+        late, health = run(scenario())
+    finally:
+        server.close()
+    assert late[-1]["type"] == "error" and "at capacity" in late[-1]["message"]
+    assert health["sessions_refused_load"] >= 1 and health["load"] > 0.5

@@ -29,6 +29,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +60,11 @@ class ServerLimits:
     #: would otherwise hold a slot forever (real-time clients send 1 s per second)
     min_audio_rate: float = 0.5
     rate_grace_seconds: float = 10.0
+    #: admission control: new sessions are refused while the workers were busier than this share
+    #: of their capacity over the last ``load_window`` seconds (the open ones would fall behind
+    #: real time if more came in); 0 = off
+    max_load: float = 0.9
+    load_window: float = 10.0
 
 
 class ProtocolError(Exception):
@@ -75,6 +81,9 @@ class Stats:
     #: audio received and worker time spent on it, over all sessions (RTF = compute / audio)
     audio_seconds: float = 0.0
     compute_seconds: float = 0.0
+    sessions_refused_load: int = 0
+    #: worker seconds per second over the load window, divided by the number of workers
+    load: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,18 +99,41 @@ class StreamingServer:
         self.stats = Stats()
         self._lock = threading.Lock()
         self.port: int | None = None
+        self._work: deque = deque()  # (finished at, worker seconds) over the load window
+
+    def _record_work(self, seconds: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._work.append((now, seconds))
+            self._update_load(now)
+
+    def _update_load(self, now: float) -> None:
+        window = self.limits.load_window
+        while self._work and self._work[0][0] < now - window:
+            self._work.popleft()
+        self.stats.load = round(sum(s for _, s in self._work) / (window * self.limits.workers), 3)
 
     # -- one connection -------------------------------------------------------------------------
 
     async def handle(self, websocket) -> None:
         with self._lock:
-            if self.stats.sessions_open >= self.limits.max_sessions:
+            self._update_load(time.monotonic())
+            overloaded = self.limits.max_load > 0 and self.stats.load > self.limits.max_load
+            if overloaded and self.stats.sessions_open > 0:
+                self.stats.sessions_refused_load += 1
+                rejected = "load"
+            elif self.stats.sessions_open >= self.limits.max_sessions:
                 self.stats.sessions_rejected += 1
                 rejected = True
             else:
                 self.stats.sessions_open += 1
                 self.stats.sessions_total += 1
                 rejected = False
+        if rejected == "load":
+            await self._send(websocket, {"type": "error", "message": "server at capacity: the open sessions use "
+                                         f"{100 * self.stats.load:.0f}% of its workers, try again later"})
+            await websocket.close(1013, "server at capacity")
+            return
         if rejected:
             await self._send(websocket, {"type": "error", "message": f"server busy: {self.limits.max_sessions} "
                                                                      "sessions open, try again later"})
@@ -164,6 +196,8 @@ class StreamingServer:
         while True:
             message = await self._receive(websocket, pace)
             pace.check()
+            if websocket.close_code is not None:
+                return  # the client is gone: its buffered audio is not worth decoding
             if isinstance(message, (bytes, bytearray)):
                 if len(message) % 2:
                     raise ProtocolError("binary frames must hold whole 16-bit samples (even byte count)")
@@ -171,6 +205,7 @@ class StreamingServer:
                 if stream.seconds_received + len(samples) / rate > self.limits.max_session_seconds:
                     raise ProtocolError(f"session longer than {self.limits.max_session_seconds:g} s")
                 events, seconds = await loop.run_in_executor(self.pool, _timed, stream.accept, samples)
+                self._record_work(seconds)
                 with self._lock:
                     self.stats.audio_seconds += len(samples) / rate
                     self.stats.compute_seconds += seconds
