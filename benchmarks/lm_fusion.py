@@ -13,7 +13,8 @@ What it measures, all at 1 thread:
 3. Hotwords: on sentences with rare names and terms spoken by held-out voices
    (benchmarks/make_biasing_set.py), the share of phrases recognized without and with the whole
    phrase list as hotwords; and the plain test set's WER with that list active.
-4. The search's share of streaming time at beam 10 (with and without the LM), median over utterances.
+4. The search's share of streaming time at beam 10 (with and without the LM, and in the default
+   two-pass mode with its LM), median over utterances.
 5. ONNX Runtime and torch n-best identical with an LM and hotwords (a model that exports).
 
 First-pass accuracy decodes the chunk-masked encoder output (equal to streaming, tests prove it)
@@ -109,8 +110,10 @@ def search_share(model: str, data: Encoded, lm_path, lm_weights, utts: int) -> d
         spent["search"] += time.perf_counter() - start
 
     out = {}
-    for name, lm, (weight, bonus) in [("no_lm", None, (0.0, 0.0)), ("lm", lm_path, lm_weights)]:
-        recognizer = Recognizer.load(model, DecodeOptions(mode="ctc_prefix_beam", beam_size=10, lm=lm,
+    for name, mode, lm, (weight, bonus) in [("no_lm", "ctc_prefix_beam", None, (0.0, 0.0)),
+                                            ("lm", "ctc_prefix_beam", lm_path, lm_weights),
+                                            ("default_two_pass_lm", "attention_rescoring", lm_path, lm_weights)]:
+        recognizer = Recognizer.load(model, DecodeOptions(mode=mode, beam_size=10, lm=lm,
                                                           lm_weight=weight, lm_bonus=bonus))
         recognizer.transcribe(data.audio[0])  # warm-up
         shares, rtfs = [], []
@@ -129,7 +132,7 @@ def search_share(model: str, data: Encoded, lm_path, lm_weights, utts: int) -> d
                 rtfs.append(total / (len(samples) / recognizer.frontend.sample_rate))
         finally:
             ctc_module.PrefixBeamSearch.step = original
-        out[name] = {"search_share_median": round(statistics.median(shares), 4),
+        out[name] = {"mode": recognizer.mode, "search_share_median": round(statistics.median(shares), 4),
                      "search_share_max": round(max(shares), 4), "rtf_median": round(statistics.median(rtfs), 4),
                      "utts": len(shares)}
     return out

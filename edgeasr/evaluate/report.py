@@ -263,6 +263,11 @@ def lm_fusion_section(result: dict, name: str) -> list[str]:
                   f"(max {100 * share['no_lm']['search_share_max']:.1f}%), with the {result['best_lm']} LM "
                   f"{100 * share['lm']['search_share_median']:.1f}% (max {100 * share['lm']['search_share_max']:.1f}%); "
                   f"RTF {share['no_lm']['rtf_median']:.3f} / {share['lm']['rtf_median']:.3f}."]
+        two = share.get("default_two_pass_lm")
+        if two:
+            lines[-1] += (f" In the default two-pass mode (`{two['mode']}`, partials from the LM-fused beam): "
+                          f"{100 * two['search_share_median']:.1f}% (max {100 * two['search_share_max']:.1f}%), "
+                          f"RTF {two['rtf_median']:.3f}.")
     parity = result.get("onnx_parity")
     if parity:
         lines += ["", f"ONNX Runtime vs torch (`{parity['model']}`, LM and hotwords on): identical n-best on "
