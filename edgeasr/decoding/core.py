@@ -161,6 +161,8 @@ class DecodingCore:
     def decode_frames(self, log_probs, encoded, audio_seconds: float, feats=None, scorers=None) -> Result:
         """One whole segment's CTC log-probs [T, V] (and encoder output, model input) to its result."""
         first, second = scorers if scorers is not None else self.scorers()
+        if not _any_speech(log_probs, self.blank_id):
+            return Result(text="")  # best-path CTC hears nothing: no search may write text here
         search = self.new_search(first, greedy=not self.mode_spec.beam)
         search.step(log_probs)
         return self.finalize(search, encoded, audio_seconds, feats, second)
@@ -174,7 +176,10 @@ class DecodingCore:
         second = self.mode_spec.second_pass
         if not self.mode_spec.beam:
             return build_result(hyps[0], self.tokenizer, self.frame_seconds, audio_seconds=audio_seconds)
-        if second == "whisper" and feats is not None and feats.shape[0] > 0:
+        heard = bool(hyps and hyps[0].tokens)
+        if second == "whisper" and feats is not None and feats.shape[0] > 0 and heard:
+            # (a segment in which the first pass heard nothing is silence or noise: Whisper's
+            # decoder would only hallucinate on it, "you you you")
             ranked, _ = self.second_pass.rescore(feats, hyps, second_scorer)
         elif second == "attention" and hyps and encoded is not None and encoded.shape[1] > 0:
             ranked = self.rescore_attention(hyps, encoded)
@@ -190,6 +195,14 @@ class DecodingCore:
         if self.chunk_size <= 0:
             raise EdgeAsrError("streaming needs a chunk size of at least 1 (got 0 = full context)")
         return StreamingSession(self, hotwords, endpoint_rules)
+
+
+def _any_speech(log_probs, blank: int) -> bool:
+    """Whether any frame's most likely token is not blank."""
+    if hasattr(log_probs, "detach"):
+        log_probs = log_probs.detach().cpu().numpy()
+    scores = np.asarray(log_probs)
+    return bool(scores.size) and bool((scores.argmax(axis=-1) != blank).any())
 
 
 def _resolve_lm(option, model_directory):
@@ -306,6 +319,8 @@ class StreamingSession:
         # The last segment runs to the end of the audio; earlier ones to their last frame.
         seconds = (self.samples_seen / rec.frontend.sample_rate - start if final
                    else self.blank_tracker.frames * rec.frame_seconds)
+        if not self.blank_tracker.speech_frames:
+            return Result(text="")  # silence or noise: best-path CTC heard nothing
         if self.greedy:
             return build_result(self.search.nbest()[0], rec.tokenizer, rec.frame_seconds, audio_seconds=seconds)
         return rec.finalize(self.search, self.runner.concat(self.encoded), seconds, self.runner.segment_inputs(),
@@ -335,7 +350,7 @@ class StreamingSession:
     def open_segment(self) -> Result:
         """The open segment's best path so far, times relative to ``segment_start``."""
         best = self.search.nbest(1)
-        if not best or not best[0].tokens:
+        if not best or not best[0].tokens or not self.blank_tracker.speech_frames:
             return Result(text="", is_final=False)
         rec = self.recognizer
         return build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)
@@ -348,7 +363,7 @@ class StreamingSession:
         """The whole stream so far: finished segments and ``best``, the open segment's best path."""
         rec = self.recognizer
         parts = [(s, r) for s, r in self.segments if r.text]
-        if best and best[0].tokens:
+        if best and best[0].tokens and self.blank_tracker.speech_frames:
             start = self.segment_start_frames * rec.frame_seconds
             parts.append((start, build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)))
         if not parts:
@@ -356,22 +371,32 @@ class StreamingSession:
         return join_segments(parts, is_final=is_final)
 
     def accept(self, samples: np.ndarray) -> Result:
-        """Feed audio (float32 mono at the model's rate); returns the partial result so far."""
+        """Feed audio (float32 mono at the model's rate); returns the partial result so far.
+
+        Any amount may come at once (a whole file too): it is consumed a block at a time, with
+        the endpointer consulted after each block, so segments are cut where they would be had
+        the audio arrived live (and an encoder whose positions end never overflows)."""
         if self.finished:
             raise EdgeAsrError("this stream is finished; start a new one with recognizer.stream() or reset()")
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         if samples.size and not np.all(np.isfinite(samples)):
             raise EdgeAsrError("audio chunk contains NaN or Inf samples")
-        self.samples_seen += samples.size
-        self._decode_frames(*self.runner.accept(self.fbank.accept(samples)))
-        self.endpoint = False
-        best = self.search.nbest(1)  # one sort of the beams per call, shared below
-        if self.rules is not None:
-            has_text = bool(best and best[0].tokens)
-            if endpoint_reached(self.rules, self.blank_tracker, self.recognizer.frame_seconds, has_text):
-                self._close_segment(final=False)
-                self.endpoint = True
-                best = self.search.nbest(1)  # the new, empty segment's
+        rec = self.recognizer
+        block = max(1, int(round(rec.chunk_size * rec.frame_seconds * rec.frontend.sample_rate)))
+        endpoint = False
+        best = None
+        for start in range(0, max(samples.size, 1), block):
+            piece = samples[start : start + block]
+            self.samples_seen += piece.size
+            self._decode_frames(*self.runner.accept(self.fbank.accept(piece)))
+            best = self.search.nbest(1)  # one sort of the beams per block, shared below
+            if self.rules is not None:
+                has_text = bool(best and best[0].tokens) and self.blank_tracker.speech_frames > 0
+                if endpoint_reached(self.rules, self.blank_tracker, rec.frame_seconds, has_text):
+                    self._close_segment(final=False)
+                    endpoint = True
+                    best = self.search.nbest(1)  # the new, empty segment's
+        self.endpoint = endpoint
         return self._current(best, is_final=False)
 
     def finish(self) -> Result:

@@ -39,14 +39,19 @@ class BlankTracker:
         self.log_threshold = math.log(threshold)
         self.frames = 0
         self.trailing_silence = 0
+        #: frames whose most likely token is not blank: none means the segment holds no speech
+        #: (a prefix beam can still sum many weak paths into text there; best-path CTC cannot)
+        self.speech_frames = 0
 
     def update(self, log_probs) -> None:
         if hasattr(log_probs, "detach"):
             log_probs = log_probs.detach().cpu().numpy()
-        blank = np.asarray(log_probs, dtype=np.float32)[:, self.blank]
+        scores = np.asarray(log_probs, dtype=np.float32)
+        blank = scores[:, self.blank]
         silent = blank >= self.log_threshold
         if silent.size == 0:
             return
+        self.speech_frames += int((scores.argmax(axis=1) != self.blank).sum())
         if silent.all():
             self.trailing_silence += int(silent.size)
         else:

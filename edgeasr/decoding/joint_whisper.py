@@ -32,6 +32,9 @@ from edgeasr.text.normalize import TEXT_ALPHABET
 from edgeasr.text.tokenizer import SPACE, Tokenizer
 
 NEG = -1e30
+#: characters of Whisper's non-speech annotations ("[BLANK_AUDIO]", "(music)", "♪"): tokens with
+#: them are never proposed, or silence and noise come out as the words of the annotation
+NON_SPEECH_MARKS = frozenset("[]()♪♫*<>{}")
 
 
 @dataclass
@@ -64,6 +67,9 @@ def _spell(whisper_tokenizer, tokenizer: Tokenizer) -> TokenSpelling:
         text = whisper_tokenizer.token_text(token)
         if "\ufffd" in text:  # part of a multi-byte character: not English text
             chars.append(None)
+            continue
+        if any(ch in text for ch in NON_SPEECH_MARKS):
+            chars.append(None)  # "[BLANK_AUDIO]", "(silence)", "♪": annotations, not speech
             continue
         lowered = text.lower().replace("-", " ")
         if any(ch.isalnum() and ch not in letters for ch in lowered):
@@ -197,7 +203,7 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
             # End of text: the CTC probability of the whole hypothesis
             eos_att = beam.att + float(log_probs[b, eot])
             eos_ctc = float(scorer.final(beam.r_n[None], beam.r_b[None])[0])
-            if beam.units:
+            if beam.units or not beam.tokens:  # the empty hypothesis too: silence may be all there is
                 end = beam.fused + (text_scorer.finish(beam.state) if text_scorer is not None else 0.0)
                 finished.append((beam.tokens, beam.units, ctc_weight * eos_ctc + (1 - ctc_weight) * eos_att
                                  + length_bonus * len(beam.units) + end))
