@@ -255,6 +255,21 @@ def join_segments(segments: list[tuple[float, Result]], is_final: bool) -> Resul
                   is_final=is_final)
 
 
+def _append_segment(joined: Result, offset: float, result: Result, is_final: bool) -> Result:
+    """``joined`` (whole-stream times) followed by ``result`` (times from ``offset``); only the
+    new segment's words are shifted, the rest is shared."""
+    words = [Word(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.confidence) for w in result.words]
+    all_words = joined.words + words
+    confidence = (sum(w.confidence for w in words) + joined.confidence * len(joined.words)) / len(all_words) \
+        if all_words else 0.0
+    text = " ".join(t for t in (joined.text, result.text) if t)
+    score = (joined.nbest[0]["score"] if joined.nbest else 0.0) + (result.nbest[0]["score"] if result.nbest else 0.0)
+    return Result(text=text, tokens=joined.tokens + result.tokens,
+                  token_times=joined.token_times + [round(t + offset, 3) for t in result.token_times],
+                  words=all_words, confidence=confidence, nbest=[{"text": text, "score": score}] if text else [],
+                  is_final=is_final)
+
+
 class StreamingSession:
     """One stream being recognized as its audio arrives, over any backend's chunk runner.
 
@@ -288,6 +303,8 @@ class StreamingSession:
         self.runner.reset()
         #: finalized segments: (start seconds, result)
         self.segments: list[tuple[float, Result]] = []
+        self._joined: Result | None = None  # the finished segments with text, joined
+        self._joined_count = self._joined_texts = 0
         #: finalized segments with text, in order: (start seconds, end seconds, result); times in
         #: each result are relative to its start (a server sends each as one "final")
         self.finals: list[tuple[float, float, Result]] = []
@@ -360,15 +377,34 @@ class StreamingSession:
         return self.endpoint
 
     def _current(self, best: list, is_final: bool) -> Result:
-        """The whole stream so far: finished segments and ``best``, the open segment's best path."""
+        """The whole stream so far: finished segments and ``best``, the open segment's best path.
+
+        The finished part is joined once per closed segment (``_closed``), so a partial costs
+        the open segment plus list copies, not a rebuild of hours of words per call."""
         rec = self.recognizer
-        parts = [(s, r) for s, r in self.segments if r.text]
-        if best and best[0].tokens and self.blank_tracker.speech_frames:
-            start = self.segment_start_frames * rec.frame_seconds
-            parts.append((start, build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)))
-        if not parts:
-            return Result(text="", is_final=is_final)
-        return join_segments(parts, is_final=is_final)
+        closed = self._closed_join()
+        if not (best and best[0].tokens and self.blank_tracker.speech_frames):
+            if closed is None:
+                return Result(text="", is_final=is_final)
+            return Result(text=closed.text, tokens=list(closed.tokens), token_times=list(closed.token_times),
+                          words=list(closed.words), confidence=closed.confidence, nbest=list(closed.nbest),
+                          is_final=is_final)
+        start = self.segment_start_frames * rec.frame_seconds
+        open_part = build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)
+        if closed is None:
+            return join_segments([(start, open_part)], is_final=is_final)
+        return _append_segment(closed, start, open_part, is_final)
+
+    def _closed_join(self) -> Result | None:
+        """The finished segments with text as one result, extended as segments close."""
+        done = [(s, r) for s, r in self.segments if r.text] if len(self.segments) != self._joined_count else None
+        if done is not None:
+            for start, result in done[self._joined_texts:]:
+                self._joined = (join_segments([(start, result)], is_final=True) if self._joined is None
+                                else _append_segment(self._joined, start, result, True))
+            self._joined_texts = len(done)
+            self._joined_count = len(self.segments)
+        return self._joined
 
     def accept(self, samples: np.ndarray) -> Result:
         """Feed audio (float32 mono at the model's rate); returns the partial result so far.
