@@ -31,7 +31,8 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int = 16000, 
     step = max(1, int(sample_rate * chunk_ms / 1000))
     events: list[dict] = []
     sent = {"seconds": 0.0}
-    async with connect(url, open_timeout=open_timeout, max_size=2**22) as websocket:
+    # the server may be slow to answer a ping while it works through our audio: no keepalive timeout
+    async with connect(url, open_timeout=open_timeout, max_size=2**22, ping_timeout=None) as websocket:
         start = {"type": "start", "sample_rate": sample_rate, "every_chunk": every_chunk}
         if hotwords:
             start["hotwords"] = list(hotwords)

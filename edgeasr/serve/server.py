@@ -269,8 +269,12 @@ class StreamingServer:
                   stop: asyncio.Event | None = None) -> None:
         from websockets.asyncio.server import serve
 
+        # No keepalive timeout: under load a client's pong waits in TCP behind the audio the server
+        # has not read yet (the per-connection queue applies back-pressure), and a ping timeout
+        # then killed healthy sessions with 1011. Dead clients are caught by the idle and pace
+        # limits instead.
         async with serve(self.handle, host, port, max_size=self.limits.max_message_bytes,
-                         process_request=self.process_request, ping_interval=20, ping_timeout=20) as server:
+                         process_request=self.process_request, ping_interval=20, ping_timeout=None) as server:
             self.port = server.sockets[0].getsockname()[1]
             if ready is not None:
                 ready.set()
