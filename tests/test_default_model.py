@@ -50,3 +50,19 @@ def test_default_model_streams_the_samples_nearly_right(default_model):
         errors += counts.errors
         words += counts.reference_length
     assert 100 * errors / words <= 15.0, f"WER {100 * errors / words:.1f}% on the sample clips"
+
+
+def test_a_long_file_in_one_call_and_silence(default_model):
+    """A whole file longer than Whisper's 30 s window, handed over in one call, is cut into
+    segments as it would be live (it used to overflow the encoder's positions), and digital
+    silence gives no text (it used to come out as "you you you ...")."""
+    import numpy as np
+
+    clip = load_audio(SAMPLES[0], sample_rate=16000)
+    reference = SAMPLES[0].with_suffix(".txt").read_text()
+    pause = np.zeros(16000 * 2, dtype=np.float32)
+    repeats = int(np.ceil(40 * 16000 / (len(clip) + len(pause))))
+    result = default_model.transcribe(np.concatenate([clip, pause] * repeats))
+    counts = word_errors(" ".join([reference] * repeats), result.text)
+    assert 100 * counts.errors / counts.reference_length <= 20.0, result.text
+    assert default_model.transcribe(np.zeros(16000 * 40, dtype=np.float32)).text == ""
