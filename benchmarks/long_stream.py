@@ -244,7 +244,7 @@ def run_stream(recognizer: Recognizer, samples: np.ndarray, spans: list[dict], m
         "blocks": sum(len(b["blocks"]) for b in bins),
         "finish_ms": round(1000 * finish, 3),
         "segments": sum(b["segments"] for b in bins),
-        "segments_with_text": len([r for _, r in session.segments if r.text]),
+        "segments_with_text": len(session.finals),
         "state_bytes_max": max(b["state"] for b in bins),
         "rss_mb_start": round(rss_start / 2**20, 1),
         "rss_mb_max": max(r["rss_mb"] for r in rows),

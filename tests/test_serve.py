@@ -357,9 +357,9 @@ def test_new_sessions_are_refused_while_the_workers_are_saturated(recognizer, sp
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-        def accept(self, samples):
+        def feed(self, samples):
             clock.sleep(0.05)  # compute-bound: a worker is busy for longer than the audio lasts
-            return self.inner.accept(samples)
+            return self.inner.feed(samples)
 
     class Slow:
         def __init__(self, inner):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
-from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached
+from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached, speech_frames
 from edgeasr.decoding.fusion import build_scorer, piece_texts, read_hotwords
 from edgeasr.decoding.modes import MODE_NAMES, resolve_mode
 from edgeasr.decoding.result import Result, Word, build_result
@@ -50,8 +50,8 @@ class DecodeOptions:
     #: "rescore" (pick among the CTC n-best and one free Whisper decode)
     second_pass_search: str = "joint"
     #: cut the stream into segments at endpoints, each decoded (and rescored) on its own, so
-    #: memory and time stay bounded on endless audio; None = automatic (on for encoders whose
-    #: positions end, such as Whisper's 30 s, and for whisper_rescoring)
+    #: memory and time stay bounded on endless audio; None = automatic: on wherever a stream
+    #: would keep something per frame (a second pass, unlimited left context, Whisper's 30 s)
     segment: bool | None = None
     #: word n-gram LM: "auto" = the model directory's lm/ when it has one; None = none; or a
     #: path (an `edgeasr lm train` directory or an ARPA file)
@@ -161,7 +161,7 @@ class DecodingCore:
     def decode_frames(self, log_probs, encoded, audio_seconds: float, feats=None, scorers=None) -> Result:
         """One whole segment's CTC log-probs [T, V] (and encoder output, model input) to its result."""
         first, second = scorers if scorers is not None else self.scorers()
-        if not _any_speech(log_probs, self.blank_id):
+        if not speech_frames(log_probs, self.blank_id):
             return Result(text="")  # best-path CTC hears nothing: no search may write text here
         search = self.new_search(first, greedy=not self.mode_spec.beam)
         search.step(log_probs)
@@ -195,14 +195,6 @@ class DecodingCore:
         if self.chunk_size <= 0:
             raise EdgeAsrError("streaming needs a chunk size of at least 1 (got 0 = full context)")
         return StreamingSession(self, hotwords, endpoint_rules)
-
-
-def _any_speech(log_probs, blank: int) -> bool:
-    """Whether any frame's most likely token is not blank."""
-    if hasattr(log_probs, "detach"):
-        log_probs = log_probs.detach().cpu().numpy()
-    scores = np.asarray(log_probs)
-    return bool(scores.size) and bool((scores.argmax(axis=-1) != blank).any())
 
 
 def _resolve_lm(option, model_directory):
@@ -303,8 +295,7 @@ class StreamingSession:
         self.runner.reset()
         #: finalized segments: (start seconds, result)
         self.segments: list[tuple[float, Result]] = []
-        self._joined: Result | None = None  # the finished segments with text, joined
-        self._joined_count = self._joined_texts = 0
+        self._joined: Result | None = None  # the finished segments with text, joined as they close
         #: finalized segments with text, in order: (start seconds, end seconds, result); times in
         #: each result are relative to its start (a server sends each as one "final")
         self.finals: list[tuple[float, float, Result]] = []
@@ -355,6 +346,8 @@ class StreamingSession:
             end = (self.samples_seen / self.recognizer.frontend.sample_rate if final
                    else self.segment_start_frames * self.recognizer.frame_seconds)
             self.finals.append((start, max(start, end), result))
+            self._joined = (join_segments([(start, result)], is_final=True) if self._joined is None
+                            else _append_segment(self._joined, start, result, True))
         if not final:
             self.runner.reset()
             self._new_segment()
@@ -366,48 +359,38 @@ class StreamingSession:
 
     def open_segment(self) -> Result:
         """The open segment's best path so far, times relative to ``segment_start``."""
-        best = self.search.nbest(1)
-        if not best or not best[0].tokens or not self.blank_tracker.speech_frames:
-            return Result(text="", is_final=False)
-        rec = self.recognizer
-        return build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)
+        return self._open_part(self.search.nbest(1)) or Result(text="", is_final=False)
 
     def is_endpoint(self) -> bool:
         """True when the last ``accept`` ended a segment (its text is final from now on)."""
         return self.endpoint
 
+    def _open_part(self, best: list) -> Result | None:
+        """The open segment's best path (times from its start), or None while it holds no speech."""
+        if not (best and best[0].tokens and self.blank_tracker.speech_frames):
+            return None
+        rec = self.recognizer
+        return build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)
+
     def _current(self, best: list, is_final: bool) -> Result:
         """The whole stream so far: finished segments and ``best``, the open segment's best path.
 
-        The finished part is joined once per closed segment (``_closed``), so a partial costs
+        The finished part is joined once per closed segment (``_joined``), so a partial costs
         the open segment plus list copies, not a rebuild of hours of words per call."""
-        rec = self.recognizer
-        closed = self._closed_join()
-        if not (best and best[0].tokens and self.blank_tracker.speech_frames):
+        closed, open_part = self._joined, self._open_part(best)
+        if open_part is None:
             if closed is None:
                 return Result(text="", is_final=is_final)
             return Result(text=closed.text, tokens=list(closed.tokens), token_times=list(closed.token_times),
                           words=list(closed.words), confidence=closed.confidence, nbest=list(closed.nbest),
                           is_final=is_final)
-        start = self.segment_start_frames * rec.frame_seconds
-        open_part = build_result(best[0], rec.tokenizer, rec.frame_seconds, is_final=False)
         if closed is None:
-            return join_segments([(start, open_part)], is_final=is_final)
-        return _append_segment(closed, start, open_part, is_final)
+            return join_segments([(self.segment_start, open_part)], is_final=is_final)
+        return _append_segment(closed, self.segment_start, open_part, is_final)
 
-    def _closed_join(self) -> Result | None:
-        """The finished segments with text as one result, extended as segments close."""
-        done = [(s, r) for s, r in self.segments if r.text] if len(self.segments) != self._joined_count else None
-        if done is not None:
-            for start, result in done[self._joined_texts:]:
-                self._joined = (join_segments([(start, result)], is_final=True) if self._joined is None
-                                else _append_segment(self._joined, start, result, True))
-            self._joined_texts = len(done)
-            self._joined_count = len(self.segments)
-        return self._joined
-
-    def accept(self, samples: np.ndarray) -> Result:
-        """Feed audio (float32 mono at the model's rate); returns the partial result so far.
+    def feed(self, samples: np.ndarray) -> None:
+        """Consume audio without building a result: for callers that read ``finals`` and
+        ``open_segment()`` (the server), so a long stream's partials cost nothing here.
 
         Any amount may come at once (a whole file too): it is consumed a block at a time, with
         the endpointer consulted after each block, so segments are cut where they would be had
@@ -419,21 +402,23 @@ class StreamingSession:
             raise EdgeAsrError("audio chunk contains NaN or Inf samples")
         rec = self.recognizer
         block = max(1, int(round(rec.chunk_size * rec.frame_seconds * rec.frontend.sample_rate)))
-        endpoint = False
-        best = None
+        self.endpoint = False
         for start in range(0, max(samples.size, 1), block):
             piece = samples[start : start + block]
             self.samples_seen += piece.size
             self._decode_frames(*self.runner.accept(self.fbank.accept(piece)))
-            best = self.search.nbest(1)  # one sort of the beams per block, shared below
             if self.rules is not None:
+                best = self.search.nbest(1)
                 has_text = bool(best and best[0].tokens) and self.blank_tracker.speech_frames > 0
                 if endpoint_reached(self.rules, self.blank_tracker, rec.frame_seconds, has_text):
                     self._close_segment(final=False)
-                    endpoint = True
-                    best = self.search.nbest(1)  # the new, empty segment's
-        self.endpoint = endpoint
-        return self._current(best, is_final=False)
+                    self.endpoint = True
+
+    def accept(self, samples: np.ndarray) -> Result:
+        """Feed audio (float32 mono at the model's rate); returns the partial result so far
+        (the whole stream: finished segments and the open one's best path). See ``feed``."""
+        self.feed(samples)
+        return self._current(self.search.nbest(1), is_final=False)
 
     def finish(self) -> Result:
         """No more audio: flush everything and return the final (rescored) result."""

@@ -98,9 +98,6 @@ class _Beam:
         self.state = state  # the fused scorer's state (None without one)
         self.fused = fused  # the fused scorer's score of the prefix (LM, hotwords)
 
-    def copy(self) -> "_Beam":
-        return _Beam(emitted=self.emitted, last_peak=self.last_peak, state=self.state, fused=self.fused)
-
 
 def _logadd2(a: float, b: float) -> float:
     if a < b:

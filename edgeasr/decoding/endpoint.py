@@ -31,6 +31,15 @@ class EndpointRules:
             raise ValueError("blank_threshold must be in (0, 1]")
 
 
+def speech_frames(log_probs, blank: int = 0) -> int:
+    """Frames whose most likely token is not blank: none means no speech (a prefix beam can
+    still sum many weak paths into text there; best-path CTC cannot)."""
+    if hasattr(log_probs, "detach"):
+        log_probs = log_probs.detach().cpu().numpy()
+    scores = np.asarray(log_probs)
+    return int((scores.argmax(axis=-1) != blank).sum()) if scores.size else 0
+
+
 class BlankTracker:
     """Counts decoded frames and the trailing run of silent (blank) frames: constant memory."""
 
@@ -39,8 +48,7 @@ class BlankTracker:
         self.log_threshold = math.log(threshold)
         self.frames = 0
         self.trailing_silence = 0
-        #: frames whose most likely token is not blank: none means the segment holds no speech
-        #: (a prefix beam can still sum many weak paths into text there; best-path CTC cannot)
+        #: frames whose most likely token is not blank (``speech_frames``): none = no speech
         self.speech_frames = 0
 
     def update(self, log_probs) -> None:
@@ -51,7 +59,7 @@ class BlankTracker:
         silent = blank >= self.log_threshold
         if silent.size == 0:
             return
-        self.speech_frames += int((scores.argmax(axis=1) != self.blank).sum())
+        self.speech_frames += speech_frames(scores, self.blank)
         if silent.all():
             self.trailing_silence += int(silent.size)
         else:

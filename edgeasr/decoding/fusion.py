@@ -15,7 +15,7 @@ and equal states score the future alike, so the search may cache ``advance`` per
 - ``CharLMScorer``: shallow fusion of a character n-gram: every character is scored as it is
   spelled (misspellings inside words cost at once; no vocabulary, so no unknown words).
 - ``WordLMScorer``: shallow fusion of a word n-gram. A word is scored when it ends (at the next
-  space, or at the end with ``</s>``): ``weight * ln P(word | history) + word_bonus``. The bonus
+  space, or at the end with ``</s>``): ``weight * ln P(word | history) + bonus``. The bonus
   pays back what the LM's probabilities take from every word, which would otherwise favour
   hypotheses with fewer, longer words (deletions).
 - ``HotwordScorer``: an Aho-Corasick automaton over the phrases' characters. Each character that
@@ -65,7 +65,7 @@ class WordLMScorer:
                  unk_penalty: float = 4.0) -> None:
         self.lm = lm
         self.weight = weight
-        self.word_bonus = lm_bonus
+        self.bonus = lm_bonus
         self.unk_penalty = unk_penalty
         self._cache: dict = {}
         self.unk_log_prob = lm.log_prob((), UNK) - unk_penalty
@@ -83,11 +83,12 @@ class WordLMScorer:
         key = (context, word)
         hit = self._cache.get(key)
         if hit is None:
-            log_prob = self.lm.log_prob(context, word)
+            log10, state = self.lm.advance(context, word)
+            log_prob = log10 * LN10
             if word != EOS and word not in self.lookahead:
                 log_prob -= self.unk_penalty
-            score = self.weight * log_prob + (self.word_bonus if word != EOS else 0.0)
-            hit = (score, self.lm.state_after(context, word))
+            score = self.weight * log_prob + (self.bonus if word != EOS else 0.0)
+            hit = (score, state)
             if len(self._cache) > CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = hit

@@ -433,7 +433,7 @@ class _Utterances:
         self.seconds_received += len(samples) / self.input_rate
         if self.resampler is not None:
             samples = self.resampler.resample_chunk(samples)
-        self.session.accept(samples)
+        self.session.feed(samples)  # the whole-stream result is not needed: finals + open segment
         events = self._finals() if self.session.is_endpoint() else []
         if events:
             self.last_partial = ""
@@ -449,6 +449,6 @@ class _Utterances:
         if self.resampler is not None:
             tail = self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
             if tail.size:
-                self.session.accept(tail)
+                self.session.feed(tail)
         self.session.finish()
         return self._finals()
