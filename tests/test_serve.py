@@ -162,6 +162,18 @@ def test_limits_idle_session_length_message_size_and_sessions(recognizer, speech
         wait_until_idle(server)  # the refused sessions above have been let go
         busy = run(two_at_once())
         assert busy[0]["type"] == "error" and "busy" in busy[0]["message"]
+
+        async def client_refused():  # the client library, not a raw socket: the reason reaches it
+            from websockets.asyncio.client import connect
+
+            async with connect(server.url) as first:
+                await first.send('{"type": "start"}')
+                await first.recv()
+                return await stream_audio(server.url, speech[1], speed=0)
+
+        wait_until_idle(server)
+        refused = run(client_refused())
+        assert refused[-1]["type"] == "error" and "busy" in refused[-1]["message"]
     finally:
         server.close()
 

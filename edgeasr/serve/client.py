@@ -36,7 +36,6 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int = 16000, 
         start = {"type": "start", "sample_rate": sample_rate, "every_chunk": every_chunk}
         if hotwords:
             start["hotwords"] = list(hotwords)
-        await websocket.send(json.dumps(start))
 
         async def receive() -> None:
             async for message in websocket:
@@ -49,10 +48,13 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int = 16000, 
                 if event.get("type") in ("done", "error"):
                     return
 
+        # listening before the start message goes out: a server that refuses the stream (busy,
+        # at capacity) says why and closes at once, and that reason must reach the caller
         receiver = asyncio.create_task(receive())
         started = time.perf_counter()
         closed = None
         try:
+            await websocket.send(json.dumps(start))
             for index, begin in enumerate(range(0, len(pcm), step)):
                 if receiver.done():
                     break  # the server closed the session (an error event says why)
