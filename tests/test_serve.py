@@ -369,9 +369,9 @@ def test_new_sessions_are_refused_while_the_workers_are_saturated(recognizer, sp
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-        def feed(self, samples):
+        def feed(self, samples, sample_rate=None):
             clock.sleep(0.05)  # compute-bound: a worker is busy for longer than the audio lasts
-            return self.inner.feed(samples)
+            return self.inner.feed(samples, sample_rate)
 
     class Slow:
         def __init__(self, inner):
@@ -398,3 +398,83 @@ def test_new_sessions_are_refused_while_the_workers_are_saturated(recognizer, sp
         server.close()
     assert late[-1]["type"] == "error" and "at capacity" in late[-1]["message"]
     assert health["sessions_refused_load"] >= 1 and health["load"] > 0.5
+
+
+def test_a_segments_second_pass_does_not_hold_up_the_next_segments_partials(recognizer, speech, monkeypatch):
+    """Finals are computed beside the stream: while a closed segment's second pass runs on a
+    worker, the next chunks still get their partials; every segment with speech still gets one
+    final, in order, with the text a plain session gives."""
+    import time as clock
+
+    rules = EndpointRules(max_utterance=1.0)
+    audio = np.concatenate([speech[0], speech[1]])
+    step = 800  # the client's 50 ms messages
+    local = recognizer.stream(endpoint_rules=rules)
+    for start in range(0, len(audio), step):
+        local.feed(audio[start : start + step])
+    local.finish()
+    expected = [r.text for _, _, r in local.finals]
+
+    inner = recognizer.finalize
+
+    def slow_finalize(*args, **kwargs):
+        clock.sleep(0.4)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(recognizer, "finalize", slow_finalize)
+    server = serve(recognizer, endpoint=rules, workers=2)
+    try:
+        events = run(stream_audio(server.url, audio, speed=0, chunk_ms=50, every_chunk=True))
+    finally:
+        server.close()
+    finals = [e for e in events if e["type"] == "final"]
+    assert [f["segment"] for f in finals] == list(range(len(finals))) and len(finals) >= 3
+    assert [f["text"] for f in finals] == expected
+    first_final = events.index(finals[0])
+    later_segment = [e for e in events[:first_final] if e["type"] == "partial" and e["segment"] >= 1]
+    assert later_segment, "the second segment's partials waited for the first segment's final"
+    assert events[-1]["type"] == "done"
+
+
+def test_new_sessions_are_refused_while_work_waits_for_a_worker(recognizer, speech):
+    """The backlog itself (how long work waits for a worker) refuses newcomers, with the
+    utilisation rule off: busy workers alone understate overload on shared cores."""
+    import time as clock
+
+    class SlowSession:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def feed(self, samples, sample_rate=None):
+            clock.sleep(0.1)  # each job longer than the wait limit: the other stream's job queues behind it
+            return self.inner.feed(samples, sample_rate)
+
+    class Slow:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def stream(self, hotwords=None, **options):
+            return SlowSession(self.inner.stream(hotwords, **options))
+
+    server = serve(Slow(recognizer), workers=1, max_load=0, max_queue_wait=0.05, load_window=2.0)
+    try:
+        async def scenario():
+            streams = [asyncio.create_task(stream_audio(server.url, speech[1], speed=0, chunk_ms=100))
+                       for _ in range(2)]
+            await asyncio.sleep(1.0)
+            late = await raw_session(server.url, ['{"type": "start"}'])
+            health = json.loads(urllib.request.urlopen(server.url.replace("ws://", "http://") + "/health").read())
+            await asyncio.gather(*streams)
+            return late, health
+
+        late, health = run(scenario())
+    finally:
+        server.close()
+    assert late[-1]["type"] == "error" and "at capacity" in late[-1]["message"]
+    assert health["queue_wait_p90"] > 0.05 and health["sessions_refused_load"] >= 1

@@ -312,6 +312,88 @@ def validate_samples(samples: np.ndarray, source: object) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
+#: integer sample formats a caller's array may come in, and the full scale of each
+_INTEGER_FULL_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0}
+#: the most channels an array may have (more is taken for a mistaken layout, not audio)
+MAX_ARRAY_CHANNELS = 16
+
+
+def array_samples(samples, sample_rate: int | None, target_rate: int, source: object = "audio array") -> np.ndarray:
+    """A caller's array as model input: float32 mono at ``target_rate``, or one clear error.
+
+    What arrives from other libraries is converted, never misread: int16/int32/int8 PCM is scaled
+    to [-1, 1] (uint8 around 128, as in 8-bit WAV), float64 narrowed, channels averaged whether
+    laid out [samples, channels] or [channels, samples] (the longer axis is time), and audio at
+    ``sample_rate`` resampled (None = already at ``target_rate``). Floats far outside [-1, 1]
+    (integer PCM stored as float) and anything not audio-shaped are refused.
+    """
+    if isinstance(samples, (list, tuple)):
+        samples = np.asarray(samples, dtype=np.float32)
+    if not isinstance(samples, np.ndarray):
+        raise AudioError(source, f"expected a numpy array of samples or a file path, got {type(samples).__name__}")
+    x = samples
+    if x.dtype in _INTEGER_FULL_SCALE:
+        x = x.astype(np.float32) / _INTEGER_FULL_SCALE[x.dtype]
+    elif x.dtype == np.uint8:
+        x = (x.astype(np.float32) - 128.0) / 128.0
+    elif x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+    else:
+        raise AudioError(source, f"unsupported sample type {x.dtype} (use float32 in [-1, 1] or int16 PCM)")
+    if x.ndim == 2:
+        time_axis = 0 if x.shape[0] >= x.shape[1] else 1
+        if x.shape[1 - time_axis] > MAX_ARRAY_CHANNELS:
+            raise AudioError(source, f"array of shape {samples.shape} is not audio: expected [samples] or "
+                                     f"[samples, channels] with at most {MAX_ARRAY_CHANNELS} channels")
+        x = x.mean(axis=1 - time_axis, dtype=np.float32)
+    elif x.ndim != 1:
+        raise AudioError(source, f"array of shape {samples.shape} is not audio: expected [samples] or [samples, channels]")
+    if x.size and not np.isfinite(x).all():
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise AudioError(source, f"contains {bad} NaN/Inf sample value(s)")
+    if x.size and samples.dtype.kind == "f":
+        peak = float(np.abs(x).max())
+        if peak > 4.0:
+            raise AudioError(source, f"float samples must lie in [-1, 1], found {peak:g} (integer PCM stored as "
+                                     "float? divide by 32768 or pass the int16 array)")
+    if sample_rate is not None:
+        rate = check_sample_rate(source, sample_rate)
+        if rate != target_rate:
+            x = resample(x, rate, target_rate)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def model_input(audio, sample_rate: int | None, target_rate: int) -> np.ndarray:
+    """What ``transcribe`` accepts, as model input: a file path (``sample_rate`` then only names
+    the rate of headerless PCM) or an array at ``sample_rate`` (None = ``target_rate``)."""
+    if isinstance(audio, (str, os.PathLike)):
+        return load_audio(audio, sample_rate=target_rate, raw_sample_rate=sample_rate)
+    return array_samples(audio, sample_rate, target_rate)
+
+
+def read_stdin_audio(target_rate: int = SAMPLE_RATE, raw_sample_rate: int | None = None, source=None) -> np.ndarray:
+    """Audio piped to standard input (``-`` on the command line): any format libsndfile reads,
+    or 16-bit PCM at ``raw_sample_rate``; float32 mono at ``target_rate``, validated."""
+    import io
+
+    data = (source if source is not None else sys.stdin.buffer).read()
+    if not data:
+        raise AudioError("-", "no audio on standard input")
+    if raw_sample_rate is not None:
+        rate = check_sample_rate("-", raw_sample_rate, "raw sample rate")
+        if len(data) % 2:
+            raise AudioError("-", f"{len(data)} bytes is not a whole number of 16-bit samples")
+        samples = (np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)[:, None]
+    else:
+        try:
+            samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError) as error:
+            raise AudioError("-", _libsndfile_problem(error) + "; headerless PCM needs --raw-rate HZ") from None
+        rate = check_sample_rate("-", rate)
+    mono = resample(to_mono(validate_samples(samples, "-")), rate, target_rate)
+    return validate_samples(mono, "-")
+
+
 def load_audio(
     path: str | os.PathLike,
     *,

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-load", type=float, default=0.9, metavar="F",
                        help="refuse new sessions while the workers were busier than F of their capacity over "
                             "the last 10 s (default: 0.9; 0 = off): the open sessions stay real-time")
+    serve.add_argument("--max-queue-wait", type=float, default=0.2, metavar="S",
+                       help="also refuse new sessions while work waited more than S seconds for a worker "
+                            "(90th percentile over the last 10 s; default: 0.2; 0 = off)")
     serve.add_argument("--allowed-origins", default="", metavar="LIST",
                        help="comma-separated web origins (e.g. https://app.example.com) allowed to stream besides "
                             "the server's own page; '*' = any. Clients without an Origin (CLI tools) always are.")
@@ -56,8 +59,8 @@ def build_server(args: argparse.Namespace):
     from edgeasr.decoding.endpoint import EndpointRules
     from edgeasr.serve.server import ServerLimits, StreamingServer
 
-    if not args.min_audio_rate >= 0 or not args.max_load >= 0:
-        raise EdgeAsrError("--min-audio-rate and --max-load must be 0 or more")
+    if not args.min_audio_rate >= 0 or not args.max_load >= 0 or not args.max_queue_wait >= 0:
+        raise EdgeAsrError("--min-audio-rate, --max-load and --max-queue-wait must be 0 or more")
     if not 0 <= args.port <= 65535:
         raise EdgeAsrError(f"--port must be from 0 to 65535, got {args.port}")
     for name in ("workers", "max_sessions", "max_message_kb"):
@@ -73,6 +76,7 @@ def build_server(args: argparse.Namespace):
                           endpoint=EndpointRules(silence_after_speech=args.endpoint_silence,
                                                  max_utterance=args.max_utterance),
                           min_audio_rate=args.min_audio_rate, max_load=args.max_load,
+                          max_queue_wait=args.max_queue_wait,
                           allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()))
     return StreamingServer(recognizer, limits)
 

@@ -1,62 +1,124 @@
-"""``edgeasr transcribe FILE...``: one line of text per file, streaming by default."""
+"""``edgeasr transcribe FILE...``: transcripts, JSON or subtitles per file, streaming by default."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 
 import torch
 
 from edgeasr.commands._decode_args import add_decode_arguments, open_recognizer
+from edgeasr.decoding.formats import FORMATS, render, write_result
 from edgeasr.errors import EdgeAsrError
+
+#: files at least this long report progress on a terminal (or always with --progress)
+PROGRESS_SECONDS = 60.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "transcribe",
-        help="transcribe audio files (streaming by default)",
+        help="transcribe audio files (streaming by default; txt, json, srt, vtt, tsv)",
         description=(
-            "Print one line per file: its transcript. Audio streams through the model chunk by "
-            "chunk as it would from a microphone; --chunk-size 0 decodes with full context instead."
+            "Transcribe each file. Audio streams through the model chunk by chunk as it would from a "
+            "microphone, cut into segments at endpoints (pauses), so files of any length take memory "
+            "and time in proportion; --chunk-size 0 decodes with full context instead. '-' reads "
+            "audio from standard input. Without --output-dir, results go to standard output: one "
+            "line per file (txt), one JSON object per file (json), or the subtitle/TSV document."
         ),
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV/FLAC/OGG/MP3, .raw/.pcm)")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="audio files (WAV/FLAC/OGG/MP3, .raw/.pcm), or - for standard input")
     parser.add_argument("--raw-rate", type=int, metavar="HZ", help="sample rate of headerless PCM input")
-    parser.add_argument("--json", action="store_true",
-                        help="one JSON object per line: audio, text, words with times, confidence, n-best")
+    parser.add_argument("--output-format", "-f", choices=FORMATS, default="txt",
+                        help="txt (one line per segment in files), json (text, segments, words with times, "
+                             "confidence, n-best), srt or vtt subtitles, tsv (start/end ms, text); default txt")
+    parser.add_argument("--output-dir", "-o", metavar="DIR",
+                        help="write one file per input into DIR (name.FORMAT) instead of standard output")
+    parser.add_argument("--json", action="store_true", help="same as --output-format json")
     parser.add_argument("--partials", action="store_true", help="also print partial results while streaming")
+    parser.add_argument("--progress", action="store_true",
+                        help=f"report progress on standard error (automatic on a terminal for files over "
+                             f"{PROGRESS_SECONDS:.0f} s)")
     add_decode_arguments(parser)
     parser.set_defaults(func=run)
 
 
+def _load(path: str, args, sample_rate: int):
+    from edgeasr.audio.io import load_audio, read_stdin_audio
+
+    if path == "-":
+        return read_stdin_audio(sample_rate, args.raw_rate)
+    return load_audio(path, sample_rate=sample_rate, raw_sample_rate=args.raw_rate)
+
+
+class _Progress:
+    """'edgeasr: FILE: 12:30 / 40:00 audio (31%), 2.1 min left' lines on standard error."""
+
+    def __init__(self, path: str, seconds: float, active: bool) -> None:
+        self.path, self.seconds, self.active = path, seconds, active
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def update(self, done: float) -> None:
+        now = time.monotonic()
+        if not self.active or now - self.last < 2.0 or done <= 0:
+            return
+        self.last = now
+        left = (now - self.started) * (self.seconds - done) / done
+        print(f"edgeasr: {self.path}: {_clock(done)} / {_clock(self.seconds)} audio "
+              f"({100 * done / self.seconds:.0f}%), {left / 60:.1f} min left", file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
 def run(args: argparse.Namespace) -> int:
-    from edgeasr.audio.io import load_audio
     from edgeasr.api import check_threads
 
+    output_format = "json" if args.json else args.output_format
+    if args.json and args.output_format not in ("txt", "json"):
+        raise EdgeAsrError("--json and --output-format disagree; use one of them")
+    if args.output_dir is None and output_format in ("srt", "vtt", "tsv") and len(args.files) > 1:
+        raise EdgeAsrError(f"{output_format} output of several files needs --output-dir DIR (one file each)")
+    if args.files.count("-") > 1:
+        raise EdgeAsrError("standard input ('-') can be read only once")
     torch.set_num_threads(check_threads(args.threads))
     recognizer = open_recognizer(args)
     chunk_size, sample_rate = recognizer.chunk_size, recognizer.sample_rate
     failed = 0
     for path in args.files:
         try:
-            samples = load_audio(path, raw_sample_rate=args.raw_rate)
+            samples = _load(path, args, sample_rate)
             if chunk_size > 0:
                 session = recognizer.stream()
-                step = sample_rate // 10  # 100 ms, like a live source
+                seconds = len(samples) / sample_rate
+                progress = _Progress(path, seconds, args.progress or (sys.stderr.isatty() and seconds >= PROGRESS_SECONDS))
+                step = sample_rate // 10 if args.partials else sample_rate * 10  # 100 ms like a live source
                 for start in range(0, len(samples), step):
-                    partial = session.accept(samples[start : start + step])
-                    if args.partials and partial.text:
-                        print(f"  ... {partial.text}", file=sys.stderr, flush=True)
+                    if args.partials:
+                        partial = session.accept(samples[start : start + step])
+                        if partial.text:
+                            print(f"  ... {partial.text}", file=sys.stderr, flush=True)
+                    else:
+                        session.feed(samples[start : start + step])
+                    progress.update(min(len(samples), start + step) / sample_rate)
                 result = session.finish()
             else:
                 result = recognizer.transcribe_offline(samples)
+            if args.output_dir is not None:
+                write_result(result, path, args.output_dir, output_format)
         except EdgeAsrError as error:
             print(f"edgeasr: error: {error}", file=sys.stderr)
             failed += 1
             continue
-        if args.json:
-            print(json.dumps({"audio": str(path), **result.to_dict()}), flush=True)
-        else:
+        if args.output_dir is not None:
+            continue
+        if output_format == "txt":  # standard output: the whole transcript on one line per file
             print(f"{path}\t{result.text}" if len(args.files) > 1 else result.text, flush=True)
+        else:
+            print(render(result, output_format, path), end="", flush=True)
     return 2 if failed else 0

@@ -10,15 +10,18 @@ and its attention rescorer, so ``StreamingSession`` — segments, partials, ``is
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from edgeasr.audio.io import array_samples, check_sample_rate
 from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
 from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached, speech_frames
 from edgeasr.decoding.fusion import build_scorer, piece_texts, read_hotwords
 from edgeasr.decoding.modes import MODE_NAMES, resolve_mode
-from edgeasr.decoding.result import Result, Word, build_result
+from edgeasr.decoding.result import Result, Word, build_result, shift_segments
 from edgeasr.errors import EdgeAsrError
 
 #: kept for callers that list the modes (``edgeasr.decoding.modes`` is the registry)
@@ -189,12 +192,14 @@ class DecodingCore:
             return Result(text="")
         return build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
 
-    def stream(self, hotwords=None, endpoint_rules: EndpointRules | None = None) -> "StreamingSession":
+    def stream(self, hotwords=None, endpoint_rules: EndpointRules | None = None,
+               defer_finals: bool = False) -> "StreamingSession":
         """A streaming session; ``hotwords`` (phrases, or a file) bias this stream only;
-        ``endpoint_rules`` replace the recognizer's for it (the server's, for instance)."""
+        ``endpoint_rules`` replace the recognizer's for it (the server's, for instance);
+        ``defer_finals`` leaves each closed segment's second pass to ``finalize_pending``."""
         if self.chunk_size <= 0:
             raise EdgeAsrError("streaming needs a chunk size of at least 1 (got 0 = full context)")
-        return StreamingSession(self, hotwords, endpoint_rules)
+        return StreamingSession(self, hotwords, endpoint_rules, defer_finals)
 
 
 def _resolve_lm(option, model_directory):
@@ -235,16 +240,17 @@ def join_segments(segments: list[tuple[float, Result]], is_final: bool) -> Resul
         result.is_final = is_final
         return result
     texts = [r.text for _, r in segments if r.text]
-    words, tokens, times = [], [], []
+    words, tokens, times, parts = [], [], [], []
     for offset, result in segments:
         words += [Word(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.confidence) for w in result.words]
         tokens += result.tokens
         times += [round(t + offset, 3) for t in result.token_times]
+        parts += shift_segments(result.segments, offset)
     confidence = (sum(w.confidence for w in words) / len(words)) if words else 0.0
     text = " ".join(texts)
     return Result(text=text, tokens=tokens, token_times=times, words=words, confidence=confidence,
                   nbest=[{"text": text, "score": sum(r.nbest[0]["score"] for _, r in segments if r.nbest)}] if text else [],
-                  is_final=is_final)
+                  is_final=is_final, segments=parts)
 
 
 def _append_segment(joined: Result, offset: float, result: Result, is_final: bool) -> Result:
@@ -259,7 +265,21 @@ def _append_segment(joined: Result, offset: float, result: Result, is_final: boo
     return Result(text=text, tokens=joined.tokens + result.tokens,
                   token_times=joined.token_times + [round(t + offset, 3) for t in result.token_times],
                   words=all_words, confidence=confidence, nbest=[{"text": text, "score": score}] if text else [],
-                  is_final=is_final)
+                  is_final=is_final, segments=joined.segments + shift_segments(result.segments, offset))
+
+
+@dataclass
+class _ClosedSegment:
+    """A segment the endpointer closed, with what its final result needs."""
+
+    start: float
+    end: float
+    seconds: float
+    speech: bool
+    search: object
+    encoded: object
+    feats: object
+    index: int = -1
 
 
 class StreamingSession:
@@ -272,8 +292,14 @@ class StreamingSession:
     segment; results always cover the whole stream; ``reset()`` starts a new stream in place.
     """
 
-    def __init__(self, recognizer: DecodingCore, hotwords=None, endpoint_rules: EndpointRules | None = None) -> None:
+    def __init__(self, recognizer: DecodingCore, hotwords=None, endpoint_rules: EndpointRules | None = None,
+                 defer_finals: bool = False) -> None:
         self.recognizer = recognizer
+        #: queue closed segments instead of finalizing them inside ``feed``: a caller (the
+        #: server) runs ``finalize_pending`` elsewhere, so the second pass of one segment never
+        #: delays the first pass of the next (``finish`` still finalizes everything)
+        self.defer_finals = defer_finals
+        self._pending_lock, self._finalize_lock = threading.Lock(), threading.Lock()
         spec = recognizer.mode_spec
         self.first_scorer, self.second_scorer = recognizer.scorers(hotwords)
         self.greedy = not spec.beam
@@ -296,11 +322,18 @@ class StreamingSession:
         #: finalized segments: (start seconds, result)
         self.segments: list[tuple[float, Result]] = []
         self._joined: Result | None = None  # the finished segments with text, joined as they close
-        #: finalized segments with text, in order: (start seconds, end seconds, result); times in
-        #: each result are relative to its start (a server sends each as one "final")
+        #: finalized segments in which the first pass heard speech, in order: (start seconds, end
+        #: seconds, result); times in each result are relative to its start (a server sends each
+        #: as one "final"; its text is empty only where the second pass found no words)
         self.finals: list[tuple[float, float, Result]] = []
+        #: segments with speech closed so far (finalized or queued): the next one's number
+        self.speech_segments = 0
+        self._pending: deque = deque()
         self.segment_start_frames = 0
         self.samples_seen = 0
+        #: the callers' audio rate when it is not the model's (one streaming resampler per stream)
+        self._input_rate: int | None = None
+        self._resampler = None
         self.finished = False
         self.endpoint = False
         self._new_segment()
@@ -322,35 +355,67 @@ class StreamingSession:
         self.search.step(log_probs)
         self.blank_tracker.update(log_probs)
 
-    def _segment_result(self, start: float, final: bool) -> Result:
+    def _close_segment(self, final: bool) -> None:
+        """Flush the encoder into this segment, finalize it (or queue it, ``defer_finals``), and
+        start the next one."""
+        self._decode_frames(*self.runner.finish())
         rec = self.recognizer
+        start = self.segment_start_frames * rec.frame_seconds
         # The last segment runs to the end of the audio; earlier ones to their last frame.
         seconds = (self.samples_seen / rec.frontend.sample_rate - start if final
                    else self.blank_tracker.frames * rec.frame_seconds)
-        if not self.blank_tracker.speech_frames:
-            return Result(text="")  # silence or noise: best-path CTC heard nothing
-        if self.greedy:
-            return build_result(self.search.nbest()[0], rec.tokenizer, rec.frame_seconds, audio_seconds=seconds)
-        return rec.finalize(self.search, self.runner.concat(self.encoded), seconds, self.runner.segment_inputs(),
-                            self.second_scorer)
-
-    def _close_segment(self, final: bool) -> None:
-        """Flush the encoder into this segment, finalize it, and start the next one."""
-        self._decode_frames(*self.runner.finish())
-        start = self.segment_start_frames * self.recognizer.frame_seconds
-        result = self._segment_result(start, final)
         self.segment_start_frames += self.blank_tracker.frames
-        if result.text or not self.segments:
-            self.segments.append((start, result))
-        if result.text:
-            end = (self.samples_seen / self.recognizer.frontend.sample_rate if final
-                   else self.segment_start_frames * self.recognizer.frame_seconds)
-            self.finals.append((start, max(start, end), result))
-            self._joined = (join_segments([(start, result)], is_final=True) if self._joined is None
-                            else _append_segment(self._joined, start, result, True))
+        end = self.samples_seen / rec.frontend.sample_rate if final else self.segment_start
+        closed = _ClosedSegment(start, max(start, end), seconds, self.blank_tracker.speech_frames > 0, self.search,
+                                self.runner.concat(self.encoded), self.runner.segment_inputs())
+        if closed.speech:
+            closed.index = self.speech_segments
+            self.speech_segments += 1
+        if self.defer_finals and closed.speech and not final:
+            with self._pending_lock:
+                self._pending.append(closed)
+        else:
+            self.finalize_pending()  # earlier segments' finals come first
+            self._finalize(closed)
         if not final:
             self.runner.reset()
             self._new_segment()
+
+    def finalize_pending(self) -> int:
+        """Finalize the segments ``defer_finals`` queued, in order; returns how many. Safe to run
+        on another thread while ``feed`` goes on: it touches only closed segments and the lists
+        of results."""
+        done = 0
+        with self._finalize_lock:
+            while True:
+                with self._pending_lock:
+                    if not self._pending:
+                        return done
+                    closed = self._pending.popleft()
+                self._finalize(closed)
+                done += 1
+
+    @property
+    def pending_finals(self) -> int:
+        """Closed segments whose final (second pass) has not run yet (``defer_finals``)."""
+        return len(self._pending)
+
+    def _finalize(self, closed: "_ClosedSegment") -> None:
+        rec = self.recognizer
+        if not closed.speech:
+            result = Result(text="")  # silence or noise: best-path CTC heard nothing
+        elif self.greedy:
+            result = build_result(closed.search.nbest()[0], rec.tokenizer, rec.frame_seconds,
+                                  audio_seconds=closed.seconds)
+        else:
+            result = rec.finalize(closed.search, closed.encoded, closed.seconds, closed.feats, self.second_scorer)
+        if result.text or not self.segments:
+            self.segments.append((closed.start, result))
+        if closed.speech:
+            self.finals.append((closed.start, closed.end, result))
+        if result.text:
+            self._joined = (join_segments([(closed.start, result)], is_final=True) if self._joined is None
+                            else _append_segment(self._joined, closed.start, result, True))
 
     @property
     def segment_start(self) -> float:
@@ -383,12 +448,33 @@ class StreamingSession:
                 return Result(text="", is_final=is_final)
             return Result(text=closed.text, tokens=list(closed.tokens), token_times=list(closed.token_times),
                           words=list(closed.words), confidence=closed.confidence, nbest=list(closed.nbest),
-                          is_final=is_final)
+                          is_final=is_final, segments=list(closed.segments))
         if closed is None:
             return join_segments([(self.segment_start, open_part)], is_final=is_final)
         return _append_segment(closed, self.segment_start, open_part, is_final)
 
-    def feed(self, samples: np.ndarray) -> None:
+    def _model_samples(self, samples, sample_rate: int | None) -> np.ndarray:
+        """One chunk as float32 mono at the model's rate (``edgeasr.audio.io.array_samples``);
+        a chunk at another rate goes through one streaming resampler kept for the stream, so
+        chunk boundaries leave no trace in the audio."""
+        rate = self.recognizer.frontend.sample_rate
+        samples = array_samples(samples, None, rate, "audio chunk")
+        if sample_rate is None or sample_rate == rate and self._input_rate is None:
+            if self._input_rate not in (None, rate):
+                raise EdgeAsrError(f"this stream's audio is at {self._input_rate} Hz; pass sample_rate="
+                                   f"{self._input_rate} with every chunk (one stream, one rate)")
+            return samples
+        if self._input_rate is None:
+            import soxr
+
+            self._input_rate = check_sample_rate("audio chunk", sample_rate)
+            self._resampler = soxr.ResampleStream(self._input_rate, rate, 1, dtype="float32", quality="HQ")
+        elif sample_rate != self._input_rate:
+            raise EdgeAsrError(f"this stream's audio is at {self._input_rate} Hz, got a chunk at {sample_rate} Hz "
+                               "(one stream, one rate: start a new stream for other audio)")
+        return self._resampler.resample_chunk(samples)
+
+    def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> None:
         """Consume audio without building a result: for callers that read ``finals`` and
         ``open_segment()`` (the server), so a long stream's partials cost nothing here.
 
@@ -397,9 +483,9 @@ class StreamingSession:
         the audio arrived live (and an encoder whose positions end never overflows)."""
         if self.finished:
             raise EdgeAsrError("this stream is finished; start a new one with recognizer.stream() or reset()")
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if samples.size and not np.all(np.isfinite(samples)):
-            raise EdgeAsrError("audio chunk contains NaN or Inf samples")
+        self._feed_model_rate(self._model_samples(samples, sample_rate))
+
+    def _feed_model_rate(self, samples: np.ndarray) -> None:
         rec = self.recognizer
         block = max(1, int(round(rec.chunk_size * rec.frame_seconds * rec.frontend.sample_rate)))
         self.endpoint = False
@@ -414,16 +500,19 @@ class StreamingSession:
                     self._close_segment(final=False)
                     self.endpoint = True
 
-    def accept(self, samples: np.ndarray) -> Result:
-        """Feed audio (float32 mono at the model's rate); returns the partial result so far
-        (the whole stream: finished segments and the open one's best path). See ``feed``."""
-        self.feed(samples)
+    def accept(self, samples: np.ndarray, sample_rate: int | None = None) -> Result:
+        """Feed audio (float32 in [-1, 1] or int16, mono or [samples, channels], at
+        ``sample_rate``, default the model's); returns the partial result so far (the whole
+        stream: finished segments and the open one's best path). See ``feed``."""
+        self.feed(samples, sample_rate)
         return self._current(self.search.nbest(1), is_final=False)
 
     def finish(self) -> Result:
         """No more audio: flush everything and return the final (rescored) result."""
         if self.finished:
             raise EdgeAsrError("this stream is already finished")
+        if self._resampler is not None:  # the resampler's delayed tail belongs to this stream
+            self._feed_model_rate(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
         self.finished = True
         self._decode_frames(*self.runner.accept(self.fbank.finish()))
         self._close_segment(final=True)

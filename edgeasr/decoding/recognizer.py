@@ -22,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-from edgeasr.audio.io import load_audio
+from edgeasr.audio.io import model_input
 from edgeasr.decoding.core import (  # noqa: F401 - re-exported: the public decoding API
     MODES,
     DecodeOptions,
@@ -134,15 +134,12 @@ class Recognizer(DecodingCore):
 
         return attention_rescore(self.model, hyps, encoded, self.options.ctc_weight, self.options.reverse_weight)
 
-    def _audio(self, audio: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
-        if isinstance(audio, np.ndarray):
-            return audio.astype(np.float32, copy=False)
-        return load_audio(audio, sample_rate=self.frontend.sample_rate)
-
     @torch.no_grad()
-    def transcribe(self, audio, streaming: bool | None = None, hotwords=None) -> Result:
-        """Recognize a whole file or array; streams by default when the chunk size allows."""
-        samples = self._audio(audio)
+    def transcribe(self, audio, streaming: bool | None = None, hotwords=None, sample_rate: int | None = None) -> Result:
+        """Recognize a whole file, or an array at ``sample_rate`` (default: the model's; int16 is
+        scaled, channels are averaged, other rates resampled); streams by default when the
+        chunk size allows, so long audio is cut into segments at endpoints (``result.segments``)."""
+        samples = model_input(audio, sample_rate, self.frontend.sample_rate)
         if streaming is None:
             streaming = self.chunk_size > 0
         if streaming:

@@ -18,6 +18,32 @@ class Word:
 
 
 @dataclass
+class Segment:
+    """One stretch of speech between endpoints, from its first word's start to its last word's
+    end: a transcript line, a subtitle cue."""
+
+    start: float  # seconds from the start of the audio
+    end: float
+    text: str
+    words: list[Word] = field(default_factory=list)
+    confidence: float = 0.0
+
+
+#: a word ends this many encoder frames after its last token's emission (CTC marks a token
+#: where it is recognised, about where its sound ends), unless the next word starts earlier
+WORD_TAIL_FRAMES = 2
+
+
+def shift_segments(segments: list[Segment], offset: float) -> list[Segment]:
+    """Segments with times moved by ``offset`` seconds (a stream segment's into the stream's)."""
+    if not offset:
+        return list(segments)
+    return [Segment(round(s.start + offset, 3), round(s.end + offset, 3), s.text,
+                    [Word(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.confidence) for w in s.words],
+                    s.confidence) for s in segments]
+
+
+@dataclass
 class Result:
     text: str
     tokens: list[str] = field(default_factory=list)
@@ -28,6 +54,8 @@ class Result:
     confidence: float = 0.0
     nbest: list[dict] = field(default_factory=list)
     is_final: bool = True
+    #: the speech segments (cut at endpoints when streaming), each with its words
+    segments: list[Segment] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,8 +71,10 @@ def build_result(
 ) -> Result:
     """Turn a hypothesis into text with word timings.
 
-    A word starts at its first token's emission and ends just before the next word's first token
-    (or at the end of the audio), since CTC marks when a token is recognised rather than its span.
+    A word starts at its first token's emission and ends ``WORD_TAIL_FRAMES`` after its last
+    token's, or where the next word starts if that is sooner (CTC marks when a token is
+    recognised rather than its span; ending words at the next word's start would give the
+    silence after a word to the word).
     """
     pieces = [tokenizer.id_to_piece(t) for t in hyp.tokens]
     times = [round(t * frame_seconds, 3) for t in hyp.times]
@@ -52,13 +82,16 @@ def build_result(
     words: list[Word] = []
     current: list[int] = []
 
-    def close(end_time: float) -> None:
+    tail = WORD_TAIL_FRAMES * frame_seconds
+
+    def close(limit: float) -> None:
         if not current:
             return
         text = "".join(pieces[i] for i in current).replace(SPACE, "")
         if text:
             conf = math.exp(sum(math.log(max(probs[i], 1e-10)) for i in current) / len(current))
-            words.append(Word(text, times[current[0]], round(end_time, 3), round(conf, 4)))
+            end = max(times[current[0]], min(limit, times[current[-1]] + tail))
+            words.append(Word(text, times[current[0]], round(end, 3), round(conf, 4)))
 
     for i, piece in enumerate(pieces):
         if piece.startswith(SPACE) and current:
@@ -70,12 +103,15 @@ def build_result(
     confidence = (
         math.exp(sum(math.log(max(p, 1e-10)) for p in probs) / len(probs)) if probs else 0.0
     )
+    text = tokenizer.decode(hyp.tokens)
+    segments = [Segment(words[0].start, words[-1].end, text, list(words), round(confidence, 4))] if words else []
     return Result(
-        text=tokenizer.decode(hyp.tokens),
+        text=text,
         tokens=pieces,
         token_times=times,
         words=words,
         confidence=round(confidence, 4),
         nbest=[{"text": tokenizer.decode(h.tokens), "score": round(s, 4)} for h, s in (nbest or [])],
         is_final=is_final,
+        segments=segments,
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeasr.audio.fbank import FbankOptions
-from edgeasr.audio.io import load_audio
+from edgeasr.audio.io import model_input
 from edgeasr.decoding.ctc import Hypothesis
 from edgeasr.decoding.core import DecodeOptions, DecodingCore
 from edgeasr.decoding.result import Result
@@ -166,8 +166,10 @@ class OnnxRecognizer(DecodingCore):
     def chunk_runner(self, keep_inputs: bool = False) -> OnnxChunkRunner:
         return OnnxChunkRunner(self)
 
-    def transcribe(self, audio, hotwords=None) -> Result:
-        samples = audio if isinstance(audio, np.ndarray) else load_audio(audio, sample_rate=self.features.sample_rate)
+    def transcribe(self, audio, hotwords=None, sample_rate: int | None = None) -> Result:
+        """A file path, or an array at ``sample_rate`` (default: the model's; int16 is scaled,
+        channels are averaged, other rates resampled), recognized as one stream."""
+        samples = model_input(audio, sample_rate, self.features.sample_rate)
         session = self.stream(hotwords)
         session.accept(samples)
         return session.finish()

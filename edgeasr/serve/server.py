@@ -65,6 +65,9 @@ class ServerLimits:
     #: real time if more came in); 0 = off
     max_load: float = 0.9
     load_window: float = 10.0
+    #: admission control: new sessions are also refused while the 90th percentile of the time
+    #: work waited for a worker over the load window exceeds this (seconds); 0 = off
+    max_queue_wait: float = 0.2
 
 
 class ProtocolError(Exception):
@@ -84,6 +87,8 @@ class Stats:
     sessions_refused_load: int = 0
     #: worker seconds per second over the load window, divided by the number of workers
     load: float = 0.0
+    #: 90th percentile of the seconds work waited for a worker, over the load window
+    queue_wait_p90: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +105,7 @@ class StreamingServer:
         self._lock = threading.Lock()
         self.port: int | None = None
         self._work: deque = deque()  # (finished at, worker seconds) over the load window
+        self._waits: deque = deque()  # (started at, seconds queued for a worker) over the window
 
     def _record_work(self, seconds: float) -> None:
         now = time.monotonic()
@@ -111,14 +117,34 @@ class StreamingServer:
         window = self.limits.load_window
         while self._work and self._work[0][0] < now - window:
             self._work.popleft()
+        while self._waits and self._waits[0][0] < now - window:
+            self._waits.popleft()
         self.stats.load = round(sum(s for _, s in self._work) / (window * self.limits.workers), 3)
+        waits = sorted(w for _, w in self._waits)
+        self.stats.queue_wait_p90 = round(waits[int(0.9 * (len(waits) - 1))], 3) if waits else 0.0
+
+    def _queued(self, function):
+        """``function``, recording how long it waited for a worker when it runs: the backlog that
+        admission control watches (busy workers alone understate it: the GIL and the clients
+        share the cores)."""
+        enqueued = time.monotonic()
+
+        def run(*args):
+            now = time.monotonic()
+            with self._lock:
+                self._waits.append((now, now - enqueued))
+            return function(*args)
+
+        return run
 
     # -- one connection -------------------------------------------------------------------------
 
     async def handle(self, websocket) -> None:
         with self._lock:
             self._update_load(time.monotonic())
-            overloaded = self.limits.max_load > 0 and self.stats.load > self.limits.max_load
+            limits = self.limits
+            overloaded = ((limits.max_load > 0 and self.stats.load > limits.max_load)
+                          or (limits.max_queue_wait > 0 and self.stats.queue_wait_p90 > limits.max_queue_wait))
             if overloaded and self.stats.sessions_open > 0:
                 self.stats.sessions_refused_load += 1
                 rejected = "load"
@@ -131,7 +157,8 @@ class StreamingServer:
                 rejected = False
         if rejected == "load":
             await self._send(websocket, {"type": "error", "message": "server at capacity: the open sessions use "
-                                         f"{100 * self.stats.load:.0f}% of its workers, try again later"})
+                                         f"{100 * self.stats.load:.0f}% of its workers and wait "
+                                         f"{1000 * self.stats.queue_wait_p90:.0f} ms for one, try again later"})
             await websocket.close(1013, "server at capacity")
             return
         if rejected:
@@ -193,39 +220,66 @@ class StreamingServer:
         loop = asyncio.get_running_loop()
         await self._send(websocket, {"type": "ready", "sample_rate": rate})
         pace = _Pace(self.limits, stream)
-        while True:
-            message = await self._receive(websocket, pace)
-            pace.check()
-            if websocket.close_code is not None:
-                return  # the client is gone: its buffered audio is not worth decoding
-            if isinstance(message, (bytes, bytearray)):
-                if len(message) % 2:
-                    raise ProtocolError("binary frames must hold whole 16-bit samples (even byte count)")
-                samples = np.frombuffer(message, dtype="<i2").astype(np.float32) / 32768.0
-                if stream.seconds_received + len(samples) / rate > self.limits.max_session_seconds:
-                    raise ProtocolError(f"session longer than {self.limits.max_session_seconds:g} s")
-                events, seconds = await loop.run_in_executor(self.pool, _timed, stream.accept, samples)
+        finals_task: asyncio.Task | None = None
+        try:
+            while True:
+                message = await self._receive(websocket, pace)
+                pace.check()
+                if websocket.close_code is not None:
+                    return  # the client is gone: its buffered audio is not worth decoding
+                if isinstance(message, (bytes, bytearray)):
+                    if len(message) % 2:
+                        raise ProtocolError("binary frames must hold whole 16-bit samples (even byte count)")
+                    samples = np.frombuffer(message, dtype="<i2").astype(np.float32) / 32768.0
+                    if stream.seconds_received + len(samples) / rate > self.limits.max_session_seconds:
+                        raise ProtocolError(f"session longer than {self.limits.max_session_seconds:g} s")
+                    events, seconds = await loop.run_in_executor(self.pool, _timed, self._queued(stream.accept),
+                                                                 samples)
+                    self._record_work(seconds)
+                    with self._lock:
+                        self.stats.audio_seconds += len(samples) / rate
+                        self.stats.compute_seconds += seconds
+                    for event in events:
+                        await self._send(websocket, event)
+                    if stream.finals_owed() and (finals_task is None or finals_task.done()):
+                        # the closed segment's second pass runs beside the next chunks' first pass
+                        finals_task = asyncio.create_task(self._send_finals(websocket, stream))
+                    continue
+                request = _parse_json(message)
+                if request.get("type") != "end":
+                    raise ProtocolError(f"unexpected message type {request.get('type')!r} (expected audio or end)")
+                if finals_task is not None:
+                    await finals_task
+                _, seconds = await loop.run_in_executor(self.pool, _timed, self._queued(stream.session.finish))
                 self._record_work(seconds)
                 with self._lock:
-                    self.stats.audio_seconds += len(samples) / rate
                     self.stats.compute_seconds += seconds
-                for event in events:
-                    if event["type"] == "final":
-                        with self._lock:
-                            self.stats.finals += 1
-                    await self._send(websocket, event)
-                continue
-            request = _parse_json(message)
-            if request.get("type") != "end":
-                raise ProtocolError(f"unexpected message type {request.get('type')!r} (expected audio or end)")
-            for event in await loop.run_in_executor(self.pool, stream.finish):
-                if event["type"] == "final":
-                    with self._lock:
-                        self.stats.finals += 1
-                await self._send(websocket, event)
-            await self._send(websocket, {"type": "done"})
-            await websocket.close()
-            return
+                await self._send_events(websocket, stream.take_finals())
+                await self._send(websocket, {"type": "done"})
+                await websocket.close()
+                return
+        finally:
+            if finals_task is not None and not finals_task.done():
+                finals_task.cancel()
+
+    async def _send_finals(self, websocket, stream: "_Utterances") -> None:
+        """Finalize a stream's closed segments on a worker and send their finals, in order (the
+        only sender of finals until the stream ends)."""
+        loop = asyncio.get_running_loop()
+        while stream.finals_owed():
+            if stream.session.pending_finals:
+                _, seconds = await loop.run_in_executor(self.pool, _timed, self._queued(stream.session.finalize_pending))
+                self._record_work(seconds)
+                with self._lock:
+                    self.stats.compute_seconds += seconds
+            await self._send_events(websocket, stream.take_finals())
+
+    async def _send_events(self, websocket, events: list[dict]) -> None:
+        for event in events:
+            if event["type"] == "final":
+                with self._lock:
+                    self.stats.finals += 1
+            await self._send(websocket, event)
 
     @staticmethod
     async def _send(websocket, event: dict) -> None:
@@ -400,16 +454,10 @@ class _Utterances:
         self.hotwords = hotwords
         self.every_chunk = every_chunk
         self.rules = rules
-        self.model_rate = recognizer.sample_rate
-        self.resampler = None
-        if sample_rate != self.model_rate:
-            import soxr
-
-            self.resampler = soxr.ResampleStream(sample_rate, self.model_rate, 1, dtype="float32", quality="HQ")
         self.seconds_received = 0.0
         # One session for the whole connection: its endpointer (with the server's rules) cuts
         # the stream into segments, each finalized (second pass) as soon as it ends.
-        self.session = recognizer.stream(hotwords, endpoint_rules=rules)
+        self.session = recognizer.stream(hotwords, endpoint_rules=rules, defer_finals=True)
         self.sent_finals = 0
         self.last_partial = ""
         self.input_rate = sample_rate
@@ -419,8 +467,13 @@ class _Utterances:
         return [{"word": w.word, "start": round(offset + w.start, 3), "end": round(offset + w.end, 3),
                  "confidence": w.confidence} for w in result.words]
 
-    def _finals(self) -> list[dict]:
-        """A "final" event for every segment with text the session closed since the last call."""
+    def finals_owed(self) -> bool:
+        """Closed segments with speech whose final has not been taken yet (queued or ready)."""
+        return self.sent_finals < self.session.speech_segments
+
+    def take_finals(self) -> list[dict]:
+        """A "final" event for every segment with speech finalized since the last call, numbered
+        as its partials were (its text is empty only where the second pass found no words)."""
         events = []
         for start, end, result in self.session.finals[self.sent_finals:]:
             events.append({"type": "final", "segment": self.sent_finals, "text": result.text,
@@ -431,24 +484,15 @@ class _Utterances:
 
     def accept(self, samples: np.ndarray) -> list[dict]:
         self.seconds_received += len(samples) / self.input_rate
-        if self.resampler is not None:
-            samples = self.resampler.resample_chunk(samples)
-        self.session.feed(samples)  # the whole-stream result is not needed: finals + open segment
-        events = self._finals() if self.session.is_endpoint() else []
-        if events:
-            self.last_partial = ""
+        # (the session resamples; the whole-stream result is not needed: finals + open segment)
+        self.session.feed(samples, self.input_rate)
+        if self.session.is_endpoint():
+            self.last_partial = ""  # a new segment: its partials start from nothing
+        events = []
         partial = self.session.open_segment()
         if partial.text != self.last_partial or self.every_chunk:
             self.last_partial = partial.text
             start = self.session.segment_start
-            events.append({"type": "partial", "segment": self.sent_finals, "text": partial.text,
+            events.append({"type": "partial", "segment": self.session.speech_segments, "text": partial.text,
                            "words": self._words(partial, start), "start": round(start, 3)})
         return events
-
-    def finish(self) -> list[dict]:
-        if self.resampler is not None:
-            tail = self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-            if tail.size:
-                self.session.feed(tail)
-        self.session.finish()
-        return self._finals()
