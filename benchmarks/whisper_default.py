@@ -441,7 +441,7 @@ def model_card(result: dict) -> str:
                      f"{lm['sentences']:,} sentences of packaged prose:")
         lines += [f"  - {kind}: {LICENCES.get(kind, 'see lm/README.md')}" for kind in lm.get("sources", {})]
     lines += [
-        "- edgeasr code and the trained CTC head: as this repository.",
+        "- edgeasr code and the trained CTC head: Apache-2.0 (`LICENSE`; third-party parts in `NOTICE`).",
         "",
         "## Reproduce",
         "",

@@ -15,7 +15,7 @@ from edgeasr import __version__
 from edgeasr.errors import EdgeAsrError
 
 # Modules under edgeasr.commands, in the order their subcommands appear in --help.
-COMMAND_MODULES = ["demo", "audio", "features", "data", "tokenizer", "corpus", "importer", "lm", "train", "average", "transcribe", "eval", "bench", "quantize", "export", "serve", "client"]
+COMMAND_MODULES = ["demo", "audio", "features", "data", "tokenizer", "corpus", "importer", "lm", "train", "average", "transcribe", "calibrate", "eval", "bench", "quantize", "export", "serve", "client"]
 
 
 def build_parser() -> argparse.ArgumentParser:

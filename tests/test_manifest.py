@@ -83,7 +83,7 @@ def test_write_relative_to(tmp_path: Path) -> None:
         ("[1, 2]", "expected a JSON object"),
         ('{"text": "a", "duration": 1}', 'missing key "audio"'),
         ('{"audio": "a.wav", "duration": 1}', 'missing key "text"'),
-        ('{"audio": "a.wav", "text": "a"}', 'missing key "duration"'),
+        ('{"audio": "a.wav", "text": "a"}', 'no "duration" and'),  # a.wav does not exist to measure
         ('{"audio": "", "text": "a", "duration": 1}', "non-empty path"),
         ('{"audio": "a.wav", "text": 5, "duration": 1}', '"text" must be a string'),
         ('{"audio": "a.wav", "text": "a", "duration": "1.5"}', "number of seconds"),
@@ -223,3 +223,15 @@ def test_cli_errors_and_help(tmp_path: Path, monkeypatch, capsys) -> None:
         assert f"usage: edgeasr data {action}" in capsys.readouterr().out
     assert run_cli(monkeypatch, "data") == 2
     assert "usage: edgeasr data" in capsys.readouterr().err
+
+
+def test_missing_durations_come_from_the_audio_and_wenet_lists_read(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", np.zeros(24000, dtype=np.float32), 16000)
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio": "a.wav", "text": "hello"}\n'
+                    '{"key": "utt1", "wav": "a.wav", "txt": "hello world"}\n', encoding="utf-8")
+    plain, wenet = read_manifest(path)
+    assert plain.duration == pytest.approx(1.5) and wenet.duration == pytest.approx(1.5)
+    assert wenet.text == "hello world" and wenet.audio == str(tmp_path / "a.wav")
+    assert wenet.extra == {"key": "utt1"}  # the aliases become the core fields, not extras
+    assert set(wenet.to_dict()) == {"audio", "text", "duration", "key"}

@@ -4,7 +4,9 @@ One utterance per line: ``{"audio": path, "text": str, "duration": seconds, "spe
 plus any extra keys (``id``, ``engine``, ``voice``, ``source``, segment ``start``/``end``...),
 which are kept through a read/write round trip so tools that add metadata never lose each other's.
 JSONL rather than one JSON document because manifests grow to hundreds of thousands of lines, are
-appended to by resumable corpus builds, and are easy to ``head``, ``grep`` and ``shuf``.
+appended to by resumable corpus builds, and are easy to ``head``, ``grep`` and ``shuf``. A line
+without ``"duration"`` gets it from its audio file's header, and WeNet's data lists
+(``{"key", "wav", "txt"}``) read as they are.
 
 Relative audio paths are relative to the manifest's own directory, so a corpus folder (manifest plus
 its audio) can be moved or copied as a whole.
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeasr.errors import DataError
+from edgeasr.errors import AudioError, DataError
 from edgeasr.fileio import atomic_write
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 _CORE_KEYS = ("audio", "text", "duration", "speaker")
+#: WeNet's data.list spells audio "wav" and text "txt" (and has no duration): read those too
+_WENET_ALIASES = {"audio": "wav", "text": "txt"}
 
 
 @dataclass
@@ -62,20 +66,23 @@ class Utterance:
         """Validate one manifest line; raise ``DataError`` saying what is wrong with it."""
         if not isinstance(d, dict):
             raise DataError(f"expected a JSON object, got {type(d).__name__}")
-        for key in ("audio", "text", "duration"):
-            if key not in d:
-                raise DataError(f'missing key "{key}"')
-        audio, text, duration, speaker = d["audio"], d["text"], d["duration"], d.get("speaker")
+        aliases = {key: alias for key, alias in _WENET_ALIASES.items() if key not in d and alias in d}
+        for key in ("audio", "text"):
+            if key not in d and key not in aliases:
+                raise DataError(f'missing key "{key}"' + (f' (or "{_WENET_ALIASES[key]}")' if key in _WENET_ALIASES else ""))
+        audio, text = d.get("audio", d.get(aliases.get("audio", ""))), d.get("text", d.get(aliases.get("text", "")))
+        duration, speaker = d.get("duration"), d.get("speaker")
         if not isinstance(audio, str) or not audio.strip():
             raise DataError('"audio" must be a non-empty path string')
         if not isinstance(text, str):
             raise DataError(f'"text" must be a string, got {type(text).__name__}')
-        duration = _check_duration(duration)
+        if duration is not None:  # absent: read from the audio header once the path is resolved
+            duration = _check_duration(duration)
         if speaker is not None:
             if isinstance(speaker, bool) or not isinstance(speaker, (str, int)):
                 raise DataError(f'"speaker" must be a string, got {type(speaker).__name__}')
             speaker = str(speaker)  # numeric speaker ids (LibriSpeech style) are still labels
-        extra = {k: v for k, v in d.items() if k not in _CORE_KEYS}
+        extra = {k: v for k, v in d.items() if k not in _CORE_KEYS and k not in aliases.values()}
         return cls(audio=audio, text=text, duration=duration, speaker=speaker, extra=extra)
 
 
@@ -131,6 +138,14 @@ def iter_manifest_lines(
             except DataError as error:
                 yield number, DataError(f"{manifest}:{number}: {error}")
                 continue
+            if utterance.duration is None:
+                from edgeasr.audio.io import audio_duration
+
+                try:
+                    utterance.duration = audio_duration(_resolve(utterance.audio, base))
+                except AudioError as error:
+                    yield number, DataError(f"{manifest}:{number}: no \"duration\" and {error}")
+                    continue
             if resolve_paths:
                 utterance.audio = _resolve(utterance.audio, base)
             yield number, utterance

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeasr.audio.io import array_samples, check_sample_rate
+from edgeasr.decoding.confidence import load_calibration
 from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
 from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached, speech_frames
 from edgeasr.decoding.fusion import build_scorer, piece_texts, read_hotwords
@@ -106,6 +107,7 @@ class DecodingCore:
     ``whisper_rescoring``) ``second_pass``."""
 
     second_pass = None
+    calibrator = None
 
     def _setup_decoding(self, options: "DecodeOptions", has_attention: bool, has_whisper: bool,
                         model_directory, blank_id: int, max_segment_frames: int | None = None) -> None:
@@ -116,6 +118,7 @@ class DecodingCore:
         self.blank_id = blank_id
         self.piece_texts = piece_texts(self.tokenizer)
         self.lm = _resolve_lm(options.lm, model_directory)
+        self.calibrator = load_calibration(model_directory)
         self.hotwords = self._phrases(options.hotwords)
         #: encoder frames a segment may hold (Whisper's positions end at 30 s); None = unlimited
         self.max_segment_frames = max_segment_frames
@@ -178,7 +181,8 @@ class DecodingCore:
         hyps = search.nbest()
         second = self.mode_spec.second_pass
         if not self.mode_spec.beam:
-            return build_result(hyps[0], self.tokenizer, self.frame_seconds, audio_seconds=audio_seconds)
+            return self.calibrated(build_result(hyps[0], self.tokenizer, self.frame_seconds,
+                                                audio_seconds=audio_seconds))
         heard = bool(hyps and hyps[0].tokens)
         if second == "whisper" and feats is not None and feats.shape[0] > 0 and heard:
             # (a segment in which the first pass heard nothing is silence or noise: Whisper's
@@ -190,7 +194,16 @@ class DecodingCore:
             ranked = [(h, h.score + h.fused_score) for h in hyps]
         if not ranked:
             return Result(text="")
-        return build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
+        result = build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
+        return self.calibrated(result, hyps[0] if hyps else None)
+
+    def calibrated(self, result: Result, first_pass=None) -> Result:
+        """A final segment's result with calibrated confidences (the model directory's
+        calibration.json, ``edgeasr.decoding.confidence``); unchanged without one."""
+        if self.calibrator is not None and result.words:
+            words = set(self.tokenizer.decode(first_pass.tokens).split()) if first_pass is not None else None
+            self.calibrator.apply(result, words)
+        return result
 
     def stream(self, hotwords=None, endpoint_rules: EndpointRules | None = None,
                defer_finals: bool = False) -> "StreamingSession":
@@ -405,8 +418,8 @@ class StreamingSession:
         if not closed.speech:
             result = Result(text="")  # silence or noise: best-path CTC heard nothing
         elif self.greedy:
-            result = build_result(closed.search.nbest()[0], rec.tokenizer, rec.frame_seconds,
-                                  audio_seconds=closed.seconds)
+            result = rec.calibrated(build_result(closed.search.nbest()[0], rec.tokenizer, rec.frame_seconds,
+                                                 audio_seconds=closed.seconds))
         else:
             result = rec.finalize(closed.search, closed.encoded, closed.seconds, closed.feats, self.second_scorer)
         if result.text or not self.segments:

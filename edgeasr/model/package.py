@@ -31,8 +31,9 @@ from edgeasr.model.pretrained import PretrainedSource, drop_pretrained
 from edgeasr.text.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
-#: Where `--model default` points: the model shipped in the repository.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
+#: Where `--model default` points: the shipped model, package data of edgeasr (so a wheel or a
+#: `pip install .` carries it; the repository's models/default is a link to it).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
 
 
 @dataclass

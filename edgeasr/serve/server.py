@@ -89,6 +89,10 @@ class Stats:
     load: float = 0.0
     #: 90th percentile of the seconds work waited for a worker, over the load window
     queue_wait_p90: float = 0.0
+    #: worker seconds per audio second over the load window (once it holds 2 s of audio)
+    window_rtf: float = 0.0
+    #: the load one more real-time session would bring: (open + 1) x window_rtf / workers
+    predicted_load: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,10 +111,10 @@ class StreamingServer:
         self._work: deque = deque()  # (finished at, worker seconds) over the load window
         self._waits: deque = deque()  # (started at, seconds queued for a worker) over the window
 
-    def _record_work(self, seconds: float) -> None:
+    def _record_work(self, seconds: float, audio_seconds: float = 0.0) -> None:
         now = time.monotonic()
         with self._lock:
-            self._work.append((now, seconds))
+            self._work.append((now, seconds, audio_seconds))
             self._update_load(now)
 
     def _update_load(self, now: float) -> None:
@@ -119,7 +123,11 @@ class StreamingServer:
             self._work.popleft()
         while self._waits and self._waits[0][0] < now - window:
             self._waits.popleft()
-        self.stats.load = round(sum(s for _, s in self._work) / (window * self.limits.workers), 3)
+        compute = sum(w[1] for w in self._work)
+        audio = sum(w[2] for w in self._work)
+        self.stats.load = round(compute / (window * self.limits.workers), 3)
+        if audio >= 2.0:  # worker seconds per audio second: what one more real-time session costs
+            self.stats.window_rtf = round(compute / audio, 4)
         waits = sorted(w for _, w in self._waits)
         self.stats.queue_wait_p90 = round(waits[int(0.9 * (len(waits) - 1))], 3) if waits else 0.0
 
@@ -142,9 +150,13 @@ class StreamingServer:
     async def handle(self, websocket) -> None:
         with self._lock:
             self._update_load(time.monotonic())
-            limits = self.limits
-            overloaded = ((limits.max_load > 0 and self.stats.load > limits.max_load)
-                          or (limits.max_queue_wait > 0 and self.stats.queue_wait_p90 > limits.max_queue_wait))
+            limits, stats = self.limits, self.stats
+            # predicted: the open sessions plus this one, each costing what audio has cost lately;
+            # measured: the workers' recent busy share and how long work waits for one. The
+            # prediction refuses before the backlog shows (latency lags admissions by seconds).
+            stats.predicted_load = round((stats.sessions_open + 1) * stats.window_rtf / limits.workers, 3)
+            overloaded = limits.max_load > 0 and (stats.load > limits.max_load or stats.predicted_load > limits.max_load)
+            overloaded = overloaded or (limits.max_queue_wait > 0 and stats.queue_wait_p90 > limits.max_queue_wait)
             if overloaded and self.stats.sessions_open > 0:
                 self.stats.sessions_refused_load += 1
                 rejected = "load"
@@ -157,7 +169,8 @@ class StreamingServer:
                 rejected = False
         if rejected == "load":
             await self._send(websocket, {"type": "error", "message": "server at capacity: the open sessions use "
-                                         f"{100 * self.stats.load:.0f}% of its workers and wait "
+                                         f"{100 * self.stats.load:.0f}% of its workers (one more: "
+                                         f"{100 * self.stats.predicted_load:.0f}%) and wait "
                                          f"{1000 * self.stats.queue_wait_p90:.0f} ms for one, try again later"})
             await websocket.close(1013, "server at capacity")
             return
@@ -235,7 +248,7 @@ class StreamingServer:
                         raise ProtocolError(f"session longer than {self.limits.max_session_seconds:g} s")
                     events, seconds = await loop.run_in_executor(self.pool, _timed, self._queued(stream.accept),
                                                                  samples)
-                    self._record_work(seconds)
+                    self._record_work(seconds, len(samples) / rate)
                     with self._lock:
                         self.stats.audio_seconds += len(samples) / rate
                         self.stats.compute_seconds += seconds
