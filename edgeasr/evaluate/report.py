@@ -699,6 +699,10 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += onnx_parity_section(result, path.name)
         elif result.get("benchmark") == "load_test":
             lines += load_test_section(result, path.name)
+        elif result.get("benchmark") == "capacity":
+            lines += capacity_section(result, path.name)
+        elif result.get("benchmark") == "confidence":
+            lines += confidence_section(result, path.name)
         elif result.get("benchmark") == "dynamic":
             plot = result.get("plot")  # a file name next to the result
             if plot:
@@ -710,3 +714,75 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += dynamic_section(result, path.name, plot)
     atomic_write_text(out, "\n".join(lines))
     return out
+
+
+def confidence_section(result: dict, name: str) -> list[str]:
+    fitted = result.get("calibration", {})
+    lines = [
+        f"## Confidence calibration ({name})",
+        "",
+        f"Model `{result['model']}`, decoded as users decode it, {result['date']}. Each recognized word is labelled right "
+        "or wrong by aligning the transcript with the reference; ECE is the expected calibration error over 10 "
+        "equal-width bins (words: confidence against right/wrong; utterances: the mean word confidence against the "
+        "share of its words that are right). Raw: the geometric mean of a word's token posteriors. Calibrated: "
+        f"`calibration.json`, fitted by `edgeasr calibrate` on {fitted.get('manifest', '?')} "
+        f"({fitted.get('utterances', '?')} utterances, {fitted.get('words', '?')} words), none of the sets below. "
+        f"Target: ECE <= {result['target_ece']:.2f}.",
+        "",
+        "| set | words | words right | mean confidence raw / calibrated | word ECE raw | calibrated | utterance ECE raw | calibrated |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for set_name, row in result["sets"].items():
+        raw, cal = row["raw"], row["calibrated"]
+        lines.append(f"| {set_name} | {raw['words']} | {100 * raw['word_accuracy']:.1f}% | "
+                     f"{raw['mean_word_confidence']:.3f} / {cal['mean_word_confidence']:.3f} | {raw['word_ece']:.3f} | "
+                     f"**{cal['word_ece']:.3f}** | {raw['utterance_ece']:.3f} | **{cal['utterance_ece']:.3f}** |")
+    if result.get("plot"):
+        lines += ["", f"![reliability diagram](benchmarks/results/{result['plot']})"]
+    lines.append("")
+    return lines
+
+
+def capacity_section(result: dict, name: str) -> list[str]:
+    def latency(row: dict) -> str:
+        lat = row.get("latency_ms")
+        return f"{lat['p50']:.0f} | {lat['p95']:.0f} | {lat['max']:.0f}" if lat else "- | - | -"
+
+    lines = [
+        f"## Streaming server capacity, overload and soak ({name})",
+        "",
+        f"`edgeasr serve` ({result['backend']}, model `{result['model']}`, {result['workers']} workers) on "
+        f"{result['machine']} ({result['date']}), clients in a second process on the same 2 cores. Each session "
+        f"streams {result['seconds_per_session']:g} s of speech at real time in 100 ms messages and asks for a reply "
+        "to each; latency is from sending a message to its reply (queueing included). A level is served at real "
+        f"time when every session is served and p95 <= {result['p95_limit_ms']:.0f} ms.",
+        "",
+        "| phase | sessions | served | refused (reason given) | dropped | latency p50 (ms) | p95 | max | RTF |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["levels"]:
+        lines.append(f"| capacity | {row['sessions']} | {row['served']} | {row['refused']} | {row['closed'] + row['error']} | "
+                     f"{latency(row)} | {row['rtf']:.3f} |")
+    over = result["overload"]
+    lines.append(f"| overload (0.5 s apart) | {over['sessions']} | {over['served']} | {over['refused']} | "
+                 f"{over['closed'] + over['error']} | {latency(over)} | {over['rtf']:.3f} |")
+    lines += ["", f"Capacity: **{result['capacity_sessions']} sessions** at real time on this machine."]
+    trickle = result.get("trickle")
+    if trickle:
+        held, after = trickle["newcomer_while_held"], trickle["newcomer_after"]
+        lines += ["", f"Trickle: {trickle['tricklers']} clients sending 2 bytes every 20 s held {trickle['slots_held']} "
+                      f"slots; a newcomer was {held['outcome']} after {held['first_reply_s'] * 1000:.0f} ms "
+                      f"(\"{held.get('reason', '')}\"); the pace limit closed the tricklers after "
+                      f"{trickle['tricklers_closed_after_s']:.0f} s, and the next newcomer was {after['outcome']} "
+                      f"(first reply after {after['first_reply_s'] * 1000:.0f} ms)."]
+    soak = result.get("soak")
+    if soak:
+        rss = soak["rss_mb"]
+        lines += ["", f"Soak: {soak['concurrent']} concurrent sessions back to back for {soak['minutes']:.0f} minutes "
+                      f"({soak['sessions']} sessions: {soak['served']} served, {soak['refused']} refused, "
+                      f"{soak['closed'] + soak['error']} dropped; latency p50 {soak['latency_ms']['p50']:.0f} ms, "
+                      f"p95 {soak['latency_ms']['p95']:.0f} ms). Server memory: {rss['first']} MB at the start, "
+                      f"{rss['after_first_third']} MB over the second third, {rss['last_third_median']} MB over the last "
+                      f"third, at most {rss['max']} MB."]
+    lines.append("")
+    return lines

@@ -11,7 +11,8 @@
 - ``decoder.onnx`` (when the model has an attention decoder): teacher-forced log-probabilities
   for rescoring, inputs ``tokens`` [N, U], ``token_lengths`` [N], ``memory`` [N, T, D],
   ``memory_lengths`` [N]; output ``log_probs`` [N, U, V].
-- ``lm/`` when the model directory has a language model (``edgeasr lm train``);
+- ``lm/`` when the model directory has a language model (``edgeasr lm train``), and its
+  ``calibration.json`` when it has one (``edgeasr calibrate``);
 - ``tokenizer/`` and ``metadata.json`` (also stored as ONNX metadata in the encoder): chunk size,
   left chunks, window and stride in feature frames, subsampling rate, feature options, the cache
   layout of every layer, vocabulary size and special ids.
@@ -328,5 +329,11 @@ def export_onnx(
         import shutil
 
         shutil.copytree(own_lm, out / "lm", dirs_exist_ok=True)
+    from edgeasr.decoding.confidence import CALIBRATION_FILE
+
+    if packaged.directory is not None and (packaged.directory / CALIBRATION_FILE).is_file():
+        import shutil  # the confidence calibration travels too
+
+        shutil.copy2(packaged.directory / CALIBRATION_FILE, out / CALIBRATION_FILE)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=1))
     return metadata

@@ -89,7 +89,7 @@ class Stats:
     load: float = 0.0
     #: 90th percentile of the seconds work waited for a worker, over the load window
     queue_wait_p90: float = 0.0
-    #: worker seconds per audio second over the load window (once it holds 2 s of audio)
+    #: worker seconds per audio second over about the last minute of audio (once 2 s came)
     window_rtf: float = 0.0
     #: the load one more real-time session would bring: (open + 1) x window_rtf / workers
     predicted_load: float = 0.0
@@ -110,11 +110,19 @@ class StreamingServer:
         self.port: int | None = None
         self._work: deque = deque()  # (finished at, worker seconds) over the load window
         self._waits: deque = deque()  # (started at, seconds queued for a worker) over the window
+        self._cost = (0.0, 0.0)  # decayed (worker seconds, audio seconds): see _record_work
 
     def _record_work(self, seconds: float, audio_seconds: float = 0.0) -> None:
         now = time.monotonic()
         with self._lock:
-            self._work.append((now, seconds, audio_seconds))
+            self._work.append((now, seconds))
+            # worker seconds per audio second, over about the last minute of audio (a half-life of
+            # 30 audio seconds): what one more real-time session costs. Counted per audio, not per
+            # wall second, so it neither fades while the server idles nor jumps as a window drains.
+            decay = 0.5 ** (audio_seconds / 30.0)
+            self._cost = (self._cost[0] * decay + seconds, self._cost[1] * decay + audio_seconds)
+            if self._cost[1] >= 2.0:
+                self.stats.window_rtf = round(self._cost[0] / self._cost[1], 4)
             self._update_load(now)
 
     def _update_load(self, now: float) -> None:
@@ -123,11 +131,7 @@ class StreamingServer:
             self._work.popleft()
         while self._waits and self._waits[0][0] < now - window:
             self._waits.popleft()
-        compute = sum(w[1] for w in self._work)
-        audio = sum(w[2] for w in self._work)
-        self.stats.load = round(compute / (window * self.limits.workers), 3)
-        if audio >= 2.0:  # worker seconds per audio second: what one more real-time session costs
-            self.stats.window_rtf = round(compute / audio, 4)
+        self.stats.load = round(sum(s for _, s in self._work) / (window * self.limits.workers), 3)
         waits = sorted(w for _, w in self._waits)
         self.stats.queue_wait_p90 = round(waits[int(0.9 * (len(waits) - 1))], 3) if waits else 0.0
 
