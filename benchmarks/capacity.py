@@ -222,9 +222,17 @@ def main() -> int:
     parser.add_argument("--max-level", type=int, default=16)
     parser.add_argument("--soak-minutes", type=float, default=30.0)
     parser.add_argument("--tricklers", type=int, default=32)
+    parser.add_argument("--phases", default="capacity,overload,trickle,soak",
+                        help="phases to run (comma-separated); the others are kept from --out when it exists "
+                             "(the soak is long: re-measure capacity on a quiet machine without redoing it)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "capacity.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
+    unknown = phases - {"capacity", "overload", "trickle", "soak"}
+    if unknown:
+        raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     audio = streams(args.manifest, 2 * args.max_level, args.seconds)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen([sys.executable, "-m", "edgeasr", "serve", "--model", args.model, "--backend",
@@ -240,26 +248,34 @@ def main() -> int:
             raise SystemExit("server did not start")
         port = int(match.group(1))
         result["memory_start_kb"] = memory_kb(server.pid)
-        levels, capacity = [], 0
-        for sessions in range(1, args.max_level + 1):
-            row = asyncio.run(level(port, audio, sessions))
-            levels.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+        stamp = {"date": result["date"], "load_average": result["load_average"]}
+        capacity = previous.get("capacity_sessions", 0)
+        if "capacity" in phases:
+            levels, capacity = [], 0
+            for sessions in range(1, args.max_level + 1):
+                row = asyncio.run(level(port, audio, sessions))
+                levels.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                settle(port)
+                if not real_time(row):
+                    break
+                capacity = sessions
+            result["levels"], result["capacity_sessions"], result["capacity_run"] = levels, capacity, stamp
+        if "overload" in phases:
+            result["overload"] = {**asyncio.run(level(port, audio, max(2, 2 * capacity), stagger=0.5)), **stamp}
+            print(json.dumps(result["overload"]), file=sys.stderr, flush=True)
             settle(port)
-            if not real_time(row):
-                break
-            capacity = sessions
-        result["levels"], result["capacity_sessions"] = levels, capacity
-        result["overload"] = asyncio.run(level(port, audio, max(2, 2 * capacity), stagger=0.5))
-        print(json.dumps(result["overload"]), file=sys.stderr, flush=True)
-        settle(port)
-        result["trickle"] = asyncio.run(trickle(port, audio[0], args.tricklers))
-        print(json.dumps(result["trickle"]), file=sys.stderr, flush=True)
-        settle(port)
-        if args.soak_minutes > 0 and capacity:
-            result["soak"] = asyncio.run(soak(port, server.pid, audio, capacity, args.soak_minutes))
+        if "trickle" in phases:
+            result["trickle"] = {**asyncio.run(trickle(port, audio[0], args.tricklers)), **stamp}
+            print(json.dumps(result["trickle"]), file=sys.stderr, flush=True)
+            settle(port)
+        if "soak" in phases and args.soak_minutes > 0 and capacity:
+            result["soak"] = {**asyncio.run(soak(port, server.pid, audio, capacity, args.soak_minutes)), **stamp}
             print(json.dumps({k: v for k, v in result["soak"].items() if k != "memory_samples"}), file=sys.stderr)
         result["memory_end_kb"] = memory_kb(server.pid)
+        for key in ("levels", "capacity_sessions", "capacity_run", "overload", "trickle", "soak"):
+            if key not in result and key in previous:  # a phase not run this time: its last measurement
+                result[key] = previous[key]
     finally:
         server.terminate()
         server.wait(10)

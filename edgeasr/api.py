@@ -118,15 +118,24 @@ def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_lef
     directory = resolve_model_dir(model)
     weights = directory / "model.pt"
     stat = weights.stat()
-    key = json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns, chunk_size, num_left_chunks])
+    calibration = directory / "calibration.json"  # copied into the export: a new one means a new export
+    calibration_stamp = calibration.stat().st_mtime_ns if calibration.is_file() else None
+    key = json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns, chunk_size, num_left_chunks,
+                      calibration_stamp])
     out = cache_root() / "onnx" / f"{directory.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     if is_onnx_export(out) and (out / "encoder.int8.onnx").exists():
         return out
     import shutil
     import tempfile
 
+    import sys
+    import time
+
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    # the first load exports (tens of seconds): say so once, rather than seem to hang
+    print(f"edgeasr: exporting {directory.name} to ONNX once (cached in {out}) ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
     try:  # export beside the cache entry, then rename: a concurrent reader never sees half a graph
         export_onnx(directory, staging, chunk_size=chunk_size, num_left_chunks=num_left_chunks, int8=True)
         try:
@@ -136,4 +145,6 @@ def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_lef
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    print(f"edgeasr: export cached in {time.monotonic() - started:.0f} s; later loads reuse it", file=sys.stderr,
+          flush=True)
     return out

@@ -35,16 +35,20 @@ def test_transcribe_a_path_or_an_array_and_stream(tiny_model, tiny_corpus):
     assert final.is_final and final.text == result.text
 
 
-def test_onnx_backend_exports_once_and_gives_the_torch_text(tiny_model, tiny_corpus, cache):
+def test_onnx_backend_exports_once_and_gives_the_torch_text(tiny_model, tiny_corpus, cache, capsys):
     path = read_manifest(tiny_corpus / "test.jsonl")[1].audio
     expected = edgeasr.load_model(str(tiny_model)).transcribe(path).text
+    capsys.readouterr()
     asr = edgeasr.load_model(str(tiny_model), backend="onnx")
+    notice = capsys.readouterr().err.splitlines()  # the first load says why it takes a while
+    assert notice[0].startswith("edgeasr: exporting ") and "once" in notice[0] and "cached in" in notice[-1]
     assert type(asr).__name__ == "OnnxRecognizer"
     assert asr.transcribe(path).text == expected
     exports = list((cache / "onnx").iterdir())
     assert len(exports) == 1
     stamp = (exports[0] / "encoder.onnx").stat().st_mtime_ns
     again = edgeasr.load_model(str(tiny_model), backend="onnx", int8=True)
+    assert "exporting" not in capsys.readouterr().err  # a cached export loads silently
     assert isinstance(again.transcribe(path).text, str)
     assert (exports[0] / "encoder.onnx").stat().st_mtime_ns == stamp  # reused, not re-exported
     assert type(edgeasr.load_model(exports[0])).__name__ == "OnnxRecognizer"  # an export runs on ORT

@@ -70,3 +70,12 @@ def test_batched_offline_eval_matches_unbatched(tiny_model, tiny_corpus, capsys)
     three = json.loads(capsys.readouterr().out)
     assert three["batch_size"] == 3
     assert (one["wer"], one["cer"], one["words"]) == (three["wer"], three["cer"], three["words"])
+
+
+def test_the_readme_eval_example_runs_on_a_fresh_clone(capsys):
+    """`edgeasr eval --model default --manifest samples/samples.jsonl`, as the README writes it:
+    the bundled manifest has no durations (they come from the audio headers)."""
+    assert all("duration" not in json.loads(line) for line in open("samples/samples.jsonl"))
+    assert main(["eval", "--model", "default", "--manifest", "samples/samples.jsonl", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["utts"] == 3 and report["words"] == 38 and report["wer"] <= 15.0, report

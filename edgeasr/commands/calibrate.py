@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
 from edgeasr.commands._decode_args import add_decode_arguments, open_recognizer
 from edgeasr.errors import EdgeAsrError
+from edgeasr.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,11 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if directory is None:
         raise EdgeAsrError("this model has no directory to write into; pass --out DIR")
 
-    def progress(done: int) -> None:
-        if done % 20 == 0 or done == len(utterances):
-            print(f"edgeasr: calibrate: {done}/{len(utterances)} utterances decoded", file=sys.stderr, flush=True)
-
-    decoded = decode_for_calibration(recognizer, utterances, progress)
+    progress = Progress("calibrate", len(utterances), "utterances decoded", True, every=10.0)
+    decoded = decode_for_calibration(recognizer, utterances, progress.update)
     calibrator = fit_calibration(decoded, str(args.manifest))
     before, after = calibration_report(decoded), calibration_report(calibrated(decoded, calibrator))
     path = calibrator.save(directory)

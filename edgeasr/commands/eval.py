@@ -11,6 +11,7 @@ import torch
 from edgeasr.commands._decode_args import add_decode_arguments, open_recognizer
 from edgeasr.errors import EdgeAsrError
 from edgeasr.fileio import atomic_write
+from edgeasr.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="print exactly one JSON object: wer, cer, rtf, utts, audio_seconds, ...")
     parser.add_argument("--errors", metavar="FILE", help="write per-utterance results (JSONL) to FILE")
     parser.add_argument("--limit", type=int, help="only the first N utterances")
+    parser.add_argument("--progress", action="store_true",
+                        help="report progress on standard error (automatic on a terminal)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="with --offline: utterances per padded encoder batch (default: 1)")
     add_decode_arguments(parser)
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise EdgeAsrError("--batch-size must be at least 1")
     batch_size = 1 if streaming else args.batch_size
     results = []
+    progress = Progress.auto("eval", len(utts), "utterances", getattr(args, "progress", False))
     for begin in range(0, len(utts), batch_size):
         audio = [load_audio(u.audio) for u in utts[begin : begin + batch_size]]
         started = time.perf_counter()
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             results.extend(recognizer.transcribe_batch(audio))
         compute_seconds += time.perf_counter() - started
         audio_seconds += sum(len(a) for a in audio) / recognizer.sample_rate
+        progress.update(len(results))
     for utt, result in zip(utts, results):
         w, c = word_errors(utt.text, result.text), char_errors(utt.text, result.text)
         words, chars = words + w, chars + c

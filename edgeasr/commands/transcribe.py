@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-
 import torch
 
 from edgeasr.commands._decode_args import add_decode_arguments, open_recognizer
 from edgeasr.decoding.formats import FORMATS, render, write_result
 from edgeasr.errors import EdgeAsrError
+from edgeasr.progress import Progress, clock
 
 #: files at least this long report progress on a terminal (or always with --progress)
 PROGRESS_SECONDS = 60.0
@@ -53,29 +52,6 @@ def _load(path: str, args, sample_rate: int):
     return load_audio(path, sample_rate=sample_rate, raw_sample_rate=args.raw_rate)
 
 
-class _Progress:
-    """'edgeasr: FILE: 12:30 / 40:00 audio (31%), 2.1 min left' lines on standard error."""
-
-    def __init__(self, path: str, seconds: float, active: bool) -> None:
-        self.path, self.seconds, self.active = path, seconds, active
-        self.started = time.monotonic()
-        self.last = self.started
-
-    def update(self, done: float) -> None:
-        now = time.monotonic()
-        if not self.active or now - self.last < 2.0 or done <= 0:
-            return
-        self.last = now
-        left = (now - self.started) * (self.seconds - done) / done
-        print(f"edgeasr: {self.path}: {_clock(done)} / {_clock(self.seconds)} audio "
-              f"({100 * done / self.seconds:.0f}%), {left / 60:.1f} min left", file=sys.stderr, flush=True)
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}:{secs:02d}"
-
-
 def run(args: argparse.Namespace) -> int:
     from edgeasr.api import check_threads
 
@@ -96,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
             if chunk_size > 0:
                 session = recognizer.stream()
                 seconds = len(samples) / sample_rate
-                progress = _Progress(path, seconds, args.progress or (sys.stderr.isatty() and seconds >= PROGRESS_SECONDS))
+                progress = Progress(path, seconds, "audio", args.progress or (sys.stderr.isatty() and seconds >= PROGRESS_SECONDS),
+                                    show=clock)
                 step = sample_rate // 10 if args.partials else sample_rate * 10  # 100 ms like a live source
                 for start in range(0, len(samples), step):
                     if args.partials:
