@@ -454,6 +454,7 @@ def model_card(result: dict) -> str:
         "edgeasr average --exp exp/whisper-ctc --out models/default --num 3 --by best --fp16",
         "edgeasr lm train --unit char --order 6 --exclude data/synth4/dev.jsonl --exclude data/synth4/test.jsonl "
         "--out models/default/lm",
+        *CALIBRATION_COMMANDS,
         result["command"],
         "```",
         "",
@@ -462,6 +463,16 @@ def model_card(result: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+#: how the shipped calibration.json was fitted (held-out voices and sentences; dev split only)
+CALIBRATION_COMMANDS = [
+    "edgeasr corpus synth --hours 0.32 --dev-hours 0.14 --test-hours 0.14 --out data/synth-cal "
+    "--engine-weights kokoro=2,hibari=2,piper=1.5,festival=1.5,flite=1.5,espeak=1",
+    "edgeasr calibrate --model models/default --manifest data/synth-cal/dev.jsonl",
+    "python benchmarks/confidence.py --model default --manifest test=data/synth-cal/test.jsonl "
+    "--manifest realdev=../shared/data/realdev/realdev.jsonl",
+]
 
 
 # --- main ----------------------------------------------------------------------------------------

@@ -478,3 +478,50 @@ def test_new_sessions_are_refused_while_work_waits_for_a_worker(recognizer, spee
         server.close()
     assert late[-1]["type"] == "error" and "at capacity" in late[-1]["message"]
     assert health["queue_wait_p90"] > 0.05 and health["sessions_refused_load"] >= 1
+
+
+def test_flooding_clients_are_served_or_refused_never_dropped(recognizer, speech):
+    """The issue's repro: clients sending as fast as they can in 1 s messages to a server that
+    cannot keep up used to die with 1011 (keepalive ping timeout). Each must now end with its
+    results or a refusal that says why; none may be cut off without a reason."""
+    import time as clock
+
+    class SlowSession:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def feed(self, samples, sample_rate=None):
+            clock.sleep(0.3)  # each second of audio costs 0.3 s of a single worker: 4 clients overload it
+            return self.inner.feed(samples, sample_rate)
+
+    class Slow:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def stream(self, hotwords=None, **options):
+            return SlowSession(self.inner.stream(hotwords, **options))
+
+    server = serve(Slow(recognizer), workers=1, load_window=2.0)
+    audio = np.tile(speech[0], 4)
+    try:
+        async def flood():
+            async def one(delay):
+                await asyncio.sleep(delay)
+                return await stream_audio(server.url, audio, speed=0, chunk_ms=1000)
+
+            return await asyncio.gather(*(one(0.3 * i) for i in range(6)), return_exceptions=True)
+
+        outcomes = run(flood())
+    finally:
+        server.close()
+    assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes  # no StreamClosed, no 1011
+    ends = [o[-1]["type"] for o in outcomes]
+    assert set(ends) <= {"done", "error"} and "done" in ends
+    refusals = [o[-1]["message"] for o in outcomes if o[-1]["type"] == "error"]
+    assert all("at capacity" in m or "busy" in m for m in refusals), refusals

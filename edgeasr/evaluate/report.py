@@ -703,6 +703,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += capacity_section(result, path.name)
         elif result.get("benchmark") == "confidence":
             lines += confidence_section(result, path.name)
+        elif result.get("benchmark") == "long_file":
+            lines += long_file_section(result, path.name)
         elif result.get("benchmark") == "dynamic":
             plot = result.get("plot")  # a file name next to the result
             if plot:
@@ -784,5 +786,25 @@ def capacity_section(result: dict, name: str) -> list[str]:
                       f"p95 {soak['latency_ms']['p95']:.0f} ms). Server memory: {rss['first']} MB at the start, "
                       f"{rss['after_first_third']} MB over the second third, {rss['last_third_median']} MB over the last "
                       f"third, at most {rss['max']} MB."]
+    lines.append("")
+    return lines
+
+
+def long_file_section(result: dict, name: str) -> list[str]:
+    lines = [
+        f"## Long files through `edgeasr transcribe` ({name})",
+        "",
+        f"Model `{result['model']}`, shipped settings (streaming, cut into segments at endpoints, each rescored on its "
+        f"own), one process per file at 1 thread, {result['machine']} ({result['date']}, load average "
+        f"{result['load_average'][0]:.1f}). Files built from `{result['manifest']}` with 0.3-1.5 s pauses. Peak memory "
+        "is the transcribing process's maximum resident set (model included).",
+        "",
+        "| minutes | wall (s) | RTF | peak RSS (MB) | segments | longest segment (chars / s) | WER |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['minutes']:.1f} | {row['wall_seconds']:.0f} | {row['rtf']:.3f} | {row['peak_rss_mb']} | "
+                     f"{row['segments']} | {row['longest_segment_chars']} / {row['longest_segment_seconds']:.0f} | "
+                     f"{row['wer']:.1f}% |")
     lines.append("")
     return lines
