@@ -244,6 +244,8 @@ def export_onnx(
 
     packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
     asr = packaged.model.eval()
+    if packaged.features.kind == "whisper_mel" and hasattr(asr.encoder, "max_frames"):
+        return _export_whisper(packaged, out_dir, chunk_size, num_left_chunks, int8)
     if packaged.features.kind != "fbank" or not hasattr(asr.encoder, "subsampling"):
         raise EdgeAsrError("ONNX export covers block-plan encoders with fbank features; this model "
                            f"({packaged.features.kind} front end) runs with the torch backend")
@@ -323,6 +325,27 @@ def export_onnx(
         _quantize_int8(encoder_path, out / "encoder.int8.onnx", per_channel)
         if asr.decoder is not None:
             _quantize_int8(out / "decoder.onnx", out / "decoder.int8.onnx", per_channel)
+    _write_side_files(packaged, out, metadata)
+    return metadata
+
+
+def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunks, int8: bool) -> dict:
+    """The Whisper-encoder first pass (edgeasr.export.whisper_onnx), with the same side files."""
+    from edgeasr.export.whisper_onnx import export_whisper_onnx
+
+    chunk = chunk_size if chunk_size is not None else packaged.streaming.chunk_size
+    left = num_left_chunks if num_left_chunks is not None else packaged.streaming.num_left_chunks
+    if chunk < 1:
+        raise EdgeAsrError("ONNX streaming export needs a chunk size of at least 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = export_whisper_onnx(packaged, out, chunk, left, int8)
+    _write_side_files(packaged, out, metadata)
+    return metadata
+
+
+def _write_side_files(packaged: PackagedModel, out: Path, metadata: dict) -> None:
+    """Tokenizer, the model's LM and calibration, and metadata.json beside the graphs."""
     packaged.tokenizer.save(out / "tokenizer")
     own_lm = packaged.directory / "lm" if packaged.directory is not None else None
     if own_lm is not None and (own_lm / "lm.arpa.gz").is_file():  # the LM travels with the model
@@ -336,4 +359,3 @@ def export_onnx(
 
         shutil.copy2(packaged.directory / CALIBRATION_FILE, out / CALIBRATION_FILE)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=1))
-    return metadata

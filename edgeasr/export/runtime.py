@@ -18,11 +18,16 @@ import numpy as np
 
 from edgeasr.audio.fbank import FbankOptions
 from edgeasr.audio.io import model_input
+from edgeasr.audio.whisper_mel import WhisperMelOptions
 from edgeasr.decoding.ctc import Hypothesis
 from edgeasr.decoding.core import DecodeOptions, DecodingCore
 from edgeasr.decoding.result import Result
 from edgeasr.errors import EdgeAsrError
 from edgeasr.text.tokenizer import Tokenizer
+
+#: the metadata format of a Whisper-encoder export (edgeasr.export.whisper_onnx; kept here
+#: so the runtime never imports torch)
+WHISPER_FORMAT = "edgeasr-onnx-whisper-streaming"
 
 
 def _session(path: Path, threads: int):
@@ -99,6 +104,68 @@ class OnnxChunkRunner:
         return np.concatenate(frames)[None] if frames else None
 
 
+class WhisperOnnxChunkRunner:
+    """The streaming first pass of a Whisper-encoder export (``edgeasr.export.whisper_onnx``):
+    mel windows of 2k + 3 frames advancing by 2k, the conv pads supplied as zero frames and the
+    stem mask, positions from the frames emitted, key/value caches trimmed to the left context."""
+
+    def __init__(self, recognizer: "OnnxRecognizer") -> None:
+        self.rec = recognizer
+        meta = recognizer.meta
+        self.chunk, self.max_left = meta["chunk_size"], meta["max_left_frames"]
+        self.bins = meta["features"].get("num_mel_bins", 80)
+        self.cache_shape = (1, meta["num_heads"], 0, meta["d_model"] // meta["num_heads"])
+        self.reset()
+
+    def reset(self) -> None:
+        self.mel = np.zeros((2, self.bins), dtype=np.float32)  # conv1's left pad frames (-2, -1)
+        self.mel_frames = 0  # real mel frames received
+        self.emitted = 0  # encoder frames out: the next chunk's first position
+        self.caches = [np.zeros(self.cache_shape, dtype=np.float32) for _ in self.rec.cache_inputs]
+
+    def _run(self, window: np.ndarray, mask: np.ndarray):
+        rec = self.rec
+        feeds = {"mel": window[None], "stem_mask": mask[None], "offset": np.array([self.emitted], dtype=np.int64),
+                 **dict(zip(rec.cache_inputs, self.caches))}
+        outputs = rec.encoder.run(None, feeds)
+        encoded, log_probs, caches = outputs[0][0], outputs[1][0], outputs[2:]
+        if self.max_left >= 0:
+            caches = [c[:, :, max(0, c.shape[2] - self.max_left) :] for c in caches]
+        self.caches = list(caches)
+        self.emitted += encoded.shape[0]
+        return encoded, log_probs
+
+    def _mask(self, length: int, final: bool) -> np.ndarray:
+        """The window's conv1 outputs stand for positions 2s-1 ..; position -1 and (at the end)
+        positions >= N are conv2's zero pads, not conv1 of zero frames."""
+        index = 2 * self.emitted - 1 + np.arange(length)
+        valid = (index >= 0) & (index < self.mel_frames) if final else index >= 0
+        return valid.astype(np.float32)
+
+    def accept(self, feats: np.ndarray):
+        self.mel = np.concatenate([self.mel, np.asarray(feats, dtype=np.float32)])
+        self.mel_frames += len(feats)
+        window, outputs = 2 * self.chunk + 3, []
+        while self.mel.shape[0] >= window:
+            outputs.append(self._run(self.mel[:window], self._mask(window - 2, final=False)))
+            self.mel = self.mel[2 * self.chunk :]
+        return OnnxChunkRunner._joined(outputs)
+
+    def finish(self):
+        remaining = (self.mel_frames + 1) // 2 - self.emitted
+        if not self.mel_frames or remaining <= 0:
+            return None, None
+        window = np.zeros((2 * remaining + 3, self.bins), dtype=np.float32)  # conv1's right pad: zeros
+        window[: self.mel.shape[0]] = self.mel
+        self.mel = self.mel[:0]
+        return OnnxChunkRunner._joined([self._run(window, self._mask(window.shape[0] - 2, final=True))])
+
+    def segment_inputs(self):
+        return None  # the Whisper second pass is not exported
+
+    concat = staticmethod(OnnxChunkRunner.concat)
+
+
 class OnnxRecognizer(DecodingCore):
     """An exported model on ONNX Runtime, decoded by the same ``DecodingCore`` as torch."""
 
@@ -125,20 +192,26 @@ class OnnxRecognizer(DecodingCore):
         decoder_path = self.directory / f"decoder{suffix}"
         self.decoder = _session(decoder_path, threads) if decoder_path.exists() else None
         self.tokenizer = Tokenizer.load(self.directory / "tokenizer")
-        self.features = FbankOptions.from_dict(self.meta["features"])
+        self.whisper = self.meta.get("format") == WHISPER_FORMAT
+        features = WhisperMelOptions if self.whisper else FbankOptions
+        self.features = features.from_dict(self.meta["features"])
         self.frontend = self.features
         self.sample_rate = self.features.sample_rate
         self.frame_seconds = self.meta["subsampling_rate"] * self.meta["frame_shift_ms"] / 1000.0
-        self.cache_inputs = [i.name for i in self.encoder.get_inputs()][1:]
+        self.cache_inputs = [i.name for i in self.encoder.get_inputs()][3 if self.whisper else 1 :]
         options = options or DecodeOptions()
         for name, value in option_overrides.items():
             if not hasattr(options, name):
                 raise TypeError(f"unknown decoding option {name!r}")
             setattr(options, name, value)
+        if self.whisper and options.mode == "whisper_rescoring":
+            raise EdgeAsrError("whisper_rescoring runs with the torch backend: an ONNX export of a Whisper model "
+                               "carries its streaming first pass (CTC prefix beam, LM, hotwords) only")
         if options.reverse_weight > 0:
             raise EdgeAsrError("--reverse-weight: the ONNX export carries the left-to-right decoder only")
         # The export's model directory is where an LM travels with it (lm/ beside the graphs).
-        self._setup_decoding(options, self.decoder is not None, False, self.directory, self.meta["blank_id"])
+        self._setup_decoding(options, self.decoder is not None, False, self.directory, self.meta["blank_id"],
+                             self.meta.get("max_frames"))
 
     @property
     def chunk_size(self) -> int:
@@ -163,8 +236,8 @@ class OnnxRecognizer(DecodingCore):
                 caches.append(np.zeros(entry["cnn"]["shape"], dtype=np.float32))
         return caches
 
-    def chunk_runner(self, keep_inputs: bool = False) -> OnnxChunkRunner:
-        return OnnxChunkRunner(self)
+    def chunk_runner(self, keep_inputs: bool = False):
+        return WhisperOnnxChunkRunner(self) if self.whisper else OnnxChunkRunner(self)
 
     def transcribe(self, audio, hotwords=None, sample_rate: int | None = None) -> Result:
         """A file path, or an array at ``sample_rate`` (default: the model's; int16 is scaled,
