@@ -3,7 +3,7 @@
     python benchmarks/onnx_parity.py --model default --manifest data/synth/test.jsonl
 
 Streams every utterance through the torch recognizer and through the torch-free ONNX Runtime
-recognizer (float graphs, and int8 graphs), at the model's chunk size, attention rescoring, 1
+recognizer (float graphs, and int8 graphs), at the model's chunk size, in ``--mode`` (default attention rescoring), 1
 thread. Reports per backend: utterances whose text equals torch's, WER/CER, RTF. Writes
 benchmarks/results/onnx_parity.json and regenerates BENCHMARKS.md.
 """
@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--mode", default="attention_rescoring",
+                        help="decoding mode for every backend (a Whisper model's ONNX export has the first "
+                             "pass only: compare it with --mode ctc_prefix_beam)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "onnx_parity.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
@@ -41,8 +44,8 @@ def main() -> int:
     utts = read_manifest(args.manifest)[: args.limit]
     audio = [load_audio(u.audio) for u in utts]
     seconds = sum(len(a) for a in audio) / 16000
-    backends = {"torch": load_model(args.model), "onnx": load_model(args.model, "onnx"),
-                "onnx_int8": load_model(args.model, "onnx", int8=True)}
+    backends = {"torch": load_model(args.model, mode=args.mode), "onnx": load_model(args.model, "onnx", mode=args.mode),
+                "onnx_int8": load_model(args.model, "onnx", mode=args.mode, int8=True)}
     texts, rows = {}, []
     for name, recognizer in backends.items():
         words, chars, compute, out = ErrorCounts(), ErrorCounts(), 0.0, []
@@ -62,6 +65,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, 1 thread",
         "model": args.model,
+        "mode": backends["torch"].mode,
         "test": {"manifest": args.manifest, "utts": len(utts), "audio_seconds": round(seconds, 1)},
         "rows": rows,
     }

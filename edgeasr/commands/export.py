@@ -28,9 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import sys
+    import time
+
     from edgeasr.export.onnx import export_onnx
 
+    started = time.monotonic()
+    print(f"edgeasr: exporting {args.model} to ONNX{' (float and int8 graphs)' if args.int8 else ''}: "
+          "tracing and writing the graphs takes a while ...", file=sys.stderr, flush=True)
     meta = export_onnx(args.model, args.out, args.chunk_size, args.left_chunks, args.int8)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(args.out).glob("*.onnx")))
-    print(f"exported to {args.out}: {sizes}; chunk {meta['chunk_size']}, left chunks {meta['num_left_chunks']}")
+    print(f"exported to {args.out} in {time.monotonic() - started:.0f} s: {sizes}; chunk {meta['chunk_size']}, "
+          f"left chunks {meta['num_left_chunks']}")
     return 0

@@ -614,9 +614,10 @@ def onnx_parity_section(result: dict, name: str) -> list[str]:
     lines = [
         f"## ONNX Runtime backend against torch ({name})",
         "",
-        f"Model `{result['model']}` streamed at its chunk size with attention rescoring on {test['utts']} held-out "
+        f"Model `{result['model']}` streamed at its chunk size, mode {result.get('mode', 'attention_rescoring')}, "
+        f"on {test['utts']} held-out "
         f"utterances ({test['audio_seconds'] / 60:.1f} min), {result['machine']} ({result['date']}). The ONNX rows run "
-        "without torch (fbank, encoder with caches, CTC prefix beam, rescoring).",
+        "without torch (features, encoder with caches, CTC prefix beam, and rescoring where the mode has one).",
         "",
         "| backend | same text as torch | WER (CER) | RTF |",
         "|---|---|---|---|",
@@ -768,7 +769,9 @@ def capacity_section(result: dict, name: str) -> list[str]:
     over = result["overload"]
     lines.append(f"| overload (0.5 s apart) | {over['sessions']} | {over['served']} | {over['refused']} | "
                  f"{over['closed'] + over['error']} | {latency(over)} | {over['rtf']:.3f} |")
-    lines += ["", f"Capacity: **{result['capacity_sessions']} sessions** at real time on this machine."]
+    run = result.get("capacity_run")
+    lines += ["", f"Capacity: **{result['capacity_sessions']} sessions** at real time on this machine"
+                  + (f" (measured {run['date']}, load average {run['load_average'][0]:.1f} at the start)." if run else ".")]
     trickle = result.get("trickle")
     if trickle:
         held, after = trickle["newcomer_while_held"], trickle["newcomer_after"]
@@ -780,7 +783,9 @@ def capacity_section(result: dict, name: str) -> list[str]:
     soak = result.get("soak")
     if soak:
         rss = soak["rss_mb"]
-        lines += ["", f"Soak: {soak['concurrent']} concurrent sessions back to back for {soak['minutes']:.0f} minutes "
+        lines += ["", f"Soak ({soak.get('date', result['date'])}; other jobs shared the machine during it, so its latency "
+                      "and refusals reflect that load): "
+                      f"{soak['concurrent']} concurrent sessions back to back for {soak['minutes']:.0f} minutes "
                       f"({soak['sessions']} sessions: {soak['served']} served, {soak['refused']} refused, "
                       f"{soak['closed'] + soak['error']} dropped; latency p50 {soak['latency_ms']['p50']:.0f} ms, "
                       f"p95 {soak['latency_ms']['p95']:.0f} ms). Server memory: {rss['first']} MB at the start, "
