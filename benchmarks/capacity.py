@@ -225,6 +225,7 @@ def main() -> int:
     parser.add_argument("--phases", default="capacity,overload,trickle,soak",
                         help="phases to run (comma-separated); the others are kept from --out when it exists "
                              "(the soak is long: re-measure capacity on a quiet machine without redoing it)")
+    parser.add_argument("--soak-note", help="a remark printed with the soak (e.g. what else ran meanwhile)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "capacity.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
@@ -273,7 +274,9 @@ def main() -> int:
             result["soak"] = {**asyncio.run(soak(port, server.pid, audio, capacity, args.soak_minutes)), **stamp}
             print(json.dumps({k: v for k, v in result["soak"].items() if k != "memory_samples"}), file=sys.stderr)
         result["memory_end_kb"] = memory_kb(server.pid)
-        for key in ("levels", "capacity_sessions", "capacity_run", "overload", "trickle", "soak"):
+        if args.soak_note and "soak" in phases:
+            result["soak_note"] = args.soak_note
+        for key in ("levels", "capacity_sessions", "capacity_run", "overload", "trickle", "soak", "soak_note"):
             if key not in result and key in previous:  # a phase not run this time: its last measurement
                 result[key] = previous[key]
     finally:

@@ -783,8 +783,7 @@ def capacity_section(result: dict, name: str) -> list[str]:
     soak = result.get("soak")
     if soak:
         rss = soak["rss_mb"]
-        lines += ["", f"Soak ({soak.get('date', result['date'])}; other jobs shared the machine during it, so its latency "
-                      "and refusals reflect that load): "
+        lines += ["", f"Soak ({soak.get('date', result['date'])}{'; ' + result['soak_note'] if result.get('soak_note') else ''}): "
                       f"{soak['concurrent']} concurrent sessions back to back for {soak['minutes']:.0f} minutes "
                       f"({soak['sessions']} sessions: {soak['served']} served, {soak['refused']} refused, "
                       f"{soak['closed'] + soak['error']} dropped; latency p50 {soak['latency_ms']['p50']:.0f} ms, "
