@@ -160,3 +160,35 @@ def test_transcribe_reads_standard_input(default_model):
     empty = subprocess.run([sys.executable, "-m", "edgeasr", "transcribe", "-"], input=b"", capture_output=True,
                            timeout=300)
     assert empty.returncode != 0 and empty.stderr.decode().strip() == "edgeasr: error: -: no audio on standard input"
+
+
+def test_files_stream_from_disk_in_blocks(default_model, clip, tmp_path, monkeypatch):
+    """A file path streams from disk block by block (memory flat in the file's length): the same
+    text as the decoded array at 16 kHz; other rates and channels go through the session's
+    resampler; a bad sample deep in a file names the file."""
+    import edgeasr.audio.io as audio_io
+
+    pause = np.zeros(16000, dtype=np.float32)
+    long = np.concatenate([clip, pause, clip, pause, clip])
+    path = tmp_path / "long.wav"
+    sf.write(path, long, 16000, subtype="PCM_16")
+    blocks = []
+    real = audio_io.iter_audio_blocks
+
+    def spy(*args, **kwargs):
+        rate, it = real(*args, seconds=2.0, **{k: v for k, v in kwargs.items() if k != "seconds"})
+        return rate, (blocks.append(len(b)) or b for b in it)
+
+    monkeypatch.setattr("edgeasr.decoding.core.iter_audio_blocks", spy)
+    streamed = default_model.transcribe(str(path))
+    assert len(blocks) > 3 and max(blocks) <= 32000  # never the whole file at once
+    assert streamed.text == default_model.transcribe(load_audio(path)).text
+    stereo = tmp_path / "stereo44k.wav"
+    sf.write(stereo, np.stack([resample(long, 16000, 44100)] * 2, axis=1), 44100, subtype="PCM_16")
+    assert word_errors(streamed.text, default_model.transcribe(str(stereo)).text).errors <= 2
+    broken = tmp_path / "nan.wav"
+    bad = long.copy()
+    bad[len(bad) // 2] = np.nan
+    sf.write(broken, bad, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="nan.wav: .*NaN"):
+        default_model.transcribe(str(broken))

@@ -394,6 +394,39 @@ def read_stdin_audio(target_rate: int = SAMPLE_RATE, raw_sample_rate: int | None
     return validate_samples(mono, "-")
 
 
+def iter_audio_blocks(path: str | os.PathLike, seconds: float = 10.0, *, raw_sample_rate: int | None = None,
+                      raw_channels: int = 1) -> tuple[int, Iterator[np.ndarray]]:
+    """(the file's sample rate, its audio as float32 mono blocks of about ``seconds``), decoded as
+    they are consumed: a file of hours never sits in memory whole. The header is checked first
+    (as ``audio_info``); a stream that decodes short of its header's length fails at its end."""
+    info = audio_info(path, raw_sample_rate=raw_sample_rate, raw_channels=raw_channels)
+    path = Path(path)
+    if info.frames == 0:
+        raise AudioError(path, "contains no audio samples (empty or truncated)")
+    block = max(1, int(seconds * info.sample_rate))
+
+    def raw_blocks() -> Iterator[np.ndarray]:
+        data = np.memmap(path, dtype="<i2", mode="r").reshape(-1, info.channels)
+        for start in range(0, len(data), block):
+            yield to_mono(data[start : start + block].astype(np.float32) / 32768.0)
+
+    def decoded_blocks() -> Iterator[np.ndarray]:
+        seen = 0
+        try:
+            with _native_stderr_silenced(info.format == "MP3"):
+                for piece in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+                    seen += len(piece)
+                    yield to_mono(piece)
+        except (sf.SoundFileError, RuntimeError) as error:
+            raise AudioError(path, _libsndfile_problem(error)) from None
+        tolerance = _SHORTFALL_TOLERANCE.get(info.format, _DEFAULT_SHORTFALL_TOLERANCE)
+        if seen < info.frames * (1.0 - tolerance):
+            raise AudioError(path, f"truncated or corrupt: header declares {info.frames} samples but only "
+                                   f"{seen} could be decoded")
+
+    return info.sample_rate, (raw_blocks() if info.format == "RAW" else decoded_blocks())
+
+
 def load_audio(
     path: str | os.PathLike,
     *,

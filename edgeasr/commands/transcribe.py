@@ -52,6 +52,10 @@ def _load(path: str, args, sample_rate: int):
     return load_audio(path, sample_rate=sample_rate, raw_sample_rate=args.raw_rate)
 
 
+def _progress(path: str, seconds: float, forced: bool) -> Progress:
+    return Progress(path, seconds, "audio", forced or (sys.stderr.isatty() and seconds >= PROGRESS_SECONDS), show=clock)
+
+
 def run(args: argparse.Namespace) -> int:
     from edgeasr.api import check_threads
 
@@ -68,24 +72,23 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            samples = _load(path, args, sample_rate)
-            if chunk_size > 0:
-                session = recognizer.stream()
-                seconds = len(samples) / sample_rate
-                progress = Progress(path, seconds, "audio", args.progress or (sys.stderr.isatty() and seconds >= PROGRESS_SECONDS),
-                                    show=clock)
-                step = sample_rate // 10 if args.partials else sample_rate * 10  # 100 ms like a live source
+            if chunk_size <= 0:
+                result = recognizer.transcribe_offline(_load(path, args, sample_rate))
+            elif path != "-" and not args.partials:  # from disk block by block: flat memory
+                from edgeasr.audio.io import audio_info
+
+                progress = _progress(path, audio_info(path, raw_sample_rate=args.raw_rate).duration, args.progress)
+                result = recognizer.transcribe_file(path, raw_sample_rate=args.raw_rate, progress=progress.update)
+            else:  # standard input, or partials to show: 100 ms pieces, as from a live source
+                samples = _load(path, args, sample_rate)
+                progress = _progress(path, len(samples) / sample_rate, args.progress)
+                session, step = recognizer.stream(), sample_rate // 10
                 for start in range(0, len(samples), step):
-                    if args.partials:
-                        partial = session.accept(samples[start : start + step])
-                        if partial.text:
-                            print(f"  ... {partial.text}", file=sys.stderr, flush=True)
-                    else:
-                        session.feed(samples[start : start + step])
+                    partial = session.accept(samples[start : start + step])
+                    if args.partials and partial.text:
+                        print(f"  ... {partial.text}", file=sys.stderr, flush=True)
                     progress.update(min(len(samples), start + step) / sample_rate)
                 result = session.finish()
-            else:
-                result = recognizer.transcribe_offline(samples)
             if args.output_dir is not None:
                 write_result(result, path, args.output_dir, output_format)
         except EdgeAsrError as error:

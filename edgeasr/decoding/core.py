@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeasr.audio.io import array_samples, check_sample_rate
+from edgeasr.audio.io import array_samples, check_sample_rate, iter_audio_blocks
 from edgeasr.decoding.confidence import load_calibration
 from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
 from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached, speech_frames
 from edgeasr.decoding.fusion import build_scorer, piece_texts, read_hotwords
 from edgeasr.decoding.modes import MODE_NAMES, resolve_mode
 from edgeasr.decoding.result import Result, Word, build_result, shift_segments
-from edgeasr.errors import EdgeAsrError
+from edgeasr.errors import AudioError, EdgeAsrError
 
 #: kept for callers that list the modes (``edgeasr.decoding.modes`` is the registry)
 MODES = MODE_NAMES
@@ -205,6 +205,23 @@ class DecodingCore:
             self.calibrator.apply(result, words)
         return result
 
+    def transcribe_file(self, path, hotwords=None, raw_sample_rate: int | None = None, progress=None) -> Result:
+        """Stream a file from disk a block at a time (``iter_audio_blocks``), resampled by the
+        session: memory stays flat however long the file (a 2-hour file is 460 MB as float32).
+        ``progress(seconds_done)`` is called after each block."""
+        rate, blocks = iter_audio_blocks(path, raw_sample_rate=raw_sample_rate)
+        session = self.stream(hotwords)
+        done = 0
+        for block in blocks:
+            try:
+                session.feed(block, sample_rate=rate)
+            except AudioError as error:  # a bad sample deep in the file: name the file
+                raise AudioError(path, error.problem) from None
+            done += len(block)
+            if progress is not None:
+                progress(done / rate)
+        return session.finish()
+
     def stream(self, hotwords=None, endpoint_rules: EndpointRules | None = None,
                defer_finals: bool = False) -> "StreamingSession":
         """A streaming session; ``hotwords`` (phrases, or a file) bias this stream only;
@@ -347,6 +364,8 @@ class StreamingSession:
         #: the callers' audio rate when it is not the model's (one streaming resampler per stream)
         self._input_rate: int | None = None
         self._resampler = None
+        #: audio received but not yet a whole block (see _feed_model_rate)
+        self._carry = np.zeros(0, dtype=np.float32)
         self.finished = False
         self.endpoint = False
         self._new_segment()
@@ -499,19 +518,30 @@ class StreamingSession:
         self._feed_model_rate(self._model_samples(samples, sample_rate))
 
     def _feed_model_rate(self, samples: np.ndarray) -> None:
+        """Consume whole blocks (one encoder chunk of audio) at fixed stream positions, keeping
+        the remainder for the next call: the endpointer is consulted at the same points however
+        the audio was cut into calls, so segments (and text) do not depend on the caller's chunk
+        sizes. (The encoder emits only whole chunks anyway: nothing is decoded later for it.)"""
         rec = self.recognizer
         block = max(1, int(round(rec.chunk_size * rec.frame_seconds * rec.frontend.sample_rate)))
         self.endpoint = False
-        for start in range(0, max(samples.size, 1), block):
-            piece = samples[start : start + block]
-            self.samples_seen += piece.size
-            self._decode_frames(*self.runner.accept(self.fbank.accept(piece)))
-            if self.rules is not None:
-                best = self.search.nbest(1)
-                has_text = bool(best and best[0].tokens) and self.blank_tracker.speech_frames > 0
-                if endpoint_reached(self.rules, self.blank_tracker, rec.frame_seconds, has_text):
-                    self._close_segment(final=False)
-                    self.endpoint = True
+        if self._carry.size:
+            samples = np.concatenate([self._carry, samples])
+        whole = samples.size - samples.size % block
+        self._carry = samples[whole:].copy()
+        for start in range(0, whole, block):
+            self._consume(samples[start : start + block], endpointing=True)
+
+    def _consume(self, piece: np.ndarray, endpointing: bool) -> None:
+        rec = self.recognizer
+        self.samples_seen += piece.size
+        self._decode_frames(*self.runner.accept(self.fbank.accept(piece)))
+        if endpointing and self.rules is not None:
+            best = self.search.nbest(1)
+            has_text = bool(best and best[0].tokens) and self.blank_tracker.speech_frames > 0
+            if endpoint_reached(self.rules, self.blank_tracker, rec.frame_seconds, has_text):
+                self._close_segment(final=False)
+                self.endpoint = True
 
     def accept(self, samples: np.ndarray, sample_rate: int | None = None) -> Result:
         """Feed audio (float32 in [-1, 1] or int16, mono or [samples, channels], at
@@ -526,6 +556,9 @@ class StreamingSession:
             raise EdgeAsrError("this stream is already finished")
         if self._resampler is not None:  # the resampler's delayed tail belongs to this stream
             self._feed_model_rate(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        if self._carry.size:  # the last, partial block
+            self._consume(self._carry, endpointing=False)
+            self._carry = self._carry[:0]
         self.finished = True
         self._decode_frames(*self.runner.accept(self.fbank.finish()))
         self._close_segment(final=True)

@@ -139,9 +139,11 @@ class Recognizer(DecodingCore):
         """Recognize a whole file, or an array at ``sample_rate`` (default: the model's; int16 is
         scaled, channels are averaged, other rates resampled); streams by default when the
         chunk size allows, so long audio is cut into segments at endpoints (``result.segments``)."""
-        samples = model_input(audio, sample_rate, self.frontend.sample_rate)
         if streaming is None:
             streaming = self.chunk_size > 0
+        if streaming and isinstance(audio, (str, os.PathLike)):
+            return self.transcribe_file(audio, hotwords, raw_sample_rate=sample_rate)
+        samples = model_input(audio, sample_rate, self.frontend.sample_rate)
         if streaming:
             session = self.stream(hotwords)
             session.accept(samples)

@@ -242,6 +242,8 @@ class OnnxRecognizer(DecodingCore):
     def transcribe(self, audio, hotwords=None, sample_rate: int | None = None) -> Result:
         """A file path, or an array at ``sample_rate`` (default: the model's; int16 is scaled,
         channels are averaged, other rates resampled), recognized as one stream."""
+        if isinstance(audio, (str, os.PathLike)):
+            return self.transcribe_file(audio, hotwords, raw_sample_rate=sample_rate)
         samples = model_input(audio, sample_rate, self.features.sample_rate)
         session = self.stream(hotwords)
         session.accept(samples)
