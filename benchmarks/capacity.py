@@ -173,6 +173,8 @@ async def soak(port: int, pid: int, audio: list[np.ndarray], sessions: int, minu
         k = index
         while time.perf_counter() < end:
             results.append(await one_session(port, audio[k % len(audio)]))
+            if results[-1]["outcome"] != "served":
+                await asyncio.sleep(2.0)  # refused: try again later, as the server asks
             k += sessions
 
     async def sampler() -> None:
