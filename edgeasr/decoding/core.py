@@ -403,7 +403,7 @@ class StreamingSession:
         if closed.speech:
             closed.index = self.speech_segments
             self.speech_segments += 1
-        if self.defer_finals and closed.speech and not final:
+        if self.defer_finals and not final:  # (a silent one too: it must not jump the queue)
             with self._pending_lock:
                 self._pending.append(closed)
         else:
