@@ -42,6 +42,33 @@ def wait_until_idle(server, seconds: float = 10.0) -> None:
         threading.Event().wait(0.05)
 
 
+class _SlowSession:
+    def __init__(self, inner, seconds):
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def feed(self, samples, sample_rate=None):
+        import time
+
+        time.sleep(self.seconds)
+        return self.inner.feed(samples, sample_rate)
+
+
+class Slowed:
+    """A recognizer whose every feed costs ``seconds`` more of a worker: overload on demand."""
+
+    def __init__(self, inner, seconds):
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def stream(self, hotwords=None, **options):
+        return _SlowSession(self.inner.stream(hotwords, **options), self.seconds)
+
+
 def run(coroutine):
     return asyncio.run(coroutine)
 
@@ -360,30 +387,9 @@ def test_client_command_reports_a_server_side_close_in_one_line(recognizer, spee
 def test_new_sessions_are_refused_while_the_workers_are_saturated(recognizer, speech):
     """Admission control: when the open sessions keep the workers busier than max_load, a new
     session is refused at once with a reason (instead of everyone falling behind)."""
-    import time as clock
 
-    class SlowSession:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def feed(self, samples, sample_rate=None):
-            clock.sleep(0.05)  # compute-bound: a worker is busy for longer than the audio lasts
-            return self.inner.feed(samples, sample_rate)
-
-    class Slow:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def stream(self, hotwords=None, **options):
-            return SlowSession(self.inner.stream(hotwords, **options))
-
-    server = serve(Slow(recognizer), workers=1, max_load=0.5, load_window=1.0)
+    # compute-bound: a worker is busy for longer than the audio lasts
+    server = serve(Slowed(recognizer, 0.05), workers=1, max_load=0.5, load_window=1.0)
     try:
         async def scenario():
             busy = asyncio.create_task(stream_audio(server.url, np.tile(speech[1], 3), speed=0, chunk_ms=20))
@@ -439,30 +445,9 @@ def test_a_segments_second_pass_does_not_hold_up_the_next_segments_partials(reco
 def test_new_sessions_are_refused_while_work_waits_for_a_worker(recognizer, speech):
     """The backlog itself (how long work waits for a worker) refuses newcomers, with the
     utilisation rule off: busy workers alone understate overload on shared cores."""
-    import time as clock
 
-    class SlowSession:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def feed(self, samples, sample_rate=None):
-            clock.sleep(0.1)  # each job longer than the wait limit: the other stream's job queues behind it
-            return self.inner.feed(samples, sample_rate)
-
-    class Slow:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def stream(self, hotwords=None, **options):
-            return SlowSession(self.inner.stream(hotwords, **options))
-
-    server = serve(Slow(recognizer), workers=1, max_load=0, max_queue_wait=0.05, load_window=2.0)
+    # each job longer than the wait limit: the other stream's job queues behind it
+    server = serve(Slowed(recognizer, 0.1), workers=1, max_load=0, max_queue_wait=0.05, load_window=2.0)
     try:
         async def scenario():
             streams = [asyncio.create_task(stream_audio(server.url, speech[1], speed=0, chunk_ms=100))
@@ -484,30 +469,9 @@ def test_flooding_clients_are_served_or_refused_never_dropped(recognizer, speech
     """The issue's repro: clients sending as fast as they can in 1 s messages to a server that
     cannot keep up used to die with 1011 (keepalive ping timeout). Each must now end with its
     results or a refusal that says why; none may be cut off without a reason."""
-    import time as clock
 
-    class SlowSession:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def feed(self, samples, sample_rate=None):
-            clock.sleep(0.3)  # each second of audio costs 0.3 s of a single worker: 4 clients overload it
-            return self.inner.feed(samples, sample_rate)
-
-    class Slow:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def stream(self, hotwords=None, **options):
-            return SlowSession(self.inner.stream(hotwords, **options))
-
-    server = serve(Slow(recognizer), workers=1, load_window=2.0)
+    # each second of audio costs 0.3 s of a single worker: 4 clients overload it
+    server = serve(Slowed(recognizer, 0.3), workers=1, load_window=2.0)
     audio = np.tile(speech[0], 4)
     try:
         async def flood():

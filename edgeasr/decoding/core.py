@@ -309,7 +309,6 @@ class _ClosedSegment:
     search: object
     encoded: object
     feats: object
-    index: int = -1
 
 
 class StreamingSession:
@@ -400,9 +399,7 @@ class StreamingSession:
         end = self.samples_seen / rec.frontend.sample_rate if final else self.segment_start
         closed = _ClosedSegment(start, max(start, end), seconds, self.blank_tracker.speech_frames > 0, self.search,
                                 self.runner.concat(self.encoded), self.runner.segment_inputs())
-        if closed.speech:
-            closed.index = self.speech_segments
-            self.speech_segments += 1
+        self.speech_segments += closed.speech
         if self.defer_finals and not final:  # (a silent one too: it must not jump the queue)
             with self._pending_lock:
                 self._pending.append(closed)

@@ -240,7 +240,6 @@ def export_onnx(
     int8: bool = False,
 ) -> dict:
     """Export a packaged model for streaming with ONNX Runtime; returns the metadata written."""
-    import onnx
 
     packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
     asr = packaged.model.eval()
@@ -256,12 +255,7 @@ def export_onnx(
     quantization = asr.config.quantization
     if quantization is not None:
         asr = float_twin(asr)  # its rounded weights; --int8 then stores them as int8 per channel
-    chunk = chunk_size if chunk_size is not None else packaged.streaming.chunk_size
-    left = num_left_chunks if num_left_chunks is not None else packaged.streaming.num_left_chunks
-    if chunk < 1:
-        raise EdgeAsrError("ONNX streaming export needs a chunk size of at least 1")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    chunk, left, out = _streaming_settings(packaged, chunk_size, num_left_chunks, out_dir)
     stream = EncoderStream(asr.encoder, chunk, left)
     layout = cache_layout(asr)
     wrapper = _EncoderChunk(asr, layout).eval()
@@ -300,11 +294,7 @@ def export_onnx(
         "has_decoder": asr.decoder is not None,
         "source_quantization": quantization,
     }
-    graph = onnx.load(str(encoder_path))
-    for key, value in metadata.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(graph, str(encoder_path))
+    stamp_metadata(encoder_path, metadata)
     if asr.decoder is not None:
         tokens = torch.full((2, 5), asr.sos_id, dtype=torch.long)
         token_lengths = torch.tensor([5, 3])
@@ -333,15 +323,32 @@ def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunk
     """The Whisper-encoder first pass (edgeasr.export.whisper_onnx), with the same side files."""
     from edgeasr.export.whisper_onnx import export_whisper_onnx
 
+    chunk, left, out = _streaming_settings(packaged, chunk_size, num_left_chunks, out_dir)
+    metadata = export_whisper_onnx(packaged, out, chunk, left, int8)
+    _write_side_files(packaged, out, metadata)
+    return metadata
+
+
+def _streaming_settings(packaged: PackagedModel, chunk_size, num_left_chunks, out_dir):
+    """(chunk, left chunks, the output directory, created): the model's defaults unless overridden."""
     chunk = chunk_size if chunk_size is not None else packaged.streaming.chunk_size
     left = num_left_chunks if num_left_chunks is not None else packaged.streaming.num_left_chunks
     if chunk < 1:
         raise EdgeAsrError("ONNX streaming export needs a chunk size of at least 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metadata = export_whisper_onnx(packaged, out, chunk, left, int8)
-    _write_side_files(packaged, out, metadata)
-    return metadata
+    return chunk, left, out
+
+
+def stamp_metadata(path: Path, metadata: dict) -> None:
+    """Store the metadata in the graph too (ONNX metadata props, JSON values)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(graph, str(path))
 
 
 def _write_side_files(packaged: PackagedModel, out: Path, metadata: dict) -> None:

@@ -19,7 +19,6 @@ model decodes with its first pass (CTC prefix beam with the LM and hotwords).
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -58,9 +57,7 @@ def cache_names(num_layers: int, prefix: str = "") -> list[str]:
 
 def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool) -> dict:
     """Write encoder.onnx (and encoder.int8.onnx), tokenizer/ and metadata.json; returns the metadata."""
-    import onnx
-
-    from edgeasr.export.onnx import _quantize_int8
+    from edgeasr.export.onnx import _quantize_int8, stamp_metadata
 
     asr = packaged.model.eval()
     enc = asr.encoder
@@ -107,11 +104,7 @@ def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool) 
         "has_decoder": False,
         "source_quantization": None,
     }
-    graph = onnx.load(str(path))
-    for key, value in metadata.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(graph, str(path))
+    stamp_metadata(path, metadata)
     if int8:
         _quantize_int8(path, out / "encoder.int8.onnx", per_channel=False)
     return metadata
