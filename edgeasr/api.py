@@ -110,6 +110,11 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
     return OnnxRecognizer.load(directory, int8=int8, options=decode, threads=max(1, threads))
 
 
+#: bumped when an export gains graphs, so cached exports made by an older edgeasr are redone
+#: (2: the Whisper second pass on ONNX Runtime)
+EXPORT_LAYOUT = 2
+
+
 def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_left_chunks: int | None) -> Path:
     """Export ``model`` for ONNX Runtime once; later calls with the same file and settings reuse it."""
     from edgeasr.export.onnx import export_onnx
@@ -121,7 +126,7 @@ def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_lef
     calibration = directory / "calibration.json"  # copied into the export: a new one means a new export
     calibration_stamp = calibration.stat().st_mtime_ns if calibration.is_file() else None
     key = json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns, chunk_size, num_left_chunks,
-                      calibration_stamp])
+                      calibration_stamp, EXPORT_LAYOUT])
     out = cache_root() / "onnx" / f"{directory.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     if is_onnx_export(out) and (out / "encoder.int8.onnx").exists():
         return out

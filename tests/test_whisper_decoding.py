@@ -14,6 +14,7 @@ from edgeasr.decoding.joint_whisper import CTCPrefixScorer, joint_beam_search, s
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 from edgeasr.decoding.whisper_rescoring import ctc_align, ctc_scores
 from edgeasr.model.package import load_model_dir
+from edgeasr.model.whisper import TorchDecoderSteps
 from edgeasr.text.normalize import normalize_text
 from edgeasr.text.tokenizer import SPACE
 
@@ -40,16 +41,16 @@ def test_ctc_prefix_scorer_full_probability_equals_ctc_loss():
     torch.manual_seed(0)
     log_probs = torch.randn(15, 6).log_softmax(-1)
     for seq in ([1], [2, 2], [1, 2, 1, 3], [5, 5, 4]):
-        scorer = CTCPrefixScorer(log_probs, blank=0)
+        scorer = CTCPrefixScorer(log_probs.numpy(), blank=0)
         r_n, r_b = scorer.initial()
         r_n, r_b = r_n[None], r_b[None]
-        last, empty = torch.tensor([-1]), torch.tensor([True])
+        last, empty = np.array([-1]), np.array([True])
         previous_psi = 0.0
         for unit in seq:
-            r_n, r_b, psi = scorer.extend(r_n, r_b, last, torch.tensor([unit]), empty)
+            r_n, r_b, psi = scorer.extend(r_n, r_b, last, np.array([unit]), empty)
             assert float(psi[0]) <= previous_psi + 1e-9  # a longer prefix is never more likely
             previous_psi = float(psi[0])
-            last, empty = torch.tensor([unit]), torch.tensor([False])
+            last, empty = np.array([unit]), np.array([False])
         expected = -torch.nn.functional.ctc_loss(log_probs[:, None], torch.tensor([seq]), torch.tensor([15]),
                                                  torch.tensor([len(seq)]), reduction="sum")
         assert float(scorer.final(r_n, r_b)[0]) == pytest.approx(float(expected), abs=1e-5)
@@ -76,7 +77,7 @@ def test_joint_search_writes_the_spoken_text_and_stops(whisper_model):
     encoded, _ = model.encode(feats[None], torch.tensor([feats.size(0)]), 0, -1)
     log_probs = _spelled_posteriors(tokenizer, reference, encoded.size(1), tokenizer.vocab_size)
     spelling = spell_whisper_tokens(whisper_model.whisper_tokenizer, tokenizer)
-    found = joint_beam_search(model.whisper_decoder, encoded, log_probs, whisper_model.whisper_prompt, spelling,
+    found = joint_beam_search(TorchDecoderSteps(model.whisper_decoder), encoded, log_probs.numpy(), whisper_model.whisper_prompt, spelling,
                               tokenizer.piece_to_id(SPACE), beam_size=4, ctc_weight=0.5)
     assert found, "no hypothesis"
     assert tokenizer.decode(found[0][1]) == reference

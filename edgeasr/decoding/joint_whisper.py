@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
-import torch
+import numpy as np
 
 from edgeasr.text.normalize import TEXT_ALPHABET
 from edgeasr.text.tokenizer import SPACE, Tokenizer
@@ -86,61 +87,82 @@ def _spell(whisper_tokenizer, tokenizer: Tokenizer) -> TokenSpelling:
 
 
 class CTCPrefixScorer:
-    """Prefix probabilities of character sequences under CTC log-probs [T, V], batched.
+    """Prefix probabilities of character sequences under CTC log-probs [T, V], batched (numpy,
+    float64: the same on every backend).
 
     A state is (r_n, r_b): log P(prefix ends at frame t with a non-blank / blank), shape [T].
     """
 
-    def __init__(self, log_probs: torch.Tensor, blank: int = 0) -> None:
-        self.x = log_probs.double()
-        self.frames = self.x.size(0)
+    def __init__(self, log_probs, blank: int = 0) -> None:
+        self.x = np.asarray(log_probs, dtype=np.float64)
+        self.frames = self.x.shape[0]
         self.blank = blank
-        self.blank_cum = torch.cumsum(self.x[:, blank], dim=0)  # B[t] = sum_{u<=t} log blank[u]
+        self.blank_cum = np.cumsum(self.x[:, blank])  # B[t] = sum_{u<=t} log blank[u]
+        self.blank_cum_prev = np.concatenate([[0.0], self.blank_cum[:-1]])
 
-    def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def initial(self) -> tuple[np.ndarray, np.ndarray]:
         """(r_n, r_b) of the empty prefix (its prefix log-probability is 0)."""
-        return torch.full((self.frames,), NEG, dtype=torch.float64), self.blank_cum.clone()
+        return np.full(self.frames, NEG), self.blank_cum.copy()
 
-    def extend(self, r_n: torch.Tensor, r_b: torch.Tensor, last: torch.Tensor, units: torch.Tensor,
-               empty: torch.Tensor):
+    def extend(self, r_n: np.ndarray, r_b: np.ndarray, last: np.ndarray, units: np.ndarray, empty: np.ndarray):
         """Append one unit to N prefixes at once.
 
         r_n, r_b [N, T]; last [N] (previous unit, -1 for none); units [N]; empty [N] (prefix is
         empty). Returns the new (r_n, r_b) and the new prefixes' log-probabilities [N].
         """
         x = self.x[:, units].T  # [N, T]
-        total = torch.logaddexp(r_n, r_b)
         # A repeated unit can only follow a blank (else the two would merge).
-        phi = torch.where((units == last)[:, None], r_b, total)
-        count, frames = x.shape
-        X = torch.cumsum(x, dim=1)
+        phi = np.where((units == last)[:, None], r_b, np.logaddexp(r_n, r_b))
+        X = np.cumsum(x, axis=1)
         # a[t] = x[t] * (a[t-1] + phi[t-1]), a[0] = x[0] if the prefix is empty
-        start = torch.where(empty, x[:, 0], torch.full_like(x[:, 0], NEG))
-        shifted_phi = torch.cat([torch.full((count, 1), NEG, dtype=x.dtype), phi[:, :-1]], dim=1)
-        X_prev = torch.cat([torch.zeros(count, 1, dtype=x.dtype), X[:, :-1]], dim=1)
-        terms = shifted_phi - X_prev
+        start = np.where(empty, x[:, 0], NEG)
+        terms = np.empty_like(x)
+        terms[:, 1:] = phi[:, :-1] - X[:, :-1]
         terms[:, 0] = start - x[:, 0]  # the start term: a[0] = X[0] + (a[0] - X[0])
-        new_n = X + torch.logcumsumexp(terms, dim=1)
+        new_n = X + np.logaddexp.accumulate(terms, axis=1)
         # b[t] = blank[t] * (b[t-1] + a[t-1]), b[0] = -inf
-        B = self.blank_cum[None, :]
-        shifted_n = torch.cat([torch.full((count, 1), NEG, dtype=x.dtype), new_n[:, :-1]], dim=1)
-        B_prev = torch.cat([torch.zeros(1, 1, dtype=x.dtype).expand(count, 1), B[:, :-1].expand(count, -1)], dim=1)
-        new_b = B + torch.logcumsumexp(shifted_n - B_prev, dim=1)
+        shifted = np.empty_like(new_n)
+        shifted[:, 0] = NEG
+        shifted[:, 1:] = new_n[:, :-1] - self.blank_cum_prev[None, 1:]
+        new_b = self.blank_cum[None, :] + np.logaddexp.accumulate(shifted, axis=1)
         # P(prefix + unit as a prefix): the unit's first frame can be any t
-        psi = torch.logsumexp(torch.cat([start[:, None], shifted_phi[:, 1:] + x[:, 1:]], dim=1), dim=1)
-        return new_n.clamp(min=NEG), new_b.clamp(min=NEG), psi
+        psi = np.logaddexp.reduce(np.concatenate([start[:, None], phi[:, :-1] + x[:, 1:]], axis=1), axis=1)
+        return np.maximum(new_n, NEG), np.maximum(new_b, NEG), psi
 
-    def final(self, r_n: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
+    def final(self, r_n: np.ndarray, r_b: np.ndarray) -> np.ndarray:
         """log P(exactly this prefix | all audio) [N]."""
-        return torch.logaddexp(r_n[:, -1], r_b[:, -1])
+        return np.logaddexp(r_n[:, -1], r_b[:, -1])
+
+
+class DecoderSteps(Protocol):
+    """Whisper's decoder one step at a time, on some backend (torch, ONNX Runtime).
+
+    ``cross(encoded)`` computes the audio's cross-attention keys/values once per segment;
+    ``step(tokens [B, U] int64, cross, caches, offset, token_bias [V], top_k)`` returns, for the
+    last position under log-softmax(logits + token_bias) (bias 0, or -inf for a token never
+    proposed), the ``top_k`` best log-probabilities and tokens [B, k], end-of-text's
+    log-probability [B] (numpy), and the new self-attention caches (``caches`` is ``None`` at
+    the first step). The selection runs in the backend: over 51,864 tokens it costs more in
+    numpy than the step's layers; ``select(caches, index)`` keeps the beams ``index`` names, in that order.
+    """
+
+    eot: int
+    vocab_size: int
+    max_positions: int
+
+    def cross(self, encoded): ...
+
+    def step(self, tokens: np.ndarray, cross, caches, offset: int, token_bias: np.ndarray, top_k: int): ...
+
+    def select(self, caches, index: np.ndarray): ...
 
 
 @dataclass
 class _Beam:
     tokens: list[int]
     units: list[int]
-    r_n: torch.Tensor
-    r_b: torch.Tensor
+    r_n: np.ndarray
+    r_b: np.ndarray
     ctc: float
     att: float
     state: object = None  # the fused scorer's (LM, hotwords)
@@ -159,13 +181,13 @@ def _spelled(beam_units: list[int], token_units: tuple[int, ...], space_id: int)
     return out
 
 
-@torch.no_grad()
-def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tensor, prompt: list[int],
+def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: list[int],
                       spelling: TokenSpelling, space_id: int, beam_size: int = 4, ctc_weight: float = 0.5,
                       candidates_per_beam: int = 8, max_tokens: int = 200, blank: int = 0,
                       length_bonus: float = 0.0, end_margin: float = 8.0, text_scorer=None,
                       unit_texts: list[str] | None = None) -> list[tuple[list[int], list[int], float]]:
-    """Hypotheses [(whisper tokens, our units, joint score)], best first, for encoded [1, T, D].
+    """Hypotheses [(whisper tokens, our units, joint score)], best first, for encoded [1, T, D]
+    (in the decoder backend's own array type) and CTC log-probs [T, V].
 
     ``length_bonus`` is added per unit (character) of a hypothesis: both scores only fall as a
     hypothesis grows, which favours stopping early when the CTC head is unsure; the bonus pays
@@ -175,39 +197,37 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
 
     ``text_scorer`` (edgeasr.decoding.fusion: word LM, hotwords) adds its score of the text each token
     spells (``unit_texts``: the text of each of our units), and its end terms at end-of-text.
+    The search itself is numpy: torch and ONNX Runtime decoders give the same hypotheses.
     """
     scorer = CTCPrefixScorer(ctc_log_probs, blank)
     r_n, r_b = scorer.initial()
     beams = [_Beam([], [], r_n, r_b, 0.0, 0.0, text_scorer.initial() if text_scorer is not None else None)]
     advanced: dict = {}
     finished: list[tuple[list[int], list[int], float]] = []
-    eot = decoder.config.eot_id
-    cross_one = decoder.cross_keys_values(encoded[:1])
-    vocab_ok = torch.tensor([c is not None for c in spelling.chars] + [False] * (decoder.config.vocab_size - len(spelling.chars)))
-    vocab_ok[eot] = True
-    caches = [None] * len(decoder.layers)
-    step = torch.tensor([prompt], dtype=torch.long)
+    eot = decoder.eot
+    cross = decoder.cross(encoded)
+    token_bias = np.full(decoder.vocab_size, -np.inf, dtype=np.float32)
+    token_bias[: len(spelling.chars)] = [-np.inf if c is None else 0.0 for c in spelling.chars]
+    token_bias[eot] = 0.0
+    caches = None
+    step = np.array([prompt], dtype=np.int64)
     offset = 0
     for _ in range(max_tokens):
-        if offset + step.size(1) > decoder.config.max_positions:
+        if offset + step.shape[1] > decoder.max_positions:
             break
-        width = len(beams)
-        cross = [(k.expand(width, -1, -1, -1), v.expand(width, -1, -1, -1)) for k, v in cross_one]
-        logits = decoder._run(step, cross, None, caches, offset)[:, -1].float()
-        logits[:, ~vocab_ok] = -torch.inf
-        log_probs = logits.log_softmax(dim=-1)
-        offset += step.size(1)
-        top = log_probs.topk(candidates_per_beam, dim=-1)
+        top_values, top_tokens, eot_log_probs, caches = decoder.step(step, cross, caches, offset, token_bias,
+                                                                     candidates_per_beam)
+        offset += step.shape[1]
+        finals = scorer.final(np.stack([beam.r_n for beam in beams]), np.stack([beam.r_b for beam in beams]))
         rows = []
         for b, beam in enumerate(beams):
             # End of text: the CTC probability of the whole hypothesis
-            eos_att = beam.att + float(log_probs[b, eot])
-            eos_ctc = float(scorer.final(beam.r_n[None], beam.r_b[None])[0])
             if beam.units or not beam.tokens:  # the empty hypothesis too: silence may be all there is
+                eos_att = beam.att + float(eot_log_probs[b])
                 end = beam.fused + (text_scorer.finish(beam.state) if text_scorer is not None else 0.0)
-                finished.append((beam.tokens, beam.units, ctc_weight * eos_ctc + (1 - ctc_weight) * eos_att
+                finished.append((beam.tokens, beam.units, ctc_weight * float(finals[b]) + (1 - ctc_weight) * eos_att
                                  + length_bonus * len(beam.units) + end))
-            for value, token in zip(top.values[b].tolist(), top.indices[b].tolist()):
+            for value, token in zip(top_values[b].tolist(), top_tokens[b].tolist()):
                 if token == eot or not math.isfinite(value):
                     continue
                 units = _spelled(beam.units, spelling.chars[token], space_id)
@@ -223,24 +243,22 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
             break
         # CTC prefix scores of every extension, one unit position at a time, all rows together
         count = len(rows)
-        r_n = torch.stack([beams[b].r_n for b, *_ in rows])
-        r_b = torch.stack([beams[b].r_b for b, *_ in rows])
-        ctc = torch.tensor([beams[b].ctc for b, *_ in rows], dtype=torch.float64)
-        last = torch.tensor([beams[b].units[-1] if beams[b].units else -1 for b, *_ in rows])
-        lengths = torch.tensor([len(beams[b].units) for b, *_ in rows])
-        longest = max(len(r[3]) for r in rows)
-        for position in range(longest):
-            active = torch.tensor([len(r[3]) > position for r in rows])
-            if not active.any():
-                break
-            idx = active.nonzero().squeeze(1)
-            units = torch.tensor([rows[i][3][position] for i in idx.tolist()])
+        parents = [beams[b] for b, *_ in rows]
+        r_n = np.stack([beam.r_n for beam in parents])
+        r_b = np.stack([beam.r_b for beam in parents])
+        ctc = np.array([beam.ctc for beam in parents], dtype=np.float64)
+        last = np.array([beam.units[-1] if beam.units else -1 for beam in parents], dtype=np.int64)
+        lengths = np.array([len(beam.units) for beam in parents], dtype=np.int64)
+        spans = np.array([len(r[3]) for r in rows])
+        for position in range(int(spans.max())):
+            idx = np.flatnonzero(spans > position)
+            units = np.array([rows[i][3][position] for i in idx.tolist()], dtype=np.int64)
             new_n, new_b, psi = scorer.extend(r_n[idx], r_b[idx], last[idx], units, lengths[idx] == 0)
             r_n[idx], r_b[idx], ctc[idx] = new_n, new_b, psi
             last[idx] = units
             lengths[idx] += 1
         scored = [(ctc_weight * float(ctc[i]) + (1 - ctc_weight) * rows[i][2]
-                   + length_bonus * (len(beams[rows[i][0]].units) + len(rows[i][3])) + rows[i][4], i)
+                   + length_bonus * (len(parents[i].units) + len(rows[i][3])) + rows[i][4], i)
                   for i in range(count)]
         scored.sort(reverse=True)
         best_finished = max((s for *_, s in finished), default=-math.inf)
@@ -255,9 +273,8 @@ def joint_beam_search(decoder, encoded: torch.Tensor, ctc_log_probs: torch.Tenso
             new_beams.append(_Beam(parent.tokens + [token], parent.units + units, r_n[i], r_b[i], float(ctc[i]), att,
                                    state, fused))
             order.append(b)
-        index = torch.tensor(order)
-        caches = [(k.index_select(0, index), v.index_select(0, index)) for k, v in caches]
+        caches = decoder.select(caches, np.array(order, dtype=np.int64))
         beams = new_beams
-        step = torch.tensor([[beam.tokens[-1]] for beam in beams], dtype=torch.long)
+        step = np.array([[beam.tokens[-1]] for beam in beams], dtype=np.int64)
     finished.sort(key=lambda item: item[2], reverse=True)
     return finished

@@ -97,10 +97,10 @@ class Recognizer(DecodingCore):
         self._setup_decoding(options, self.model.decoder is not None, self.model.whisper_decoder is not None,
                              packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None))
         if self.mode == "whisper_rescoring":
-            from edgeasr.decoding.whisper_rescoring import WhisperSecondPass
+            from edgeasr.decoding.whisper_rescoring import TorchWhisperBackend, WhisperSecondPass
 
             self.second_pass = WhisperSecondPass(
-                self.model, packaged.tokenizer, packaged.whisper_tokenizer, packaged.whisper_prompt,
+                TorchWhisperBackend(self.model), packaged.tokenizer, packaged.whisper_tokenizer, packaged.whisper_prompt,
                 ctc_weight=options.whisper_ctc_weight, length_bonus=options.whisper_length_bonus,
                 beam_size=options.beam_size, search=options.second_pass_search)
 

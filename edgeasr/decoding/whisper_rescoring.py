@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from edgeasr.decoding.ctc import Hypothesis, PrefixBeamSearch
 from edgeasr.text.normalize import normalize_text
@@ -34,8 +33,10 @@ from edgeasr.text.tokenizer import Tokenizer
 from edgeasr.text.whisper_tokenizer import WhisperTokenizer
 
 
-def ctc_scores(log_probs: torch.Tensor, candidates: list[list[int]], blank: int = 0) -> torch.Tensor:
-    """log P(candidate | audio) under CTC for each token sequence; log_probs [T, V]."""
+def ctc_scores(log_probs, candidates: list[list[int]], blank: int = 0):
+    """log P(candidate | audio) under CTC for each token sequence; log_probs [T, V] (torch)."""
+    import torch
+
     count = len(candidates)
     lengths = torch.tensor([len(c) for c in candidates], dtype=torch.long)
     targets = torch.zeros(count, max(1, int(lengths.max())), dtype=torch.long)
@@ -94,17 +95,45 @@ def ctc_align(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> tuple
     return times, probs
 
 
-class WhisperSecondPass:
-    """Rescores one segment; shared by the streaming session and offline transcription."""
+class TorchWhisperBackend:
+    """The second pass's model on torch: full-context re-encoding and the decoder's steps."""
 
-    def __init__(self, model, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
-                 ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
-                 search: str = "joint", joint_beam: int = 3, int8_logits: bool = True) -> None:
-        if search not in ("joint", "rescore"):
-            raise ValueError(f"second-pass search must be 'joint' or 'rescore', not {search!r}")
+    name = "torch"
+
+    def __init__(self, model, int8_logits: bool = True) -> None:
+        from edgeasr.model.whisper import TorchDecoderSteps
+
         if model.whisper_decoder is None:
             raise ValueError("this model has no Whisper decoder")
         self.model = model
+        self.blank = model.blank_id
+        if int8_logits:
+            model.whisper_decoder.use_int8()
+        self.steps = TorchDecoderSteps(model.whisper_decoder)
+
+    def encode(self, feats):
+        """Normalized features [T, F] -> (encoded [1, T', D], CTC log-probs [T', V] numpy), full context."""
+        import torch
+
+        with torch.no_grad():
+            encoded, _ = self.model.encoder(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
+            return encoded, self.model.ctc_log_probs(encoded)[0].numpy()
+
+
+class WhisperSecondPass:
+    """Rescores one segment; shared by the streaming session and offline transcription, over a
+    backend (``TorchWhisperBackend``, or ONNX Runtime's in ``edgeasr.export.runtime``) that
+    re-encodes a segment and runs the decoder's steps."""
+
+    def __init__(self, backend, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
+                 ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
+                 search: str = "joint", joint_beam: int = 3) -> None:
+        if search not in ("joint", "rescore"):
+            raise ValueError(f"second-pass search must be 'joint' or 'rescore', not {search!r}")
+        if search == "rescore" and getattr(backend, "model", None) is None:
+            raise ValueError("the 'rescore' second pass runs with the torch backend; use 'joint'")
+        self.backend = backend
+        self.blank = backend.blank
         self.tokenizer = tokenizer
         self.whisper_tokenizer = whisper_tokenizer
         self.prompt = list(prompt)
@@ -122,28 +151,26 @@ class WhisperSecondPass:
             from edgeasr.decoding.joint_whisper import spell_whisper_tokens
 
             self._spelling = spell_whisper_tokens(whisper_tokenizer, tokenizer)
-        if int8_logits:
-            model.whisper_decoder.use_int8()
         from edgeasr.decoding.fusion import piece_texts
 
         self._unit_texts = piece_texts(tokenizer)
 
-    def _joint_max_tokens(self, log_probs: torch.Tensor) -> int:
+    def _joint_max_tokens(self, log_probs: np.ndarray) -> int:
         """A cap on Whisper tokens from the CTC best path: twice its words, plus room."""
         from edgeasr.decoding.ctc import ctc_greedy
 
-        words = len(self.tokenizer.decode(ctc_greedy(log_probs, self.model.blank_id).tokens).split())
+        words = len(self.tokenizer.decode(ctc_greedy(log_probs, self.blank).tokens).split())
         return int(min(200, 10 + 2 * words))
 
-    def _joint(self, encoded: torch.Tensor, log_probs: torch.Tensor, scorer=None) -> list[tuple[Hypothesis, float]]:
+    def _joint(self, encoded, log_probs: np.ndarray, scorer=None) -> list[tuple[Hypothesis, float]]:
         from edgeasr.decoding.joint_whisper import joint_beam_search
         from edgeasr.text.tokenizer import SPACE
 
         space_id = self.tokenizer.piece_to_id(SPACE)
-        found = joint_beam_search(self.model.whisper_decoder, encoded, log_probs, self.prompt, self._spelling,
+        found = joint_beam_search(self.backend.steps, encoded, log_probs, self.prompt, self._spelling,
                                   space_id, beam_size=self.joint_beam, candidates_per_beam=5,
                                   ctc_weight=self.ctc_weight,
-                                  max_tokens=self._joint_max_tokens(log_probs), blank=self.model.blank_id,
+                                  max_tokens=self._joint_max_tokens(log_probs), blank=self.blank,
                                   length_bonus=self.length_bonus, text_scorer=scorer,
                                   unit_texts=self._unit_texts)
         candidates, seen = [], set()
@@ -155,14 +182,13 @@ class WhisperSecondPass:
                 candidates.append((self.tokenizer.encode(text), score, score))
         return self._with_times(log_probs, candidates)
 
-    def _with_times(self, log_probs: torch.Tensor, candidates: list[tuple[list[int], float, float]]
+    def _with_times(self, log_probs: np.ndarray, candidates: list[tuple[list[int], float, float]]
                     ) -> list[tuple[Hypothesis, float]]:
         """(units, CTC score, total) best first -> the n-best, the best with token times.
 
         Only the winner's times are ever shown (the n-best lists texts and scores), so only it is
         force-aligned; a candidate whose units cannot fit the frames is passed over.
         """
-        frames = log_probs.detach().numpy()
         ranked: list[tuple[Hypothesis, float]] = []
         for units, ctc, total in candidates:
             if len(ranked) >= self.nbest:
@@ -170,7 +196,7 @@ class WhisperSecondPass:
             times: tuple = ()
             probs: tuple = ()
             if not ranked:
-                aligned_times, aligned_probs = ctc_align(frames, units, self.model.blank_id)
+                aligned_times, aligned_probs = ctc_align(log_probs, units, self.blank)
                 if len(aligned_times) != len(units):
                     continue
                 times, probs = tuple(aligned_times), tuple(aligned_probs)
@@ -181,20 +207,30 @@ class WhisperSecondPass:
         longest = max((len(self.whisper_tokenizer.encode(t)) for t in texts if t), default=0)
         return int(min(200, 8 + 1.5 * longest))
 
-    @torch.no_grad()
-    def rescore(self, feats: torch.Tensor, first_pass: list[Hypothesis], scorer=None
-                ) -> tuple[list[tuple[Hypothesis, float]], torch.Tensor]:
-        """feats [T, F] (normalized model input) -> ranked hypotheses and the full-context log-probs.
+    def rescore(self, feats, first_pass: list[Hypothesis], scorer=None
+                ) -> tuple[list[tuple[Hypothesis, float]], np.ndarray]:
+        """feats [T, F] (the segment's model input) -> ranked hypotheses and the full-context log-probs.
 
         ``scorer`` (edgeasr.decoding.fusion: LM, hotwords) is fused into the joint search."""
-        model = self.model
-        # feats are already normalized (model input): the encoder itself, full context
-        encoded, _ = model.encoder(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
-        log_probs = model.ctc_log_probs(encoded)[0]
-        if self.search == "joint" and encoded.size(1) > 0:
+        # the encoder itself, full context
+        encoded, log_probs = self.backend.encode(feats)
+        if self.search == "joint" and encoded.shape[1] > 0:
             ranked = self._joint(encoded, log_probs, scorer)
             if ranked:
                 return ranked, log_probs
+        return self._rescore_candidates(encoded, log_probs, first_pass, scorer), log_probs
+
+    def _rescore_candidates(self, encoded, log_probs: np.ndarray, first_pass: list[Hypothesis], scorer
+                            ) -> list[tuple[Hypothesis, float]]:
+        """Pick among the full-context CTC n-best, the first pass's and one free Whisper decode
+        (torch: teacher-forced scores of whole candidates)."""
+        import torch
+
+        with torch.no_grad():
+            return self._rescore_torch(torch, encoded, log_probs, first_pass, scorer)
+
+    def _rescore_torch(self, torch, encoded, log_probs, first_pass, scorer) -> list[tuple[Hypothesis, float]]:
+        model = self.backend.model
         search = PrefixBeamSearch(beam_size=self.beam_size)
         search.step(log_probs)
         texts: list[str] = []
@@ -209,9 +245,9 @@ class WhisperSecondPass:
                 texts.append(text)
         texts = [t for t in texts if t] or texts
         if not texts or encoded.size(1) == 0:
-            return [], log_probs
+            return []
         units = [self.tokenizer.encode(t) for t in texts]
-        ctc = ctc_scores(log_probs, units, model.blank_id)
+        ctc = ctc_scores(torch.from_numpy(log_probs), units, self.blank)
         att = model.whisper_decoder.sequence_log_probs(self.prompt, [self.whisper_tokenizer.encode(t) for t in texts],
                                                        encoded)
         chars = torch.tensor([len(u) for u in units], dtype=torch.float32)
@@ -221,4 +257,4 @@ class WhisperSecondPass:
         total = self.ctc_weight * ctc + (1 - self.ctc_weight) * att.float() + self.length_bonus * chars + fused
         order = [i for i in torch.argsort(total, descending=True).tolist() if torch.isfinite(total[i])]
         candidates = [(units[i], float(ctc[i]), float(total[i])) for i in order]
-        return self._with_times(log_probs, candidates), log_probs
+        return self._with_times(log_probs, candidates)

@@ -109,8 +109,10 @@ class WhisperOnnxChunkRunner:
     mel windows of 2k + 3 frames advancing by 2k, the conv pads supplied as zero frames and the
     stem mask, positions from the frames emitted, key/value caches trimmed to the left context."""
 
-    def __init__(self, recognizer: "OnnxRecognizer") -> None:
+    def __init__(self, recognizer: "OnnxRecognizer", keep_inputs: bool = False) -> None:
         self.rec = recognizer
+        self.keep_inputs = keep_inputs
+        self.inputs: list[np.ndarray] = []  # the segment's mel frames, for the second pass
         meta = recognizer.meta
         self.chunk, self.max_left = meta["chunk_size"], meta["max_left_frames"]
         self.bins = meta["features"].get("num_mel_bins", 80)
@@ -122,6 +124,7 @@ class WhisperOnnxChunkRunner:
         self.mel_frames = 0  # real mel frames received
         self.emitted = 0  # encoder frames out: the next chunk's first position
         self.caches = [np.zeros(self.cache_shape, dtype=np.float32) for _ in self.rec.cache_inputs]
+        self.inputs = []
 
     def _run(self, window: np.ndarray, mask: np.ndarray):
         rec = self.rec
@@ -143,7 +146,10 @@ class WhisperOnnxChunkRunner:
         return valid.astype(np.float32)
 
     def accept(self, feats: np.ndarray):
-        self.mel = np.concatenate([self.mel, np.asarray(feats, dtype=np.float32)])
+        feats = np.asarray(feats, dtype=np.float32)
+        if self.keep_inputs and len(feats):
+            self.inputs.append(feats)
+        self.mel = np.concatenate([self.mel, feats])
         self.mel_frames += len(feats)
         window, outputs = 2 * self.chunk + 3, []
         while self.mel.shape[0] >= window:
@@ -161,9 +167,58 @@ class WhisperOnnxChunkRunner:
         return OnnxChunkRunner._joined([self._run(window, self._mask(window.shape[0] - 2, final=True))])
 
     def segment_inputs(self):
-        return None  # the Whisper second pass is not exported
+        """The segment's log-mel frames [N, 80] (normalized inside encoder_full.onnx)."""
+        return np.concatenate(self.inputs) if self.inputs else None
 
     concat = staticmethod(OnnxChunkRunner.concat)
+
+
+class OnnxDecoderSteps:
+    """``edgeasr.decoding.joint_whisper.DecoderSteps`` over decoder_cross.onnx and
+    decoder_step.onnx: the same joint search as torch, on ONNX Runtime."""
+
+    def __init__(self, cross_session, step_session, meta: dict) -> None:
+        self.cross_session, self.step_session = cross_session, step_session
+        self.eot = meta["whisper_eot"]
+        self.vocab_size = meta["whisper_vocab_size"]
+        self.max_positions = meta["whisper_max_positions"]
+        names = [i.name for i in step_session.get_inputs()]
+        layers = meta["whisper_layers"]
+        self.cross_names = names[4 : 4 + 2 * layers]
+        self.cache_names = names[4 + 2 * layers :]
+        self.empty_cache = (1, meta["whisper_heads"], 0, meta["whisper_d_model"] // meta["whisper_heads"])
+
+    def cross(self, encoded: np.ndarray) -> list[np.ndarray]:
+        return self.cross_session.run(None, {"encoded": np.ascontiguousarray(encoded[:1], dtype=np.float32)})
+
+    def step(self, tokens: np.ndarray, cross, caches, offset: int, token_bias: np.ndarray, top_k: int):
+        if caches is None:
+            caches = [np.zeros(self.empty_cache, dtype=np.float32) for _ in self.cache_names]
+        feeds = {"tokens": tokens, "offset": np.array([offset], dtype=np.int64),
+                 "token_bias": token_bias, "top_k": np.array([top_k], dtype=np.int64),
+                 **dict(zip(self.cross_names, cross)), **dict(zip(self.cache_names, caches))}
+        values, tokens_out, eot, *caches = self.step_session.run(None, feeds)
+        return values, tokens_out, eot, caches
+
+    def select(self, caches, index: np.ndarray):
+        return [np.take(c, index, axis=0) for c in caches]
+
+
+class OnnxWhisperBackend:
+    """The Whisper second pass's model on ONNX Runtime (``edgeasr.decoding.whisper_rescoring``)."""
+
+    name = "onnx"
+    model = None  # no torch model: the joint search only
+
+    def __init__(self, directory: Path, suffix: str, threads: int, meta: dict) -> None:
+        self.blank = meta["blank_id"]
+        self.full = _session(directory / f"encoder_full{suffix}", threads)
+        self.steps = OnnxDecoderSteps(_session(directory / f"decoder_cross{suffix}", threads),
+                                      _session(directory / f"decoder_step{suffix}", threads), meta)
+
+    def encode(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        encoded, log_probs = self.full.run(None, {"mel": np.asarray(feats, dtype=np.float32)[None]})
+        return encoded, log_probs[0]
 
 
 class OnnxRecognizer(DecodingCore):
@@ -204,14 +259,26 @@ class OnnxRecognizer(DecodingCore):
             if not hasattr(options, name):
                 raise TypeError(f"unknown decoding option {name!r}")
             setattr(options, name, value)
-        if self.whisper and options.mode == "whisper_rescoring":
-            raise EdgeAsrError("whisper_rescoring runs with the torch backend: an ONNX export of a Whisper model "
-                               "carries its streaming first pass (CTC prefix beam, LM, hotwords) only")
+        has_whisper = self.whisper and self.meta.get("second_pass") == "whisper"
+        if self.whisper and options.mode == "whisper_rescoring" and not has_whisper:
+            raise EdgeAsrError(f"{self.directory}: this export carries the streaming first pass only "
+                               "(re-export it with this edgeasr for whisper_rescoring on ONNX Runtime)")
         if options.reverse_weight > 0:
             raise EdgeAsrError("--reverse-weight: the ONNX export carries the left-to-right decoder only")
         # The export's model directory is where an LM travels with it (lm/ beside the graphs).
-        self._setup_decoding(options, self.decoder is not None, False, self.directory, self.meta["blank_id"],
+        self._setup_decoding(options, self.decoder is not None, has_whisper, self.directory, self.meta["blank_id"],
                              self.meta.get("max_frames"))
+        if self.mode == "whisper_rescoring":
+            if options.second_pass_search != "joint":
+                raise EdgeAsrError("--second-pass rescore runs with the torch backend; ONNX Runtime runs 'joint'")
+            from edgeasr.decoding.whisper_rescoring import WhisperSecondPass
+            from edgeasr.text.whisper_tokenizer import WhisperTokenizer
+
+            self.second_pass = WhisperSecondPass(
+                OnnxWhisperBackend(self.directory, suffix, threads, self.meta), self.tokenizer,
+                WhisperTokenizer(self.directory / "whisper_tokenizer.json", eot=self.meta["whisper_eot"]),
+                self.meta["whisper_prompt"], ctc_weight=options.whisper_ctc_weight,
+                length_bonus=options.whisper_length_bonus, beam_size=options.beam_size, search="joint")
 
     @property
     def chunk_size(self) -> int:
@@ -237,7 +304,7 @@ class OnnxRecognizer(DecodingCore):
         return caches
 
     def chunk_runner(self, keep_inputs: bool = False):
-        return WhisperOnnxChunkRunner(self) if self.whisper else OnnxChunkRunner(self)
+        return WhisperOnnxChunkRunner(self, keep_inputs) if self.whisper else OnnxChunkRunner(self)
 
     def transcribe(self, audio, hotwords=None, sample_rate: int | None = None) -> Result:
         """A file path, or an array at ``sample_rate`` (default: the model's; int16 is scaled,

@@ -12,9 +12,24 @@ conv1 of zero frames). Positions come from an ``offset`` input, and per-layer ke
 
 ``encoder.onnx``: inputs ``mel`` [1, W, 80] (normalized inside), ``stem_mask`` [1, W - 2],
 ``offset`` [1] int64, ``key_cache.i`` / ``value_cache.i``; outputs ``encoded`` [1, k, D],
-``ctc_log_probs`` [1, k, V], ``new_key_cache.i`` / ``new_value_cache.i``. The Whisper second pass
-(full-context re-encoding and the decoder's joint search) is not exported: on ONNX Runtime the
-model decodes with its first pass (CTC prefix beam with the LM and hotwords).
+``ctc_log_probs`` [1, k, V], ``new_key_cache.i`` / ``new_value_cache.i``.
+
+The second pass (``whisper_rescoring``: each segment re-encoded with full context, then the joint
+CTC/Whisper-decoder beam search of ``edgeasr.decoding.joint_whisper``, which is numpy and runs
+unchanged over either backend) takes three more graphs:
+
+- ``encoder_full.onnx``: ``mel`` [1, N, 80] (a segment's log-mel, normalized inside) ->
+  ``encoded`` [1, (N+1)//2, D], ``ctc_log_probs`` [1, (N+1)//2, V]; the torch encoder's full
+  context forward with zero conv pads;
+- ``decoder_cross.onnx``: ``encoded`` -> per-layer cross-attention ``cross_key.i`` /
+  ``cross_value.i`` [1, H, T, D/H], once per segment;
+- ``decoder_step.onnx``: ``tokens`` [B, U], ``offset`` [1] (position of the first),
+  ``token_bias`` [V] (0, or -inf for tokens never proposed), ``top_k`` [1], the cross
+  keys/values (batch 1, shared by the beams) and ``self_key_cache.i`` / ``self_value_cache.i``
+  [B, H, L, D/H] -> the last position's ``top_log_probs`` / ``top_tokens`` [B, k] and
+  ``eot_log_prob`` [B] (log-softmax under the bias) and the caches with these tokens.
+  The token table is stored in float16 (the source weights are float16: lossless); the output
+  projection is its own [D, V] initializer so that int8 quantization reaches it.
 """
 
 from __future__ import annotations
@@ -51,12 +66,139 @@ class _WhisperChunk(nn.Module):
         return (encoded, self.model.ctc_log_probs(encoded), *new_caches)
 
 
+class _WhisperFullEncoder(nn.Module):
+    """A whole segment with full context, as ``WhisperEncoder.forward(feats, lengths, 0, -1)``
+    does for one unpadded utterance."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.encoder = model.encoder
+
+    def forward(self, mel):
+        enc = self.encoder
+        x = self.model.normalize(mel).transpose(1, 2)
+        x = F.gelu(enc.conv1(x))
+        x = F.gelu(enc.conv2(x)).transpose(1, 2)
+        x = x + enc.positions.index_select(0, torch.arange(x.size(1), device=x.device))
+        for layer in enc.layers:
+            x, _ = layer(x, None)
+        encoded = enc.norm(x)
+        return encoded, self.model.ctc_log_probs(encoded)
+
+
+class _DecoderCross(nn.Module):
+    def __init__(self, decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, encoded):
+        return tuple(t for pair in self.decoder.cross_keys_values(encoded) for t in pair)
+
+
+def _proposals(logits, token_bias, top_k, eot: int):
+    """What the joint search needs of a step, from logits [B, V]: the ``top_k`` best tokens'
+    log-probabilities under ``token_bias`` (0 allowed, -inf never proposed) and end-of-text's
+    (selection over 51,864 tokens in numpy costs more than the step's layers)."""
+    log_probs = (logits + token_bias).log_softmax(dim=-1)
+    values, indices = log_probs.topk(int(top_k) if isinstance(top_k, int) else top_k, dim=-1)
+    return values, indices, log_probs[:, eot]
+
+
+class _DecoderStep(nn.Module):
+    """``WhisperDecoder._run`` for new tokens at ``offset``, caches in and out, last logits."""
+
+    def __init__(self, decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("table", decoder.embed.weight.detach().half())
+        self.register_buffer("projection", decoder.embed.weight.detach().T.contiguous())
+
+    def forward(self, tokens, offset, token_bias, top_k, *tensors):
+        dec = self.decoder
+        layers = len(dec.layers)
+        cross, caches = tensors[: 2 * layers], tensors[2 * layers :]
+        steps = torch.arange(tokens.size(1), device=tokens.device) + offset
+        x = self.table.index_select(0, tokens.reshape(-1)).float().reshape(tokens.size(0), tokens.size(1), -1)
+        x = x + dec.positions.index_select(0, steps)
+        keys = torch.arange(caches[0].size(2) + tokens.size(1), device=tokens.device)
+        mask = (keys[None, :] <= steps[:, None]).unsqueeze(0)  # [1, U, L + U]: causal
+        new_caches = []
+        for index, layer in enumerate(dec.layers):
+            x, (k, v) = layer(x, mask, (cross[2 * index], cross[2 * index + 1]), None,
+                              (caches[2 * index], caches[2 * index + 1]))
+            new_caches += [k, v]
+        logits = dec.norm(x[:, -1]) @ self.projection
+        top, tokens_out, eot = _proposals(logits, token_bias, top_k, dec.config.eot_id)
+        return (top, tokens_out, eot, *new_caches)
+
+
+def export_whisper_second_pass(packaged, out: Path, int8: bool) -> dict:
+    """Write encoder_full.onnx, decoder_cross.onnx, decoder_step.onnx (and their int8 twins) and
+    whisper/ (tokenizer); returns the metadata entries they add."""
+    import shutil
+
+    from edgeasr.export.onnx import _quantize_int8
+
+    asr = packaged.model.eval()
+    dec = asr.whisper_decoder
+    if dec is None:
+        return {}
+    enc_config, dec_config = asr.encoder.config, dec.config
+    layers, heads = dec_config.num_layers, dec_config.num_heads
+    head_dim = dec_config.d_model // heads
+    frames, batch = 40, 2  # batch 2 with batch-1 cross keys: the shared-keys attention is traced
+    mel = torch.randn(1, 2 * frames, enc_config.input_dim)
+    encoded = torch.randn(1, frames, enc_config.d_model)
+    cross = [torch.randn(1, heads, frames, head_dim) for _ in range(2 * layers)]
+    caches = [torch.randn(batch, heads, 3, head_dim) for _ in range(2 * layers)]
+    tokens = torch.zeros(batch, 1, dtype=torch.long)
+    offset = torch.tensor([3], dtype=torch.long)
+    token_bias = torch.zeros(dec_config.vocab_size)
+    top_k = torch.tensor([5], dtype=torch.long)
+    cross_names = [f"cross_{kind}.{i}" for i in range(layers) for kind in ("key", "value")]
+    graphs = [
+        ("encoder_full.onnx", _WhisperFullEncoder(asr), (mel,), ["mel"], ["encoded", "ctc_log_probs"],
+         {"mel": {1: "mel_frames"}, "encoded": {1: "frames"}, "ctc_log_probs": {1: "frames"}}),
+        ("decoder_cross.onnx", _DecoderCross(dec), (encoded,), ["encoded"], cross_names,
+         {"encoded": {1: "frames"}, **{n: {2: "frames"} for n in cross_names}}),
+        ("decoder_step.onnx", _DecoderStep(dec), (tokens, offset, token_bias, top_k, *cross, *caches),
+         ["tokens", "offset", "token_bias", "top_k", *cross_names, *cache_names(layers, "self_")],
+         ["top_log_probs", "top_tokens", "eot_log_prob", *cache_names(layers, "new_self_")],
+         {"tokens": {0: "beams", 1: "steps"}, "top_log_probs": {0: "beams", 1: "k"}, "top_tokens": {0: "beams", 1: "k"},
+          "eot_log_prob": {0: "beams"},
+          **{n: {2: "frames"} for n in cross_names},
+          **{n: {0: "beams", 2: "cached"} for n in cache_names(layers, "self_")},
+          **{n: {0: "beams", 2: "cached_out"} for n in cache_names(layers, "new_self_")}}),
+    ]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        for name, module, args, inputs, outputs, dynamic in graphs:
+            torch.onnx.export(module.eval(), args, str(out / name), input_names=inputs, output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+            if int8:
+                _quantize_int8(out / name, out / name.replace(".onnx", ".int8.onnx"), per_channel=False)
+    shutil.copy2(packaged.whisper_dir / "tokenizer.json", out / "whisper_tokenizer.json")
+    tokens_info = packaged.whisper_tokens
+    return {
+        "second_pass": "whisper",
+        "whisper_prompt": list(packaged.whisper_prompt),
+        "whisper_eot": tokens_info.eot,
+        "whisper_vocab_size": dec_config.vocab_size,
+        "whisper_max_positions": dec_config.max_positions,
+        "whisper_layers": layers,
+        "whisper_heads": heads,
+        "whisper_d_model": dec_config.d_model,
+    }
+
+
 def cache_names(num_layers: int, prefix: str = "") -> list[str]:
     return [f"{prefix}{kind}_cache.{i}" for i in range(num_layers) for kind in ("key", "value")]
 
 
-def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool) -> dict:
-    """Write encoder.onnx (and encoder.int8.onnx), tokenizer/ and metadata.json; returns the metadata."""
+def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, second_pass: bool = True) -> dict:
+    """Write encoder.onnx (and encoder.int8.onnx), the second pass's graphs when the model has
+    Whisper's decoder, tokenizer/ and metadata.json; returns the metadata."""
     from edgeasr.export.onnx import _quantize_int8, stamp_metadata
 
     asr = packaged.model.eval()
@@ -107,4 +249,6 @@ def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool) 
     stamp_metadata(path, metadata)
     if int8:
         _quantize_int8(path, out / "encoder.int8.onnx", per_channel=False)
+    if second_pass:
+        metadata.update(export_whisper_second_pass(packaged, out, int8))
     return metadata

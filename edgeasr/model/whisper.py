@@ -125,6 +125,8 @@ class WhisperAttention(nn.Module):
         key (a padded frame under a chunk mask) yields finite garbage instead of NaN that would
         leak into real frames through the next layer.
         """
+        if keys.size(0) == 1 and x.size(0) > 1 and mask is None:
+            return self._attend_shared(x, keys, values)
         queries = self._heads(self.query(x))
         scores = queries @ keys.transpose(-1, -2) * queries.size(-1) ** -0.5
         if mask is not None:
@@ -132,6 +134,22 @@ class WhisperAttention(nn.Module):
         context = scores.softmax(dim=-1) @ values
         batch, _, time, _ = context.shape
         return self.out(context.transpose(1, 2).reshape(batch, time, -1))
+
+
+    def _attend_shared(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Every row of x [B, Tq, D] attends to the same keys/values [1, H, Tk, D/H].
+
+        Beams of one segment share the audio's cross-attention keys; expanding them to the beam
+        makes matmul copy all of them at every decoding step (a quarter of a step's time). Folding
+        the beam into the query axis instead reads them once: the same scores, no copies.
+        """
+        batch, time, _ = x.shape
+        queries = self._heads(self.query(x))  # [B, H, Tq, d]
+        folded = queries.transpose(0, 1).reshape(1, self.num_heads, batch * time, -1)
+        scores = folded @ keys.transpose(-1, -2) * folded.size(-1) ** -0.5
+        context = scores.softmax(dim=-1) @ values  # [1, H, B*Tq, d]
+        context = context.reshape(self.num_heads, batch, time, -1).permute(1, 2, 0, 3)
+        return self.out(context.reshape(batch, time, -1))
 
 
 def _ffn(d_model: int) -> nn.Sequential:
@@ -488,9 +506,8 @@ class WhisperDecoder(nn.Module):
         batch = torch.full((len(sequences), width), eot, dtype=torch.long, device=encoded.device)
         for row, seq in enumerate(sequences):
             batch[row, : len(seq)] = torch.tensor(seq)
-        cross = [(k.expand(len(sequences), -1, -1, -1), v.expand(len(sequences), -1, -1, -1))
-                 for k, v in self.cross_keys_values(encoded[:1])]
-        log_probs = self._run(batch[:, :-1], cross, None).float().log_softmax(dim=-1)
+        # batch-1 keys/values: attention shares them across the candidates without copying
+        log_probs = self._run(batch[:, :-1], self.cross_keys_values(encoded[:1]), None).float().log_softmax(dim=-1)
         picked = log_probs.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1)  # [N, width-1]
         index = torch.arange(width - 1, device=encoded.device)[None]
         ends = torch.tensor([len(seq) - 1 for seq in sequences], device=encoded.device)[:, None]
@@ -532,6 +549,34 @@ class WhisperDecoder(nn.Module):
             offset += step.size(1)
             step = torch.tensor([[token]], dtype=torch.long, device=encoded.device)
         return output
+
+
+class TorchDecoderSteps:
+    """``edgeasr.decoding.joint_whisper.DecoderSteps`` over a torch ``WhisperDecoder`` (its int8
+    copies after ``use_int8``): numpy token ids in, numpy logits out; caches stay torch."""
+
+    def __init__(self, decoder: WhisperDecoder) -> None:
+        self.decoder = decoder
+        self.eot = decoder.config.eot_id
+        self.vocab_size = decoder.config.vocab_size
+        self.max_positions = decoder.config.max_positions
+
+    @torch.no_grad()
+    def cross(self, encoded: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.decoder.cross_keys_values(encoded[:1])
+
+    @torch.no_grad()
+    def step(self, tokens: np.ndarray, cross, caches, offset: int, token_bias: np.ndarray, top_k: int):
+        caches = list(caches) if caches is not None else [None] * len(self.decoder.layers)
+        # batch-1 cross keys/values: the attention shares them across the beams without copies
+        logits = self.decoder._run(torch.from_numpy(tokens), cross, None, caches, offset)[:, -1].float()
+        log_probs = (logits + torch.from_numpy(token_bias)).log_softmax(dim=-1)
+        values, indices = log_probs.topk(top_k, dim=-1)
+        return values.numpy(), indices.numpy(), log_probs[:, self.eot].numpy(), caches
+
+    def select(self, caches, index: np.ndarray):
+        index = torch.from_numpy(index)
+        return [(k.index_select(0, index), v.index_select(0, index)) for k, v in caches]
 
 
 @dataclass
