@@ -1,11 +1,15 @@
-"""The ONNX Runtime backend against torch on a test manifest: same text? same WER? how fast?
+"""The ONNX Runtime backend against torch on test manifests: same text? same WER? how fast?
 
-    python benchmarks/onnx_parity.py --model default --manifest data/synth/test.jsonl
+    python benchmarks/onnx_parity.py --model default --mode whisper_rescoring \\
+        --manifest test=data/synth-cal/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl \\
+        --out benchmarks/results/onnx_parity_default.json
 
 Streams every utterance through the torch recognizer and through the torch-free ONNX Runtime
-recognizer (float graphs, and int8 graphs), at the model's chunk size, in ``--mode`` (default attention rescoring), 1
-thread. Reports per backend: utterances whose text equals torch's, WER/CER, RTF. Writes
-benchmarks/results/onnx_parity.json and regenerates BENCHMARKS.md.
+recognizer (float graphs, and int8 graphs), at the model's chunk size, in ``--mode`` (default
+attention rescoring), 1 thread. The backends take turns on each utterance, so a busy spell of the
+shared machine falls on all of them. Reports per set and backend: utterances whose text equals
+torch's, WER/CER, RTF (compute / audio, and the median of the per-utterance ratios to torch's),
+and the bytes on disk of what each backend loads. Writes the JSON and regenerates BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -14,61 +18,103 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from edgeasr.api import load_model
+from edgeasr.api import export_cached, load_model
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
 from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
 from edgeasr.evaluate.report import save_result
+from edgeasr.model.package import load_model_dir, resolve_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sets(items: list[str]) -> list[tuple[str, str]]:
+    """NAME=PATH pairs; a bare path is the set "test"."""
+    out = []
+    for item in items:
+        name, _, path = item.rpartition("=") if "=" in item else ("test", "", item)
+        out.append((name, path))
+    return out
+
+
+def _bytes(paths) -> int:
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def loaded_bytes(model: str, export: Path, mode: str) -> dict:
+    """Bytes on disk each backend reads: the model directory (+ the pretrained package file its
+    config names) for torch; the graphs the mode runs, the tokenizers and the LM for ONNX."""
+    directory = resolve_model_dir(model)
+    torch_bytes = _bytes(p for p in directory.rglob("*") if p.is_file())
+    pretrained = load_model_dir(directory).pretrained
+    if pretrained is not None:
+        torch_bytes += pretrained.locate().stat().st_size
+    graphs = ["encoder"] + (["encoder_full", "decoder_cross", "decoder_step"] if mode == "whisper_rescoring" else [])
+    side = [p for p in export.rglob("*") if p.is_file() and p.suffix != ".onnx"]
+    return {
+        "torch": torch_bytes,
+        "onnx": _bytes([export / f"{g}.onnx" for g in graphs]) + _bytes(side),
+        "onnx_int8": _bytes([export / f"{g}.int8.onnx" for g in graphs]) + _bytes(side),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--manifest", action="append", required=True, metavar="[NAME=]PATH")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--mode", default="attention_rescoring",
-                        help="decoding mode for every backend (a Whisper model's ONNX export has the first "
-                             "pass only: compare it with --mode ctc_prefix_beam)")
+    parser.add_argument("--mode", default="attention_rescoring", help="decoding mode for every backend")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "onnx_parity.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    utts = read_manifest(args.manifest)[: args.limit]
-    audio = [load_audio(u.audio) for u in utts]
-    seconds = sum(len(a) for a in audio) / 16000
     backends = {"torch": load_model(args.model, mode=args.mode), "onnx": load_model(args.model, "onnx", mode=args.mode),
                 "onnx_int8": load_model(args.model, "onnx", mode=args.mode, int8=True)}
-    texts, rows = {}, []
-    for name, recognizer in backends.items():
-        words, chars, compute, out = ErrorCounts(), ErrorCounts(), 0.0, []
-        for utt, samples in zip(utts, audio):
-            started = time.perf_counter()
-            text = recognizer.transcribe(samples).text
-            compute += time.perf_counter() - started
-            out.append(text)
-            words, chars = words + word_errors(utt.text, text), chars + char_errors(utt.text, text)
-        texts[name] = out
-        rows.append({"backend": name, "wer": round(words.rate, 2), "cer": round(chars.rate, 2),
-                     "rtf": round(compute / seconds, 4),
-                     "same_text_as_torch": sum(a == b for a, b in zip(out, texts["torch"]))})
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    export = export_cached(args.model, None, None)
+    sizes = loaded_bytes(args.model, export, backends["torch"].mode)
     result = {
         "benchmark": "onnx_parity",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, 1 thread",
+        "load_average": list(os.getloadavg()),
         "model": args.model,
         "mode": backends["torch"].mode,
-        "test": {"manifest": args.manifest, "utts": len(utts), "audio_seconds": round(seconds, 1)},
-        "rows": rows,
+        "bytes_on_disk": sizes,
+        "sets": {},
     }
+    for name, path in _sets(args.manifest):
+        utts = read_manifest(path)[: args.limit]
+        audio = [load_audio(u.audio) for u in utts]
+        seconds = sum(len(a) for a in audio) / 16000
+        for recognizer in backends.values():  # warm-up: first-call allocations are not speed
+            recognizer.transcribe(audio[0][:16000])
+        texts = {b: [] for b in backends}
+        compute = {b: [] for b in backends}
+        for samples in audio:
+            for backend, recognizer in backends.items():
+                started = time.perf_counter()
+                texts[backend].append(recognizer.transcribe(samples).text)
+                compute[backend].append(time.perf_counter() - started)
+        rows = []
+        for backend in backends:
+            words, chars = ErrorCounts(), ErrorCounts()
+            for utt, text in zip(utts, texts[backend]):
+                words, chars = words + word_errors(utt.text, text), chars + char_errors(utt.text, text)
+            ratios = [t / r for t, r in zip(compute["torch"], compute[backend]) if r > 0]
+            rows.append({"backend": backend, "wer": round(words.rate, 2), "cer": round(chars.rate, 2),
+                         "rtf": round(sum(compute[backend]) / seconds, 4),
+                         "speedup_vs_torch_median": round(statistics.median(ratios), 3),
+                         "bytes_on_disk": sizes[backend],
+                         "same_text_as_torch": sum(a == b for a, b in zip(texts[backend], texts["torch"]))})
+            print(json.dumps({"set": name, **rows[-1]}), file=sys.stderr, flush=True)
+        result["sets"][name] = {"manifest": path, "utts": len(utts), "audio_seconds": round(seconds, 1), "rows": rows}
     save_result(result, args.out, args.report)
     print(json.dumps(result, indent=1))
     return 0

@@ -332,6 +332,26 @@ def _relative(path: str) -> str:
         return path
 
 
+ONNX_PARITY = ROOT / "benchmarks" / "results" / "onnx_parity_default.json"
+
+
+def _confidence() -> dict | None:
+    """The shipped calibration's ECE (benchmarks/confidence.py), when measured."""
+    path = ROOT / "benchmarks" / "results" / "confidence.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _onnx_parity(result: dict) -> dict | None:
+    """The default model's ONNX Runtime figures (benchmarks/onnx_parity.py), when measured for
+    this model in the two-pass mode."""
+    if not ONNX_PARITY.is_file():
+        return None
+    parity = json.loads(ONNX_PARITY.read_text())
+    if parity.get("mode") != "whisper_rescoring" or "sets" not in parity:
+        return None
+    return parity
+
+
 def model_card(result: dict) -> str:
     """The model card (markdown), every number from the result JSON."""
     m = result["model"]
@@ -414,7 +434,29 @@ def model_card(result: dict) -> str:
                      "int8 linear layers (torch dynamic int8; the tied 51,864-token embedding stays float16).")
     lines.append("- Parameters: " + ", ".join(f"{k} {v / 1e6:.3f} M" for k, v in params.items()) + "; stored in "
                  "`model.pt`: " + (", ".join(f"{k} {v / 1e6:.3f} M" for k, v in stored.items()) or "none") + ".")
+    onnx = _onnx_parity(result)
+    if onnx is not None:
+        lines += ["", "## On ONNX Runtime", "",
+                  f"`edgeasr.load_model(\"default\", backend=\"onnx\", int8=True)` (or `--backend onnx --int8`) runs "
+                  "both passes without torch: the streaming encoder graph, then at each endpoint the full-context "
+                  "encoder graph and Whisper's decoder one step at a time in the same joint search "
+                  f"(`benchmarks/results/onnx_parity_default.json`, {onnx['date']}, {onnx['machine']}; the "
+                  "backends take turns on each utterance):", "",
+                  "| set | backend | WER (CER) | RTF | speed-up vs torch (median) | same text as torch | MB on disk |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, entry in onnx["sets"].items():
+            for row in entry["rows"]:
+                lines.append(f"| {name} | {row['backend']} | {row['wer']:.1f} ({row['cer']:.1f}) | {row['rtf']:.4f} | "
+                             f"{row['speedup_vs_torch_median']:.2f}x | {row['same_text_as_torch']}/{entry['utts']} | "
+                             f"{row['bytes_on_disk'] / 1e6:.1f} |")
     targets = whisper_targets(result)
+    if onnx is not None:
+        rtfs = {name: next((r["rtf"] for r in entry["rows"] if r["backend"] == "onnx_int8"), None)
+                for name, entry in onnx["sets"].items()}
+        rtfs = {k: v for k, v in rtfs.items() if v is not None}
+        if rtfs:
+            targets.append(("streaming RTF <= 0.05 at 1 thread on ONNX Runtime int8 (both passes)",
+                            ", ".join(f"{k} {v:.4f}" for k, v in rtfs.items()), max(rtfs.values()) <= 0.05))
     if targets:
         lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in targets]
@@ -428,6 +470,18 @@ def model_card(result: dict) -> str:
     else:
         lines.append("Synthesized speech (`edgeasr corpus synth`; no corpus card was found when this card was "
                      "generated, so the engines below are those the corpus builder uses).")
+    confidence = _confidence()
+    if confidence is not None:
+        fitted = confidence.get("calibration") or {}
+        lines += ["", "## Confidence", "",
+                  "`calibration.json` maps each final word's features to P(word is right) (`edgeasr calibrate`"
+                  + (f", fitted on `{fitted['manifest']}`: {fitted['utterances']} utterances, {fitted['words']:,} words "
+                     "of held-out voices and sentences" if fitted.get("manifest") else "")
+                  + "). Expected calibration error (`benchmarks/results/confidence.json`, raw -> calibrated):", ""]
+        for name, entry in confidence["sets"].items():
+            raw, cal = entry["raw"], entry["calibrated"]
+            lines.append(f"- {name}: words {raw['word_ece']:.3f} -> {cal['word_ece']:.3f}, utterances "
+                         f"{raw['utterance_ece']:.3f} -> {cal['utterance_ece']:.3f}")
     lines += ["", "## Licences", "",
               "- Whisper tiny.en weights (encoder and decoder): MIT, OpenAI; shipped by the "
               f"{package} package (MIT).",
@@ -456,6 +510,7 @@ def model_card(result: dict) -> str:
         "--out models/default/lm",
         *CALIBRATION_COMMANDS,
         result["command"],
+        *([ONNX_PARITY_COMMAND] if onnx is not None else []),
         "```",
         "",
         f"Measured {result['date']} on {result['machine']} (load average {result['load_average'][0]:.1f} at the "
@@ -475,12 +530,19 @@ CALIBRATION_COMMANDS = [
 ]
 
 
+#: how the ONNX Runtime section was measured
+ONNX_PARITY_COMMAND = (
+    "python benchmarks/onnx_parity.py --model default --mode whisper_rescoring "
+    "--manifest test=data/synth-cal/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl "
+    "--out benchmarks/results/onnx_parity_default.json")
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/default", help="the Whisper-based model directory")
-    parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH",
+    parser.add_argument("--manifest", action="append", default=[], metavar="NAME=PATH",
                         help="a test set (repeatable); a name containing 'realdev' marks the real-speech set")
     parser.add_argument("--limit", type=int, help="only the first N utterances of each set")
     parser.add_argument("--chunk-sizes", default="0,32,16", help="encoder frames of 20 ms; 0 = full context")
@@ -501,11 +563,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe", default="configs/whisper/tiny_ctc_frozen.yaml",
                         help="training config named in the card's reproduce section")
     parser.add_argument("--hyps", metavar="FILE", help="write every hypothesis (JSONL) to FILE")
+    parser.add_argument("--card-only", action="store_true",
+                        help="measure nothing: rewrite --card from the JSON at --out (and the ONNX parity JSON)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.card_only:
+        if not args.card:
+            raise EdgeAsrError("--card-only needs --card FILE")
+        Path(args.card).write_text(model_card(json.loads(Path(args.out).read_text())))
+        return 0
+    if not args.manifest:
+        raise EdgeAsrError("--manifest NAME=PATH is needed (at least one set to measure)")
     torch.set_num_threads(1)
     started_all = time.perf_counter()
     chunks = [int(c) for c in args.chunk_sizes.split(",") if c.strip()]

@@ -1,5 +1,7 @@
-"""The default (Whisper-encoder) model's streaming first pass exported to ONNX and run on ONNX
-Runtime without torch: the same log-probabilities as the torch stream, the same text."""
+"""The default (Whisper-encoder) model exported to ONNX and run on ONNX Runtime without torch:
+the streaming first pass gives the same log-probabilities as the torch stream, and the second
+pass (full-context re-encoding, Whisper's decoder step by step in the joint search) the same
+encodings, the same proposals and the same text."""
 
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def stream_log_probs(recognizer, samples, step):
 
 def test_onnx_first_pass_equals_the_torch_stream(exported):
     torch_asr = edgeasr.load_model("default", mode="ctc_prefix_beam")
-    onnx_asr = edgeasr.load_model(str(exported))
+    onnx_asr = edgeasr.load_model(str(exported), mode="ctc_prefix_beam")
     assert type(onnx_asr).__name__ == "OnnxRecognizer" and onnx_asr.mode == "ctc_prefix_beam"
     for clip, step in zip(CLIPS, (777, 1600, 16000)):  # odd piece sizes: windows span the pieces
         samples = load_audio(clip)
@@ -47,14 +49,111 @@ def test_onnx_first_pass_equals_the_torch_stream(exported):
 def test_onnx_int8_first_pass_and_the_api(exported, tmp_path, monkeypatch):
     from edgeasr.evaluate.metrics import word_errors
 
-    int8 = edgeasr.load_model(str(exported), int8=True)
+    int8 = edgeasr.load_model(str(exported), int8=True, mode="ctc_prefix_beam")
     errors = words = 0
     for clip in CLIPS:
         counts = word_errors(clip.with_suffix(".txt").read_text(), int8.transcribe(str(clip)).text)
         errors, words = errors + counts.errors, words + counts.reference_length
     assert errors / words < 0.35  # the first pass alone, int8: still reads the clips
     with pytest.raises(EdgeAsrError, match="torch backend"):
-        edgeasr.load_model(str(exported), mode="whisper_rescoring")
+        edgeasr.load_model(str(exported), second_pass_search="rescore")
     monkeypatch.setenv("EDGEASR_CACHE", str(tmp_path / "cache"))
     cached = edgeasr.load_model("default", backend="onnx")  # exported once into the cache
     assert cached.transcribe(str(CLIPS[0])).text == edgeasr.load_model(str(exported)).transcribe(str(CLIPS[0])).text
+
+
+@pytest.fixture(scope="module")
+def torch_default():
+    return edgeasr.load_model("default")
+
+
+def test_onnx_second_pass_graphs_equal_torch(exported, torch_default):
+    """encoder_full.onnx equals the torch full-context encoder; decoder_step.onnx proposes the
+    same tokens with the same log-probabilities as the (float) torch decoder, step after step."""
+    import torch
+
+    from edgeasr.model.whisper import TorchDecoderSteps
+
+    onnx_asr = edgeasr.load_model(str(exported))
+    assert onnx_asr.mode == "whisper_rescoring"
+    model = torch_default.model
+    samples = load_audio(CLIPS[0])
+    mel = torch_default.frontend.compute(samples)
+    encoded_ort, log_probs_ort = onnx_asr.second_pass.backend.encode(np.asarray(mel))
+    with torch.no_grad():
+        encoded, _ = model.encoder(model.normalize(mel)[None], torch.tensor([mel.shape[0]]), 0, -1)
+        log_probs = model.ctc_log_probs(encoded)[0].numpy()
+    assert encoded_ort.shape == tuple(encoded.shape)
+    assert np.abs(encoded_ort - encoded.numpy()).max() < 2e-3
+    assert np.abs(log_probs_ort - log_probs).max() < 2e-3
+    decoder = model.whisper_decoder
+    decoder.use_int8(False)  # the float graph against the float decoder
+    try:
+        steps = {"torch": TorchDecoderSteps(decoder), "onnx": onnx_asr.second_pass.backend.steps}
+        bias = np.zeros(steps["onnx"].vocab_size, dtype=np.float32)
+        bias[:100] = -np.inf  # never proposed: must never come out
+        tokens = np.array([torch_default.packaged.whisper_prompt] * 2, dtype=np.int64)
+        state = {name: (s.cross(encoded if name == "torch" else encoded_ort), None) for name, s in steps.items()}
+        offset = 0
+        for _ in range(4):
+            out = {}
+            for name, s in steps.items():
+                cross, caches = state[name]
+                values, chosen, eot, caches = s.step(tokens, cross, caches, offset, bias, 5)
+                state[name] = (cross, s.select(caches, np.array([1, 0])))  # beams swap: caches follow
+                out[name] = (values, chosen, eot)
+            assert (out["onnx"][1] == out["torch"][1]).all()
+            assert (out["onnx"][1] >= 100).all()
+            assert np.abs(out["onnx"][0] - out["torch"][0]).max() < 2e-3
+            assert np.abs(out["onnx"][2] - out["torch"][2]).max() < 2e-3
+            offset += tokens.shape[1]
+            tokens = out["torch"][1][::-1, :1].copy()  # each beam goes on with its best token
+    finally:
+        decoder.use_int8()
+
+
+def test_onnx_two_pass_transcribes_like_torch_without_torch(exported, torch_default, tmp_path):
+    """The exported default decodes in whisper_rescoring by default, its text as torch's; the
+    int8 graphs too; and the whole two-pass path runs in a process where torch cannot load."""
+    import subprocess
+    import sys
+
+    from edgeasr.evaluate.metrics import word_errors
+
+    float_asr = edgeasr.load_model(str(exported))
+    int8_asr = edgeasr.load_model(str(exported), int8=True)
+    counts = {"torch": [0, 0], "float": [0, 0], "int8": [0, 0]}
+    for clip in CLIPS:
+        reference = clip.with_suffix(".txt").read_text()
+        for name, asr in (("torch", torch_default), ("float", float_asr), ("int8", int8_asr)):
+            c = word_errors(reference, asr.transcribe(str(clip)).text)
+            counts[name][0] += c.errors
+            counts[name][1] += c.reference_length
+    wer = {name: errors / words for name, (errors, words) in counts.items()}
+    assert wer["float"] <= wer["torch"] + 0.02 and wer["int8"] <= wer["torch"] + 0.05, wer
+    assert wer["int8"] < 0.15, wer  # the two passes read the clips: the first pass alone is ~0.3
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import edgeasr\n"
+        f"r = edgeasr.load_model({str(exported)!r}, int8=True)\n"
+        f"print(r.mode, '|', r.transcribe({str(CLIPS[0].resolve())!r}).text)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    mode, text = done.stdout.strip().split(" | ")
+    assert mode == "whisper_rescoring" and text == int8_asr.transcribe(str(CLIPS[0])).text
+
+
+def test_a_first_pass_only_export_says_how_to_get_the_second(exported, tmp_path):
+    """Exports made before the second pass was exported load (first pass) and name the fix."""
+    import json
+    import shutil
+
+    old = tmp_path / "old-export"
+    shutil.copytree(exported, old)
+    meta = json.loads((old / "metadata.json").read_text())
+    meta.pop("second_pass")
+    (old / "metadata.json").write_text(json.dumps(meta))
+    assert edgeasr.load_model(str(old)).mode == "ctc_prefix_beam"
+    with pytest.raises(EdgeAsrError, match="re-export"):
+        edgeasr.load_model(str(old), mode="whisper_rescoring")

@@ -62,6 +62,11 @@ def test_whisper_benchmark_rows_card_and_report(whisper_imported, tiny_model, tm
     text = card.read_text()
     assert "Whisper tiny.en" in text and "MIT" in text and "| whisper_rescoring |" in text
     assert "chunk 32 (640 ms)" in text and "## Licences" in text and "Apache-2.0" in text
+    # the shipped ONNX Runtime and confidence figures go on the card from their own JSON
+    assert "## On ONNX Runtime" in text and "| realdev | onnx_int8 |" in text and "## Confidence" in text
+    card.unlink()  # --card-only rebuilds the same card from the JSON, measuring nothing
+    assert _benchmark_module().main(["--card-only", "--out", str(out), "--card", str(card)]) == 0
+    assert card.read_text() == text
     bench = report.read_text()
     assert "## Default model: Whisper tiny.en" in bench
     assert "| target | measured | met |" in bench and "<= 25 MB in git" in bench

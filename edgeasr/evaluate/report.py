@@ -610,21 +610,35 @@ def load_test_section(result: dict, name: str) -> list[str]:
 
 
 def onnx_parity_section(result: dict, name: str) -> list[str]:
-    test = result["test"]
+    """Torch against ONNX Runtime (float, int8): same text, WER, RTF, bytes; one table per set."""
+    sets = result.get("sets") or {"test": {**result["test"], "rows": result["rows"]}}  # older files: one set
     lines = [
         f"## ONNX Runtime backend against torch ({name})",
         "",
         f"Model `{result['model']}` streamed at its chunk size, mode {result.get('mode', 'attention_rescoring')}, "
-        f"on {test['utts']} held-out "
-        f"utterances ({test['audio_seconds'] / 60:.1f} min), {result['machine']} ({result['date']}). The ONNX rows run "
-        "without torch (features, encoder with caches, CTC prefix beam, and rescoring where the mode has one).",
-        "",
-        "| backend | same text as torch | WER (CER) | RTF |",
-        "|---|---|---|---|",
+        f"{result['machine']} ({result['date']}). The ONNX rows run without torch (features, encoder with caches, "
+        "CTC prefix beam, and the mode's second pass: attention rescoring, or the Whisper joint search over "
+        "the full-context encoder and decoder graphs).",
     ]
-    for row in result["rows"]:
-        lines.append(f"| {row['backend']} | {row['same_text_as_torch']}/{test['utts']} | {row['wer']:.1f} ({row['cer']:.1f}) | "
-                     f"{row['rtf']:.4f} |")
+    if "sets" in result:
+        lines[-1] += (" The backends take turns on each utterance; speed-up: median over utterances of torch's "
+                      "time / the backend's. MB: what each backend loads from disk (torch: the model directory "
+                      "and the pretrained package file; ONNX: the graphs the mode runs, tokenizers, LM).")
+    for set_name, entry in sets.items():
+        lines += ["", f"**{set_name}** ({entry['utts']} utterances, {entry['audio_seconds'] / 60:.1f} min):", ""]
+        with_speedup = any("speedup_vs_torch_median" in row for row in entry["rows"])
+        head = "| backend | same text as torch | WER (CER) | RTF |"
+        rule = "|---|---|---|---|"
+        if with_speedup:
+            head += " speed-up | MB |"
+            rule += "---|---|"
+        lines += [head, rule]
+        for row in entry["rows"]:
+            line = (f"| {row['backend']} | {row['same_text_as_torch']}/{entry['utts']} | {row['wer']:.1f} "
+                    f"({row['cer']:.1f}) | {row['rtf']:.4f} |")
+            if with_speedup:
+                line += f" {row['speedup_vs_torch_median']:.2f}x | {row['bytes_on_disk'] / 1e6:.1f} |"
+            lines.append(line)
     lines.append("")
     return lines
 
