@@ -5,7 +5,8 @@
         --out benchmarks/results/onnx_parity_default.json
 
 Streams every utterance through the torch recognizer and through the torch-free ONNX Runtime
-recognizer (float graphs, and int8 graphs), at the model's chunk size, in ``--mode`` (default
+recognizer (float graphs, int8 graphs, and 4-bit decoder graphs beside the int8 encoder where
+the mode has a decoder), at the model's chunk size, in ``--mode`` (default
 attention rescoring), 1 thread. The backends take turns on each utterance, so a busy spell of the
 shared machine falls on all of them. Reports per set and backend: utterances whose text equals
 torch's, WER/CER, RTF (compute / audio, and the median of the per-utterance ratios to torch's),
@@ -58,10 +59,12 @@ def loaded_bytes(model: str, export: Path, mode: str) -> dict:
         torch_bytes += pretrained.locate().stat().st_size
     graphs = ["encoder"] + (["encoder_full", "decoder_cross", "decoder_step"] if mode == "whisper_rescoring" else [])
     side = [p for p in export.rglob("*") if p.is_file() and p.suffix != ".onnx"]
+    int4 = [export / (f"{g}.int4.onnx" if g.startswith("decoder") else f"{g}.int8.onnx") for g in graphs]
     return {
         "torch": torch_bytes,
         "onnx": _bytes([export / f"{g}.onnx" for g in graphs]) + _bytes(side),
         "onnx_int8": _bytes([export / f"{g}.int8.onnx" for g in graphs]) + _bytes(side),
+        "onnx_int4": _bytes(int4) + _bytes(side),
     }
 
 
@@ -77,6 +80,8 @@ def main() -> int:
     torch.set_num_threads(1)
     backends = {"torch": load_model(args.model, mode=args.mode), "onnx": load_model(args.model, "onnx", mode=args.mode),
                 "onnx_int8": load_model(args.model, "onnx", mode=args.mode, int8=True)}
+    if args.mode in ("whisper_rescoring", "attention_rescoring"):  # a decoder to run in 4 bits
+        backends["onnx_int4"] = load_model(args.model, "onnx", mode=args.mode, int4=True)
     export = export_cached(args.model, None, None)
     sizes = loaded_bytes(args.model, export, backends["torch"].mode)
     result = {

@@ -439,7 +439,9 @@ def model_card(result: dict) -> str:
         lines += ["", "## On ONNX Runtime", "",
                   f"`edgeasr.load_model(\"default\", backend=\"onnx\", int8=True)` (or `--backend onnx --int8`) runs "
                   "both passes without torch: the streaming encoder graph, then at each endpoint the full-context "
-                  "encoder graph and Whisper's decoder one step at a time in the same joint search "
+                  "encoder graph and Whisper's decoder one step at a time in the same joint search; `int4=True` "
+                  "(`--int4`) runs the decoder graphs with 4-bit weights (MatMulNBits, blocks of 32) beside the int8 "
+                  "encoder graphs "
                   f"(`benchmarks/results/onnx_parity_default.json`, {onnx['date']}, {onnx['machine']}; the "
                   "backends take turns on each utterance):", "",
                   "| set | backend | WER (CER) | RTF | speed-up vs torch (median) | same text as torch | MB on disk |",

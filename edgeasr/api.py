@@ -51,11 +51,13 @@ def load_model(
     ctc_weight: float = 0.5,
     int8: bool = False,
     threads: int = 1,
+    int4: bool = False,
     **options,
 ):
     """A recognizer for ``model`` ("default", a model directory or an ONNX export directory).
 
-    ``int8`` selects the int8 graphs of the ONNX backend; ``chunk_size`` / ``num_left_chunks``
+    ``int8`` selects the int8 graphs of the ONNX backend, ``int4`` its 4-bit decoder graphs
+    (beside the int8 encoder); ``chunk_size`` / ``num_left_chunks``
     override the model's streaming defaults (an existing export keeps the ones it was made with).
     ``options`` are further ``DecodeOptions`` fields, the same for both backends, e.g.
     ``lm="path/to/lm"`` (default "auto": the model directory's lm/), ``lm_weight``,
@@ -70,12 +72,13 @@ def load_model(
     if backend not in BACKENDS:
         raise EdgeAsrError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
     if is_onnx_export(model):
-        return _onnx(Path(model), chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options)
+        return _onnx(Path(model), chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options,
+                     int4)
     if backend == "onnx":
         directory = export_cached(model, chunk_size, num_left_chunks)
-        return _onnx(directory, None, None, mode, beam_size, ctc_weight, int8, threads, options)
-    if int8:
-        raise EdgeAsrError("int8 selects the ONNX backend's int8 graphs; use backend='onnx' "
+        return _onnx(directory, None, None, mode, beam_size, ctc_weight, int8, threads, options, int4)
+    if int8 or int4:
+        raise EdgeAsrError("int8 / int4 select the ONNX backend's quantized graphs; use backend='onnx' "
                            "(or --dynamic-int8 / a quantized model with torch)")
     import torch
 
@@ -99,7 +102,8 @@ def check_threads(threads) -> int:
     return threads
 
 
-def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options):
+def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options,
+          int4=False):
     from edgeasr.decoding.core import DecodeOptions
     from edgeasr.export.runtime import OnnxRecognizer
 
@@ -107,12 +111,12 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
         raise EdgeAsrError(f"{directory}: an ONNX export streams with the chunk size and left context it was "
                            "exported with (re-export to change them)")
     decode = DecodeOptions(mode=mode, beam_size=beam_size, ctc_weight=ctc_weight, **options)
-    return OnnxRecognizer.load(directory, int8=int8, options=decode, threads=max(1, threads))
+    return OnnxRecognizer.load(directory, int8=int8, options=decode, threads=max(1, threads), int4=int4)
 
 
 #: bumped when an export gains graphs, so cached exports made by an older edgeasr are redone
-#: (2: the Whisper second pass on ONNX Runtime)
-EXPORT_LAYOUT = 2
+#: (2: the Whisper second pass on ONNX Runtime; 3: 4-bit decoder graphs)
+EXPORT_LAYOUT = 3
 
 
 def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_left_chunks: int | None) -> Path:
@@ -142,7 +146,7 @@ def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_lef
     print(f"edgeasr: exporting {directory.name} to ONNX once (cached in {out}) ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:  # export beside the cache entry, then rename: a concurrent reader never sees half a graph
-        export_onnx(directory, staging, chunk_size=chunk_size, num_left_chunks=num_left_chunks, int8=True)
+        export_onnx(directory, staging, chunk_size=chunk_size, num_left_chunks=num_left_chunks, int8=True, int4=True)
         try:
             staging.rename(out)
         except OSError:  # another process finished the same export first

@@ -19,7 +19,7 @@ CLIPS = sorted(Path("samples").glob("*.wav"))
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("whisper-onnx")
-    meta = export_onnx("default", out, int8=True)
+    meta = export_onnx("default", out, int4=True)  # float, int8 and 4-bit decoder graphs
     assert meta["format"] == "edgeasr-onnx-whisper-streaming"
     return out
 
@@ -157,3 +157,38 @@ def test_a_first_pass_only_export_says_how_to_get_the_second(exported, tmp_path)
     assert edgeasr.load_model(str(old)).mode == "ctc_prefix_beam"
     with pytest.raises(EdgeAsrError, match="re-export"):
         edgeasr.load_model(str(old), mode="whisper_rescoring")
+
+
+def test_int4_decoder_graphs_are_really_4_bit_and_still_read(exported):
+    """--int4: the decoder graphs' weights are 4-bit blocks (MatMulNBits, GatherBlockQuantized), under
+    half the int8 graph's bytes, and the two passes still read the clips as the int8 graphs do."""
+    import onnx
+
+    from edgeasr.evaluate.metrics import word_errors
+
+    step = onnx.load(str(exported / "decoder_step.int4.onnx"), load_external_data=False)
+    ops = {node.op_type for node in step.graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and "MatMulInteger" not in ops
+    assert (exported / "decoder_step.int4.onnx").stat().st_size < 0.5 * (exported / "decoder_step.int8.onnx").stat().st_size
+    assert not (exported / "encoder.int4.onnx").exists()  # the encoder stays int8 (4-bit costs WER there)
+    int4 = edgeasr.load_model(str(exported), int4=True)
+    int8 = edgeasr.load_model(str(exported), int8=True)
+    assert int4.precision == "int4" and int4.mode == "whisper_rescoring"
+    errors = {"int4": 0, "int8": 0}
+    words = 0
+    for clip in CLIPS:
+        reference = clip.with_suffix(".txt").read_text()
+        words += word_errors(reference, int8.transcribe(str(clip)).text).reference_length
+        errors["int4"] += word_errors(reference, int4.transcribe(str(clip)).text).errors
+        errors["int8"] += word_errors(reference, int8.transcribe(str(clip)).text).errors
+    assert errors["int4"] / words < 0.15 and errors["int4"] <= errors["int8"] + 0.05 * words, errors
+
+
+def test_int4_needs_the_graphs(tmp_path):
+    """Asking an export without 4-bit graphs for them names the fix in one line."""
+    out = tmp_path / "fbank-export"
+    export_onnx("models/u2-baseline", out, int8=True)
+    with pytest.raises(EdgeAsrError, match="--int4"):
+        edgeasr.load_model(str(out), int4=True)
+    with pytest.raises(EdgeAsrError, match="backend='onnx'"):
+        edgeasr.load_model("models/u2-baseline", int4=True)

@@ -34,6 +34,8 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
                         help="torch, or onnx: ONNX Runtime only (a model directory is exported once into "
                              "~/.cache/edgeasr); an export directory always runs on ONNX Runtime")
     parser.add_argument("--int8", action="store_true", help="ONNX backend: run the int8 graphs")
+    parser.add_argument("--int4", action="store_true",
+                        help="ONNX backend: 4-bit decoder graphs beside the int8 encoder (export --int4)")
     parser.add_argument("--gate-threshold", type=float, metavar="P",
                         help="dynamic-compute models: gate-open probability (default: the model's, 0.5); "
                              "higher runs fewer modules")
@@ -89,10 +91,11 @@ def open_recognizer(args: argparse.Namespace):
             raise EdgeAsrError("--gate-threshold and --dynamic-int8 apply to the torch backend")
         return load_model(args.model, "onnx", mode=args.mode, chunk_size=args.chunk_size,
                           num_left_chunks=args.left_chunks, beam_size=args.beam_size,
-                          ctc_weight=args.ctc_weight, int8=args.int8, threads=args.threads,
+                          ctc_weight=args.ctc_weight, int8=args.int8, int4=args.int4, threads=args.threads,
                           reverse_weight=args.reverse_weight, **search_options(args))
-    if args.int8:
-        raise EdgeAsrError("--int8 runs ONNX int8 graphs: add --backend onnx (or use --dynamic-int8 with torch)")
+    if args.int8 or args.int4:
+        raise EdgeAsrError("--int8 / --int4 run quantized ONNX graphs: add --backend onnx (or use --dynamic-int8 "
+                           "with torch)")
     from edgeasr.decoding.recognizer import Recognizer
 
     return Recognizer.load(args.model, decode_options(args))

@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk-size", type=int, help="encoder frames per chunk (default: the model's)")
     parser.add_argument("--left-chunks", type=int, help="chunks of attention history kept (-1 = all; default: the model's)")
     parser.add_argument("--int8", action="store_true", help="also write int8 graphs (onnxruntime dynamic quantization)")
+    parser.add_argument("--int4", action="store_true",
+                        help="also write 4-bit decoder graphs (MatMulNBits, blocks of 32; implies --int8 for the "
+                             "encoder graphs they run beside)")
     parser.set_defaults(func=run)
 
 
@@ -34,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from edgeasr.export.onnx import export_onnx
 
     started = time.monotonic()
-    print(f"edgeasr: exporting {args.model} to ONNX{' (float and int8 graphs)' if args.int8 else ''}: "
+    kinds = " (float, int8 and 4-bit decoder graphs)" if args.int4 else " (float and int8 graphs)" if args.int8 else ""
+    print(f"edgeasr: exporting {args.model} to ONNX{kinds}: "
           "tracing and writing the graphs takes a while ...", file=sys.stderr, flush=True)
-    meta = export_onnx(args.model, args.out, args.chunk_size, args.left_chunks, args.int8)
+    meta = export_onnx(args.model, args.out, args.chunk_size, args.left_chunks, args.int8, int4=args.int4)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(args.out).glob("*.onnx")))
     print(f"exported to {args.out} in {time.monotonic() - started:.0f} s: {sizes}; chunk {meta['chunk_size']}, "
           f"left chunks {meta['num_left_chunks']}")

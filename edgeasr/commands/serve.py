@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--model", default="default", help="model directory, ONNX export, or 'default'")
     serve.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     serve.add_argument("--int8", action="store_true", help="ONNX backend: int8 graphs")
+    serve.add_argument("--int4", action="store_true", help="ONNX backend: 4-bit decoder graphs, int8 encoder")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=6006, help="port (default: 6006; 0 = any free port)")
     serve.add_argument("--chunk-size", type=int, help="encoder frames per chunk (default: the model's)")
@@ -70,7 +71,7 @@ def build_server(args: argparse.Namespace):
     if args.max_session_seconds <= 0 or args.idle_timeout <= 0 or args.endpoint_silence <= 0 or args.max_utterance <= 0:
         raise EdgeAsrError("durations must be positive")
     recognizer = load_model(args.model, args.backend, mode=args.mode, chunk_size=args.chunk_size,
-                            int8=args.int8, threads=1, **search_options(args))
+                            int8=args.int8, int4=args.int4, threads=1, **search_options(args))
     limits = ServerLimits(workers=args.workers, max_sessions=args.max_sessions,
                           max_message_bytes=args.max_message_kb * 1024,
                           max_session_seconds=args.max_session_seconds, idle_timeout=args.idle_timeout,

@@ -210,11 +210,11 @@ class OnnxWhisperBackend:
     name = "onnx"
     model = None  # no torch model: the joint search only
 
-    def __init__(self, directory: Path, suffix: str, threads: int, meta: dict) -> None:
+    def __init__(self, directory: Path, suffix: str, decoder_suffix: str, threads: int, meta: dict) -> None:
         self.blank = meta["blank_id"]
         self.full = _session(directory / f"encoder_full{suffix}", threads)
-        self.steps = OnnxDecoderSteps(_session(directory / f"decoder_cross{suffix}", threads),
-                                      _session(directory / f"decoder_step{suffix}", threads), meta)
+        self.steps = OnnxDecoderSteps(_session(directory / f"decoder_cross{decoder_suffix}", threads),
+                                      _session(directory / f"decoder_step{decoder_suffix}", threads), meta)
 
     def encode(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         encoded, log_probs = self.full.run(None, {"mel": np.asarray(feats, dtype=np.float32)[None]})
@@ -225,7 +225,7 @@ class OnnxRecognizer(DecodingCore):
     """An exported model on ONNX Runtime, decoded by the same ``DecodingCore`` as torch."""
 
     def __init__(self, directory: str | os.PathLike[str], int8: bool = False, options: DecodeOptions | None = None,
-                 threads: int = 1, **option_overrides) -> None:
+                 threads: int = 1, int4: bool = False, **option_overrides) -> None:
         self.directory = Path(directory)
         meta_path = self.directory / "metadata.json"
         if not meta_path.exists():
@@ -239,12 +239,17 @@ class OnnxRecognizer(DecodingCore):
                    if not isinstance(self.meta, dict) or k not in self.meta]
         if missing:
             raise EdgeAsrError(f"{meta_path}: not an edgeasr export's metadata (missing {', '.join(missing)})")
-        suffix = ".int8.onnx" if int8 else ".onnx"
+        #: int4: 4-bit decoder graphs beside the int8 encoder graphs (edgeasr.export.onnx)
+        suffix = ".int8.onnx" if (int8 or int4) else ".onnx"
+        decoder_suffix = ".int4.onnx" if int4 else suffix
+        self.precision = "int4" if int4 else "int8" if int8 else "float"
         encoder_path = self.directory / f"encoder{suffix}"
         if not encoder_path.exists():
             raise EdgeAsrError(f"{self.directory}: missing {encoder_path.name} (export with --int8 for int8 graphs)")
         self.encoder = _session(encoder_path, threads)
-        decoder_path = self.directory / f"decoder{suffix}"
+        if int4 and not any(self.directory.glob("decoder*.int4.onnx")):
+            raise EdgeAsrError(f"{self.directory}: no 4-bit decoder graphs (export with --int4)")
+        decoder_path = self.directory / f"decoder{decoder_suffix}"
         self.decoder = _session(decoder_path, threads) if decoder_path.exists() else None
         self.tokenizer = Tokenizer.load(self.directory / "tokenizer")
         self.whisper = self.meta.get("format") == WHISPER_FORMAT
@@ -275,7 +280,7 @@ class OnnxRecognizer(DecodingCore):
             from edgeasr.text.whisper_tokenizer import WhisperTokenizer
 
             self.second_pass = WhisperSecondPass(
-                OnnxWhisperBackend(self.directory, suffix, threads, self.meta), self.tokenizer,
+                OnnxWhisperBackend(self.directory, suffix, decoder_suffix, threads, self.meta), self.tokenizer,
                 WhisperTokenizer(self.directory / "whisper_tokenizer.json", eot=self.meta["whisper_eot"]),
                 self.meta["whisper_prompt"], ctc_weight=options.whisper_ctc_weight,
                 length_bonus=options.whisper_length_bonus, beam_size=options.beam_size, search="joint")

@@ -133,12 +133,12 @@ class _DecoderStep(nn.Module):
         return (top, tokens_out, eot, *new_caches)
 
 
-def export_whisper_second_pass(packaged, out: Path, int8: bool) -> dict:
+def export_whisper_second_pass(packaged, out: Path, int8: bool, int4: bool = False) -> dict:
     """Write encoder_full.onnx, decoder_cross.onnx, decoder_step.onnx (and their int8 twins) and
     whisper/ (tokenizer); returns the metadata entries they add."""
     import shutil
 
-    from edgeasr.export.onnx import _quantize_int8
+    from edgeasr.export.onnx import _quantize_int4, _quantize_int8
 
     asr = packaged.model.eval()
     dec = asr.whisper_decoder
@@ -178,6 +178,8 @@ def export_whisper_second_pass(packaged, out: Path, int8: bool) -> dict:
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
             if int8:
                 _quantize_int8(out / name, out / name.replace(".onnx", ".int8.onnx"), per_channel=False)
+            if int4 and name.startswith("decoder"):
+                _quantize_int4(out / name, out / name.replace(".onnx", ".int4.onnx"))
     shutil.copy2(packaged.whisper_dir / "tokenizer.json", out / "whisper_tokenizer.json")
     tokens_info = packaged.whisper_tokens
     return {
@@ -196,7 +198,8 @@ def cache_names(num_layers: int, prefix: str = "") -> list[str]:
     return [f"{prefix}{kind}_cache.{i}" for i in range(num_layers) for kind in ("key", "value")]
 
 
-def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, second_pass: bool = True) -> dict:
+def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, second_pass: bool = True,
+                        int4: bool = False) -> dict:
     """Write encoder.onnx (and encoder.int8.onnx), the second pass's graphs when the model has
     Whisper's decoder, tokenizer/ and metadata.json; returns the metadata."""
     from edgeasr.export.onnx import _quantize_int8, stamp_metadata
@@ -250,5 +253,5 @@ def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, 
     if int8:
         _quantize_int8(path, out / "encoder.int8.onnx", per_channel=False)
     if second_pass:
-        metadata.update(export_whisper_second_pass(packaged, out, int8))
+        metadata.update(export_whisper_second_pass(packaged, out, int8, int4))
     return metadata
