@@ -69,7 +69,7 @@ def model_card(result: dict) -> str:
         "| mode | " + " | ".join(("full" if c == 0 else str(c)) for c in result["chunk_sizes"]) + " |",
         "|---|" + "---|" * len(result["chunk_sizes"]),
     ]
-    for mode in MODES:
+    for mode in [m for m in MODES if m in result["accuracy"][str(result["chunk_sizes"][0])]]:
         cells = []
         for chunk in result["chunk_sizes"]:
             r = result["accuracy"][str(chunk)][mode]

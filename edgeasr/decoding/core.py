@@ -110,10 +110,13 @@ class DecodingCore:
     calibrator = None
 
     def _setup_decoding(self, options: "DecodeOptions", has_attention: bool, has_whisper: bool,
-                        model_directory, blank_id: int, max_segment_frames: int | None = None) -> None:
+                        model_directory, blank_id: int, max_segment_frames: int | None = None,
+                        transducer=None) -> None:
+        """``transducer``: the backend's transducer head (torch), for the transducer modes."""
         self.options = options
         options.validate()
-        self.mode_spec = resolve_mode(options.mode, has_attention, has_whisper)
+        self.mode_spec = resolve_mode(options.mode, has_attention, has_whisper, transducer is not None)
+        self.transducer = transducer
         self.mode = self.mode_spec.name
         self.blank_id = blank_id
         self.piece_texts = piece_texts(self.tokenizer)
@@ -155,11 +158,20 @@ class DecodingCore:
         return first, second
 
     def new_search(self, scorer=None, greedy: bool = False):
+        if self.mode_spec.head == "transducer":
+            from edgeasr.model.transducer import TransducerSearch
+
+            return TransducerSearch(self.transducer)  # reads encoder frames: see search_input
         if greedy:
             return GreedySearch(blank=self.blank_id)
         return PrefixBeamSearch(beam_size=self.options.beam_size, blank=self.blank_id, scorer=scorer,
                                 piece_texts=self.piece_texts, token_threshold=self.options.token_threshold,
                                 score_threshold=self.options.score_threshold)
+
+    def search_input(self, encoded, log_probs):
+        """What the mode's search reads per frame: CTC log-probs [T, V], or encoder frames [T, D]
+        for the transducer."""
+        return encoded if self.mode_spec.head == "transducer" else log_probs
 
     def rescore_attention(self, hyps: list[Hypothesis], encoded) -> list[tuple[Hypothesis, float]]:
         raise NotImplementedError
@@ -170,7 +182,7 @@ class DecodingCore:
         if not speech_frames(log_probs, self.blank_id):
             return Result(text="")  # best-path CTC hears nothing: no search may write text here
         search = self.new_search(first, greedy=not self.mode_spec.beam)
-        search.step(log_probs)
+        search.step(self.search_input(encoded[0] if encoded is not None else None, log_probs))
         return self.finalize(search, encoded, audio_seconds, feats, second)
 
     def finalize(self, search, encoded, audio_seconds: float, feats=None, second_scorer=None) -> Result:
@@ -383,7 +395,7 @@ class StreamingSession:
             return
         if self.keep_encoded:
             self.encoded.append(encoded)
-        self.search.step(log_probs)
+        self.search.step(self.recognizer.search_input(encoded, log_probs))
         self.blank_tracker.update(log_probs)
 
     def _close_segment(self, final: bool) -> None:

@@ -20,6 +20,9 @@ class Mode:
     #: the second pass at each segment's end: None, "attention" (U2) or "whisper"
     second_pass: str | None
     summary: str
+    #: the head whose output the search reads: "ctc" (log-probs) or "transducer" (encoder frames
+    #: through the predictor and joiner; the CTC head still drives endpointing)
+    head: str = "ctc"
 
 
 MODES: dict[str, Mode] = {mode.name: mode for mode in (
@@ -28,13 +31,16 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          summary="CTC prefix beam search, with the LM and hotwords when given"),
     Mode("attention_rescoring", beam=True, second_pass="attention",
          summary="the beam's n-best rescored by the model's attention decoder (Whisper's for Whisper models)"),
+    Mode("transducer_greedy", beam=False, second_pass=None, head="transducer",
+         summary="greedy search of the transducer head, at most 3 symbols per frame (transducer models)"),
     Mode("whisper_rescoring", beam=True, second_pass="whisper",
          summary="Whisper's decoder and the CTC head decode each segment jointly (Whisper models)"),
 )}
 MODE_NAMES = tuple(MODES)
 
 
-def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decoder: bool) -> Mode:
+def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decoder: bool,
+                 has_transducer: bool = False) -> Mode:
     """The mode that runs: "attention_rescoring" means "rescore with the decoder the model has"
     (Whisper's, or none: then the beam alone); "whisper_rescoring" needs a Whisper decoder."""
     if requested not in MODES:
@@ -43,4 +49,7 @@ def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decode
         requested = "whisper_rescoring" if has_whisper_decoder else "ctc_prefix_beam"
     if requested == "whisper_rescoring" and not has_whisper_decoder:
         raise EdgeAsrError("whisper_rescoring needs a model with a Whisper decoder (edgeasr import whisper)")
+    if MODES[requested].head == "transducer" and not has_transducer:
+        raise EdgeAsrError(f"{requested} needs a model with a transducer head (model.transducer in its config; "
+                           "torch backend)")
     return MODES[requested]

@@ -95,7 +95,8 @@ class Recognizer(DecodingCore):
         self.frontend = packaged.features
         self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
         self._setup_decoding(options, self.model.decoder is not None, self.model.whisper_decoder is not None,
-                             packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None))
+                             packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None),
+                             transducer=getattr(self.model, "transducer", None))
         if self.mode == "whisper_rescoring":
             from edgeasr.decoding.whisper_rescoring import TorchWhisperBackend, WhisperSecondPass
 

@@ -29,11 +29,12 @@ def decode_all_modes(packaged, utts, audio, chunk_size: int, beam_size: int = 10
     from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 
     options.setdefault("lm", None)
+    model = packaged.model
+    modes = [m for m in MODES if MODE_REGISTRY[m].head != "transducer" or getattr(model, "transducer", None) is not None]
     recognizers = {mode: Recognizer(packaged, DecodeOptions(mode=mode, beam_size=beam_size, ctc_weight=ctc_weight,
                                                             chunk_size=chunk_size, **options))
-                   for mode in MODES}
-    model = packaged.model
-    totals = {mode: [ErrorCounts(), ErrorCounts()] for mode in MODES}
+                   for mode in modes}
+    totals = {mode: [ErrorCounts(), ErrorCounts()] for mode in modes}
     for utt, samples in zip(utts, audio):
         feats = packaged.features.compute(samples)
         encoded, _ = model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]), chunk_size, -1)

@@ -96,6 +96,12 @@ class ModelConfig:
     #: Whisper's own decoder (edgeasr.model.whisper.WhisperDecoderConfig as a dict) as a second
     #: pass over a full-context re-encoding; None = no Whisper decoder.
     whisper_decoder: dict | None = None
+    #: A transducer head (edgeasr.model.transducer: ``predictor_dim``, ``joint_dim``, ``context``)
+    #: over the encoder beside the CTC head; None = none. Trained jointly with CTC (the CTC head
+    #: also drives endpointing): loss = (1 - transducer_weight) * (CTC/attention loss) +
+    #: transducer_weight * RNN-T loss.
+    transducer: dict | None = None
+    transducer_weight: float = 0.75
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -138,6 +144,16 @@ class ASRModel(nn.Module):
             from edgeasr.model.whisper import WhisperDecoder, WhisperDecoderConfig
 
             self.whisper_decoder = WhisperDecoder(WhisperDecoderConfig.from_dict(config.whisper_decoder))
+        self.transducer = None
+        if config.transducer is not None:
+            from edgeasr.model.transducer import TransducerConfig, TransducerHead
+
+            known = {"predictor_dim", "joint_dim", "context"}
+            unknown = sorted(set(config.transducer) - known)
+            if unknown:
+                raise ValueError(f"model.transducer: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            self.transducer = TransducerHead(TransducerConfig(vocab_size=config.vocab_size, encoder_dim=d_model,
+                                                              blank=0, **config.transducer))
         self.blank_id = 0
         self.sos_id = self.eos_id = config.vocab_size - 1
         self.ctc_loss = nn.CTCLoss(blank=self.blank_id, reduction="sum", zero_infinity=True)
@@ -236,6 +252,10 @@ class ASRModel(nn.Module):
                 att = (1 - w) * att + w * rev
             losses["attention"] = att
             loss = self.config.ctc_weight * ctc + (1 - self.config.ctc_weight) * att
+        if self.transducer is not None:
+            losses["transducer"] = self.transducer.loss(encoded, enc_lengths, targets, token_lengths)
+            weight = self.config.transducer_weight
+            loss = (1 - weight) * loss + weight * losses["transducer"]
         quant = self.config.quantization
         if quant and quant.get("regularizer_weight", 0.0) > 0 and self.training:
             from edgeasr.quant.qat import quantization_regularizer

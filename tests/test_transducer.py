@@ -1,0 +1,188 @@
+"""The transducer head: RNN-T loss against a brute-force sum over alignments, its gradients,
+padding, and a tiny head that learns to transcribe, decoded greedily in chunks."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from edgeasr.model.transducer import TransducerConfig, TransducerHead, rnnt_loss
+
+
+def brute_force_nll(log_probs: torch.Tensor, targets: list[int], blank: int = 0) -> float:
+    """-log sum over every alignment: paths of T blanks and U emissions, the last move a blank."""
+    frames, nodes, _ = log_probs.shape
+    total = []
+    steps = frames + len(targets) - 1  # moves before the final blank
+    for emit_positions in itertools.combinations(range(steps), len(targets)):
+        t = u = 0
+        score = 0.0
+        for move in range(steps):
+            if move in emit_positions:
+                score += float(log_probs[t, u, targets[u]])
+                u += 1
+            else:
+                score += float(log_probs[t, u, blank])
+                t += 1
+        score += float(log_probs[frames - 1, len(targets), blank])
+        total.append(score)
+    return -math.log(sum(math.exp(s) for s in total))
+
+
+@pytest.mark.parametrize("frames,targets", [(1, []), (1, [2]), (3, [1]), (4, [1, 2, 2]), (5, [3, 1, 2, 3])])
+def test_loss_equals_the_sum_over_all_alignments(frames, targets):
+    torch.manual_seed(frames + len(targets))
+    logits = torch.randn(1, frames, len(targets) + 1, 4, dtype=torch.float64)
+    target = torch.tensor([targets or [0]])[:, : len(targets)] if targets else torch.zeros(1, 0, dtype=torch.long)
+    loss = rnnt_loss(logits, target, torch.tensor([frames]), torch.tensor([len(targets)]), reduction="none")
+    expected = brute_force_nll(logits[0].log_softmax(-1), targets)
+    assert float(loss[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradients_are_those_of_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[1, 4], [2, 0]])
+    lengths, target_lengths = torch.tensor([4, 3]), torch.tensor([2, 1])
+    # float64 through the recursion: gradcheck's finite differences need it
+    assert torch.autograd.gradcheck(
+        lambda x: rnnt_loss(x.double(), targets, lengths, target_lengths, reduction="sum").double(), (logits,),
+        eps=1e-6, atol=1e-4)
+
+
+def test_padding_changes_nothing():
+    """Each utterance of a padded batch gets the loss it has alone."""
+    torch.manual_seed(1)
+    a = torch.randn(1, 5, 4, 6)
+    b = torch.randn(1, 3, 2, 6)
+    batch = torch.randn(2, 5, 4, 6)  # padding is garbage, not zeros
+    batch[0] = a[0]
+    batch[1, :3, :2] = b[0]
+    targets = torch.tensor([[1, 2, 3], [4, 9, 9]])
+    together = rnnt_loss(batch, targets, torch.tensor([5, 3]), torch.tensor([3, 1]), reduction="none")
+    alone_a = rnnt_loss(a, targets[:1], torch.tensor([5]), torch.tensor([3]), reduction="none")
+    alone_b = rnnt_loss(b, targets[1:, :1], torch.tensor([3]), torch.tensor([1]), reduction="none")
+    assert torch.allclose(together, torch.cat([alone_a, alone_b]), atol=1e-5)
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="target positions"):
+        rnnt_loss(torch.randn(1, 3, 2, 4), torch.tensor([[1, 2]]), torch.tensor([3]), torch.tensor([2]))
+    with pytest.raises(ValueError, match="frames"):
+        rnnt_loss(torch.randn(1, 3, 3, 4), torch.tensor([[1, 2]]), torch.tensor([0]), torch.tensor([2]))
+
+
+def test_a_tiny_transducer_learns_and_greedy_decodes_in_chunks():
+    """Encoder frames that announce each token (a random code every third frame, noise between):
+    the head learns to emit the tokens, and greedy search over chunks of 4 frames gives the same
+    tokens as over the whole utterance. (No token repeats the one before it: a repeat announced
+    by an identical frame, after an identical context, is indistinguishable from the frame of the
+    first one in this toy; real encoder frames differ.)"""
+    torch.manual_seed(0)
+    vocab, dim = 6, 16
+    head = TransducerHead(TransducerConfig(vocab_size=vocab, encoder_dim=dim, predictor_dim=16, joint_dim=32))
+    codes = torch.randn(vocab, dim)
+
+    def sample(batch: int):
+        lengths = torch.randint(2, 5, (batch,))
+        targets = torch.randint(1, vocab, (batch, 4))
+        for u in range(1, 4):  # no token equal to the one before it
+            same = targets[:, u] == targets[:, u - 1]
+            targets[same, u] = targets[same, u] % (vocab - 1) + 1
+        frames = 3 * 4 + 2
+        encoded = 0.3 * torch.randn(batch, frames, dim)
+        for b in range(batch):
+            for u in range(int(lengths[b])):
+                encoded[b, 3 * u + 1] += codes[targets[b, u]]
+        return encoded, torch.full((batch,), frames), targets, lengths
+
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+    for _ in range(300):
+        encoded, frames, targets, lengths = sample(16)
+        loss = head.loss(encoded, frames, targets, lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head.eval()
+    encoded, _, targets, lengths = sample(8)
+    right = 0
+    for b in range(8):
+        whole = head.greedy()
+        whole.step(encoded[b])
+        chunked = head.greedy()
+        for start in range(0, encoded.size(1), 4):
+            chunked.step(encoded[b, start : start + 4])
+        assert chunked.tokens == whole.tokens and chunked.times == whole.times
+        right += whole.tokens == targets[b, : int(lengths[b])].tolist()
+    assert right >= 7, f"{right}/8 utterances transcribed"
+
+
+STEPS, LR = 150, 5e-3
+
+
+@pytest.fixture(scope="module")
+def transducer_model(tmp_path_factory):
+    """A tiny fbank model with CTC and transducer heads, trained a few steps on one clip."""
+    from edgeasr.audio.fbank import FbankOptions
+    from edgeasr.audio.io import load_audio
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import StreamingDefaults, save_model_dir
+    from edgeasr.text.tokenizer import Tokenizer
+
+    text = open("samples/kokoro-male.txt").read().strip().lower()
+    tokenizer = Tokenizer.train([text], kind="char")
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict({
+        "vocab_size": tokenizer.vocab_size,
+        "encoder": {"d_model": 64, "num_heads": 4, "d_ff": 128, "num_blocks": 2, "dropout": 0.0},
+        "decoder": {"num_layers": 0},
+        "ctc_weight": 1.0,
+        "transducer": {"predictor_dim": 32, "joint_dim": 64, "context": 2},
+        "static_chunk_size": 4, "dynamic_chunk": False,
+    })
+    model = ASRModel(config)
+    features = FbankOptions()
+    feats = features.compute(load_audio("samples/kokoro-male.wav", sample_rate=16000))
+    tokens = torch.tensor([tokenizer.encode(text)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    losses = []
+    for _ in range(STEPS):
+        out = model(feats[None], torch.tensor([feats.size(0)]), tokens, torch.tensor([tokens.size(1)]))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(float(out["transducer"].detach()))
+    directory = save_model_dir(tmp_path_factory.mktemp("transducer"), model.eval(), tokenizer, features,
+                               StreamingDefaults(chunk_size=4, num_left_chunks=-1))
+    return directory, losses, text
+
+
+def test_transducer_head_trains_in_the_model_and_decodes_streaming(transducer_model):
+    """The model's loss includes the transducer's and it falls; transducer_greedy streams through
+    the decoding core (endpointing by the CTC head) and gives the offline text."""
+    import edgeasr
+    from edgeasr.audio.io import load_audio
+    from edgeasr.evaluate.metrics import char_errors
+
+    directory, losses, text = transducer_model
+    assert losses[-1] < 0.5 * losses[0]
+    recognizer = edgeasr.load_model(str(directory), mode="transducer_greedy", segment=False)
+    assert recognizer.mode == "transducer_greedy"
+    samples = load_audio("samples/kokoro-male.wav", sample_rate=16000)
+    offline = recognizer.transcribe(samples)
+    session = recognizer.stream()
+    for start in range(0, len(samples), 1234):
+        session.accept(samples[start : start + 1234])
+    streamed = session.finish()
+    assert streamed.text == offline.text
+    assert char_errors(text, streamed.text).rate < 60  # it learnt the clip it saw (60 steps)
+    assert [w.start for w in streamed.words] == sorted(w.start for w in streamed.words)
+
+
+def test_transducer_mode_needs_a_transducer_head(tiny_model):
+    import edgeasr
+    from edgeasr.errors import EdgeAsrError
+
+    with pytest.raises(EdgeAsrError, match="transducer head"):
+        edgeasr.load_model(str(tiny_model), mode="transducer_greedy")
