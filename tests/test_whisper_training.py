@@ -47,3 +47,26 @@ def test_frozen_whisper_head_trains_resumes_and_packages_small(tiny_corpus, tmp_
     result = recognizer.transcribe("samples/flite-awb.wav")
     assert isinstance(result.text, str)
     shutil.rmtree(out / "checkpoints")
+
+
+def test_transducer_head_on_the_frozen_default_trains_and_decodes(tiny_corpus, tmp_path):
+    """configs/whisper/tiny_transducer_frozen.yaml: the default's encoder, CTC head and Whisper
+    decoder stay as they are; the transducer head trains, packages small and decodes streaming."""
+    recipe = yaml.safe_load(open("configs/whisper/tiny_transducer_frozen.yaml"))
+    assert recipe["train"]["init_from"] == "models/default"
+    recipe["train"].update(max_steps=3, max_minutes=0, checkpoint_every=3, eval_every=3, eval_utts=2,
+                           warmup_steps=1, max_frames=3000, feature_jobs=1, average_last=1, speeds=[1.0])
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "exp"
+    assert main(["train", "--config", str(config), "--data", str(tiny_corpus), "--out", str(out)]) == 0
+    log = (out / "train_log.csv").read_text().splitlines()
+    assert "transducer" in log[0].split(",")
+    trained, start = load_model_dir(out / "model"), load_model_dir("models/default")
+    assert trained.model.transducer is not None
+    for name in ("encoder.layers.3.attn.query.weight", "ctc.0.weight"):
+        assert torch.equal(trained.model.state_dict()[name], start.model.state_dict()[name]), name
+    assert (out / "model" / "model.pt").stat().st_size < 4e6  # the heads only: the encoder is linked
+    recognizer = Recognizer(trained, DecodeOptions(mode="transducer_greedy", chunk_size=32))
+    assert isinstance(recognizer.transcribe("samples/flite-awb.wav").text, str)
+    shutil.rmtree(out / "checkpoints")

@@ -302,7 +302,7 @@ _FRESH_STATE = tuple(f".{q}.{b}" for q in ("input_quant", "output_quant") for b 
 def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str] | PackagedModel,
                       layers: list[int] | None = None) -> PackagedModel:
     """Copy a packaged model's weights (CMVN included) into ``model``, whose config may add
-    quantizers (their ranges start fresh) or gate predictors (they start fresh) but must
+    quantizers (their ranges start fresh), gate predictors or a transducer head (fresh) but must
     otherwise match; returns the source package. ``layers`` picks which source encoder layers
     fill the model's layers, in order (layer pruning: a shallower model from a deeper one).
     The source may be a package already loaded (the trainer reads its config first)."""
@@ -324,7 +324,10 @@ def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str] | Pa
     except RuntimeError as error:
         detail = str(error).splitlines()[-1].strip()
         raise EdgeAsrError(f"{source.directory}: weights do not fit this config ({detail})") from None
-    missing = [name for name in missing if not name.endswith(_FRESH_STATE) and not name.startswith("encoder.dynamic.")]
+    # Added parts start fresh: quantizer ranges, gate predictors, a transducer head beside the
+    # source's heads (a transducer trained on a frozen pretrained encoder).
+    missing = [name for name in missing if not name.endswith(_FRESH_STATE) and not name.startswith("encoder.dynamic.")
+               and not (name.startswith("transducer.") and getattr(source.model, "transducer", None) is None)]
     if missing or unexpected:
         names = ", ".join((missing + unexpected)[:3])
         raise EdgeAsrError(f"{source.directory}: the model does not match this config ({names} ...)")

@@ -328,6 +328,8 @@ def train(
     log_fields = ["step", "epoch", "loss", "ctc", "attention", "lr", "frames_per_s", "elapsed_s", "dev_cer", "dev_wer"]
     if getattr(model.encoder, "dynamic", None) is not None:
         log_fields.append("compute")  # dynamic compute: the gated modules' mean compute fraction
+    if getattr(model, "transducer", None) is not None:
+        log_fields.append("transducer")  # the RNN-T loss
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(log_fields)
@@ -495,7 +497,9 @@ def _parameter_groups(model: ASRModel, gate_lr_scale: float) -> list[dict]:
 
 
 def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance], tokenizer: Tokenizer) -> tuple[float, float]:
-    """CTC-greedy CER and WER (percent) on the dev subset, full context: a cheap progress signal."""
+    """Greedy CER and WER (percent) on the dev subset, full context: a cheap progress signal. A
+    model with a transducer head is measured by its transducer (greedy), the head that decides
+    its text in transducer modes; otherwise by CTC."""
     import jiwer
 
     from edgeasr.decoding.ctc import ctc_greedy
@@ -504,8 +508,14 @@ def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance],
     refs, hyps = [], []
     for item, utt in enumerate(utts):
         f = store.get(item)
-        encoded, _ = model.encode(f.unsqueeze(0), torch.tensor([f.size(0)]))
-        hyp = ctc_greedy(model.ctc_log_probs(encoded)[0], model.blank_id)
+        with torch.no_grad():
+            encoded, _ = model.encode(f.unsqueeze(0), torch.tensor([f.size(0)]))
+            if getattr(model, "transducer", None) is not None:
+                search = model.transducer.greedy()
+                search.step(encoded[0])
+                hyp = search
+            else:
+                hyp = ctc_greedy(model.ctc_log_probs(encoded)[0], model.blank_id)
         refs.append(utt.text)
         hyps.append(tokenizer.decode(hyp.tokens))
     model.train()
