@@ -3,6 +3,7 @@ padding, and a tiny head that learns to transcribe, decoded greedily in chunks."
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +187,24 @@ def test_transducer_mode_needs_a_transducer_head(tiny_model):
 
     with pytest.raises(EdgeAsrError, match="transducer head"):
         edgeasr.load_model(str(tiny_model), mode="transducer_greedy")
+
+
+def test_transducer_benchmark_writes_rows_and_a_report_section(transducer_model, tmp_path):
+    import json
+
+    from benchmark_helpers import load_benchmark
+    from edgeasr.data.manifest import Utterance, write_manifest
+
+    directory, _, text = transducer_model
+    manifest = tmp_path / "clip.jsonl"
+    clip = str(Path("samples/kokoro-male.wav").resolve())  # manifests resolve paths against their folder
+    write_manifest(manifest, [Utterance(audio=clip, text=text, duration=5.0)])
+    out, report = tmp_path / "results" / "transducer.json", tmp_path / "BENCHMARKS.md"
+    assert load_benchmark("transducer").main([
+        "--model", str(directory), "--manifest", f"clip={manifest}", "--modes", "ctc_greedy,transducer_greedy",
+        "--out", str(out), "--report", str(report)]) == 0
+    rows = json.loads(out.read_text())["sets"]["clip"]["rows"]
+    assert set(rows) == {"ctc_greedy", "transducer_greedy"}
+    assert rows["transducer_greedy"]["wer"] < rows["ctc_greedy"]["wer"]  # the transducer learnt faster here
+    assert rows["transducer_greedy"]["rtf"] > 0
+    assert "## Transducer head against CTC" in report.read_text()

@@ -713,6 +713,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += encoders_section(result, path.name, plot)
         elif result.get("benchmark") == "onnx_parity":
             lines += onnx_parity_section(result, path.name)
+        elif result.get("benchmark") == "transducer":
+            lines += transducer_section(result, path.name)
         elif result.get("benchmark") == "load_test":
             lines += load_test_section(result, path.name)
         elif result.get("benchmark") == "capacity":
@@ -732,6 +734,29 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += dynamic_section(result, path.name, plot)
     atomic_write_text(out, "\n".join(lines))
     return out
+
+
+def transducer_section(result: dict, name: str) -> list[str]:
+    """The transducer head beside the CTC and Whisper modes on one encoder (benchmarks/transducer.py)."""
+    params = result["parameters"]
+    modes = list(next(iter(result["sets"].values()))["rows"])
+    lines = [
+        f"## Transducer head against CTC and the Whisper second pass ({name})",
+        "",
+        f"Model `{result['model']}` (encoder {params['encoder'] / 1e6:.2f} M parameters, CTC head "
+        f"{params['ctc'] / 1e6:.2f} M, transducer head {params['transducer'] / 1e6:.2f} M, Whisper decoder "
+        f"{params['whisper_decoder'] / 1e6:.2f} M), streamed at chunk {result['chunk_size']} "
+        f"({result['chunk_size'] * result['frame_ms']:.0f} ms), the modes taking turns on each utterance; "
+        f"{result['machine']} ({result['date']}). Time: median over utterances of the mode's time / {modes[0]}'s.",
+        "",
+        "| set | mode | WER (CER) | RTF | time vs " + modes[0] + " |",
+        "|---|---|---|---|---|",
+    ]
+    for set_name, entry in result["sets"].items():
+        for mode, row in entry["rows"].items():
+            lines.append(f"| {set_name} ({entry['utts']} utts) | {mode} | {row['wer']:.1f} ({row['cer']:.1f}) | "
+                         f"{row['rtf']:.4f} | {row['time_vs_first_mode_median']:.2f}x |")
+    return lines + [""]
 
 
 def confidence_section(result: dict, name: str) -> list[str]:
