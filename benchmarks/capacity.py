@@ -218,6 +218,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    parser.add_argument("--precision", default="float", choices=("float", "int8", "int4"),
+                        help="ONNX backend: the graphs the server runs (int4: 4-bit decoder, int8 encoder)")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per session")
     parser.add_argument("--workers", type=int, default=2)
@@ -240,10 +242,12 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen([sys.executable, "-m", "edgeasr", "serve", "--model", args.model, "--backend",
                                args.backend, "--port", "0", "--workers", str(args.workers),
-                               "--max-sessions", str(args.tricklers)],
+                               "--max-sessions", str(args.tricklers),
+                               *([f"--{args.precision}"] if args.precision != "float" else [])],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     result = {**run_facts("capacity", "benchmarks/capacity.py", sys.argv[1:]), "model": args.model,
-              "backend": args.backend, "workers": args.workers, "seconds_per_session": args.seconds,
+              "backend": args.backend, "precision": args.precision, "workers": args.workers,
+              "seconds_per_session": args.seconds,
               "p95_limit_ms": P95_LIMIT_MS}
     try:
         match = re.search(r"ws://[^:]+:(\d+)", server.stdout.readline())

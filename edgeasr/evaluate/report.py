@@ -794,7 +794,9 @@ def capacity_section(result: dict, name: str) -> list[str]:
     lines = [
         f"## Streaming server capacity, overload and soak ({name})",
         "",
-        f"`edgeasr serve` ({result['backend']}, model `{result['model']}`, {result['workers']} workers) on "
+        f"`edgeasr serve` ({result['backend']}"
+        f"{', ' + result['precision'] + ' graphs' if result.get('precision', 'float') != 'float' else ''}, "
+        f"model `{result['model']}`, {result['workers']} workers) on "
         f"{result['machine']} ({result['date']}), clients in a second process on the same 2 cores. Each session "
         f"streams {result['seconds_per_session']:g} s of speech at real time in 100 ms messages and asks for a reply "
         "to each; latency is from sending a message to its reply (queueing included). A level is served at real "
