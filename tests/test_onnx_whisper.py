@@ -192,3 +192,24 @@ def test_int4_needs_the_graphs(tmp_path):
         edgeasr.load_model(str(out), int4=True)
     with pytest.raises(EdgeAsrError, match="backend='onnx'"):
         edgeasr.load_model("models/u2-baseline", int4=True)
+
+
+def test_the_server_runs_both_passes_on_onnx_runtime(exported):
+    """`edgeasr serve --backend onnx --int8` on the default: finals come from the ONNX second pass
+    (on a worker, beside the stream) and say what the recognizer says of the whole clip."""
+    import asyncio
+
+    from edgeasr.serve.client import stream_audio
+    from edgeasr.serve.server import ServerLimits
+    from serve_helpers import RunningServer
+
+    recognizer = edgeasr.load_model(str(exported), int8=True)
+    samples = np.round(load_audio(CLIPS[0]) * 32767) / 32767  # what 16-bit PCM carries
+    server = RunningServer(recognizer, ServerLimits())
+    try:
+        events = asyncio.run(stream_audio(server.url, samples, speed=0))
+    finally:
+        server.close()
+    finals = [e for e in events if e["type"] == "final"]
+    assert events[-1]["type"] == "done" and finals
+    assert " ".join(e["text"] for e in finals if e["text"]) == recognizer.transcribe(samples.astype(np.float32)).text
