@@ -29,7 +29,8 @@ import torch
 from edgeasr.api import export_cached, load_model
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
-from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
+from edgeasr.evaluate.accuracy import transcribe_in_turns
+from edgeasr.evaluate.metrics import corpus_errors
 from edgeasr.evaluate.report import save_result
 from edgeasr.model.package import load_model_dir, resolve_model_dir
 
@@ -98,20 +99,10 @@ def main() -> int:
         utts = read_manifest(path)[: args.limit]
         audio = [load_audio(u.audio) for u in utts]
         seconds = sum(len(a) for a in audio) / 16000
-        for recognizer in backends.values():  # warm-up: first-call allocations are not speed
-            recognizer.transcribe(audio[0][:16000])
-        texts = {b: [] for b in backends}
-        compute = {b: [] for b in backends}
-        for samples in audio:
-            for backend, recognizer in backends.items():
-                started = time.perf_counter()
-                texts[backend].append(recognizer.transcribe(samples).text)
-                compute[backend].append(time.perf_counter() - started)
+        texts, compute = transcribe_in_turns(backends, audio)
         rows = []
         for backend in backends:
-            words, chars = ErrorCounts(), ErrorCounts()
-            for utt, text in zip(utts, texts[backend]):
-                words, chars = words + word_errors(utt.text, text), chars + char_errors(utt.text, text)
+            words, chars = corpus_errors((u.text for u in utts), texts[backend])
             ratios = [t / r for t, r in zip(compute["torch"], compute[backend]) if r > 0]
             rows.append({"backend": backend, "wer": round(words.rate, 2), "cer": round(chars.rate, 2),
                          "rtf": round(sum(compute[backend]) / seconds, 4),

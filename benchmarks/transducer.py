@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,8 @@ import torch
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
-from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
+from edgeasr.evaluate.accuracy import transcribe_in_turns
+from edgeasr.evaluate.metrics import corpus_errors
 from edgeasr.evaluate.report import run_facts, save_result
 from edgeasr.model.package import load_model_dir
 
@@ -69,20 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         utts = read_manifest(path)[: args.limit]
         audio = [load_audio(u.audio) for u in utts]
         seconds = sum(len(a) for a in audio) / 16000
-        for recognizer in recognizers.values():
-            recognizer.transcribe(audio[0][:16000])  # warm-up
-        texts = {m: [] for m in modes}
-        times = {m: [] for m in modes}
-        for samples in audio:
-            for mode, recognizer in recognizers.items():
-                started = time.perf_counter()
-                texts[mode].append(recognizer.transcribe(samples).text)
-                times[mode].append(time.perf_counter() - started)
+        texts, times = transcribe_in_turns(recognizers, audio)
         rows = {}
         for mode in modes:
-            words, chars = ErrorCounts(), ErrorCounts()
-            for utt, text in zip(utts, texts[mode]):
-                words, chars = words + word_errors(utt.text, text), chars + char_errors(utt.text, text)
+            words, chars = corpus_errors((u.text for u in utts), texts[mode])
             ratios = [t / b for t, b in zip(times[mode], times[modes[0]]) if b > 0]
             rows[mode] = {"wer": round(words.rate, 2), "cer": round(chars.rate, 2),
                           "rtf": round(sum(times[mode]) / seconds, 4),

@@ -98,8 +98,6 @@ def ctc_align(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> tuple
 class TorchWhisperBackend:
     """The second pass's model on torch: full-context re-encoding and the decoder's steps."""
 
-    name = "torch"
-
     def __init__(self, model, int8_logits: bool = True) -> None:
         from edgeasr.model.whisper import TorchDecoderSteps
 
@@ -227,9 +225,11 @@ class WhisperSecondPass:
         import torch
 
         with torch.no_grad():
-            return self._rescore_torch(torch, encoded, log_probs, first_pass, scorer)
+            return self._rescore_torch(encoded, log_probs, first_pass, scorer)
 
-    def _rescore_torch(self, torch, encoded, log_probs, first_pass, scorer) -> list[tuple[Hypothesis, float]]:
+    def _rescore_torch(self, encoded, log_probs, first_pass, scorer) -> list[tuple[Hypothesis, float]]:
+        import torch
+
         model = self.backend.model
         search = PrefixBeamSearch(beam_size=self.beam_size)
         search.step(log_probs)

@@ -49,3 +49,21 @@ def decode_all_modes(packaged, utts, audio, chunk_size: int, beam_size: int = 10
                "deletions": w.deletions, "insertions": w.insertions, "words": w.reference_length}
         for mode, (w, c) in totals.items()
     }
+
+
+def transcribe_in_turns(recognizers: dict, audio: list) -> tuple[dict, dict]:
+    """Every utterance through every recognizer, the recognizers taking turns on each one (a busy
+    spell of a shared machine then falls on all of them); a warm-up second first, untimed.
+    Returns ({name: texts}, {name: seconds per utterance})."""
+    import time
+
+    for recognizer in recognizers.values():
+        recognizer.transcribe(audio[0][:16000])
+    texts = {name: [] for name in recognizers}
+    seconds = {name: [] for name in recognizers}
+    for samples in audio:
+        for name, recognizer in recognizers.items():
+            started = time.perf_counter()
+            texts[name].append(recognizer.transcribe(samples).text)
+            seconds[name].append(time.perf_counter() - started)
+    return texts, seconds

@@ -58,3 +58,11 @@ def char_errors(reference: str, hypothesis: str) -> ErrorCounts:
     ref = list(normalize_text(reference).replace(" ", ""))
     hyp = list(normalize_text(hypothesis).replace(" ", ""))
     return _counts(ref, hyp)
+
+
+def corpus_errors(references, hypotheses) -> tuple[ErrorCounts, ErrorCounts]:
+    """(word errors, character errors) summed over paired references and hypotheses."""
+    words, chars = ErrorCounts(), ErrorCounts()
+    for reference, hypothesis in zip(references, hypotheses):
+        words, chars = words + word_errors(reference, hypothesis), chars + char_errors(reference, hypothesis)
+    return words, chars

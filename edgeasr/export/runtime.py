@@ -207,7 +207,6 @@ class OnnxDecoderSteps:
 class OnnxWhisperBackend:
     """The Whisper second pass's model on ONNX Runtime (``edgeasr.decoding.whisper_rescoring``)."""
 
-    name = "onnx"
     model = None  # no torch model: the joint search only
 
     def __init__(self, directory: Path, suffix: str, decoder_suffix: str, threads: int, meta: dict) -> None:
