@@ -290,7 +290,10 @@ def test_cli_commands(tmp_path, capsys):
     assert lines and all(line["noise"] is None and line["reverb"] is None for line in lines)
 
     texts_file = tmp_path / "texts.jsonl"
-    assert _corpus_cli(["corpus", "texts", "--out", str(texts_file), "--stats"]) == 0
-    assert "wordnet" in capsys.readouterr().out
+    assert _corpus_cli(["corpus", "texts", "--out", str(texts_file), "--stats", "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert "wordnet" in captured.out
+    assert "corpus texts: reading fortunes (1/4 sources)" in captured.err
+    assert "corpus texts: reading license (4/4 sources)" in captured.err
     rows = [json.loads(line) for line in texts_file.read_text().splitlines()]
     assert len(rows) > 20000 and {row["split"] for row in rows} == {"train", "dev", "test"}

@@ -70,7 +70,12 @@ def test_allocation_config_builds_that_mixed_model(searched):
 def test_quantize_search_command_writes_the_pareto_set_and_a_model_in_budget(tiny_model, tiny_corpus, tmp_path, capsys):
     out = tmp_path / "mixed"
     assert main(["quantize", "--model", str(tiny_model), "--out", str(out), "--calib", str(tiny_corpus / "train.jsonl"),
-                 "--limit", "3", "--search", "--budget-kb", "120", "--search-eval", str(tiny_corpus / "dev.jsonl")]) == 0
+                 "--limit", "3", "--search", "--budget-kb", "120", "--search-eval", str(tiny_corpus / "dev.jsonl"),
+                 "--progress"]) == 0
+    progress = capsys.readouterr().err
+    # the last trial and the last measured point always report, whatever the pace
+    assert "quantize --search: sensitivity:" in progress and "(100%)" in progress
+    assert "quantize --search: WER of Pareto points:" in progress
     report = json.loads((out / "search.json").read_text())
     assert report["chosen"]["bytes"] <= 120 * 1024
     assert len(report["pareto"]) >= 3 and all("wer" in row for row in report["measured"])

@@ -122,6 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     texts.add_argument("--sources", metavar="LIST",
                        help="comma-separated source kinds (default: fortunes,wordnet,zen,license; "
                             "'doc' adds installed packages' READMEs)")
+    texts.add_argument("--progress", action="store_true",
+                       help="report each source as it is read on standard error (automatic on a terminal)")
     texts.set_defaults(func=run_texts)
 
 
@@ -204,13 +206,21 @@ def run_engines(args: argparse.Namespace) -> int:
 
 def run_texts(args: argparse.Namespace) -> int:
     from edgeasr.data.corpus.builder import TEXT_HELDOUT_FRAC, TEXT_SPLIT_SEED
-    from edgeasr.data.corpus.texts import DEFAULT_SOURCES, load_sentences, source_counts, split_texts
+    from edgeasr.data.corpus.texts import (
+        DEFAULT_SOURCES, SOURCE_READERS, load_sentences, source_counts, split_texts,
+    )
 
     if args.min_words < 1 or args.max_words < args.min_words:
         raise DataError(f"bad word limits: --min-words {args.min_words} --max-words {args.max_words}")
     sources = [s.strip() for s in (args.sources or ",".join(DEFAULT_SOURCES)).split(",") if s.strip()]
+    known = [kind for kind in SOURCE_READERS if kind in sources]
+
+    def report_source(started: int, kind: str) -> None:
+        print(f"edgeasr: corpus texts: reading {kind} ({started}/{len(known)} sources)", file=sys.stderr, flush=True)
+
+    on_source = report_source if getattr(args, "progress", False) or sys.stderr.isatty() else None
     try:
-        sentences = load_sentences(args.min_words, args.max_words, sources)
+        sentences = load_sentences(args.min_words, args.max_words, sources, on_source=on_source)
     except ValueError as error:
         raise DataError(f"--sources: {error}") from None
     train, dev, test = split_texts(sentences, TEXT_HELDOUT_FRAC, TEXT_HELDOUT_FRAC, TEXT_SPLIT_SEED)

@@ -9,6 +9,7 @@ import yaml
 
 from edgeasr.errors import EdgeAsrError
 from edgeasr.fileio import atomic_write_text
+from edgeasr.progress import Progress
 
 
 def _bits(text: str) -> int | None:
@@ -49,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--search-eval", metavar="MANIFEST", help="also measure WER of Pareto points on this manifest")
     search.add_argument("--search-points", type=int, default=5, help="Pareto points measured with --search-eval (default: 5)")
     search.add_argument("--search-limit", type=int, default=50, help="utterances for --search-eval (default: 50)")
+    parser.add_argument("--progress", action="store_true",
+                        help="report the search's progress on standard error (automatic on a terminal)")
     parser.set_defaults(func=run)
 
 
@@ -126,7 +129,9 @@ def _search(args, source, batches, base, build):
     if not bits or not all(b in (8, 4, 2) for b in bits):
         raise EdgeAsrError(f"--search-bits takes 8, 4 and/or 2, not '{args.search_bits}'")
     groups = layer_groups(source.model)
-    table = sensitivity(source.model, batches, groups, bits)
+    trials = Progress.auto("quantize --search: sensitivity", len(groups) * len(bits), "trials",
+                           getattr(args, "progress", False))
+    table = sensitivity(source.model, batches, groups, bits, progress=trials.update)
     path = greedy_pareto(source.model, groups, table, bits)
     try:
         chosen = choose(path, int(args.budget_kb * 1024))
@@ -145,7 +150,9 @@ def _search(args, source, batches, base, build):
             first = decode_all_modes(packaged, utts, audio, source.streaming.chunk_size)["ctc_prefix_beam"]
             return {"wer": first["wer"], "cer": first["cer"], "chosen": point is chosen}
 
-        measured = measure([path[i] for i in picks], evaluate)
+        checks = Progress.auto("quantize --search: WER of Pareto points", len(picks), "points",
+                               getattr(args, "progress", False))
+        measured = measure([path[i] for i in picks], evaluate, progress=checks.update)
     report = {
         "budget_bytes": int(args.budget_kb * 1024),
         "bits": list(bits),

@@ -68,10 +68,16 @@ def _posteriors(model, batches) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def sensitivity(model: nn.Module, batches: list, groups: dict[str, list[str]], bits_options: tuple[int, ...]) -> dict:
+def sensitivity(model: nn.Module, batches: list, groups: dict[str, list[str]], bits_options: tuple[int, ...],
+                progress: Callable[[int], None] | None = None) -> dict:
     """{group: {bits: mean KL(float || quantized) per frame}} with one group quantized at a time
-    (weights only, so the number reflects what the bit width of that group does)."""
+    (weights only, so the number reflects what the bit width of that group does).
+
+    ``progress(trials_done)`` is called after each of the ``len(groups) * len(bits_options)``
+    trials: on a large model the table is the slow part of a search.
+    """
     model = model.eval()
+    done = 0
     reference = _posteriors(model, batches)
     table: dict[str, dict[int, float]] = {}
     for group, names in groups.items():
@@ -85,6 +91,9 @@ def sensitivity(model: nn.Module, batches: list, groups: dict[str, list[str]], b
                 divergence += float((ref.exp() * (ref - got)).sum())
                 frames += ref.shape[0] * ref.shape[1]
             table[group][bits] = divergence / max(1, frames)
+            done += 1
+            if progress is not None:
+                progress(done)
     return table
 
 
@@ -138,7 +147,14 @@ def choose(path: list[ParetoPoint], budget_bytes: int) -> ParetoPoint:
     return min(fitting, key=lambda p: p.predicted_divergence)
 
 
-def measure(points: list[ParetoPoint], evaluate: Callable[[ParetoPoint], dict]) -> list[dict]:
-    """Real measurements (e.g. WER) of chosen points, as JSON-ready rows."""
-    return [{"bytes": p.bytes, "predicted_divergence": p.predicted_divergence, "allocation": p.allocation,
-             **evaluate(p)} for p in points]
+def measure(points: list[ParetoPoint], evaluate: Callable[[ParetoPoint], dict],
+            progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Real measurements (e.g. WER) of chosen points, as JSON-ready rows; ``progress(points_done)``
+    after each."""
+    rows = []
+    for p in points:
+        rows.append({"bytes": p.bytes, "predicted_divergence": p.predicted_divergence, "allocation": p.allocation,
+                     **evaluate(p)})
+        if progress is not None:
+            progress(len(rows))
+    return rows

@@ -22,7 +22,7 @@ import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from edgeasr.text.normalize import normalize_text
 
@@ -234,13 +234,19 @@ SOURCE_READERS = {
 DEFAULT_SOURCES = ("fortunes", "wordnet", "zen", "license")
 
 
-def raw_paragraphs(sources: Sequence[str] = DEFAULT_SOURCES) -> Iterator[tuple[str, str]]:
-    """Every chosen source, in the fixed order that decides which copy of a duplicate is kept."""
+def raw_paragraphs(sources: Sequence[str] = DEFAULT_SOURCES,
+                   on_source: Callable[[int, str], None] | None = None) -> Iterator[tuple[str, str]]:
+    """Every chosen source, in the fixed order that decides which copy of a duplicate is kept;
+    ``on_source(sources_started, kind)`` is called as each source starts (progress lines)."""
     unknown = sorted(set(sources) - set(SOURCE_READERS))
     if unknown:
         raise ValueError(f"unknown text source(s) {unknown}; known: {list(SOURCE_READERS)}")
+    started = 0
     for kind, reader in SOURCE_READERS.items():
         if kind in sources:
+            started += 1
+            if on_source is not None:
+                on_source(started, kind)
             yield from reader()
 
 
@@ -315,9 +321,16 @@ def _cached_sentences(min_words: int, max_words: int, sources: tuple[str, ...]) 
 
 
 def load_sentences(
-    min_words: int = 3, max_words: int = 30, sources: Sequence[str] = DEFAULT_SOURCES
+    min_words: int = 3, max_words: int = 30, sources: Sequence[str] = DEFAULT_SOURCES,
+    on_source: Callable[[int, str], None] | None = None,
 ) -> list[Sentence]:
-    """Every usable sentence from the installed sources, deduplicated, in a deterministic order."""
+    """Every usable sentence from the installed sources, deduplicated, in a deterministic order.
+
+    With ``on_source`` (see ``raw_paragraphs``) the sources are read afresh so each start can be
+    reported; without it the result is cached per process.
+    """
+    if on_source is not None:
+        return sentences_from(raw_paragraphs(tuple(sources), on_source), min_words=min_words, max_words=max_words)
     return list(_cached_sentences(min_words, max_words, tuple(sources)))
 
 
