@@ -43,7 +43,10 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    """The language model, hotwords and search pruning (shared with `edgeasr serve`)."""
+    """The language model, hotwords, search pruning and the VAD (shared with `edgeasr serve`)."""
+    parser.add_argument("--vad", action="store_true",
+                        help="skip audio an energy voice-activity detector hears as silence (the encoder "
+                             "never runs on it): long pauses cost next to nothing")
     defaults = DecodeOptions()
     parser.add_argument("--lm", metavar="PATH",
                         help="word n-gram LM: an `edgeasr lm train` directory or an ARPA file; 'none' = no LM "
@@ -69,7 +72,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 def search_options(args: argparse.Namespace) -> dict:
     """The DecodeOptions fields ``add_search_arguments`` sets."""
-    return {"lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
+    return {"vad": getattr(args, "vad", False), "lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
             "lm_weight": args.lm_weight, "lm_bonus": args.lm_bonus,
             "whisper_lm_weight": args.whisper_lm_weight, "hotwords": args.hotwords,
             "hotword_boost": args.hotword_boost, "token_threshold": args.token_threshold,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeasr.audio.io import array_samples, check_sample_rate, iter_audio_blocks
+from edgeasr.audio.vad import EnergyVad
 from edgeasr.decoding.confidence import load_calibration
 from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
 from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached, speech_frames
@@ -57,6 +58,9 @@ class DecodeOptions:
     #: memory and time stay bounded on endless audio; None = automatic: on wherever a stream
     #: would keep something per frame (a second pass, unlimited left context, Whisper's 30 s)
     segment: bool | None = None
+    #: skip blocks of audio that an energy VAD (edgeasr.audio.vad) hears as silence while no
+    #: speech is open: the encoder never runs on them, so long pauses cost next to nothing
+    vad: bool = False
     #: word n-gram LM: "auto" = the model directory's lm/ when it has one; None = none; or a
     #: path (an `edgeasr lm train` directory or an ARPA file)
     lm: str | None = "auto"
@@ -354,6 +358,7 @@ class StreamingSession:
         self.keep_encoded = spec.second_pass == "attention"
         self.runner = recognizer.chunk_runner(keep_inputs=spec.second_pass == "whisper")
         self.rules = endpoint_rules if endpoint_rules is not None else recognizer.endpoint_rules
+        self.use_vad = bool(getattr(recognizer.options, "vad", False))
         self.reset()
 
     def reset(self) -> None:
@@ -379,6 +384,12 @@ class StreamingSession:
         self._carry = np.zeros(0, dtype=np.float32)
         self.finished = False
         self.endpoint = False
+        #: VAD (``use_vad``): a per-stream detector, the last silent block kept as pre-roll, whether
+        #: the front end and encoder start clean (nothing fed since the last skip), seconds skipped
+        self.vad = EnergyVad(self.recognizer.frontend.sample_rate) if self.use_vad else None
+        self._held: np.ndarray | None = None
+        self._clean = True
+        self.skipped_seconds = 0.0
         self._new_segment()
 
     def _new_segment(self) -> None:
@@ -539,10 +550,36 @@ class StreamingSession:
         whole = samples.size - samples.size % block
         self._carry = samples[whole:].copy()
         for start in range(0, whole, block):
-            self._consume(samples[start : start + block], endpointing=True)
+            self._consume_block(samples[start : start + block])
+
+    def _consume_block(self, piece: np.ndarray) -> None:
+        """One whole block; with the VAD, a silent block while no speech is open is held back
+        as pre-roll (the block before it is then skipped for good) instead of decoded."""
+        if self.vad is None:
+            self._consume(piece, endpointing=True)
+            return
+        if not self.vad.is_speech(piece) and self.blank_tracker.speech_frames == 0:
+            rec = self.recognizer
+            if not self._clean:  # audio jumps from here: the front end and encoder start afresh
+                self.fbank = rec.frontend.stream()
+                self.runner.reset()
+                self._new_segment()  # the open segment heard no speech: nothing is lost
+                self._clean = True
+            if self._held is not None:
+                self.samples_seen += self._held.size
+                self.skipped_seconds += self._held.size / rec.frontend.sample_rate
+            self._held = piece
+            samples_per_frame = int(round(rec.frame_seconds * rec.frontend.sample_rate))
+            self.segment_start_frames = self.samples_seen // samples_per_frame
+            return
+        if self._held is not None:  # speech begins: decode it from the block before
+            held, self._held = self._held, None
+            self._consume(held, endpointing=True)
+        self._consume(piece, endpointing=True)
 
     def _consume(self, piece: np.ndarray, endpointing: bool) -> None:
         rec = self.recognizer
+        self._clean = False
         self.samples_seen += piece.size
         self._decode_frames(*self.runner.accept(self.fbank.accept(piece)))
         if endpointing and self.rules is not None:
@@ -565,6 +602,10 @@ class StreamingSession:
             raise EdgeAsrError("this stream is already finished")
         if self._resampler is not None:  # the resampler's delayed tail belongs to this stream
             self._feed_model_rate(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        if self._held is not None:  # a silent block nothing followed: skipped
+            self.samples_seen += self._held.size
+            self.skipped_seconds += self._held.size / self.recognizer.frontend.sample_rate
+            self._held = None
         if self._carry.size:  # the last, partial block
             self._consume(self._carry, endpointing=False)
             self._carry = self._carry[:0]

@@ -715,6 +715,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += onnx_parity_section(result, path.name)
         elif result.get("benchmark") == "transducer":
             lines += transducer_section(result, path.name)
+        elif result.get("benchmark") == "second_pass_sweep":
+            lines += second_pass_sweep_section(result, path.name)
         elif result.get("benchmark") == "load_test":
             lines += load_test_section(result, path.name)
         elif result.get("benchmark") == "capacity":
@@ -734,6 +736,29 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += dynamic_section(result, path.name, plot)
     atomic_write_text(out, "\n".join(lines))
     return out
+
+
+def second_pass_sweep_section(result: dict, name: str) -> list[str]:
+    """The Whisper joint search's weights swept on dev, WER per engine (benchmarks/second_pass_sweep.py)."""
+    engines = sorted({e for row in result["rows"] for e in row["wer_by_engine"]})
+    lines = [
+        f"## Whisper second pass: search weights on dev, WER by engine ({name})",
+        "",
+        f"Model `{result['model']}`, `{result['manifest']}` ({result['utts']} utterances, a dev set: "
+        f"the test sets take no part in tuning), mode whisper_rescoring, streaming; {result['machine']} "
+        f"({result['date']}). Score = ctc_weight x CTC + (1 - ctc_weight) x Whisper + length_bonus per "
+        "character; **bold**: the shipped defaults.",
+        "",
+        "| ctc_weight | length_bonus | WER (CER) | " + " | ".join(f"{e} WER (words)" for e in engines) + " |",
+        "|---|---|---|" + "---|" * len(engines),
+    ]
+    for row in result["rows"]:
+        mark = "**" if row.get("default") else ""
+        cells = [f"{row['wer_by_engine'][e]['wer']:.1f} ({row['wer_by_engine'][e]['words']})"
+                 if e in row["wer_by_engine"] else "-" for e in engines]
+        lines.append(f"| {mark}{row['ctc_weight']:g}{mark} | {mark}{row['length_bonus']:g}{mark} | "
+                     f"{row['wer']:.1f} ({row['cer']:.1f}) | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def transducer_section(result: dict, name: str) -> list[str]:
