@@ -35,7 +35,10 @@ from edgeasr.evaluate.report import run_facts, save_result
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(utterances, minutes: float, seed: int) -> tuple[np.ndarray, str]:
+def build(utterances, minutes: float, seed: int, pauses: tuple[float, float] = (0.3, 1.5),
+          pause_db: float = -60.0) -> tuple[np.ndarray, str]:
+    """A file of the utterances in a seeded order, with ``pauses`` seconds (uniform) of noise
+    at ``pause_db`` dBFS between them; and its joined reference."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(utterances))
     pieces, texts, total, k = [], [], 0, 0
@@ -43,7 +46,7 @@ def build(utterances, minutes: float, seed: int) -> tuple[np.ndarray, str]:
         utt = utterances[order[k % len(order)]]
         k += 1
         samples = load_audio(utt.audio)
-        pause = (10 ** (-60 / 20) * rng.standard_normal(int(rng.uniform(0.3, 1.5) * 16000))).astype(np.float32)
+        pause = (10 ** (pause_db / 20) * rng.standard_normal(int(rng.uniform(*pauses) * 16000))).astype(np.float32)
         pieces += [samples, pause]
         texts.append(utt.text)
         total += len(samples) + len(pause)

@@ -51,6 +51,30 @@ def test_word_labels_follow_the_alignment():
     assert word_correctness("", "hello") == [False] and word_correctness("hello", "") == []
 
 
+def test_a_file_fitted_before_a_feature_existed_predicts_as_it_did(tmp_path):
+    """calibration.json files name their features: one fitted without the Whisper word score
+    (edgeasr before it) loads with weight 0 for it, the others in place."""
+    old = ["ln_word_confidence", "inverse_length", "in_first_pass", "ln_segment_confidence", "bias"]
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"kind": "logistic", "features": old,
+                                                         "weights": [1.0, 2.0, 3.0, 4.0, 5.0]}))
+    weights = dict(zip(FEATURES, load_calibration(tmp_path).weights))
+    assert weights == {**dict(zip(old, [1.0, 2.0, 3.0, 4.0, 5.0])), "whisper_word_log_prob": 0.0}
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"kind": "logistic", "features": old[:-1],
+                                                         "weights": [1.0, 2.0, 3.0, 4.0]}))
+    with pytest.raises(EdgeAsrError, match="unusable"):  # no bias: not a calibration of ours
+        load_calibration(tmp_path)
+
+
+def test_whisper_word_scores_sum_each_words_letter_shares():
+    from edgeasr.decoding.whisper_rescoring import _word_scores
+
+    space = 1
+    # " the" + " ca" + "t" + " sat": shares per letter, 0 for spaces
+    units, shares = [5, 6, 7, 1, 8, 9, 10, 1, 11, 12, 13], [-1, -1, -1, 0, -2, -2, -3, 0, -0.5, -0.5, -0.5]
+    assert _word_scores(units, shares, space) == pytest.approx([-3.0, -7.0, -1.5])
+    assert _word_scores([], [], space) == []
+
+
 def test_a_bad_calibration_file_is_one_clear_error(tmp_path):
     assert load_calibration(tmp_path) is None
     (tmp_path / CALIBRATION_FILE).write_text('{"kind": "logistic", "features": ["x"], "weights": [1]}')
@@ -81,6 +105,9 @@ def test_fitting_and_applying_a_calibration_on_real_decodes(model_copy):
     assert recognizer.calibrator is None
     decoded = decode_for_calibration(recognizer, utterances * 2)
     assert all(len(d["features"]) == len(d["right"]) and len(d["features"][0]) == len(FEATURES) for d in decoded)
+    # every word the Whisper second pass wrote carries its log-probability under that decoder
+    whisper = FEATURES.index("whisper_word_log_prob")
+    assert all(-20.0 <= row[whisper] < 0 for d in decoded for row in d["features"])
     calibrator = fit_calibration(decoded, "samples")
     raw, fitted = calibration_report(decoded), calibration_report(calibrated(decoded, calibrator))
     assert fitted["word_ece"] <= raw["word_ece"]  # on its own fitting data it cannot be worse

@@ -70,7 +70,9 @@ def test_a_session_skips_pauses_and_keeps_the_words_and_their_times(recognizers)
     skipping, session = _stream(recognizers[True], x)
     assert skipping.text == plain.text and plain.text.count("charges") == 2
     assert [w.start for w in skipping.words] == pytest.approx([w.start for w in plain.words], abs=0.05)
-    assert session.skipped_seconds >= 4.0  # most of the 8.5 s of pauses never reached the encoder
+    # of the 8.5 s of pauses, all but the endpointer's 0.8 s after speech and 2 blocks of pre-roll
+    # before each onset never reached the encoder
+    assert session.skipped_seconds >= 3.0
     assert session.samples_seen == len(x)  # stream time kept: skipped audio counts
     assert [round(s.start) for s in skipping.segments] == [2, 12]
 

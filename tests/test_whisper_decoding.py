@@ -81,6 +81,11 @@ def test_joint_search_writes_the_spoken_text_and_stops(whisper_model):
                               tokenizer.piece_to_id(SPACE), beam_size=4, ctc_weight=0.5)
     assert found, "no hypothesis"
     assert tokenizer.decode(found[0][1]) == reference
+    # each letter carries a share of its token's Whisper log-probability, spaces none
+    tokens, units, _, shares = found[0]
+    space = tokenizer.piece_to_id(SPACE)
+    assert len(shares) == len(units) and all(s == 0 for u, s in zip(units, shares) if u == space)
+    assert all(s <= 0 for s in shares) and sum(shares) < 0
     # the spelling never proposes digits: numbers are written in words, as references are
     whisper_tokenizer = whisper_model.whisper_tokenizer
     digit_tokens = [t for t in range(len(spelling.chars))

@@ -8,7 +8,10 @@ small logistic model maps per-word features to P(word is right):
 - 1 / the word's length in characters (short words are more often wrong and look sure),
 - whether the first pass (CTC prefix beam) wrote the same word in that segment (a second pass
   that replaces the first pass's word is a strong doubt signal),
-- ln of the segment's raw confidence (a bad segment drags its words down).
+- ln of the segment's raw confidence (a bad segment drags its words down),
+- the word's log-probability under the Whisper decoder that wrote it (second pass; 0 without
+  one): a decoder trained on real speech knows when it is guessing, where a CTC head trained on
+  synthesized speech is sure of itself on real audio.
 
 It is fitted on a held-out dev manifest (``fit_calibration``: decode with the features collected,
 label each hypothesis word right or wrong by aligning it with the reference, Newton iterations on
@@ -29,16 +32,23 @@ import numpy as np
 from edgeasr.errors import EdgeAsrError
 
 CALIBRATION_FILE = "calibration.json"
-FEATURES = ("ln_word_confidence", "inverse_length", "in_first_pass", "ln_segment_confidence", "bias")
+FEATURES = ("ln_word_confidence", "inverse_length", "in_first_pass", "ln_segment_confidence",
+            "whisper_word_log_prob", "bias")
+#: a word's Whisper log-probability is clamped here: past it, a word is simply unlikely
+WHISPER_FLOOR = -20.0
 
 
-def word_features(result, first_pass_words: set[str] | None) -> list[list[float]]:
-    """One feature row per word of ``result`` (a segment's raw result)."""
+def word_features(result, first_pass_words: set[str] | None,
+                  word_scores: tuple[float, ...] = ()) -> list[list[float]]:
+    """One feature row per word of ``result`` (a segment's raw result); ``word_scores``: the
+    words' Whisper log-probabilities (``Hypothesis.word_scores``), when a decoder wrote them."""
     segment = math.log(max(result.confidence, 1e-6))
+    scores = list(word_scores) if len(word_scores) == len(result.words) else [0.0] * len(result.words)
     rows = []
-    for word in result.words:
+    for word, whisper in zip(result.words, scores):
         agreed = 1.0 if first_pass_words is None or word.word in first_pass_words else 0.0
-        rows.append([math.log(max(word.confidence, 1e-6)), 1.0 / max(1, len(word.word)), agreed, segment, 1.0])
+        rows.append([math.log(max(word.confidence, 1e-6)), 1.0 / max(1, len(word.word)), agreed, segment,
+                     max(WHISPER_FLOOR, whisper), 1.0])
     return rows
 
 
@@ -49,11 +59,11 @@ class Calibrator:
     weights: list[float]
     fitted_on: dict = field(default_factory=dict)
 
-    def apply(self, result, first_pass_words: set[str] | None) -> None:
+    def apply(self, result, first_pass_words: set[str] | None, word_scores: tuple[float, ...] = ()) -> None:
         """Replace the words' raw confidences (and the segment's) with calibrated ones, in place."""
         if not result.words:
             return
-        x = np.asarray(word_features(result, first_pass_words), dtype=np.float64)
+        x = np.asarray(word_features(result, first_pass_words, word_scores), dtype=np.float64)
         probs = 1.0 / (1.0 + np.exp(-(x @ np.asarray(self.weights))))
         for word, p in zip(result.words, probs):
             word.confidence = round(float(p), 4)
@@ -75,8 +85,8 @@ class FeatureCollector:
     def __init__(self) -> None:
         self.rows: list[list[float]] = []
 
-    def apply(self, result, first_pass_words: set[str] | None) -> None:
-        self.rows += word_features(result, first_pass_words)
+    def apply(self, result, first_pass_words: set[str] | None, word_scores: tuple[float, ...] = ()) -> None:
+        self.rows += word_features(result, first_pass_words, word_scores)
 
 
 def load_calibration(directory) -> Calibrator | None:
@@ -88,9 +98,11 @@ def load_calibration(directory) -> Calibrator | None:
         return None
     try:
         data = json.loads(path.read_text())
-        weights = [float(w) for w in data["weights"]]
-        if data.get("features") != list(FEATURES) or not all(math.isfinite(w) for w in weights):
+        named = dict(zip(data["features"], (float(w) for w in data["weights"]), strict=True))
+        if "bias" not in named or set(named) - set(FEATURES) or not all(math.isfinite(w) for w in named.values()):
             raise ValueError("features or weights do not match this version")
+        # a file fitted before a feature existed gives it no weight: it predicts as it did
+        weights = [named.get(name, 0.0) for name in FEATURES]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise EdgeAsrError(f"{path}: unusable confidence calibration ({error}); delete it or refit it "
                            "with `edgeasr calibrate`") from None

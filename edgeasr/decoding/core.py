@@ -211,14 +211,14 @@ class DecodingCore:
         if not ranked:
             return Result(text="")
         result = build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
-        return self.calibrated(result, hyps[0] if hyps else None)
+        return self.calibrated(result, hyps[0] if hyps else None, ranked[0][0].word_scores)
 
-    def calibrated(self, result: Result, first_pass=None) -> Result:
+    def calibrated(self, result: Result, first_pass=None, word_scores: tuple[float, ...] = ()) -> Result:
         """A final segment's result with calibrated confidences (the model directory's
         calibration.json, ``edgeasr.decoding.confidence``); unchanged without one."""
         if self.calibrator is not None and result.words:
             words = set(self.tokenizer.decode(first_pass.tokens).split()) if first_pass is not None else None
-            self.calibrator.apply(result, words)
+            self.calibrator.apply(result, words, word_scores)
         return result
 
     def transcribe_file(self, path, hotwords=None, raw_sample_rate: int | None = None, progress=None) -> Result:
@@ -359,6 +359,9 @@ class StreamingSession:
         self.runner = recognizer.chunk_runner(keep_inputs=spec.second_pass == "whisper")
         self.rules = endpoint_rules if endpoint_rules is not None else recognizer.endpoint_rules
         self.use_vad = bool(getattr(recognizer.options, "vad", False))
+        #: silent blocks decoded ahead of the first voiced one: a word's soft onset, and the
+        #: lead-in Whisper's second pass reads best with
+        self.preroll_blocks = 2
         self.reset()
 
     def reset(self) -> None:
@@ -384,11 +387,14 @@ class StreamingSession:
         self._carry = np.zeros(0, dtype=np.float32)
         self.finished = False
         self.endpoint = False
-        #: VAD (``use_vad``): a per-stream detector, the last silent block kept as pre-roll, whether
-        #: the front end and encoder start clean (nothing fed since the last skip), seconds skipped
+        #: VAD (``use_vad``): a per-stream detector, the last silent block's features kept as
+        #: pre-roll, whether the encoder starts clean (nothing fed since the last skip), seconds
+        #: the encoder never saw
         self.vad = EnergyVad(self.recognizer.frontend.sample_rate) if self.use_vad else None
-        self._held: np.ndarray | None = None
+        self._held: deque = deque()  # (front-end frame index, features) of the last silent blocks
         self._clean = True
+        #: front-end frames produced so far (where a segment starts after skipped blocks)
+        self.feature_frames = 0
         self.skipped_seconds = 0.0
         self._new_segment()
 
@@ -553,35 +559,45 @@ class StreamingSession:
             self._consume_block(samples[start : start + block])
 
     def _consume_block(self, piece: np.ndarray) -> None:
-        """One whole block; with the VAD, a silent block while no speech is open is held back
-        as pre-roll (the block before it is then skipped for good) instead of decoded."""
+        """One whole block. With the VAD, the front end still sees every block (its running
+        statistics, Whisper's log-mel floor among them, stay those of the whole stream; it is a
+        small share of the cost), but a block heard as silence while no speech is open does not
+        reach the encoder: its features are held as pre-roll, and the block held before it is
+        skipped for good; the encoder then starts afresh at the held block."""
         if self.vad is None:
             self._consume(piece, endpointing=True)
             return
+        self.samples_seen += piece.size
+        feats = self.fbank.accept(piece)
+        frames_before = self.feature_frames
+        self.feature_frames += int(feats.shape[0])
         if not self.vad.is_speech(piece) and self.blank_tracker.speech_frames == 0:
             rec = self.recognizer
-            if not self._clean:  # audio jumps from here: the front end and encoder start afresh
-                self.fbank = rec.frontend.stream()
+            if not self._clean:  # the open segment heard no speech: nothing is lost
                 self.runner.reset()
-                self._new_segment()  # the open segment heard no speech: nothing is lost
+                self._new_segment()
                 self._clean = True
-            if self._held is not None:
-                self.samples_seen += self._held.size
-                self.skipped_seconds += self._held.size / rec.frontend.sample_rate
-            self._held = piece
-            samples_per_frame = int(round(rec.frame_seconds * rec.frontend.sample_rate))
-            self.segment_start_frames = self.samples_seen // samples_per_frame
+            self._held.append((frames_before, feats))
+            if len(self._held) > self.preroll_blocks:
+                _, dropped = self._held.popleft()
+                self.skipped_seconds += dropped.shape[0] * rec.frontend.frame_shift
+            subsampling = max(1, int(round(rec.frame_seconds / rec.frontend.frame_shift)))
+            self.segment_start_frames = self._held[0][0] // subsampling
             return
-        if self._held is not None:  # speech begins: decode it from the block before
-            held, self._held = self._held, None
-            self._consume(held, endpointing=True)
-        self._consume(piece, endpointing=True)
+        while self._held:  # speech begins: decode it from the blocks before
+            self._consume_features(self._held.popleft()[1], endpointing=False)
+        self._consume_features(feats, endpointing=True)
 
     def _consume(self, piece: np.ndarray, endpointing: bool) -> None:
+        self.samples_seen += piece.size
+        feats = self.fbank.accept(piece)
+        self.feature_frames += int(feats.shape[0])
+        self._consume_features(feats, endpointing)
+
+    def _consume_features(self, feats, endpointing: bool) -> None:
         rec = self.recognizer
         self._clean = False
-        self.samples_seen += piece.size
-        self._decode_frames(*self.runner.accept(self.fbank.accept(piece)))
+        self._decode_frames(*self.runner.accept(feats))
         if endpointing and self.rules is not None:
             best = self.search.nbest(1)
             has_text = bool(best and best[0].tokens) and self.blank_tracker.speech_frames > 0
@@ -602,10 +618,8 @@ class StreamingSession:
             raise EdgeAsrError("this stream is already finished")
         if self._resampler is not None:  # the resampler's delayed tail belongs to this stream
             self._feed_model_rate(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-        if self._held is not None:  # a silent block nothing followed: skipped
-            self.samples_seen += self._held.size
-            self.skipped_seconds += self._held.size / self.recognizer.frontend.sample_rate
-            self._held = None
+        while self._held:  # silent blocks nothing followed: skipped
+            self.skipped_seconds += self._held.popleft()[1].shape[0] * self.recognizer.frontend.frame_shift
         if self._carry.size:  # the last, partial block
             self._consume(self._carry, endpointing=False)
             self._carry = self._carry[:0]

@@ -37,6 +37,9 @@ class Hypothesis:
     token_probs: tuple[float, ...] = ()
     #: the fused scorer's score (weighted LM, word bonus, hotword boosts); 0 without one
     fused_score: float = 0.0
+    #: per word, its log-probability under the Whisper decoder of a second pass (for
+    #: confidence); empty when no decoder wrote the hypothesis
+    word_scores: tuple[float, ...] = ()
 
 
 class GreedySearch:

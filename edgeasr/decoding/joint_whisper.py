@@ -167,6 +167,9 @@ class _Beam:
     att: float
     state: object = None  # the fused scorer's (LM, hotwords)
     fused: float = 0.0
+    #: per unit, its share of the Whisper log-probability of the token that wrote it (a token's
+    #: value split over its letters; 0 for spaces): summed over a word, the word's log-probability
+    unit_att: tuple = ()
 
 
 def _spelled(beam_units: list[int], token_units: tuple[int, ...], space_id: int) -> list[int]:
@@ -185,9 +188,11 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
                       spelling: TokenSpelling, space_id: int, beam_size: int = 4, ctc_weight: float = 0.5,
                       candidates_per_beam: int = 8, max_tokens: int = 200, blank: int = 0,
                       length_bonus: float = 0.0, end_margin: float = 8.0, text_scorer=None,
-                      unit_texts: list[str] | None = None) -> list[tuple[list[int], list[int], float]]:
-    """Hypotheses [(whisper tokens, our units, joint score)], best first, for encoded [1, T, D]
-    (in the decoder backend's own array type) and CTC log-probs [T, V].
+                      unit_texts: list[str] | None = None) -> list[tuple[list[int], list[int], float, tuple]]:
+    """Hypotheses [(whisper tokens, our units, joint score, per-unit Whisper log-prob shares)],
+    best first, for encoded [1, T, D] (in the decoder backend's own array type) and CTC
+    log-probs [T, V]. The shares (see ``_Beam.unit_att``) give each word's probability under
+    Whisper's decoder, the confidence signal of a decoder trained on real speech.
 
     ``length_bonus`` is added per unit (character) of a hypothesis: both scores only fall as a
     hypothesis grows, which favours stopping early when the CTC head is unsure; the bonus pays
@@ -203,7 +208,7 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
     r_n, r_b = scorer.initial()
     beams = [_Beam([], [], r_n, r_b, 0.0, 0.0, text_scorer.initial() if text_scorer is not None else None)]
     advanced: dict = {}
-    finished: list[tuple[list[int], list[int], float]] = []
+    finished: list[tuple[list[int], list[int], float, tuple]] = []
     eot = decoder.eot
     cross = decoder.cross(encoded)
     token_bias = np.full(decoder.vocab_size, -np.inf, dtype=np.float32)
@@ -226,7 +231,7 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
                 eos_att = beam.att + float(eot_log_probs[b])
                 end = beam.fused + (text_scorer.finish(beam.state) if text_scorer is not None else 0.0)
                 finished.append((beam.tokens, beam.units, ctc_weight * float(finals[b]) + (1 - ctc_weight) * eos_att
-                                 + length_bonus * len(beam.units) + end))
+                                 + length_bonus * len(beam.units) + end, beam.unit_att))
             for value, token in zip(top_values[b].tolist(), top_tokens[b].tolist()):
                 if token == eot or not math.isfinite(value):
                     continue
@@ -238,7 +243,7 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
                     if hit is None:
                         hit = advanced[key] = text_scorer.advance(state, "".join(unit_texts[u] for u in units))
                     fused, state = fused + hit[0], hit[1]
-                rows.append((b, token, beam.att + value, units, fused, state))
+                rows.append((b, token, beam.att + value, units, fused, state, value))
         if not rows:
             break
         # CTC prefix scores of every extension, one unit position at a time, all rows together
@@ -261,17 +266,19 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
                    + length_bonus * (len(parents[i].units) + len(rows[i][3])) + rows[i][4], i)
                   for i in range(count)]
         scored.sort(reverse=True)
-        best_finished = max((s for *_, s in finished), default=-math.inf)
+        best_finished = max((entry[2] for entry in finished), default=-math.inf)
         chosen = [i for _, i in scored[:beam_size]]
         margin = end_margin if length_bonus > 0 else 0.0
         if not chosen or scored[0][0] < best_finished - margin:
             break  # every live hypothesis trails a finished one (without a bonus, scores only fall)
         new_beams, order = [], []
         for i in chosen:
-            b, token, att, units, fused, state = rows[i]
+            b, token, att, units, fused, state, value = rows[i]
             parent = beams[b]
+            letters = sum(1 for u in units if u != space_id)
+            shares = tuple(0.0 if u == space_id else value / letters for u in units)
             new_beams.append(_Beam(parent.tokens + [token], parent.units + units, r_n[i], r_b[i], float(ctc[i]), att,
-                                   state, fused))
+                                   state, fused, parent.unit_att + shares))
             order.append(b)
         caches = decoder.select(caches, np.array(order, dtype=np.int64))
         beams = new_beams

@@ -118,6 +118,21 @@ class TorchWhisperBackend:
             return encoded, self.model.ctc_log_probs(encoded)[0].numpy()
 
 
+def _word_scores(units: list[int], unit_att: tuple, space_id: int) -> list[float]:
+    """Each word's Whisper log-probability: the sum of its letters' shares (``_Beam.unit_att``)."""
+    scores: list[float] = []
+    open_word = False
+    for unit, share in zip(units, unit_att):
+        if unit == space_id:
+            open_word = False
+            continue
+        if not open_word:
+            scores.append(0.0)
+            open_word = True
+        scores[-1] += share
+    return scores
+
+
 class WhisperSecondPass:
     """Rescores one segment; shared by the streaming session and offline transcription, over a
     backend (``TorchWhisperBackend``, or ONNX Runtime's in ``edgeasr.export.runtime``) that
@@ -172,23 +187,24 @@ class WhisperSecondPass:
                                   length_bonus=self.length_bonus, text_scorer=scorer,
                                   unit_texts=self._unit_texts)
         candidates, seen = [], set()
-        for _, units, score in found:  # best first; the same text may end several beams
+        for _, units, score, unit_att in found:  # best first; the same text may end several beams
             text = self.tokenizer.decode(units)
             if text not in seen and math.isfinite(score):
                 seen.add(text)
                 # canonical spelling (spaces collapsed); the joint score stands for both scores
-                candidates.append((self.tokenizer.encode(text), score, score))
+                candidates.append((self.tokenizer.encode(text), score, score,
+                                   _word_scores(units, unit_att, space_id)))
         return self._with_times(log_probs, candidates)
 
-    def _with_times(self, log_probs: np.ndarray, candidates: list[tuple[list[int], float, float]]
-                    ) -> list[tuple[Hypothesis, float]]:
-        """(units, CTC score, total) best first -> the n-best, the best with token times.
+    def _with_times(self, log_probs: np.ndarray, candidates: list[tuple]) -> list[tuple[Hypothesis, float]]:
+        """(units, CTC score, total[, per-word Whisper log-probs]) best first -> the n-best, the
+        best with token times.
 
         Only the winner's times are ever shown (the n-best lists texts and scores), so only it is
         force-aligned; a candidate whose units cannot fit the frames is passed over.
         """
         ranked: list[tuple[Hypothesis, float]] = []
-        for units, ctc, total in candidates:
+        for units, ctc, total, *word_scores in candidates:
             if len(ranked) >= self.nbest:
                 break
             times: tuple = ()
@@ -198,7 +214,8 @@ class WhisperSecondPass:
                 if len(aligned_times) != len(units):
                     continue
                 times, probs = tuple(aligned_times), tuple(aligned_probs)
-            ranked.append((Hypothesis(tuple(units), ctc, times, probs), total))
+            ranked.append((Hypothesis(tuple(units), ctc, times, probs,
+                                      word_scores=tuple(word_scores[0]) if word_scores else ()), total))
         return ranked
 
     def _max_tokens(self, texts: list[str]) -> int:

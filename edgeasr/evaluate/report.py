@@ -715,6 +715,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += onnx_parity_section(result, path.name)
         elif result.get("benchmark") == "transducer":
             lines += transducer_section(result, path.name)
+        elif result.get("benchmark") == "vad":
+            lines += vad_section(result, path.name)
         elif result.get("benchmark") == "second_pass_sweep":
             lines += second_pass_sweep_section(result, path.name)
         elif result.get("benchmark") == "load_test":
@@ -736,6 +738,26 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += dynamic_section(result, path.name, plot)
     atomic_write_text(out, "\n".join(lines))
     return out
+
+
+def vad_section(result: dict, name: str) -> list[str]:
+    """Long recordings with and without the energy VAD (benchmarks/vad.py)."""
+    lines = [
+        f"## Energy VAD on recordings with pauses ({name})",
+        "",
+        f"Model `{result['model']}` (shipped mode), files built from `{result['manifest']}` with pauses of room "
+        f"noise at {result['pause_db']:g} dBFS, streamed with and without `--vad`, the two taking turns; 1 thread, "
+        f"{result['machine']} ({result['date']}). Skipped: the share of the audio the encoder never saw.",
+        "",
+        "| files | minutes in all | VAD | RTF | time vs no VAD (median per file) | skipped | segments | WER |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row.get('files', 1)} x {row['file']} | {row['minutes']:.1f} | {'on' if row['vad'] else 'off'} | "
+                     f"{row['rtf']:.4f} | "
+                     f"{row['time_vs_no_vad']:.2f}x | {100 * row['skipped_share']:.0f}% | {row['segments']} | "
+                     f"{row['wer']:.1f}% ({row['words']} words) |")
+    return lines + [""]
 
 
 def second_pass_sweep_section(result: dict, name: str) -> list[str]:
