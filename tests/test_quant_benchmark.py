@@ -33,3 +33,21 @@ def test_quantization_benchmark_measures_every_row_in_both_runtimes(tiny_model, 
     text = report.read_text()
     assert "## Quantization" in text and "| ptq_int8 | onnxruntime |" in text
     assert "reloaded in a fresh process" in text
+
+
+def test_integer_profile_benchmark_splits_each_forms_time_by_operator_kind(tiny_model, tiny_corpus, tmp_path):
+    ptq = tmp_path / "ptq"
+    assert main(["quantize", "--model", str(tiny_model), "--out", str(ptq), "--calib",
+                 str(tiny_corpus / "train.jsonl"), "--limit", "3"]) == 0
+    out = tmp_path / "results" / "integer_profile.json"
+    report = tmp_path / "BENCHMARKS.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "integer_profile.py"), "--float", str(tiny_model),
+                    "--quantized", str(ptq), "--manifest", str(tiny_corpus / "test.jsonl"), "--chunk-size", "4",
+                    "--out", str(out), "--report", str(report)], check=True, capture_output=True)
+    rows = {row["form"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"float", "fake_quant", "integer"} and rows["float"]["time_vs_float"] == 1.0
+    # the integer form really multiplies int8 codes, and only it requantizes int32 sums
+    assert rows["integer"]["int_mm_calls_per_chunk"] > 0 and rows["float"]["int_mm_calls_per_chunk"] == 0
+    assert "requantize" in rows["integer"]["categories"] and "requantize" not in rows["float"]["categories"]
+    assert all(row["chunk_ms_median"] > 0 for row in rows.values())
+    assert "## Where the torch integer path's time goes" in report.read_text()

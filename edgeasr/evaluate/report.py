@@ -715,6 +715,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += onnx_parity_section(result, path.name)
         elif result.get("benchmark") == "transducer":
             lines += transducer_section(result, path.name)
+        elif result.get("benchmark") == "integer_profile":
+            lines += integer_profile_section(result, path.name)
         elif result.get("benchmark") == "vad":
             lines += vad_section(result, path.name)
         elif result.get("benchmark") == "second_pass_sweep":
@@ -738,6 +740,28 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += dynamic_section(result, path.name, plot)
     atomic_write_text(out, "\n".join(lines))
     return out
+
+
+def integer_profile_section(result: dict, name: str) -> list[str]:
+    """Float, fake-quant and integer-only encoders per chunk, with a profile by operator kind
+    (benchmarks/integer_profile.py)."""
+    kinds = ("matmul", "quantize", "requantize", "other")
+    lines = [
+        f"## Where the torch integer path's time goes ({name})",
+        "",
+        f"Float `{result['float_model']}` against its W8A8 model `{result['quantized_model']}` (fake-quant, and "
+        f"integer-only after `convert_to_integer`), encoder streaming at chunk {result['chunk_size']}, "
+        f"{result['chunks']} chunks, the forms taking turns on each utterance; 1 thread, {result['machine']} "
+        f"({result['date']}). Time: median per chunk, and the median per-chunk ratio to float. Profile: self CPU "
+        "ms per chunk of the aten operators by kind (torch.profiler; its own overhead inflates all forms alike).",
+        "",
+        "| form | ms / chunk | vs float | " + " | ".join(f"{k} ms" for k in kinds) + " |",
+        "|---|---|---|" + "---|" * len(kinds),
+    ]
+    for row in result["rows"]:
+        cells = [f"{row['categories'][k]['self_ms_per_chunk']:.2f}" if k in row["categories"] else "-" for k in kinds]
+        lines.append(f"| {row['form']} | {row['chunk_ms_median']:.2f} | {row['time_vs_float']:.2f}x | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def vad_section(result: dict, name: str) -> list[str]:
