@@ -115,12 +115,16 @@ class DecodingCore:
 
     def _setup_decoding(self, options: "DecodeOptions", has_attention: bool, has_whisper: bool,
                         model_directory, blank_id: int, max_segment_frames: int | None = None,
-                        transducer=None) -> None:
-        """``transducer``: the backend's transducer head (torch), for the transducer modes."""
+                        transducer=None, cascade=None) -> None:
+        """``transducer``: the backend's transducer head (torch), for the transducer modes;
+        ``cascade``: a callable from a segment's first-pass encoder frames [1, T, D] to the
+        cascaded second pass's CTC log-probs [T, V] (numpy), for ``cascade_rescoring``."""
         self.options = options
         options.validate()
-        self.mode_spec = resolve_mode(options.mode, has_attention, has_whisper, transducer is not None)
+        self.mode_spec = resolve_mode(options.mode, has_attention, has_whisper, transducer is not None,
+                                      cascade is not None)
         self.transducer = transducer
+        self.cascade = cascade
         self.mode = self.mode_spec.name
         self.blank_id = blank_id
         self.piece_texts = piece_texts(self.tokenizer)
@@ -206,12 +210,22 @@ class DecodingCore:
             ranked, _ = self.second_pass.rescore(feats, hyps, second_scorer)
         elif second == "attention" and hyps and encoded is not None and encoded.shape[1] > 0:
             ranked = self.rescore_attention(hyps, encoded)
+        elif second == "cascade" and heard and encoded is not None and encoded.shape[1] > 0:
+            ranked = self.rescore_cascade(encoded, getattr(search, "scorer", None))
         else:
             ranked = [(h, h.score + h.fused_score) for h in hyps]
         if not ranked:
             return Result(text="")
         result = build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
         return self.calibrated(result, hyps[0] if hyps else None, ranked[0][0].word_scores)
+
+    def rescore_cascade(self, encoded, scorer=None) -> list[tuple[Hypothesis, float]]:
+        """The cascaded second pass over one segment's first-pass frames: its CTC log-probs,
+        then a prefix beam search with the first pass's LM and hotwords."""
+        log_probs = self.cascade(encoded)
+        search = self.new_search(scorer)
+        search.step(log_probs)
+        return [(h, h.score + h.fused_score) for h in search.nbest()]
 
     def calibrated(self, result: Result, first_pass=None, word_scores: tuple[float, ...] = ()) -> Result:
         """A final segment's result with calibrated confidences (the model directory's
@@ -355,7 +369,7 @@ class StreamingSession:
                                                and recognizer.options.second_pass_search == "joint")
         # Only rescoring needs the segment's encoder output (attention) or features (Whisper);
         # the CTC modes keep nothing per frame, so an endless stream has bounded memory.
-        self.keep_encoded = spec.second_pass == "attention"
+        self.keep_encoded = spec.second_pass in ("attention", "cascade")
         self.runner = recognizer.chunk_runner(keep_inputs=spec.second_pass == "whisper")
         self.rules = endpoint_rules if endpoint_rules is not None else recognizer.endpoint_rules
         self.use_vad = bool(getattr(recognizer.options, "vad", False))

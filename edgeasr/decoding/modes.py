@@ -17,7 +17,7 @@ class Mode:
     name: str
     #: the first pass keeps an n-best (prefix beam) rather than the best path
     beam: bool
-    #: the second pass at each segment's end: None, "attention" (U2) or "whisper"
+    #: the second pass at each segment's end: None, "attention" (U2), "whisper" or "cascade"
     second_pass: str | None
     summary: str
     #: the head whose output the search reads: "ctc" (log-probs) or "transducer" (encoder frames
@@ -35,12 +35,15 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          summary="greedy search of the transducer head, at most 3 symbols per frame (transducer models)"),
     Mode("whisper_rescoring", beam=True, second_pass="whisper",
          summary="Whisper's decoder and the CTC head decode each segment jointly (Whisper models)"),
+    Mode("cascade_rescoring", beam=True, second_pass="cascade",
+         summary="a cascaded non-causal encoder over each segment's first-pass frames, then its CTC prefix "
+                 "beam (models with model.cascade; torch backend)"),
 )}
 MODE_NAMES = tuple(MODES)
 
 
 def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decoder: bool,
-                 has_transducer: bool = False) -> Mode:
+                 has_transducer: bool = False, has_cascade: bool = False) -> Mode:
     """The mode that runs: "attention_rescoring" means "rescore with the decoder the model has"
     (Whisper's, or none: then the beam alone); "whisper_rescoring" needs a Whisper decoder."""
     if requested not in MODES:
@@ -51,5 +54,8 @@ def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decode
         raise EdgeAsrError("whisper_rescoring needs a model with a Whisper decoder (edgeasr import whisper)")
     if MODES[requested].head == "transducer" and not has_transducer:
         raise EdgeAsrError(f"{requested} needs a model with a transducer head (model.transducer in its config; "
+                           "torch backend)")
+    if MODES[requested].second_pass == "cascade" and not has_cascade:
+        raise EdgeAsrError(f"{requested} needs a model with a cascaded encoder (model.cascade in its config; "
                            "torch backend)")
     return MODES[requested]

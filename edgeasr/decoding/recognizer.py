@@ -96,7 +96,8 @@ class Recognizer(DecodingCore):
         self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
         self._setup_decoding(options, self.model.decoder is not None, self.model.whisper_decoder is not None,
                              packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None),
-                             transducer=getattr(self.model, "transducer", None))
+                             transducer=getattr(self.model, "transducer", None),
+                             cascade=self._run_cascade if getattr(self.model, "cascade", None) is not None else None)
         if self.mode == "whisper_rescoring":
             from edgeasr.decoding.whisper_rescoring import TorchWhisperBackend, WhisperSecondPass
 
@@ -129,6 +130,11 @@ class Recognizer(DecodingCore):
 
     def chunk_runner(self, keep_inputs: bool = False) -> TorchChunkRunner:
         return TorchChunkRunner(self, keep_inputs)
+
+    @torch.no_grad()
+    def _run_cascade(self, encoded) -> np.ndarray:
+        """A segment's first-pass encoder frames [1, T, D] -> the cascade's CTC log-probs [T, V]."""
+        return self.model.cascade(encoded)[0].float().numpy()
 
     def rescore_attention(self, hyps, encoded):
         from edgeasr.decoding.rescoring import attention_rescore

@@ -715,6 +715,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += onnx_parity_section(result, path.name)
         elif result.get("benchmark") == "transducer":
             lines += transducer_section(result, path.name)
+        elif result.get("benchmark") == "cascade":
+            lines += cascade_section(result, path.name)
         elif result.get("benchmark") == "integer_profile":
             lines += integer_profile_section(result, path.name)
         elif result.get("benchmark") == "vad":
@@ -740,6 +742,31 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += dynamic_section(result, path.name, plot)
     atomic_write_text(out, "\n".join(lines))
     return out
+
+
+def cascade_section(result: dict, name: str) -> list[str]:
+    """The cascaded second pass beside the first pass and the Whisper second pass (benchmarks/cascade.py)."""
+    added = result["added_parameters"]
+    lines = [
+        f"## Cascaded second pass against the Whisper second pass ({name})",
+        "",
+        f"Model `{result['model']}`: the default's frozen streaming first pass "
+        f"({result['first_pass_parameters'] / 1e6:.2f} M parameters) with a cascade of "
+        f"{added['cascade_rescoring'] / 1e6:.2f} M parameters ({result['cascade_config']}) over its encoder frames, "
+        f"and Whisper's decoder ({added['whisper_rescoring'] / 1e6:.2f} M) over a full-context re-encoding; streamed "
+        f"in {result['chunk_size'] * result['frame_ms']:.0f} ms blocks, the modes taking turns on each utterance; "
+        f"{result['machine']} ({result['date']}). End of segment: the time `finish()` takes after the last audio "
+        "(the final segment's second pass).",
+        "",
+        "| set | mode | WER (CER) | RTF | end of segment, ms median (p90) | parameters added (float16 MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for set_name, entry in result["sets"].items():
+        for mode, row in entry["rows"].items():
+            lines.append(f"| {set_name} ({entry['utts']} utts) | {mode} | {row['wer']:.1f} ({row['cer']:.1f}) | "
+                         f"{row['rtf']:.4f} | {row['end_of_segment_ms_median']:.0f} ({row['end_of_segment_ms_p90']:.0f}) | "
+                         f"{added[mode] / 1e6:.2f} M ({2 * added[mode] / 1e6:.1f}) |")
+    return lines + [""]
 
 
 def integer_profile_section(result: dict, name: str) -> list[str]:

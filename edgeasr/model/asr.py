@@ -102,6 +102,12 @@ class ModelConfig:
     #: transducer_weight * RNN-T loss.
     transducer: dict | None = None
     transducer_weight: float = 0.75
+    #: A cascaded second-pass encoder (edgeasr.model.cascade: non-causal layers over the first
+    #: pass's encoder frames, with their own CTC head); None = none. Its CTC loss, over the
+    #: chunk-masked first pass as it streams: loss = (1 - cascade_weight) * loss +
+    #: cascade_weight * cascade CTC.
+    cascade: dict | None = None
+    cascade_weight: float = 0.5
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -154,6 +160,11 @@ class ASRModel(nn.Module):
                 raise ValueError(f"model.transducer: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
             self.transducer = TransducerHead(TransducerConfig(vocab_size=config.vocab_size, encoder_dim=d_model,
                                                               blank=0, **config.transducer))
+        self.cascade = None
+        if config.cascade is not None:
+            from edgeasr.model.cascade import CascadeConfig, CascadeEncoder
+
+            self.cascade = CascadeEncoder(CascadeConfig.from_dict(config.cascade, d_model, config.vocab_size))
         self.blank_id = 0
         self.sos_id = self.eos_id = config.vocab_size - 1
         self.ctc_loss = nn.CTCLoss(blank=self.blank_id, reduction="sum", zero_infinity=True)
@@ -256,6 +267,13 @@ class ASRModel(nn.Module):
             losses["transducer"] = self.transducer.loss(encoded, enc_lengths, targets, token_lengths)
             weight = self.config.transducer_weight
             loss = (1 - weight) * loss + weight * losses["transducer"]
+        if self.cascade is not None:
+            # the cascade reads the first pass's frames; a frozen first pass passes no gradient
+            source = encoded.detach() if "encoder" in self.frozen_prefixes else encoded
+            second = self.cascade(source, enc_lengths)
+            losses["cascade"] = self.ctc_loss(second.transpose(0, 1), targets, enc_lengths, token_lengths) / batch
+            weight = self.config.cascade_weight
+            loss = (1 - weight) * loss + weight * losses["cascade"]
         quant = self.config.quantization
         if quant and quant.get("regularizer_weight", 0.0) > 0 and self.training:
             from edgeasr.quant.qat import quantization_regularizer

@@ -327,7 +327,8 @@ def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str] | Pa
     # Added parts start fresh: quantizer ranges, gate predictors, a transducer head beside the
     # source's heads (a transducer trained on a frozen pretrained encoder).
     missing = [name for name in missing if not name.endswith(_FRESH_STATE) and not name.startswith("encoder.dynamic.")
-               and not (name.startswith("transducer.") and getattr(source.model, "transducer", None) is None)]
+               and not (name.startswith("transducer.") and getattr(source.model, "transducer", None) is None)
+               and not (name.startswith("cascade.") and getattr(source.model, "cascade", None) is None)]
     if missing or unexpected:
         names = ", ".join((missing + unexpected)[:3])
         raise EdgeAsrError(f"{source.directory}: the model does not match this config ({names} ...)")

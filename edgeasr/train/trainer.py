@@ -330,6 +330,8 @@ def train(
         log_fields.append("compute")  # dynamic compute: the gated modules' mean compute fraction
     if getattr(model, "transducer", None) is not None:
         log_fields.append("transducer")  # the RNN-T loss
+    if getattr(model, "cascade", None) is not None:
+        log_fields.append("cascade")  # the cascaded second pass's CTC loss
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(log_fields)
@@ -499,7 +501,8 @@ def _parameter_groups(model: ASRModel, gate_lr_scale: float) -> list[dict]:
 def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance], tokenizer: Tokenizer) -> tuple[float, float]:
     """Greedy CER and WER (percent) on the dev subset, full context: a cheap progress signal. A
     model with a transducer head is measured by its transducer (greedy), the head that decides
-    its text in transducer modes; otherwise by CTC."""
+    its text in transducer modes; one with a cascaded second pass by the cascade over the first
+    pass as it streams (the training chunk, or full context with dynamic chunks); otherwise by CTC."""
     import jiwer
 
     from edgeasr.decoding.ctc import ctc_greedy
@@ -509,6 +512,13 @@ def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance],
     for item, utt in enumerate(utts):
         f = store.get(item)
         with torch.no_grad():
+            if getattr(model, "cascade", None) is not None:
+                chunk = 0 if model.config.dynamic_chunk else model.config.static_chunk_size
+                encoded, _ = model.encode(f.unsqueeze(0), torch.tensor([f.size(0)]), chunk)
+                hyp = ctc_greedy(model.cascade(encoded)[0], model.blank_id)
+                refs.append(utt.text)
+                hyps.append(tokenizer.decode(hyp.tokens))
+                continue
             encoded, _ = model.encode(f.unsqueeze(0), torch.tensor([f.size(0)]))
             if getattr(model, "transducer", None) is not None:
                 search = model.transducer.greedy()

@@ -1,0 +1,133 @@
+"""The cascaded second-pass encoder: config, joint loss, training on a frozen first pass, and the
+cascade_rescoring mode in streaming."""
+
+import pytest
+import torch
+
+import edgeasr
+from edgeasr.audio.io import load_audio
+from edgeasr.errors import EdgeAsrError
+from edgeasr.evaluate.metrics import char_errors
+from edgeasr.model.cascade import CascadeConfig, CascadeEncoder
+
+CLIP = "samples/kokoro-male.wav"
+STEPS, LR = 150, 5e-3
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="unknown key"):
+        CascadeConfig.from_dict({"layers": 2}, 64, 10)
+    with pytest.raises(ValueError, match="conv_kernel"):
+        CascadeConfig.from_dict({"conv_kernel": 4}, 64, 10)
+    with pytest.raises(ValueError, match="divisible"):
+        CascadeConfig.from_dict({"d_model": 30, "num_heads": 4}, 64, 10)
+
+
+def test_the_cascade_sees_the_whole_segment_and_ignores_padding():
+    torch.manual_seed(0)
+    cascade = CascadeEncoder(CascadeConfig.from_dict({"num_layers": 1, "d_model": 32, "num_heads": 4, "d_ff": 64,
+                                                      "dropout": 0.0, "conv_kernel": 3}, 48, 12)).eval()
+    x = torch.randn(1, 20, 48)
+    with torch.no_grad():
+        whole = cascade(x)
+        changed_end = x.clone()
+        changed_end[0, -1] += 5.0
+        # non-causal: the last frame changes the first frame's output
+        assert not torch.allclose(cascade(changed_end)[0, 0], whole[0, 0])
+        padded = torch.cat([x, torch.randn(1, 7, 48)], dim=1)
+        assert torch.allclose(cascade(padded, torch.tensor([20]))[:, :20], whole, atol=1e-5)
+    assert whole.shape == (1, 20, 12) and torch.allclose(whole.exp().sum(-1), torch.ones(1, 20), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cascade_model(tmp_path_factory):
+    """A tiny fbank model whose first pass is trained on one clip, then frozen while a cascade
+    is trained on its streaming (chunk-masked) output: the recipe's setting in small."""
+    from edgeasr.audio.fbank import FbankOptions
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import StreamingDefaults, save_model_dir
+    from edgeasr.text.tokenizer import Tokenizer
+
+    text = open("samples/kokoro-male.txt").read().strip().lower()
+    tokenizer = Tokenizer.train([text], kind="char")
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict({
+        "vocab_size": tokenizer.vocab_size,
+        "encoder": {"d_model": 64, "num_heads": 4, "d_ff": 128, "num_blocks": 2, "dropout": 0.0},
+        "decoder": {"num_layers": 0}, "ctc_weight": 1.0,
+        "cascade": {"num_layers": 1, "d_model": 64, "num_heads": 4, "d_ff": 128, "dropout": 0.0, "conv_kernel": 5},
+        "cascade_weight": 0.5, "static_chunk_size": 4, "dynamic_chunk": False,
+    })
+    model = ASRModel(config)
+    features = FbankOptions()
+    feats = features.compute(load_audio(CLIP, sample_rate=16000))
+    tokens = torch.tensor([tokenizer.encode(text)])
+    args = (feats[None], torch.tensor([feats.size(0)]), tokens, torch.tensor([tokens.size(1)]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    joint = []
+    for _ in range(STEPS):  # jointly: both losses in the model's loss
+        out = model(*args)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        joint.append(float(out["cascade"].detach()))
+    model.freeze(["encoder", "ctc"])
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("encoder.", "ctc."))}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
+    for _ in range(30):  # then the cascade alone on the frozen first pass
+        out = model(*args)
+        optimizer.zero_grad()
+        out["cascade"].backward()
+        optimizer.step()
+    unchanged = all(torch.equal(frozen[k], v) for k, v in model.state_dict().items() if k in frozen)
+    directory = save_model_dir(tmp_path_factory.mktemp("cascade"), model.eval(), tokenizer, features,
+                               StreamingDefaults(chunk_size=4, num_left_chunks=-1))
+    return directory, joint, unchanged, text
+
+
+def test_the_cascade_trains_jointly_and_on_a_frozen_first_pass(cascade_model):
+    _, joint, unchanged, _ = cascade_model
+    assert joint[-1] < 0.5 * joint[0]
+    assert unchanged  # freezing the first pass leaves its weights exactly as they were
+
+
+def test_cascade_rescoring_streams_and_replaces_the_first_pass_at_the_segment_end(cascade_model):
+    directory, _, _, text = cascade_model
+    recognizer = edgeasr.load_model(str(directory), mode="cascade_rescoring", lm=None, segment=False)
+    assert recognizer.mode == "cascade_rescoring"
+    samples = load_audio(CLIP, sample_rate=16000)
+    session = recognizer.stream()
+    partials = []
+    for start in range(0, len(samples), 1234):
+        partials.append(session.accept(samples[start : start + 1234]).text)
+    final = session.finish()
+    assert char_errors(text, final.text).rate < 40  # it learnt the clip it saw
+    # the same frames offline (chunk-masked whole utterance) give the same final
+    assert recognizer.transcribe(samples).text == final.text
+    first = edgeasr.load_model(str(directory), mode="ctc_prefix_beam", lm=None, segment=False)
+    assert first.transcribe(samples).text.startswith(partials[-1])  # partials are the first pass's
+    assert [w.start for w in final.words] == sorted(w.start for w in final.words)
+
+
+def test_cascade_mode_needs_a_cascade(tiny_model):
+    with pytest.raises(EdgeAsrError, match="cascaded encoder"):
+        edgeasr.load_model(str(tiny_model), mode="cascade_rescoring")
+    with pytest.raises(EdgeAsrError, match="cascaded encoder"):
+        edgeasr.load_model(str(tiny_model), backend="onnx", mode="cascade_rescoring")
+
+
+def test_cascade_benchmark_writes_rows_and_a_report_section(cascade_model, tmp_path):
+    from tests.benchmark_helpers import load_benchmark
+
+    directory, *_ = cascade_model
+    out, report = tmp_path / "results" / "cascade.json", tmp_path / "BENCHMARKS.md"
+    assert load_benchmark("cascade").main(["--model", str(directory), "--manifest", "s=samples/samples.jsonl",
+                                           "--lm", "none", "--out", str(out), "--report", str(report)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    rows = result["sets"]["s"]["rows"]
+    assert set(rows) == {"ctc_prefix_beam", "cascade_rescoring"}  # no Whisper decoder in this model
+    assert all(row["rtf"] > 0 and row["end_of_segment_ms_median"] > 0 for row in rows.values())
+    assert result["added_parameters"]["cascade_rescoring"] > 0
+    assert "## Cascaded second pass against the Whisper second pass" in report.read_text()
