@@ -39,6 +39,23 @@ def test_the_cascade_sees_the_whole_segment_and_ignores_padding():
     assert whole.shape == (1, 20, 12) and torch.allclose(whole.exp().sum(-1), torch.ones(1, 20), atol=1e-5)
 
 
+def test_a_residual_cascade_starts_as_the_first_pass(tiny_model):
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import load_model_dir, load_weights_from
+
+    source = load_model_dir(tiny_model)
+    config = source.model.config.to_dict()
+    config["cascade"] = {"num_layers": 1, "d_model": 32, "num_heads": 4, "d_ff": 64, "residual": True}
+    model = ASRModel(ModelConfig.from_dict(config)).eval()
+    load_weights_from(model, tiny_model)  # the cascade starts fresh beside the source's heads
+    feats = torch.randn(1, 60, config["encoder"].get("input_dim", 80))
+    with torch.no_grad():
+        encoded, lengths = model.encode(feats, torch.tensor([60]), 4)
+        assert torch.allclose(model.cascade_log_probs(encoded, lengths), model.ctc_log_probs(encoded), atol=1e-6)
+    with pytest.raises(ValueError, match="first pass's CTC logits"):
+        model.cascade(encoded)
+
+
 @pytest.fixture(scope="module")
 def cascade_model(tmp_path_factory):
     """A tiny fbank model whose first pass is trained on one clip, then frozen while a cascade

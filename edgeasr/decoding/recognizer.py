@@ -134,7 +134,7 @@ class Recognizer(DecodingCore):
     @torch.no_grad()
     def _run_cascade(self, encoded) -> np.ndarray:
         """A segment's first-pass encoder frames [1, T, D] -> the cascade's CTC log-probs [T, V]."""
-        return self.model.cascade(encoded)[0].float().numpy()
+        return self.model.cascade_log_probs(encoded)[0].float().numpy()
 
     def rescore_attention(self, hyps, encoded):
         from edgeasr.decoding.rescoring import attention_rescore

@@ -237,6 +237,11 @@ class ASRModel(nn.Module):
     def ctc_log_probs(self, encoded: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.ctc(encoded), dim=-1)
 
+    def cascade_log_probs(self, encoded: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The cascaded second pass over first-pass encoder frames [B, T, D] -> log-probs."""
+        base = self.ctc(encoded) if self.cascade.config.residual else None
+        return self.cascade(encoded, lengths, base)
+
     def forward(
         self,
         feats: torch.Tensor,
@@ -270,7 +275,7 @@ class ASRModel(nn.Module):
         if self.cascade is not None:
             # the cascade reads the first pass's frames; a frozen first pass passes no gradient
             source = encoded.detach() if "encoder" in self.frozen_prefixes else encoded
-            second = self.cascade(source, enc_lengths)
+            second = self.cascade_log_probs(source, enc_lengths)
             losses["cascade"] = self.ctc_loss(second.transpose(0, 1), targets, enc_lengths, token_lengths) / batch
             weight = self.config.cascade_weight
             loss = (1 - weight) * loss + weight * losses["cascade"]

@@ -12,7 +12,8 @@ measures.
 ``CascadeConfig`` (``model.cascade`` in a config): ``num_layers`` transformer layers of
 ``d_model`` (a linear map from the first pass's width when they differ), ``num_heads``,
 ``d_ff``, ``dropout``; a depthwise convolution of ``conv_kernel`` frames first gives each frame
-its neighbours (0 = none). Trained jointly with the first pass (``cascade_weight`` of the loss)
+its neighbours (0 = none); ``residual`` adds its logits to the first pass's CTC logits, starting
+from zero, so it starts as good as the first pass. Trained jointly with the first pass (``cascade_weight`` of the loss)
 or alone on a frozen first pass (``train.freeze: [encoder, ctc, ...]``, weight 1).
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-KNOWN_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "dropout", "conv_kernel")
+KNOWN_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "dropout", "conv_kernel", "residual")
 
 
 @dataclass
@@ -36,6 +37,9 @@ class CascadeConfig:
     d_ff: int = 1024
     dropout: float = 0.1
     conv_kernel: int = 15
+    #: add the cascade's logits to the first pass's CTC logits (its output layer starts at zero),
+    #: so training starts from the first pass's own text and learns only corrections
+    residual: bool = False
 
     @classmethod
     def from_dict(cls, config: dict, input_dim: int, vocab_size: int) -> "CascadeConfig":
@@ -67,8 +71,14 @@ class CascadeEncoder(nn.Module):
             for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.d_model)
         self.ctc = nn.Linear(config.d_model, config.vocab_size)
+        if config.residual:
+            nn.init.zeros_(self.ctc.weight)
+            nn.init.zeros_(self.ctc.bias)
 
-    def forward(self, encoded: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, encoded: torch.Tensor, lengths: torch.Tensor | None = None,
+                first_pass_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``first_pass_logits`` [B, T, vocab]: the first pass's CTC logits, which a residual
+        cascade corrects (required then, ignored otherwise)."""
         x = self.project(encoded)
         padding = None
         if lengths is not None:
@@ -78,4 +88,9 @@ class CascadeEncoder(nn.Module):
             x = x + self.conv(x.transpose(1, 2)).transpose(1, 2)
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=padding)
-        return torch.log_softmax(self.ctc(self.norm(x)), dim=-1)
+        logits = self.ctc(self.norm(x))
+        if self.config.residual:
+            if first_pass_logits is None:
+                raise ValueError("a residual cascade needs the first pass's CTC logits")
+            logits = logits + first_pass_logits
+        return torch.log_softmax(logits, dim=-1)

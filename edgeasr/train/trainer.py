@@ -515,7 +515,7 @@ def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance],
             if getattr(model, "cascade", None) is not None:
                 chunk = 0 if model.config.dynamic_chunk else model.config.static_chunk_size
                 encoded, _ = model.encode(f.unsqueeze(0), torch.tensor([f.size(0)]), chunk)
-                hyp = ctc_greedy(model.cascade(encoded)[0], model.blank_id)
+                hyp = ctc_greedy(model.cascade_log_probs(encoded)[0], model.blank_id)
                 refs.append(utt.text)
                 hyps.append(tokenizer.decode(hyp.tokens))
                 continue
