@@ -30,7 +30,9 @@ def decode_all_modes(packaged, utts, audio, chunk_size: int, beam_size: int = 10
 
     options.setdefault("lm", None)
     model = packaged.model
-    modes = [m for m in MODES if MODE_REGISTRY[m].head != "transducer" or getattr(model, "transducer", None) is not None]
+    modes = [m for m in MODES
+             if (MODE_REGISTRY[m].head != "transducer" or getattr(model, "transducer", None) is not None)
+             and (MODE_REGISTRY[m].second_pass != "cascade" or getattr(model, "cascade", None) is not None)]
     recognizers = {mode: Recognizer(packaged, DecodeOptions(mode=mode, beam_size=beam_size, ctc_weight=ctc_weight,
                                                             chunk_size=chunk_size, **options))
                    for mode in modes}
