@@ -37,7 +37,7 @@ from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 from edgeasr.evaluate.report import run_facts, save_result
-from edgeasr.model.encoder import EncoderStream
+from edgeasr.evaluate.flops import chunk_windows
 from edgeasr.quant.integer import convert_to_integer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,17 +63,7 @@ def category(name: str, kind: str) -> str:
 
 def windows(recognizer: Recognizer, audio: list, chunk: int) -> list[list[torch.Tensor]]:
     """Each utterance's encoder input windows, chunk by chunk."""
-    model = recognizer.model
-    stream = EncoderStream(model.encoder, chunk)
-    out = []
-    for samples in audio:
-        pending = model.normalize(recognizer.frontend.compute(samples))
-        utterance = []
-        while pending.size(0) >= stream.window:
-            utterance.append(pending[: stream.window].unsqueeze(0))
-            pending = pending[stream.stride :]
-        out.append(utterance)
-    return out
+    return [chunk_windows(recognizer.model, recognizer.frontend.compute(samples), chunk) for samples in audio]
 
 
 def run_chunks(model, utterances: list[list[torch.Tensor]], times: list[float] | None = None) -> None:
