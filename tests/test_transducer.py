@@ -5,9 +5,12 @@ import itertools
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from edgeasr.decoding.fusion import HotwordScorer
+from edgeasr.decoding.transducer_search import TransducerBeamSearch, TransducerGreedySearch
 from edgeasr.model.transducer import TransducerConfig, TransducerHead, rnnt_loss
 
 
@@ -108,15 +111,103 @@ def test_a_tiny_transducer_learns_and_greedy_decodes_in_chunks():
     head.eval()
     encoded, _, targets, lengths = sample(8)
     right = 0
+    right_beam = 0
     for b in range(8):
-        whole = head.greedy()
-        whole.step(encoded[b])
-        chunked = head.greedy()
-        for start in range(0, encoded.size(1), 4):
-            chunked.step(encoded[b, start : start + 4])
-        assert chunked.tokens == whole.tokens and chunked.times == whole.times
-        right += whole.tokens == targets[b, : int(lengths[b])].tolist()
+        for search_class, options in [(TransducerGreedySearch, {}), (TransducerBeamSearch, {"beam_size": 4})]:
+            whole = search_class(head.runner(), **options)
+            whole.step(encoded[b].numpy())
+            chunked = search_class(head.runner(), **options)
+            for start in range(0, encoded.size(1), 4):
+                chunked.step(encoded[b, start : start + 4].numpy())
+            assert [(h.tokens, h.times) for h in chunked.nbest()] == [(h.tokens, h.times) for h in whole.nbest()]
+            assert [h.score for h in chunked.nbest()] == pytest.approx([h.score for h in whole.nbest()])
+            correct = list(whole.nbest()[0].tokens) == targets[b, : int(lengths[b])].tolist()
+            if search_class is TransducerGreedySearch:
+                right += correct
+            else:
+                right_beam += correct
     assert right >= 7, f"{right}/8 utterances transcribed"
+    assert right_beam >= 7, f"{right_beam}/8 utterances transcribed by the beam"
+
+
+class TableRunner:
+    """A transducer whose joint ignores the context: each "encoder frame" is already the joint's
+    log-probabilities, so a test can write the distribution it wants per frame."""
+
+    context, blank = 1, 0
+
+    def project(self, frames):
+        return np.asarray(frames, dtype=np.float64)
+
+    def predict(self, contexts):
+        return np.zeros((len(contexts), 1))
+
+    def join(self, frame, predicted):
+        return np.tile(frame, (len(predicted), 1))
+
+
+def one_symbol_paths(runner, frames):
+    """Probability of every token sequence when each frame emits blank or one token: the sum
+    over all V^T symbol paths (the model modified beam search searches), by enumeration."""
+    projected = runner.project(frames)
+    vocab = runner.join(projected[0], runner.predict(np.zeros((1, runner.context), dtype=np.int64))).shape[1]
+    totals = {}
+    for path in itertools.product(range(vocab), repeat=len(projected)):
+        tokens, log_p = (), 0.0
+        for t, symbol in enumerate(path):
+            context = ((runner.blank,) * runner.context + tokens)[-runner.context:]
+            log_probs = runner.join(projected[t], runner.predict(np.array([context], dtype=np.int64)))[0]
+            log_p += float(log_probs[symbol])
+            if symbol != runner.blank:
+                tokens += (symbol,)
+        totals[tokens] = np.logaddexp(totals.get(tokens, -np.inf), log_p)
+    return totals
+
+
+def test_modified_beam_search_with_a_wide_beam_is_exact():
+    """With room for every hypothesis, the beam's n-best are the token sequences of highest total
+    probability over all one-symbol-per-frame paths, with those probabilities (a real head: its
+    joint depends on the context, so merging hypotheses must keep their predictor state right)."""
+    torch.manual_seed(1)
+    vocab, dim, frames = 3, 8, 4
+    head = TransducerHead(TransducerConfig(vocab_size=vocab, encoder_dim=dim, predictor_dim=8, joint_dim=8))
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.mul_(4)  # peakier, so the ranking is not a near-tie
+    encoded = torch.randn(frames, dim).numpy()
+    exact = sorted(one_symbol_paths(head.runner(), encoded).items(), key=lambda kv: -kv[1])[:5]
+    search = TransducerBeamSearch(head.runner(), beam_size=vocab ** frames, token_beam=vocab - 1)
+    search.step(encoded)
+    found = search.nbest(5)
+    assert [h.tokens for h in found] == [tokens for tokens, _ in exact]
+    assert [h.score for h in found] == pytest.approx([p for _, p in exact], abs=1e-5)
+    assert all(len(h.times) == len(h.tokens) and list(h.times) == sorted(h.times) for h in found)
+
+
+def test_beam_search_fuses_hotwords_and_beats_greedy_where_paths_merge():
+    """Frames where "ab" is spelled by two alignments: each alone is less likely than "ac", together
+    they are likelier, which the beam finds by merging and greedy cannot. A hotword on "ac" then
+    brings it back: the fused scorer reaches the transducer search as it does the CTC search."""
+    letters = ["", "a", "b", "c"]
+    log = np.log
+    frames = [
+        [log(0.05), log(0.9), log(0.025), log(0.025)],  # a
+        [log(0.35), log(0.01), log(0.30), log(0.34)],  # b now, or c now, or wait
+        [log(0.5), log(0.005), log(0.49), log(0.005)],  # b (after waiting), or not
+        [log(0.98), log(0.01), log(0.005), log(0.005)],
+    ]
+    greedy = TransducerGreedySearch(TableRunner(), max_symbols=1)
+    greedy.step(np.array(frames))
+    beam = TransducerBeamSearch(TableRunner(), beam_size=6)
+    beam.step(np.array(frames))
+    text = lambda h: "".join(letters[t] for t in h.tokens)  # noqa: E731
+    assert text(greedy.nbest()[0]) == "a"  # blank wins frames 1 and 2 (0.35 > 0.34 > 0.30; 0.5 > 0.49)
+    assert text(beam.nbest()[0]) == "ab"
+    biased = TransducerBeamSearch(TableRunner(), beam_size=6, scorer=HotwordScorer([("ac", 3.0)]),
+                                  piece_texts=letters)
+    biased.step(np.array(frames))
+    assert text(biased.nbest()[0]) == "ac"
+    assert biased.nbest()[0].fused_score > 0
 
 
 STEPS, LR = 150, 5e-3
@@ -179,6 +270,54 @@ def test_transducer_head_trains_in_the_model_and_decodes_streaming(transducer_mo
     assert streamed.text == offline.text
     assert char_errors(text, streamed.text).rate < 60  # it learnt the clip it saw (60 steps)
     assert [w.start for w in streamed.words] == sorted(w.start for w in streamed.words)
+
+
+def test_transducer_beam_streams_with_hotwords_through_the_core(transducer_model):
+    """transducer_beam: streaming equals offline, the n-best is ranked, and a hotword list reaches
+    the transducer's search (its fused score shows on the n-best)."""
+    import edgeasr
+    from edgeasr.audio.io import load_audio
+
+    directory, _, text = transducer_model
+    samples = load_audio("samples/kokoro-male.wav", sample_rate=16000)
+    recognizer = edgeasr.load_model(str(directory), mode="transducer_beam", beam_size=4, segment=False)
+    offline = recognizer.transcribe(samples)
+    session = recognizer.stream()
+    for start in range(0, len(samples), 2345):
+        session.accept(samples[start : start + 2345])
+    streamed = session.finish()
+    assert streamed.text == offline.text and len(offline.nbest) > 1
+    scores = [h["score"] for h in offline.nbest]
+    assert scores == sorted(scores, reverse=True)
+    word = max(text.split(), key=len)
+    biased = edgeasr.load_model(str(directory), mode="transducer_beam", beam_size=4, segment=False,
+                                hotwords=[f"{word} :2"]).transcribe(samples)
+    assert biased.nbest[0]["score"] != offline.nbest[0]["score"]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_onnx_transducer_graphs_give_the_torch_nbest(transducer_model, tmp_path, int8):
+    """The export writes the predictor and joint graphs; ONNX Runtime decodes both transducer
+    modes with the same search as torch: the same n-best (float), nearly the same text (int8)."""
+    import edgeasr
+    from edgeasr.audio.io import load_audio
+    from edgeasr.evaluate.metrics import char_errors
+    from edgeasr.export.onnx import export_onnx
+
+    directory, _, _ = transducer_model
+    out = tmp_path / "onnx"
+    metadata = export_onnx(str(directory), out, int8=int8)
+    assert metadata["transducer"]["context"] == 2
+    samples = load_audio("samples/kokoro-male.wav", sample_rate=16000)
+    for mode in ("transducer_greedy", "transducer_beam"):
+        torch_result = edgeasr.load_model(str(directory), "torch", mode=mode, beam_size=4).transcribe(samples)
+        onnx_result = edgeasr.load_model(str(out), mode=mode, beam_size=4, int8=int8).transcribe(samples)
+        if int8:  # int8 encoder and joint: near the float text, not equal to it (a model trained 150 steps)
+            assert char_errors(torch_result.text, onnx_result.text).rate < 20
+            continue
+        assert [h["text"] for h in onnx_result.nbest] == [h["text"] for h in torch_result.nbest]
+        assert [h["score"] for h in onnx_result.nbest] == pytest.approx([h["score"] for h in torch_result.nbest],
+                                                                        abs=1e-3)
 
 
 def test_transducer_mode_needs_a_transducer_head(tiny_model):

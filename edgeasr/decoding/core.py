@@ -20,6 +20,7 @@ from edgeasr.audio.io import array_samples, check_sample_rate, iter_audio_blocks
 from edgeasr.audio.vad import EnergyVad
 from edgeasr.decoding.confidence import load_calibration
 from edgeasr.decoding.ctc import GreedySearch, Hypothesis, PrefixBeamSearch
+from edgeasr.decoding.transducer_search import TransducerBeamSearch, TransducerGreedySearch
 from edgeasr.decoding.endpoint import BlankTracker, EndpointRules, endpoint_reached, speech_frames
 from edgeasr.decoding.fusion import build_scorer, piece_texts, read_hotwords
 from edgeasr.decoding.modes import MODE_NAMES, resolve_mode
@@ -116,7 +117,8 @@ class DecodingCore:
     def _setup_decoding(self, options: "DecodeOptions", has_attention: bool, has_whisper: bool,
                         model_directory, blank_id: int, max_segment_frames: int | None = None,
                         transducer=None, cascade=None) -> None:
-        """``transducer``: the backend's transducer head (torch), for the transducer modes;
+        """``transducer``: the backend's transducer runner (``edgeasr.decoding.transducer_search``:
+        the torch head's or the ONNX graphs'), for the transducer modes;
         ``cascade``: a callable from a segment's first-pass encoder frames [1, T, D] to the
         cascaded second pass's CTC log-probs [T, V] (numpy), for ``cascade_rescoring``."""
         self.options = options
@@ -166,10 +168,11 @@ class DecodingCore:
         return first, second
 
     def new_search(self, scorer=None, greedy: bool = False):
-        if self.mode_spec.head == "transducer":
-            from edgeasr.model.transducer import TransducerSearch
-
-            return TransducerSearch(self.transducer)  # reads encoder frames: see search_input
+        if self.mode_spec.head == "transducer":  # reads encoder frames: see search_input
+            if greedy:
+                return TransducerGreedySearch(self.transducer)
+            return TransducerBeamSearch(self.transducer, beam_size=self.options.beam_size, scorer=scorer,
+                                        piece_texts=self.piece_texts)
         if greedy:
             return GreedySearch(blank=self.blank_id)
         return PrefixBeamSearch(beam_size=self.options.beam_size, blank=self.blank_id, scorer=scorer,

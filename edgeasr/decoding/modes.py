@@ -33,6 +33,9 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          summary="the beam's n-best rescored by the model's attention decoder (Whisper's for Whisper models)"),
     Mode("transducer_greedy", beam=False, second_pass=None, head="transducer",
          summary="greedy search of the transducer head, at most 3 symbols per frame (transducer models)"),
+    Mode("transducer_beam", beam=True, second_pass=None, head="transducer",
+         summary="modified beam search of the transducer head, one symbol per frame, with the LM and hotwords "
+                 "when given (transducer models)"),
     Mode("whisper_rescoring", beam=True, second_pass="whisper",
          summary="Whisper's decoder and the CTC head decode each segment jointly (Whisper models)"),
     Mode("cascade_rescoring", beam=True, second_pass="cascade",
@@ -53,8 +56,7 @@ def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decode
     if requested == "whisper_rescoring" and not has_whisper_decoder:
         raise EdgeAsrError("whisper_rescoring needs a model with a Whisper decoder (edgeasr import whisper)")
     if MODES[requested].head == "transducer" and not has_transducer:
-        raise EdgeAsrError(f"{requested} needs a model with a transducer head (model.transducer in its config; "
-                           "torch backend)")
+        raise EdgeAsrError(f"{requested} needs a model with a transducer head (model.transducer in its config)")
     if MODES[requested].second_pass == "cascade" and not has_cascade:
         raise EdgeAsrError(f"{requested} needs a model with a cascaded encoder (model.cascade in its config; "
                            "torch backend)")

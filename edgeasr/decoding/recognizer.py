@@ -96,7 +96,7 @@ class Recognizer(DecodingCore):
         self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
         self._setup_decoding(options, self.model.decoder is not None, self.model.whisper_decoder is not None,
                              packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None),
-                             transducer=getattr(self.model, "transducer", None),
+                             transducer=self.model.transducer.runner() if getattr(self.model, "transducer", None) is not None else None,
                              cascade=self._run_cascade if getattr(self.model, "cascade", None) is not None else None)
         if self.mode == "whisper_rescoring":
             from edgeasr.decoding.whisper_rescoring import TorchWhisperBackend, WhisperSecondPass

@@ -350,8 +350,67 @@ def export_onnx(
             _quantize_int8(out / "decoder.onnx", out / "decoder.int8.onnx", per_channel)
     if int4 and asr.decoder is not None:
         _quantize_int4(out / "decoder.onnx", out / "decoder.int4.onnx")
+    if getattr(asr, "transducer", None) is not None:
+        metadata.update(export_transducer(asr.transducer, out, int8))
     _write_side_files(packaged, out, metadata)
     return metadata
+
+
+class _TransducerProject(nn.Module):
+    def __init__(self, head) -> None:
+        super().__init__()
+        self.proj = head.joiner.encoder_proj
+
+    def forward(self, frames):
+        return self.proj(frames)
+
+
+class _TransducerPredict(nn.Module):
+    def __init__(self, head) -> None:
+        super().__init__()
+        self.predictor, self.proj = head.predictor, head.joiner.predictor_proj
+
+    def forward(self, contexts):
+        return self.proj(self.predictor.step(contexts))
+
+
+class _TransducerJoin(nn.Module):
+    def __init__(self, head) -> None:
+        super().__init__()
+        self.out = head.joiner.out
+
+    def forward(self, frame, predicted):
+        return self.out(torch.tanh(frame[None, :] + predicted)).log_softmax(-1)
+
+
+#: the transducer's graphs: the runner interface of edgeasr.decoding.transducer_search, one each
+TRANSDUCER_GRAPHS = ("transducer_project", "transducer_predict", "transducer_join")
+
+
+def export_transducer(head, out: Path, int8: bool) -> dict:
+    """A transducer head as three small graphs (encoder projection, prediction network, joint):
+    the searches call them as they call the torch head, so both backends give the same n-best.
+    Returns the metadata the runtime needs."""
+    config = head.config
+    joint = head.joiner.out.in_features
+    examples = {
+        "transducer_project": (_TransducerProject(head), (torch.randn(3, config.encoder_dim),), ["frames"],
+                               ["projected"], {"frames": {0: "t"}, "projected": {0: "t"}}),
+        "transducer_predict": (_TransducerPredict(head), (torch.zeros(2, config.context, dtype=torch.long),),
+                               ["contexts"], ["predicted"], {"contexts": {0: "h"}, "predicted": {0: "h"}}),
+        "transducer_join": (_TransducerJoin(head), (torch.randn(joint), torch.randn(2, joint)), ["frame", "predicted"],
+                            ["log_probs"], {"predicted": {0: "h"}, "log_probs": {0: "h"}}),
+    }
+    for name, (module, inputs, input_names, output_names, dynamic) in examples.items():
+        path = out / f"{name}.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), inputs, str(path), input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        if int8:
+            _quantize_int8(path, out / f"{name}.int8.onnx", per_channel=False)
+    return {"transducer": {"context": config.context, "blank": config.blank, "vocab_size": config.vocab_size,
+                           "joint_dim": joint}}
 
 
 def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunks, int8: bool,
@@ -361,6 +420,8 @@ def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunk
 
     chunk, left, out = _streaming_settings(packaged, chunk_size, num_left_chunks, out_dir)
     metadata = export_whisper_onnx(packaged, out, chunk, left, int8, int4=int4)
+    if getattr(packaged.model, "transducer", None) is not None:
+        metadata.update(export_transducer(packaged.model.transducer.eval(), out, int8))
     _write_side_files(packaged, out, metadata)
     return metadata
 

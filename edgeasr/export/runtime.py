@@ -21,6 +21,7 @@ from edgeasr.audio.io import model_input
 from edgeasr.audio.whisper_mel import WhisperMelOptions
 from edgeasr.decoding.ctc import Hypothesis
 from edgeasr.decoding.core import DecodeOptions, DecodingCore
+from edgeasr.decoding.modes import MODES
 from edgeasr.decoding.result import Result
 from edgeasr.errors import EdgeAsrError
 from edgeasr.text.tokenizer import Tokenizer
@@ -220,6 +221,31 @@ class OnnxWhisperBackend:
         return encoded, log_probs[0]
 
 
+class OnnxTransducerRunner:
+    """The exported transducer graphs (edgeasr.export.onnx.export_transducer) behind the runner
+    interface of ``edgeasr.decoding.transducer_search``."""
+
+    def __init__(self, directory: Path, suffix: str, threads: int, meta: dict) -> None:
+        self.context, self.blank = meta["context"], meta["blank"]
+        sessions = {}
+        for name in ("transducer_project", "transducer_predict", "transducer_join"):
+            path = directory / f"{name}{suffix}"
+            if not path.exists():
+                raise EdgeAsrError(f"{directory}: missing {path.name} (the metadata names a transducer head)")
+            sessions[name] = _session(path, threads)
+        self._project, self._predict, self._join = (sessions[n] for n in sessions)
+
+    def project(self, frames) -> np.ndarray:
+        return self._project.run(None, {"frames": np.asarray(frames, dtype=np.float32)})[0]
+
+    def predict(self, contexts) -> np.ndarray:
+        return self._predict.run(None, {"contexts": np.asarray(contexts, dtype=np.int64)})[0]
+
+    def join(self, frame, predicted) -> np.ndarray:
+        return self._join.run(None, {"frame": np.asarray(frame, dtype=np.float32),
+                                     "predicted": np.asarray(predicted, dtype=np.float32)})[0]
+
+
 class OnnxRecognizer(DecodingCore):
     """An exported model on ONNX Runtime, decoded by the same ``DecodingCore`` as torch."""
 
@@ -270,8 +296,12 @@ class OnnxRecognizer(DecodingCore):
         if options.reverse_weight > 0:
             raise EdgeAsrError("--reverse-weight: the ONNX export carries the left-to-right decoder only")
         # The export's model directory is where an LM travels with it (lm/ beside the graphs).
+        transducer = None
+        if isinstance(self.meta.get("transducer"), dict) and MODES.get(options.mode) is not None \
+                and MODES[options.mode].head == "transducer":
+            transducer = OnnxTransducerRunner(self.directory, suffix, threads, self.meta["transducer"])
         self._setup_decoding(options, self.decoder is not None, has_whisper, self.directory, self.meta["blank_id"],
-                             self.meta.get("max_frames"))
+                             self.meta.get("max_frames"), transducer=transducer)
         if self.mode == "whisper_rescoring":
             if options.second_pass_search != "joint":
                 raise EdgeAsrError("--second-pass rescore runs with the torch backend; ONNX Runtime runs 'joint'")

@@ -1,4 +1,4 @@
-"""Transducer head (RNN-T): a stateless prediction network, a joiner, the loss and greedy search.
+"""Transducer head (RNN-T): a stateless prediction network, a joiner and the loss.
 
 Why a transducer: most of the seed papers (4-bit native QAT, S8BQAT, compute-amortized
 Transformer-Transducer) measure RNN-T, and streaming transducers emit words as they are heard,
@@ -21,15 +21,15 @@ gradient. Tested against a brute-force sum over all alignments and with gradchec
 (blank stands for "no token yet") through a grouped 1-D convolution. Its state in streaming is just
 the last ``context`` tokens, so carrying it across chunks is trivial and it exports as one graph.
 
-**Search.** ``TransducerGreedy`` consumes encoder frames chunk by chunk, emitting at most
-``max_symbols`` tokens per frame; its state (the token context) carries across chunks.
+**Search.** ``edgeasr.decoding.transducer_search`` (greedy and modified beam search) reads the
+head through ``TorchTransducerRunner`` here, or the exported graphs through ONNX Runtime.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -162,66 +162,29 @@ class TransducerHead(nn.Module):
         logits = self.joiner(encoded[:, :, None, :], predicted[:, None, :, :])
         return rnnt_loss(logits, targets, lengths, target_lengths, self.config.blank, reduction)
 
-    def greedy(self) -> "TransducerGreedy":
-        return TransducerGreedy(self)
+    def runner(self) -> "TorchTransducerRunner":
+        return TorchTransducerRunner(self)
 
 
-class TransducerGreedy:
-    """Streaming greedy search: feed encoder frames [T, De] chunk by chunk; tokens accumulate.
+class TorchTransducerRunner:
+    """The head behind the searches' runner interface (``edgeasr.decoding.transducer_search``):
+    numpy in and out, torch inside, no gradients."""
 
-    At each frame the joiner is asked for the best symbol; a non-blank is emitted, the context
-    advances and the same frame is asked again, at most ``max_symbols`` times (so one frame cannot
-    loop forever); blank moves to the next frame. The state is the token context: it carries
-    across chunks unchanged, so chunked and whole-utterance decoding give the same tokens.
-    """
-
-    def __init__(self, head: TransducerHead, max_symbols: int = 3) -> None:
+    def __init__(self, head: TransducerHead) -> None:
         self.head = head
-        self.max_symbols = max_symbols
-        self.tokens: list[int] = []
-        self.times: list[int] = []
-        #: the joiner's log-probability of each emitted token (for scores and confidence)
-        self.log_probs: list[float] = []
-        self.frame = 0
-        blank = head.config.blank
-        self._context = torch.full((1, head.config.context), blank, dtype=torch.long)
-        self._predicted = None
+        self.context = head.config.context
+        self.blank = head.config.blank
 
     @torch.no_grad()
-    def step(self, encoded: torch.Tensor) -> None:
-        head, blank = self.head, self.head.config.blank
-        if self._predicted is None:
-            self._predicted = head.predictor.step(self._context)
-        projected = head.joiner.encoder_proj(encoded)  # once per frame, not per symbol
-        for t in range(encoded.size(0)):
-            for _ in range(self.max_symbols):
-                logits = head.joiner.out(torch.tanh(projected[t] + head.joiner.predictor_proj(self._predicted[0])))
-                token = int(logits.argmax())
-                if token == blank:
-                    break
-                self.tokens.append(token)
-                self.times.append(self.frame)
-                self.log_probs.append(float(logits.log_softmax(-1)[token]))
-                self._context = torch.cat([self._context[:, 1:], torch.tensor([[token]])], dim=1)
-                self._predicted = head.predictor.step(self._context)
-            self.frame += 1
+    def project(self, frames) -> np.ndarray:
+        return self.head.joiner.encoder_proj(torch.as_tensor(frames, dtype=torch.float32)).numpy()
 
+    @torch.no_grad()
+    def predict(self, contexts) -> np.ndarray:
+        predicted = self.head.predictor.step(torch.from_numpy(contexts))
+        return self.head.joiner.predictor_proj(predicted).numpy()
 
-class TransducerSearch:
-    """``TransducerGreedy`` behind the decoding core's search interface: ``step`` takes this
-    chunk's encoder frames [T, D] (torch), ``nbest`` gives the one best path as a Hypothesis
-    (its score: the joiner's log-probabilities of the emitted tokens)."""
-
-    def __init__(self, head: TransducerHead, max_symbols: int = 3) -> None:
-        self.greedy = TransducerGreedy(head, max_symbols)
-
-    def step(self, encoded) -> None:
-        if encoded is not None and encoded.shape[0]:
-            self.greedy.step(torch.as_tensor(encoded))
-
-    def nbest(self, n: int | None = None) -> list:
-        from edgeasr.decoding.ctc import Hypothesis
-
-        g = self.greedy
-        return [Hypothesis(tuple(g.tokens), float(sum(g.log_probs)), tuple(g.times),
-                           tuple(math.exp(v) for v in g.log_probs))]
+    @torch.no_grad()
+    def join(self, frame, predicted) -> np.ndarray:
+        joint = torch.tanh(torch.from_numpy(frame)[None, :] + torch.from_numpy(predicted))
+        return self.head.joiner.out(joint).log_softmax(-1).numpy()

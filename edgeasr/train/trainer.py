@@ -506,6 +506,7 @@ def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance],
     import jiwer
 
     from edgeasr.decoding.ctc import ctc_greedy
+    from edgeasr.decoding.transducer_search import TransducerGreedySearch
 
     model.eval()
     refs, hyps = [], []
@@ -521,9 +522,9 @@ def quick_dev_error(model: ASRModel, store: FeatureStore, utts: list[Utterance],
                 continue
             encoded, _ = model.encode(f.unsqueeze(0), torch.tensor([f.size(0)]))
             if getattr(model, "transducer", None) is not None:
-                search = model.transducer.greedy()
-                search.step(encoded[0])
-                hyp = search
+                search = TransducerGreedySearch(model.transducer.runner())
+                search.step(encoded[0].numpy())
+                hyp = search.nbest()[0]
             else:
                 hyp = ctc_greedy(model.ctc_log_probs(encoded)[0], model.blank_id)
         refs.append(utt.text)
