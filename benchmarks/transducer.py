@@ -4,10 +4,19 @@
         --manifest test=data/synth15/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl
 
 The model (``configs/whisper/tiny_transducer_frozen.yaml``: the default's frozen encoder, CTC head
-and Whisper decoder plus a trained transducer head) streams every utterance at its chunk size in
-each mode; the modes take turns on each utterance, 1 thread. Per set and mode: WER, CER, RTF
-(compute / audio), the median ratio of each mode's time to ctc_greedy's, and the parameters of the
-head each mode decodes with. Writes benchmarks/results/transducer.json and regenerates BENCHMARKS.md.
+and Whisper decoder plus a trained transducer head) streams every utterance in blocks of its chunk
+in each mode; the modes take turns on each utterance, 1 thread. A mode written ``NAME+lm`` runs
+with the LM (``--lm``, default the model directory's own) fused into its search, plain ``NAME``
+without one. Per set and mode: WER, CER, RTF (compute / audio), the median ratio of each mode's
+time to the first mode's, and two latencies, medians over utterances:
+
+- ``first_partial_s``: audio seconds streamed when the first non-empty partial appeared (the
+  utterances' lead-in silence is in it, the same for every mode: compare modes, not absolutes);
+- ``final_ms``: compute time of ``finish()`` after the last block, i.e. from the end of the audio
+  to the final text (the last token's latency as a user sees it); a second pass sits here.
+
+Also the parameters of the head each mode decodes with. Writes benchmarks/results/transducer.json
+and regenerates BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,13 +33,12 @@ import torch
 from edgeasr.audio.io import load_audio
 from edgeasr.data.manifest import read_manifest
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
-from edgeasr.evaluate.accuracy import transcribe_in_turns
 from edgeasr.evaluate.metrics import corpus_errors
 from edgeasr.evaluate.report import run_facts, save_result
 from edgeasr.model.package import load_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = "ctc_greedy,ctc_prefix_beam,transducer_greedy,whisper_rescoring"
+MODES = "ctc_greedy,ctc_prefix_beam+lm,transducer_greedy,transducer_beam,transducer_beam+lm,whisper_rescoring"
 
 
 def head_parameters(model) -> dict:
@@ -38,11 +47,30 @@ def head_parameters(model) -> dict:
             "whisper_decoder": count(model.whisper_decoder)}
 
 
+def stream_one(recognizer, samples) -> dict:
+    """One utterance streamed in chunk-sized blocks: text, compute seconds and the latencies."""
+    block = int(round(recognizer.chunk_size * recognizer.frame_seconds * 16000))
+    session = recognizer.stream()
+    spent, first_partial = 0.0, None
+    for offset in range(0, len(samples), block):
+        started = time.perf_counter()
+        partial = session.accept(samples[offset : offset + block])
+        spent += time.perf_counter() - started
+        if first_partial is None and partial.text.strip():
+            first_partial = min(offset + block, len(samples)) / 16000
+    started = time.perf_counter()
+    final = session.finish()
+    final_seconds = time.perf_counter() - started
+    return {"text": final.text, "seconds": spent + final_seconds, "final_ms": 1000 * final_seconds,
+            "first_partial_s": first_partial if first_partial is not None else len(samples) / 16000}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a model directory with a transducer head")
     parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--modes", default=MODES)
+    parser.add_argument("--lm", help="the LM of the NAME+lm modes (default: the model directory's lm/)")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transducer.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
@@ -53,7 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeasr: error: {args.model} has no transducer head", file=sys.stderr)
         return 2
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    recognizers = {mode: Recognizer(packaged, DecodeOptions(mode=mode)) for mode in modes}
+    lm = args.lm or (str(Path(args.model) / "lm") if (Path(args.model) / "lm").is_dir() else None)
+    if any(m.endswith("+lm") for m in modes) and lm is None:
+        print(f"edgeasr: error: {args.model} has no lm/ for the +lm modes; pass --lm DIR", file=sys.stderr)
+        return 2
+    recognizers = {}
+    for mode in modes:
+        name, fused = (mode[:-3], True) if mode.endswith("+lm") else (mode, False)
+        recognizers[mode] = Recognizer(packaged, DecodeOptions(mode=name, lm=lm if fused else None)
+                                       if fused else DecodeOptions(mode=name, lm=None))
     parts = head_parameters(packaged.model)
     result = {
         **run_facts("transducer", "benchmarks/transducer.py", sys.argv[1:] if argv is None else argv),
@@ -62,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "frame_ms": 1000 * recognizers[modes[0]].frame_seconds,
         "parameters": parts,
         "transducer_config": packaged.model.config.transducer,
+        "lm": lm,
         "sets": {},
     }
     for item in args.manifest:
@@ -69,14 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         utts = read_manifest(path)[: args.limit]
         audio = [load_audio(u.audio) for u in utts]
         seconds = sum(len(a) for a in audio) / 16000
-        texts, times = transcribe_in_turns(recognizers, audio)
+        for recognizer in recognizers.values():
+            stream_one(recognizer, audio[0][:16000])  # warm-up, untimed
+        runs = {mode: [] for mode in modes}
+        for samples in audio:  # the modes take turns on each utterance
+            for mode, recognizer in recognizers.items():
+                runs[mode].append(stream_one(recognizer, samples))
         rows = {}
         for mode in modes:
-            words, chars = corpus_errors((u.text for u in utts), texts[mode])
-            ratios = [t / b for t, b in zip(times[mode], times[modes[0]]) if b > 0]
+            words, chars = corpus_errors((u.text for u in utts), [r["text"] for r in runs[mode]])
+            ratios = [r["seconds"] / b["seconds"] for r, b in zip(runs[mode], runs[modes[0]]) if b["seconds"] > 0]
             rows[mode] = {"wer": round(words.rate, 2), "cer": round(chars.rate, 2),
-                          "rtf": round(sum(times[mode]) / seconds, 4),
-                          "time_vs_first_mode_median": round(statistics.median(ratios), 3)}
+                          "rtf": round(sum(r["seconds"] for r in runs[mode]) / seconds, 4),
+                          "time_vs_first_mode_median": round(statistics.median(ratios), 3),
+                          "first_partial_s_median": round(statistics.median(r["first_partial_s"] for r in runs[mode]), 3),
+                          "final_ms_median": round(statistics.median(r["final_ms"] for r in runs[mode]), 1)}
             print(json.dumps({"set": name, "mode": mode, **rows[mode]}), file=sys.stderr, flush=True)
         result["sets"][name] = {"manifest": path, "utts": len(utts), "audio_seconds": round(seconds, 1),
                                 "rows": rows}

@@ -347,3 +347,46 @@ def test_transducer_benchmark_writes_rows_and_a_report_section(transducer_model,
     assert rows["transducer_greedy"]["wer"] < rows["ctc_greedy"]["wer"]  # the transducer learnt faster here
     assert rows["transducer_greedy"]["rtf"] > 0
     assert "## Transducer head against CTC" in report.read_text()
+
+
+@pytest.mark.parametrize("weight_bits", [8, 4])
+def test_qat_of_the_whole_transducer_trains_packages_and_decodes(transducer_model, tmp_path, weight_bits):
+    """W8A8 / W4A8 fake-quant on the encoder, CTC head, prediction network and joint (every
+    Linear and Conv of the model), from the float transducer: the quantized model keeps learning,
+    its directory stores the packed codes and decodes in transducer_beam as it did before saving."""
+    import edgeasr
+    from edgeasr.audio.io import load_audio
+    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import PackagedModel, load_model_dir, load_weights_from, save_model_dir
+    from edgeasr.quant.qat import quantized_layers
+
+    directory, _, text = transducer_model
+    source = load_model_dir(directory)
+    config = source.model.config.to_dict()
+    config["quantization"] = {"weight_bits": weight_bits, "act_bits": 8, "layers": {"ctc*": {"weight_bits": 8}}}
+    model = ASRModel(ModelConfig.from_dict(config))
+    load_weights_from(model, source)
+    layers = quantized_layers(model)
+    assert {"transducer.predictor.mix", "transducer.joiner.out", "transducer.joiner.encoder_proj"} <= set(layers)
+    assert layers["transducer.joiner.out"].weight_bits == weight_bits
+    feats = source.features.compute(load_audio("samples/kokoro-male.wav", sample_rate=16000))
+    tokens = torch.tensor([source.tokenizer.encode(text)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        out = model(feats[None], torch.tensor([feats.size(0)]), tokens, torch.tensor([tokens.size(1)]))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(float(out["transducer"].detach()))
+    assert min(losses[-5:]) < losses[0]
+    model.eval()
+    saved = save_model_dir(tmp_path / "qat", model, source.tokenizer, source.features, source.streaming)
+    samples = load_audio("samples/kokoro-male.wav", sample_rate=16000)
+    reloaded = edgeasr.load_model(str(saved), mode="transducer_beam", beam_size=4, segment=False)
+    assert reloaded.model.config.quantization["weight_bits"] == weight_bits
+    in_memory = Recognizer(PackagedModel(model=model, tokenizer=source.tokenizer, features=source.features,
+                                         streaming=source.streaming), DecodeOptions(mode="transducer_beam", beam_size=4,
+                                                                                   segment=False))
+    assert reloaded.transcribe(samples).text == in_memory.transcribe(samples).text

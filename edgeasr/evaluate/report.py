@@ -845,15 +845,20 @@ def transducer_section(result: dict, name: str) -> list[str]:
         f"{params['ctc'] / 1e6:.2f} M, transducer head {params['transducer'] / 1e6:.2f} M, Whisper decoder "
         f"{params['whisper_decoder'] / 1e6:.2f} M), streamed at chunk {result['chunk_size']} "
         f"({result['chunk_size'] * result['frame_ms']:.0f} ms), the modes taking turns on each utterance; "
-        f"{result['machine']} ({result['date']}). Time: median over utterances of the mode's time / {modes[0]}'s.",
+        f"{result['machine']} ({result['date']}). Time: median over utterances of the mode's time / {modes[0]}'s. "
+        f"`+lm`: with the LM `{result.get('lm')}` fused into the search. First partial: audio seconds streamed "
+        "when the first non-empty partial appeared (lead-in silence included, the same for every mode); final: "
+        "compute time from the end of the audio to the final text (medians over utterances).",
         "",
-        "| set | mode | WER (CER) | RTF | time vs " + modes[0] + " |",
-        "|---|---|---|---|---|",
+        "| set | mode | WER (CER) | RTF | time vs " + modes[0] + " | first partial (s) | final (ms) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for set_name, entry in result["sets"].items():
         for mode, row in entry["rows"].items():
+            latency = (f"{row['first_partial_s_median']:.2f} | {row['final_ms_median']:.0f}"
+                       if "final_ms_median" in row else "- | -")
             lines.append(f"| {set_name} ({entry['utts']} utts) | {mode} | {row['wer']:.1f} ({row['cer']:.1f}) | "
-                         f"{row['rtf']:.4f} | {row['time_vs_first_mode_median']:.2f}x |")
+                         f"{row['rtf']:.4f} | {row['time_vs_first_mode_median']:.2f}x | {latency} |")
     return lines + [""]
 
 
