@@ -43,11 +43,16 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    """The language model, hotwords, search pruning and the VAD (shared with `edgeasr serve`)."""
+    """The language model, hotwords, search pruning, the VAD and the segmenter (shared with `edgeasr serve`)."""
     parser.add_argument("--vad", action="store_true",
                         help="skip audio an energy voice-activity detector hears as silence (the encoder "
                              "never runs on it): long pauses cost next to nothing")
     defaults = DecodeOptions()
+    parser.add_argument("--segmenter", choices=["auto", "on", "off"], default="auto",
+                        help="close segments where the model's segmenter predicts the end of speech, before the "
+                             "blank rules would (default auto: when the model has one)")
+    parser.add_argument("--segmenter-threshold", type=float, default=defaults.segmenter_threshold,
+                        help=f"segmenter probability that closes a segment (default: {defaults.segmenter_threshold})")
     parser.add_argument("--lm", metavar="PATH",
                         help="word n-gram LM: an `edgeasr lm train` directory or an ARPA file; 'none' = no LM "
                              "(default: the model directory's lm/ when it has one)")
@@ -72,7 +77,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 def search_options(args: argparse.Namespace) -> dict:
     """The DecodeOptions fields ``add_search_arguments`` sets."""
-    return {"vad": getattr(args, "vad", False), "lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
+    segmenter = {"auto": None, "on": True, "off": False}[getattr(args, "segmenter", "auto")]
+    return {"vad": getattr(args, "vad", False), "segmenter": segmenter,
+            "segmenter_threshold": getattr(args, "segmenter_threshold", DecodeOptions().segmenter_threshold), "lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
             "lm_weight": args.lm_weight, "lm_bonus": args.lm_bonus,
             "whisper_lm_weight": args.whisper_lm_weight, "hotwords": args.hotwords,
             "hotword_boost": args.hotword_boost, "token_threshold": args.token_threshold,

@@ -62,6 +62,13 @@ class DecodeOptions:
     #: skip blocks of audio that an energy VAD (edgeasr.audio.vad) hears as silence while no
     #: speech is open: the encoder never runs on them, so long pauses cost next to nothing
     vad: bool = False
+    #: close segments where the model's segmenter (edgeasr.model.segmenter) predicts the end of
+    #: speech, before the blank rules would: None = whenever the model has one; False = rules only
+    segmenter: bool | None = None
+    #: the segmenter's probability at a chunk's last frame that closes the segment
+    segmenter_threshold: float = 0.5
+    #: ... once at least this much trailing silence (CTC blanks) is heard
+    segmenter_min_silence: float = 0.1
     #: word n-gram LM: "auto" = the model directory's lm/ when it has one; None = none; or a
     #: path (an `edgeasr lm train` directory or an ARPA file)
     lm: str | None = "auto"
@@ -97,6 +104,10 @@ class DecodeOptions:
             raise EdgeAsrError("--chunk-size must be 0 (full context) or a positive number of frames")
         if self.beam_size < 1:
             raise EdgeAsrError("--beam-size must be at least 1")
+        if not 0.0 < self.segmenter_threshold < 1.0:
+            raise EdgeAsrError("--segmenter-threshold must be between 0 and 1")
+        if not self.segmenter_min_silence >= 0:
+            raise EdgeAsrError("--segmenter-min-silence must be 0 or more")
         if not 0.0 <= self.whisper_ctc_weight <= 1.0:
             raise EdgeAsrError("--whisper-ctc-weight must be between 0 and 1")
         if self.second_pass_search not in ("joint", "rescore"):
@@ -116,17 +127,23 @@ class DecodingCore:
 
     def _setup_decoding(self, options: "DecodeOptions", has_attention: bool, has_whisper: bool,
                         model_directory, blank_id: int, max_segment_frames: int | None = None,
-                        transducer=None, cascade=None) -> None:
+                        transducer=None, cascade=None, segmenter=None) -> None:
         """``transducer``: the backend's transducer runner (``edgeasr.decoding.transducer_search``:
         the torch head's or the ONNX graphs'), for the transducer modes;
         ``cascade``: a callable from a segment's first-pass encoder frames [1, T, D] to the
-        cascaded second pass's CTC log-probs [T, V] (numpy), for ``cascade_rescoring``."""
+        cascaded second pass's CTC log-probs [T, V] (numpy), for ``cascade_rescoring``;
+        ``segmenter``: a callable from a chunk's encoder frames [T, D] to the segmenter's
+        probability that the segment's speech has ended by the last one (None: rules only)."""
         self.options = options
         options.validate()
         self.mode_spec = resolve_mode(options.mode, has_attention, has_whisper, transducer is not None,
                                       cascade is not None)
         self.transducer = transducer
         self.cascade = cascade
+        if options.segmenter and segmenter is None:
+            raise EdgeAsrError("--segmenter needs a model with a segmenter (model.segmenter in its config; "
+                               "torch backend)")
+        self.segmenter = segmenter if options.segmenter is not False else None
         self.mode = self.mode_spec.name
         self.blank_id = blank_id
         self.piece_texts = piece_texts(self.tokenizer)
@@ -422,6 +439,8 @@ class StreamingSession:
         #: trailing silence and frames decoded, for endpointing (edgeasr.decoding.endpoint)
         threshold = self.rules.blank_threshold if self.rules is not None else 0.9
         self.blank_tracker = BlankTracker(blank=rec.blank_id, threshold=threshold)
+        #: the segmenter's probability that this segment's speech is over (its latest chunk)
+        self.segment_ended = 0.0
 
     def _decode_frames(self, encoded, log_probs) -> None:
         """Encoder frames of this segment into the search, the endpointer and (rescoring) the store."""
@@ -431,6 +450,8 @@ class StreamingSession:
             self.encoded.append(encoded)
         self.search.step(self.recognizer.search_input(encoded, log_probs))
         self.blank_tracker.update(log_probs)
+        if self.recognizer.segmenter is not None and encoded is not None and len(encoded):
+            self.segment_ended = self.recognizer.segmenter(encoded)
 
     def _close_segment(self, final: bool) -> None:
         """Flush the encoder into this segment, finalize it (or queue it, ``defer_finals``), and
@@ -618,9 +639,15 @@ class StreamingSession:
         if endpointing and self.rules is not None:
             best = self.search.nbest(1)
             has_text = bool(best and best[0].tokens) and self.blank_tracker.speech_frames > 0
-            if endpoint_reached(self.rules, self.blank_tracker, rec.frame_seconds, has_text):
+            if endpoint_reached(self.rules, self.blank_tracker, rec.frame_seconds, has_text) \
+                    or (has_text and self._segmenter_says_ended()):
                 self._close_segment(final=False)
                 self.endpoint = True
+
+    def _segmenter_says_ended(self) -> bool:
+        options = self.recognizer.options
+        return (self.segment_ended >= options.segmenter_threshold
+                and self.blank_tracker.trailing_silence * self.recognizer.frame_seconds >= options.segmenter_min_silence)
 
     def accept(self, samples: np.ndarray, sample_rate: int | None = None) -> Result:
         """Feed audio (float32 in [-1, 1] or int16, mono or [samples, channels], at

@@ -97,7 +97,8 @@ class Recognizer(DecodingCore):
         self._setup_decoding(options, self.model.decoder is not None, self.model.whisper_decoder is not None,
                              packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None),
                              transducer=self.model.transducer.runner() if getattr(self.model, "transducer", None) is not None else None,
-                             cascade=self._run_cascade if getattr(self.model, "cascade", None) is not None else None)
+                             cascade=self._run_cascade if getattr(self.model, "cascade", None) is not None else None,
+                             segmenter=self._segment_ended if getattr(self.model, "segmenter", None) is not None else None)
         if self.mode == "whisper_rescoring":
             from edgeasr.decoding.whisper_rescoring import TorchWhisperBackend, WhisperSecondPass
 
@@ -135,6 +136,11 @@ class Recognizer(DecodingCore):
     def _run_cascade(self, encoded) -> np.ndarray:
         """A segment's first-pass encoder frames [1, T, D] -> the cascade's CTC log-probs [T, V]."""
         return self.model.cascade_log_probs(encoded)[0].float().numpy()
+
+    @torch.no_grad()
+    def _segment_ended(self, encoded) -> float:
+        """The segmenter's probability that the segment's speech is over by the chunk's last frame."""
+        return float(torch.sigmoid(self.model.segmenter(torch.as_tensor(encoded[-1]).float())))
 
     def rescore_attention(self, hyps, encoded):
         from edgeasr.decoding.rescoring import attention_rescore

@@ -108,6 +108,10 @@ class ModelConfig:
     #: cascade_weight * cascade CTC.
     cascade: dict | None = None
     cascade_weight: float = 0.5
+    #: An end-of-segment predictor on the first pass's encoder frames (edgeasr.model.segmenter:
+    #: ``hidden``, ``margin``); None = none. Its loss is added: loss += segmenter_weight * BCE.
+    segmenter: dict | None = None
+    segmenter_weight: float = 1.0
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -165,6 +169,11 @@ class ASRModel(nn.Module):
             from edgeasr.model.cascade import CascadeConfig, CascadeEncoder
 
             self.cascade = CascadeEncoder(CascadeConfig.from_dict(config.cascade, d_model, config.vocab_size))
+        self.segmenter = None
+        if config.segmenter is not None:
+            from edgeasr.model.segmenter import Segmenter, SegmenterConfig
+
+            self.segmenter = Segmenter(SegmenterConfig.from_dict(config.segmenter), d_model)
         self.blank_id = 0
         self.sos_id = self.eos_id = config.vocab_size - 1
         self.ctc_loss = nn.CTCLoss(blank=self.blank_id, reduction="sum", zero_infinity=True)
@@ -279,6 +288,11 @@ class ASRModel(nn.Module):
             losses["cascade"] = self.ctc_loss(second.transpose(0, 1), targets, enc_lengths, token_lengths) / batch
             weight = self.config.cascade_weight
             loss = (1 - weight) * loss + weight * losses["cascade"]
+        if self.segmenter is not None:
+            # it reads the first pass as it streams; a frozen first pass passes no gradient
+            source = encoded.detach() if "encoder" in self.frozen_prefixes else encoded
+            losses["segmenter"] = self.segmenter.loss(source, enc_lengths, log_probs)
+            loss = loss + self.config.segmenter_weight * losses["segmenter"]
         quant = self.config.quantization
         if quant and quant.get("regularizer_weight", 0.0) > 0 and self.training:
             from edgeasr.quant.qat import quantization_regularizer

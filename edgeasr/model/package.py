@@ -324,11 +324,12 @@ def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str] | Pa
     except RuntimeError as error:
         detail = str(error).splitlines()[-1].strip()
         raise EdgeAsrError(f"{source.directory}: weights do not fit this config ({detail})") from None
-    # Added parts start fresh: quantizer ranges, gate predictors, a transducer head beside the
-    # source's heads (a transducer trained on a frozen pretrained encoder).
+    # Added parts start fresh: quantizer ranges, gate predictors, a transducer head, a cascade or
+    # a segmenter beside the source's heads (trained on a frozen pretrained encoder).
     missing = [name for name in missing if not name.endswith(_FRESH_STATE) and not name.startswith("encoder.dynamic.")
                and not (name.startswith("transducer.") and getattr(source.model, "transducer", None) is None)
-               and not (name.startswith("cascade.") and getattr(source.model, "cascade", None) is None)]
+               and not (name.startswith("cascade.") and getattr(source.model, "cascade", None) is None)
+               and not (name.startswith("segmenter.") and getattr(source.model, "segmenter", None) is None)]
     if missing or unexpected:
         names = ", ".join((missing + unexpected)[:3])
         raise EdgeAsrError(f"{source.directory}: the model does not match this config ({names} ...)")

@@ -332,6 +332,8 @@ def train(
         log_fields.append("transducer")  # the RNN-T loss
     if getattr(model, "cascade", None) is not None:
         log_fields.append("cascade")  # the cascaded second pass's CTC loss
+    if getattr(model, "segmenter", None) is not None:
+        log_fields.append("segmenter")  # the end-of-segment predictor's cross-entropy
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(log_fields)

@@ -1,0 +1,92 @@
+"""The segmenter: its targets, its training on a frozen first pass, and the streaming session
+closing segments where it says speech has ended (issue 17, item 3)."""
+
+import pytest
+import torch
+from conftest import speechlike
+
+import edgeasr
+from edgeasr.errors import EdgeAsrError
+from edgeasr.model.asr import ASRModel, ModelConfig
+from edgeasr.model.package import load_model_dir, load_weights_from, save_model_dir
+from edgeasr.model.segmenter import end_targets
+
+
+def test_targets_mark_the_frames_after_the_last_token_and_its_margin():
+    blank, token = [0.0, -9.0], [-9.0, 0.0]
+    frames = [blank, token, blank, token, blank, blank, blank, blank]
+    log_probs = torch.tensor([frames, frames])
+    targets = end_targets(log_probs, torch.tensor([8, 3]), margin=2)
+    # last token at frame 3, + 2 frames of tail: frames 6 and 7 are "ended"
+    assert targets[0].tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+    # the second utterance is 3 frames long: its last token (frame 1) and tail end at frame 3
+    assert targets[1].tolist()[:4] == [0, 0, 0, 0]
+    silent = end_targets(torch.tensor([[blank] * 4]), torch.tensor([4]), margin=2)
+    assert silent[0].tolist() == [1, 1, 1, 1]  # nothing said: ended throughout
+
+
+@pytest.fixture(scope="module")
+def with_segmenter(tiny_model, tmp_path_factory):
+    """tiny_model plus a segmenter head; returns (directory, the model) for weights to be set."""
+    source = load_model_dir(tiny_model)
+    config = source.model.config.to_dict()
+    config["segmenter"] = {"hidden": 8, "margin": 2}
+    model = ASRModel(ModelConfig.from_dict(config))
+    load_weights_from(model, source)
+    return source, model, tmp_path_factory.mktemp("segmenter")
+
+
+def _saved(with_segmenter, bias: float, name: str):
+    source, model, folder = with_segmenter
+    with torch.no_grad():
+        model.segmenter.net[-1].weight.zero_()
+        model.segmenter.net[-1].bias.fill_(bias)
+    return save_model_dir(folder / name, model.eval(), source.tokenizer, source.features, source.streaming)
+
+
+def test_the_segmenter_trains_on_a_frozen_first_pass(with_segmenter):
+    source, model, _ = with_segmenter
+    model.frozen_prefixes = ("encoder", "ctc", "decoder", "reverse_decoder")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("segmenter."))
+    feats = source.features.compute(speechlike(3.0, seed=1))
+    tokens = torch.tensor([source.tokenizer.encode("hello world")])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(40):
+        out = model(feats[None], torch.tensor([feats.size(0)]), tokens, torch.tensor([tokens.size(1)]))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(float(out["segmenter"].detach()))
+    model.eval()
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_session_closes_segments_where_the_segmenter_says_so(with_segmenter):
+    """A segmenter that always says "ended" closes a segment at the first chunk after text;
+    one that never does leaves the blank rules alone; --segmenter off ignores it."""
+    audio = speechlike(4.0, seed=2)
+    eager = _saved(with_segmenter, 20.0, "eager")
+    never = _saved(with_segmenter, -20.0, "never")
+
+    def finals(directory, **options):
+        recognizer = edgeasr.load_model(str(directory), mode="ctc_greedy", segment=True,
+                                        segmenter_min_silence=0.0, **options)
+        session = recognizer.stream()
+        for start in range(0, len(audio), 1600):
+            session.accept(audio[start : start + 1600])
+        session.finish()
+        return len(session.finals)
+
+    rules = finals(never)
+    assert finals(eager) > rules + 3
+    assert finals(eager, segmenter=False) == rules
+    with pytest.raises(EdgeAsrError, match="segmenter"):
+        edgeasr.load_model(str(eager), mode="ctc_greedy", segmenter_threshold=1.5)
+
+
+def test_asking_for_a_segmenter_the_model_lacks_is_an_error(tiny_model):
+    with pytest.raises(EdgeAsrError, match="needs a model with a segmenter"):
+        edgeasr.load_model(str(tiny_model), mode="ctc_greedy", segmenter=True)
