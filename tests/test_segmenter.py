@@ -90,3 +90,27 @@ def test_the_session_closes_segments_where_the_segmenter_says_so(with_segmenter)
 def test_asking_for_a_segmenter_the_model_lacks_is_an_error(tiny_model):
     with pytest.raises(EdgeAsrError, match="needs a model with a segmenter"):
         edgeasr.load_model(str(tiny_model), mode="ctc_greedy", segmenter=True)
+
+
+def test_segmenter_benchmark_writes_rows_and_a_report_section(with_segmenter, tmp_path):
+    import json
+    from pathlib import Path
+
+    from benchmark_helpers import load_benchmark
+    from edgeasr.data.manifest import Utterance, write_manifest
+
+    eager = _saved(with_segmenter, 20.0, "eager-bench")
+    clips = sorted(Path("samples").glob("*.wav"))[:2]
+    manifest = tmp_path / "clips.jsonl"
+    write_manifest(manifest, [Utterance(audio=str(c.resolve()), text=c.with_suffix(".txt").read_text().strip(),
+                                        duration=5.0) for c in clips])
+    out, report = tmp_path / "results" / "segmenter.json", tmp_path / "BENCHMARKS.md"
+    assert load_benchmark("segmenter").main([
+        "--model", str(eager), "--manifest", f"clips={manifest}", "--mode", "ctc_greedy", "--per-stream", "2",
+        "--thresholds", "0.5", "--min-silence", "0", "--out", str(out), "--report", str(report)]) == 0
+    rows = json.loads(out.read_text())["sets"]["clips"]["rows"]
+    assert set(rows) == {"rules", "segmenter@0.5"}
+    # a segmenter that always says "ended" cuts more segments than the rules
+    assert rows["segmenter@0.5"]["segments_per_stream"] > rows["rules"]["segments_per_stream"]
+    assert rows["rules"]["utterances_finalized"] == 2
+    assert "## Segmenter against rule-based endpointing" in report.read_text()

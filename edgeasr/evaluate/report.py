@@ -719,6 +719,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += cascade_section(result, path.name)
         elif result.get("benchmark") == "integer_profile":
             lines += integer_profile_section(result, path.name)
+        elif result.get("benchmark") == "segmenter":
+            lines += segmenter_section(result, path.name)
         elif result.get("benchmark") == "vad":
             lines += vad_section(result, path.name)
         elif result.get("benchmark") == "second_pass_sweep":
@@ -859,6 +861,30 @@ def transducer_section(result: dict, name: str) -> list[str]:
                        if "final_ms_median" in row else "- | -")
             lines.append(f"| {set_name} ({entry['utts']} utts) | {mode} | {row['wer']:.1f} ({row['cer']:.1f}) | "
                          f"{row['rtf']:.4f} | {row['time_vs_first_mode_median']:.2f}x | {latency} |")
+    return lines + [""]
+
+
+def segmenter_section(result: dict, name: str) -> list[str]:
+    """Segmenter-finalized segments against rule-based endpointing (benchmarks/segmenter.py)."""
+    low, high = result["pauses_s"]
+    lines = [
+        f"## Segmenter against rule-based endpointing ({name})",
+        "",
+        f"Model `{result['model']}` (segmenter {result['segmenter_parameters'] / 1e3:.0f} k parameters on the "
+        f"first pass's encoder frames), mode {result['mode']}, {result['chunk_ms']} ms blocks, 1 thread; streams of "
+        f"{result['per_stream']} utterances with {low:g}-{high:g} s pauses; {result['machine']} ({result['date']}). "
+        "Latency: from an utterance's end of speech to the moment the final covering it is out (audio streamed "
+        "in real time plus the compute of the call), over utterances. `rules`: 0.8 s of CTC blanks; "
+        "`segmenter@P`: closed when the segmenter's probability reaches P (rules as fallback).",
+        "",
+        "| set | endpointing | WER (CER) | latency median (ms) | p90 | segments / stream | RTF |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for set_name, entry in result["sets"].items():
+        for setting, row in entry["rows"].items():
+            lines.append(f"| {set_name} ({entry['streams']} streams) | {setting} | {row['wer']:.1f} ({row['cer']:.1f}) | "
+                         f"{row['latency_ms_median']:.0f} | {row['latency_ms_p90']:.0f} | "
+                         f"{row['segments_per_stream']:.1f} | {row['rtf']:.4f} |")
     return lines + [""]
 
 
