@@ -114,3 +114,30 @@ def test_segmenter_benchmark_writes_rows_and_a_report_section(with_segmenter, tm
     assert rows["segmenter@0.5"]["segments_per_stream"] > rows["rules"]["segments_per_stream"]
     assert rows["rules"]["utterances_finalized"] == 2
     assert "## Segmenter against rule-based endpointing" in report.read_text()
+
+
+def test_the_onnx_export_carries_the_segmenter(with_segmenter, tmp_path):
+    """segmenter.onnx beside the encoder: ONNX Runtime closes the same segments as torch."""
+    from edgeasr.export.onnx import export_onnx
+
+    source, model, _ = with_segmenter
+    with torch.no_grad():  # a segmenter that reads its frames: some chunks ended, some not
+        model.segmenter.net[-1].weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(0))
+        model.segmenter.net[-1].bias.fill_(0.0)
+    directory = save_model_dir(tmp_path / "model", model.eval(), source.tokenizer, source.features, source.streaming)
+    metadata = export_onnx(str(directory), tmp_path / "onnx")
+    assert (tmp_path / "onnx" / metadata["segmenter"]["graph"]).is_file()
+    audio = speechlike(4.0, seed=3)
+
+    def run(path, **options):
+        recognizer = edgeasr.load_model(str(path), mode="ctc_greedy", segment=True, segmenter_min_silence=0.0,
+                                        segmenter_threshold=0.5, **options)
+        session = recognizer.stream()
+        for start in range(0, len(audio), 1600):
+            session.accept(audio[start : start + 1600])
+        session.finish()
+        return [(round(a, 2), round(b, 2)) for a, b, _ in session.finals]
+
+    torch_finals = run(directory, backend="torch")
+    assert len(torch_finals) > 1
+    assert run(tmp_path / "onnx") == torch_finals

@@ -142,8 +142,7 @@ class DecodingCore:
         self.transducer = transducer
         self.cascade = cascade
         if options.segmenter and segmenter is None:
-            raise EdgeAsrError("--segmenter needs a model with a segmenter (model.segmenter in its config; "
-                               "torch backend)")
+            raise EdgeAsrError("--segmenter needs a model with a segmenter (model.segmenter in its config)")
         self.segmenter = segmenter if options.segmenter is not False else None
         self.mode = self.mode_spec.name
         self.blank_id = blank_id

@@ -350,8 +350,7 @@ def export_onnx(
             _quantize_int8(out / "decoder.onnx", out / "decoder.int8.onnx", per_channel)
     if int4 and asr.decoder is not None:
         _quantize_int4(out / "decoder.onnx", out / "decoder.int4.onnx")
-    if getattr(asr, "transducer", None) is not None:
-        metadata.update(export_transducer(asr.transducer, out, int8))
+    metadata.update(_export_heads(asr, out, int8))
     _write_side_files(packaged, out, metadata)
     return metadata
 
@@ -413,6 +412,35 @@ def export_transducer(head, out: Path, int8: bool) -> dict:
                            "joint_dim": joint}}
 
 
+class _SegmenterProbability(nn.Module):
+    def __init__(self, segmenter) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, frames):
+        return torch.sigmoid(self.segmenter(frames))
+
+
+def export_segmenter(segmenter, out: Path) -> dict:
+    """The segmenter as ``segmenter.onnx``: encoder frames [T, D] -> P(segment ended) [T]."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_SegmenterProbability(segmenter).eval(), (torch.randn(3, segmenter.net[0].in_features),),
+                          str(out / "segmenter.onnx"), input_names=["frames"], output_names=["ended"],
+                          dynamic_axes={"frames": {0: "t"}, "ended": {0: "t"}}, opset_version=OPSET, dynamo=False)
+    return {"segmenter": {"graph": "segmenter.onnx"}}
+
+
+def _export_heads(model, out: Path, int8: bool) -> dict:
+    """Metadata of the optional heads' graphs, written beside the encoder's."""
+    metadata = {}
+    if getattr(model, "transducer", None) is not None:
+        metadata.update(export_transducer(model.transducer.eval(), out, int8))
+    if getattr(model, "segmenter", None) is not None:
+        metadata.update(export_segmenter(model.segmenter, out))
+    return metadata
+
+
 def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunks, int8: bool,
                     int4: bool = False) -> dict:
     """The Whisper-encoder model's graphs (edgeasr.export.whisper_onnx), with the same side files."""
@@ -420,8 +448,7 @@ def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunk
 
     chunk, left, out = _streaming_settings(packaged, chunk_size, num_left_chunks, out_dir)
     metadata = export_whisper_onnx(packaged, out, chunk, left, int8, int4=int4)
-    if getattr(packaged.model, "transducer", None) is not None:
-        metadata.update(export_transducer(packaged.model.transducer.eval(), out, int8))
+    metadata.update(_export_heads(packaged.model.eval(), out, int8))
     _write_side_files(packaged, out, metadata)
     return metadata
 

@@ -300,8 +300,12 @@ class OnnxRecognizer(DecodingCore):
         if isinstance(self.meta.get("transducer"), dict) and MODES.get(options.mode) is not None \
                 and MODES[options.mode].head == "transducer":
             transducer = OnnxTransducerRunner(self.directory, suffix, threads, self.meta["transducer"])
+        segmenter = None
+        if isinstance(self.meta.get("segmenter"), dict) and options.segmenter is not False:
+            graph = _session(self.directory / self.meta["segmenter"]["graph"], threads)
+            segmenter = lambda encoded: float(graph.run(None, {"frames": np.asarray(encoded[-1:], dtype=np.float32)})[0][-1])  # noqa: E731
         self._setup_decoding(options, self.decoder is not None, has_whisper, self.directory, self.meta["blank_id"],
-                             self.meta.get("max_frames"), transducer=transducer)
+                             self.meta.get("max_frames"), transducer=transducer, segmenter=segmenter)
         if self.mode == "whisper_rescoring":
             if options.second_pass_search != "joint":
                 raise EdgeAsrError("--second-pass rescore runs with the torch backend; ONNX Runtime runs 'joint'")
