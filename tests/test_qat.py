@@ -272,3 +272,33 @@ def test_qat_trains_and_streams_with_every_encoder_variant(encoder):
         stream = EncoderStream(model.encoder, 4)
         streamed = torch.cat([stream.accept(feats[0]), stream.finish()])
     assert (full[0] - streamed).abs().max() < 1e-3
+
+
+def test_a_quantized_model_with_pretrained_parts_reloads_exactly(whisper_imported, tmp_path):
+    """QAT of a model whose frozen parts load from the pretrained package (the transducer QAT
+    recipes): the file holds the packed codes of what changed and leaves out what did not; it
+    loads back to the same outputs (once, small tensors were merged by a layout that the left-out
+    tensors shifted, and the model would not load)."""
+    import torch
+
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import load_model_dir, load_weights_from, save_model_dir
+
+    source = load_model_dir(whisper_imported)
+    config = source.model.config.to_dict()
+    config["quantization"] = {"weight_bits": 4, "act_bits": 8, "skip": ["whisper_decoder.*"]}
+    model = ASRModel(ModelConfig.from_dict(config))
+    load_weights_from(model, source)
+    with torch.no_grad():  # one fine-tuned layer (stored as codes), the others as imported (left out)
+        model.encoder.layers[0].ffn[0].weight.add_(0.01)
+    feats = torch.randn(1, 200, 80)
+    model.train()
+    model.encode(feats, torch.tensor([200]), 16, -1)  # the activation ranges see data once
+    model.eval()
+    saved = save_model_dir(tmp_path / "qat", model, source.tokenizer, source.features, source.streaming,
+                           pretrained=source.pretrained, whisper_dir=source.whisper_dir)
+    reloaded = load_model_dir(saved).model
+    with torch.no_grad():
+        expected = model.ctc_log_probs(model.encode(feats, torch.tensor([200]), 16, -1)[0])
+        got = reloaded.ctc_log_probs(reloaded.encode(feats, torch.tensor([200]), 16, -1)[0])
+    assert torch.allclose(got, expected, atol=1e-4)

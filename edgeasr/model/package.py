@@ -121,13 +121,15 @@ def save_model_dir(
     if half and model.config.quantization is None:
         state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
         config["weights_dtype"] = "float16"
-    atomic_save_torch(directory / "model.pt", pack_quantized_weights(model, state))
+    # (small tensors are merged by their place in the model's state; with pretrained parts left
+    # out that place is not known at load, so they stay apart)
+    atomic_save_torch(directory / "model.pt", pack_quantized_weights(model, state, merge_small=pretrained is None))
     atomic_write_text(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     tokenizer.save(directory / "tokenizer")
     return directory
 
 
-def pack_quantized_weights(model: ASRModel, state: dict) -> dict:
+def pack_quantized_weights(model: ASRModel, state: dict, merge_small: bool = True) -> dict:
     """Replace each quantized layer's float weight in ``state`` by its integer codes, packed
     (8-bit: a byte each, 4-bit: two per byte, 2-bit: four per byte), and its per-channel scales.
 
@@ -139,11 +141,13 @@ def pack_quantized_weights(model: ASRModel, state: dict) -> dict:
     from edgeasr.quant.qat import quantized_layers, transform_weight
 
     for name, spec in quantized_layers(model).items():
+        if f"{name}.weight" not in state:
+            continue  # left out: equal to a pretrained part's, which loads and is rounded as it runs
         weight = transform_weight(state.pop(f"{name}.weight"), spec.weight_transform)
         codes, scale = quantize_weight(weight, spec.weight_bits)
         state[f"{name}.weight_packed"] = pack_codes(codes, spec.weight_bits)
         state[f"{name}.weight_scale"] = scale.reshape(-1).float()
-    return _merge_small_tensors(state) if quantized_layers(model) else state
+    return _merge_small_tensors(state) if merge_small and quantized_layers(model) else state
 
 
 #: Tensors up to this many elements are stored together in one flat tensor in quantized model
