@@ -1,8 +1,6 @@
 """Training: a real (tiny) run on synthesized speech, resume after a kill, DDP with two processes."""
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -246,3 +244,66 @@ def test_average_fp16_ships_half_the_bytes_and_loads_as_float32(corpus, recipe, 
         x = a.ctc_log_probs(a.encode(feats, torch.tensor([120]))[0])
         y = b.ctc_log_probs(b.encode(feats, torch.tensor([120]))[0])
     assert (x - y).abs().max().item() < 0.05
+
+
+def test_distillation_pulls_the_encoder_towards_its_teacher(tiny_model):
+    """distill_weight: zero error against an identical teacher, a gradient into the encoder when
+    they differ, the error falls under training, and the teacher stays out of the state dict."""
+    import copy
+
+    from conftest import speechlike
+
+    from edgeasr.model.package import load_model_dir as load
+
+    packaged = load(tiny_model)
+    teacher = packaged.model
+    student = copy.deepcopy(teacher)
+    student.set_teacher(teacher, 1.0)
+    student.chunk_generator.manual_seed(0)
+    feats = packaged.features.compute(speechlike(2.0, seed=4))[None]
+    lengths = torch.tensor([feats.size(1)])
+    tokens = torch.tensor([packaged.tokenizer.encode("hello world")])
+    token_lengths = torch.tensor([tokens.size(1)])
+    student.train()
+    assert float(student(feats, lengths, tokens, token_lengths)["distill"].detach()) < 1e-10
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for parameter in student.encoder.parameters():
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    optimizer = torch.optim.Adam(student.encoder.parameters(), lr=3e-3)
+    errors = []
+    for _ in range(15):
+        out = student(feats, lengths, tokens, token_lengths)
+        optimizer.zero_grad()
+        out["distill"].backward()
+        assert student.encoder.layers[0].ff_in.linear_in.weight.grad.abs().sum() > 0
+        optimizer.step()
+        errors.append(float(out["distill"].detach()))
+    assert errors[0] > 1e-3 and errors[-1] < 0.5 * errors[0]
+    assert all(p.grad is None for p in teacher.parameters())
+    assert set(student.state_dict()) == set(teacher.state_dict())
+    student.eval()
+    assert "distill" not in student(feats, lengths, tokens, token_lengths)
+
+
+def test_qat_with_distillation_logs_the_term_and_needs_a_teacher(corpus, recipe, tmp_path, capsys):
+    float_dir = tmp_path / "float"
+    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(float_dir), "--quiet"]) == 0
+    qat_recipe = tmp_path / "qat.yaml"
+    qat_recipe.write_text(TINY_RECIPE.replace(
+        "  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}\n",
+        "  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}\n"
+        "  quantization: {weight_bits: 4, act_bits: 8, skip: ['decoder.*']}\n",
+    ).replace("  max_steps: 6\n", f"  max_steps: 2\n  distill_weight: 1.0\n  init_from: {float_dir / 'model'}\n"))
+    out = tmp_path / "qat"
+    assert main(["train", "--config", str(qat_recipe), "--data", str(corpus), "--out", str(out), "--quiet"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    # 4-bit weights move the encoder's output off the float teacher's: a real, finite error
+    assert rows and all(0 < float(row["distill"]) < 10 for row in rows)
+    load_model_dir(out / "model")  # the teacher is no part of the packaged model
+    no_teacher = tmp_path / "no_teacher.yaml"
+    no_teacher.write_text(TINY_RECIPE.replace("  max_steps: 6\n", "  max_steps: 2\n  distill_weight: 1.0\n"))
+    assert main(["train", "--config", str(no_teacher), "--data", str(corpus), "--out", str(tmp_path / "x")]) != 0
+    assert "distill_weight" in capsys.readouterr().err

@@ -184,6 +184,10 @@ class ASRModel(nn.Module):
         #: Parameter-name prefixes that training leaves as they are (set by the trainer's
         #: ``freeze`` option): their forward runs without building a graph.
         self.frozen_prefixes: tuple[str, ...] = ()
+        #: distillation (``set_teacher``): a frozen teacher in a tuple, so it is no submodule
+        #: (not in the state dict, not trained, not moved by DDP)
+        self._teacher: tuple = ()
+        self.distill_weight = 0.0
         self.register_buffer("cmvn_mean", torch.zeros(input_dim))
         self.register_buffer("cmvn_istd", torch.ones(input_dim))
         if config.quantization is not None:
@@ -224,6 +228,30 @@ class ASRModel(nn.Module):
             with torch.no_grad():
                 return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
         return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
+
+    def set_teacher(self, teacher: "ASRModel | None", weight: float) -> None:
+        """Train this encoder's output towards ``teacher``'s on the same features and chunk mask.
+
+        Why: a fine-tuned or quantization-aware-trained encoder drifts from where the pretrained
+        parts that read it were trained (Whisper's decoder in the second pass is frozen); the CTC
+        loss alone pulls it wherever the small head likes. The term is the mean squared error over
+        valid frames relative to the teacher's mean square (scale-free), weighted ``weight``.
+        """
+        if teacher is not None:
+            teacher.eval()
+            for parameter in teacher.parameters():
+                parameter.requires_grad_(False)
+        self._teacher = (teacher,) if teacher is not None else ()
+        self.distill_weight = float(weight)
+
+    def distillation_loss(self, encoded: torch.Tensor, enc_lengths: torch.Tensor, feats: torch.Tensor,
+                          feat_lengths: torch.Tensor, chunk: int, left: int) -> torch.Tensor:
+        with torch.no_grad():
+            target, _ = self._teacher[0].encode(feats, feat_lengths, chunk, left)
+        frames = min(target.size(1), encoded.size(1))
+        valid = (torch.arange(frames, device=encoded.device)[None] < enc_lengths[:, None]).unsqueeze(-1)
+        error = ((encoded[:, :frames] - target[:, :frames]) ** 2 * valid).sum()
+        return error / (target[:, :frames] ** 2 * valid).sum().clamp_min(1e-8)
 
     def freeze(self, prefixes: list[str] | tuple[str, ...]) -> int:
         """Stop training the parameters under these name prefixes; returns how many tensors.
@@ -293,6 +321,9 @@ class ASRModel(nn.Module):
             source = encoded.detach() if "encoder" in self.frozen_prefixes else encoded
             losses["segmenter"] = self.segmenter.loss(source, enc_lengths, log_probs)
             loss = loss + self.config.segmenter_weight * losses["segmenter"]
+        if self._teacher and self.training and self.distill_weight > 0:
+            losses["distill"] = self.distillation_loss(encoded, enc_lengths, feats, feat_lengths, chunk, left)
+            loss = loss + self.distill_weight * losses["distill"]
         quant = self.config.quantization
         if quant and quant.get("regularizer_weight", 0.0) > 0 and self.training:
             from edgeasr.quant.qat import quantization_regularizer

@@ -82,6 +82,10 @@ class TrainConfig:
     #: ``whisper:tiny.en`` = Whisper tiny.en from the pinned package, imported (linked) into the
     #: experiment's ``init/`` on the first run, so a recipe reproduces with one command.
     init_from: str | None = None
+    #: With init_from: weight of a distillation term pulling this encoder's output towards the
+    #: init_from model's (run frozen and float on the same batch; ``ASRModel.set_teacher``), so
+    #: a quantization-aware or fine-tuned encoder stays where a frozen pretrained decoder reads it.
+    distill_weight: float = 0.0
     #: With init_from: which source encoder layers to copy, in order (a pruned, shallower model
     #: initialized from a deeper one; the static-depth baseline of dynamic depth). None = all.
     init_layers: list[int] | None = None
@@ -102,6 +106,8 @@ class TrainConfig:
                              f"known: {', '.join(PRETRAINED_SOURCES)} (or a model directory)")
         if self.average_by not in ("last", "best"):
             raise ValueError(f"train.average_by must be 'last' or 'best', got {self.average_by!r}")
+        if self.distill_weight < 0 or (self.distill_weight > 0 and self.init_from is None):
+            raise ValueError("train.distill_weight must be 0 or more, and needs init_from (the teacher)")
         if self.max_steps < 1 or self.max_frames < 1 or self.accum_grad < 1:
             raise ValueError("train.max_steps, max_frames and accum_grad must be at least 1")
 
@@ -284,6 +290,8 @@ def train(
     model = ASRModel(model_config)
     if cfg.init_from:
         load_weights_from(model, source, cfg.init_layers)
+        if cfg.distill_weight > 0:
+            model.set_teacher(source.model, cfg.distill_weight)
     elif options.kind == "fbank":
         model.set_cmvn(*compute_cmvn_from_store(train_store))
     # (A pretrained encoder's front end is already normalised the way it was trained: no CMVN.)
@@ -334,6 +342,8 @@ def train(
         log_fields.append("cascade")  # the cascaded second pass's CTC loss
     if getattr(model, "segmenter", None) is not None:
         log_fields.append("segmenter")  # the end-of-segment predictor's cross-entropy
+    if cfg.distill_weight > 0:
+        log_fields.append("distill")  # the encoder output's error against the init_from teacher
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(log_fields)
