@@ -170,8 +170,9 @@ def test_int4_decoder_graphs_are_really_4_bit_and_still_read(exported):
     ops = {node.op_type for node in step.graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and "MatMulInteger" not in ops
     assert (exported / "decoder_step.int4.onnx").stat().st_size < 0.5 * (exported / "decoder_step.int8.onnx").stat().st_size
-    assert not (exported / "encoder.int4.onnx").exists()  # the encoder stays int8 (4-bit costs WER there)
+    assert not (exported / "encoder.int4.onnx").exists()  # a float encoder stays int8 (4-bit RTN costs WER)
     int4 = edgeasr.load_model(str(exported), int4=True)
+    assert int4.encoder_graph == "encoder.int8.onnx"
     int8 = edgeasr.load_model(str(exported), int8=True)
     assert int4.precision == "int4" and int4.mode == "whisper_rescoring"
     errors = {"int4": 0, "int8": 0}
@@ -213,3 +214,86 @@ def test_the_server_runs_both_passes_on_onnx_runtime(exported):
     finals = [e for e in events if e["type"] == "final"]
     assert events[-1]["type"] == "done" and finals
     assert " ".join(e["text"] for e in finals if e["text"]) == recognizer.transcribe(samples.astype(np.float32)).text
+
+
+@pytest.fixture(scope="module")
+def four_bit_default(tmp_path_factory):
+    """The default with 4-bit encoder weights (8-bit stem and CTC head), activation ranges seen on
+    the sample clips: the model a W4A8 QAT recipe packages, without the training."""
+    import torch
+
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import load_model_dir, load_weights_from, save_model_dir
+
+    source = load_model_dir("models/default")
+    config = source.model.config.to_dict()
+    config["quantization"] = {"weight_bits": 4, "act_bits": 8, "skip": ["whisper_decoder.*"],
+                              "layers": {"encoder.conv*": {"weight_bits": 8}, "ctc*": {"weight_bits": 8}}}
+    model = ASRModel(ModelConfig.from_dict(config))
+    load_weights_from(model, source)
+    model.train()
+    with torch.no_grad():
+        for clip in CLIPS:
+            feats = source.features.compute(load_audio(clip))
+            model.encode(feats[None], torch.tensor([feats.size(0)]), 32, -1)
+    model.eval()
+    folder = tmp_path_factory.mktemp("w4")
+    directory = save_model_dir(folder / "model", model, source.tokenizer, source.features, source.streaming,
+                               pretrained=source.pretrained, whisper_dir=source.whisper_dir)
+    meta = export_onnx(str(directory), folder / "onnx", int4=True)
+    return model, directory, folder / "onnx", meta
+
+
+def test_a_4_bit_model_exports_its_own_codes_as_matmul_nbits(four_bit_default):
+    """--int4 on a model trained to 4 bits: both encoder graphs carry exactly the model's 4-bit
+    codes (unpacked from MatMulNBits), the 8-bit CTC head stays int8, and the graph is far smaller."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeasr.export.int4 import unpack_codes
+    from edgeasr.quant.fake_quant import quantize_weight
+    from edgeasr.quant.qat import quantized_layers
+
+    model, _, out, meta = four_bit_default
+    assert meta["int4_encoder"] is True and meta["source_quantization"]["weight_bits"] == 4
+    expected = {}
+    for name, spec in quantized_layers(model).items():
+        if spec.weight_bits == 4:
+            codes, _ = quantize_weight(model.get_submodule(name).effective_weight(), 4)
+            expected[name] = codes.numpy()
+    assert expected and not any(name.startswith("ctc") for name in expected)
+    for graph_name in ("encoder.int4.onnx", "encoder_full.int4.onnx"):
+        graph = onnx.load(str(out / graph_name))
+        tensors = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+        nbits = [node for node in graph.graph.node if node.op_type == "MatMulNBits"]
+        stored = [unpack_codes(tensors[node.input[1]].reshape(tensors[node.input[1]].shape[0], -1)) for node in nbits]
+        assert len(nbits) == len(expected)
+        for name, codes in expected.items():  # every 4-bit layer's codes, bit for bit
+            assert any(s.shape == codes.shape and np.array_equal(s, codes) for s in stored), name
+        assert any(node.op_type == "MatMulInteger" for node in graph.graph.node)  # the 8-bit head
+    assert (out / "encoder.int4.onnx").stat().st_size < 0.7 * (out / "encoder.int8.onnx").stat().st_size
+    assert (out / "encoder.int4.onnx").stat().st_size < 0.2 * (out / "encoder.onnx").stat().st_size
+
+
+def test_the_4_bit_graphs_read_like_the_torch_4_bit_model(four_bit_default):
+    """int4=True runs the 4-bit encoder graphs (both passes) and reads the clips as the torch model
+    with the same codes does."""
+    from edgeasr.evaluate.metrics import char_errors, word_errors
+
+    _, directory, out, _ = four_bit_default
+    errors = {}
+    for mode in ("ctc_greedy", "whisper_rescoring"):
+        int4 = edgeasr.load_model(str(out), int4=True, mode=mode)
+        assert int4.encoder_graph == "encoder.int4.onnx"
+        torch_4bit = edgeasr.load_model(str(directory), mode=mode)
+        for name, recognizer in (("onnx", int4), ("torch", torch_4bit)):
+            counts = [0, 0, 0]
+            for clip in CLIPS:
+                reference, text = clip.with_suffix(".txt").read_text(), recognizer.transcribe(str(clip)).text
+                counts[0] += word_errors(reference, text).errors
+                counts[1] += char_errors(reference, text).errors
+                counts[2] += char_errors(reference, text).reference_length
+            errors[mode, name] = counts
+    chars = errors["ctc_greedy", "torch"][2]
+    assert errors["ctc_greedy", "onnx"][1] <= errors["ctc_greedy", "torch"][1] + 0.05 * chars, errors
+    assert errors["whisper_rescoring", "onnx"][1] <= errors["whisper_rescoring", "torch"][1] + 0.02 * chars, errors

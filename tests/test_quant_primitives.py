@@ -89,3 +89,24 @@ def test_pack_refuses_codes_out_of_range_and_short_buffers():
         pack_codes(torch.tensor([8], dtype=torch.int8), 4)
     with pytest.raises(ValueError, match="expected"):
         unpack_codes(torch.zeros(2, dtype=torch.uint8), 4, 5)
+
+
+def test_4_bit_grid_detection_and_packing_for_matmul_nbits():
+    """A matrix on a per-column 4-bit grid is found and packed two codes a byte, losslessly; a float
+    matrix, or one on an 8-bit grid, is not taken for 4-bit."""
+    import numpy as np
+
+    from edgeasr.export.int4 import block_for, grid_codes, pack_codes, unpack_codes
+    from edgeasr.quant.fake_quant import fake_quantize_weight
+
+    weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(0))  # [N, K] as torch stores it
+    on_grid = fake_quantize_weight(weight, 4).detach().numpy().T.copy()  # [K, N] as the ONNX MatMul reads it
+    codes, scales = grid_codes(on_grid)
+    assert codes.shape == (24, 64) and np.abs(codes).max() == 7
+    np.testing.assert_allclose(codes.T * scales, on_grid, rtol=1e-6, atol=1e-7)
+    packed = pack_codes(codes, block_for(64))
+    assert packed.dtype == np.uint8 and packed.shape == (24, 1, 32)
+    assert np.array_equal(unpack_codes(packed.reshape(24, -1)), codes)
+    assert grid_codes(weight.numpy().T.copy()) is None
+    assert grid_codes(fake_quantize_weight(weight, 8).detach().numpy().T.copy()) is None
+    assert block_for(384) == 128 and block_for(1536) == 256 and block_for(40) is None

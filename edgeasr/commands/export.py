@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--int8", action="store_true", help="also write int8 graphs (onnxruntime dynamic quantization)")
     parser.add_argument("--int4", action="store_true",
                         help="also write 4-bit decoder graphs (MatMulNBits, blocks of 32; implies --int8 for the "
-                             "encoder graphs they run beside)")
+                             "encoder graphs they run beside); a model trained to 4 bits (QAT/PTQ W4) also gets "
+                             "4-bit encoder graphs carrying its own codes exactly")
     parser.set_defaults(func=run)
 
 

@@ -181,11 +181,14 @@ def compact_initializers(graph_model, min_elements: int = 16) -> dict:
 
     graph = graph_model.graph
     conv_weights = {node.input[1] for node in graph.node if node.op_type == "Conv" and len(node.input) > 1}
+    # block-quantized products read their scales as they are (and prepack them at load)
+    exact = {name for node in graph.node if node.op_type in ("MatMulNBits", "GatherBlockQuantized")
+             for name in node.input}
     added_nodes, kept, stats = [], [], {"int8": 0, "float16": 0}
     for tensor in graph.initializer:
         array = numpy_helper.to_array(tensor)
         name = tensor.name
-        if array.dtype != np.float32 or array.size < min_elements:
+        if array.dtype != np.float32 or array.size < min_elements or name in exact:
             kept.append(tensor)
             continue
         if name in conv_weights and array.ndim >= 2:
@@ -271,7 +274,8 @@ def export_onnx(
     int4: bool = False,
 ) -> dict:
     """Export a packaged model for streaming with ONNX Runtime; returns the metadata written.
-    ``int4`` adds 4-bit decoder graphs (and implies the int8 encoder graphs they run beside)."""
+    ``int4`` adds 4-bit decoder graphs (and implies the int8 encoder graphs they run beside); for a
+    model with 4-bit weights (QAT/PTQ W4) also 4-bit encoder graphs carrying its codes exactly."""
 
     packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
     asr = packaged.model.eval()
@@ -448,7 +452,8 @@ def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunk
 
     chunk, left, out = _streaming_settings(packaged, chunk_size, num_left_chunks, out_dir)
     metadata = export_whisper_onnx(packaged, out, chunk, left, int8, int4=int4)
-    metadata.update(_export_heads(packaged.model.eval(), out, int8))
+    heads = float_twin(packaged.model) if packaged.model.config.quantization is not None else packaged.model
+    metadata.update(_export_heads(heads.eval(), out, int8))
     _write_side_files(packaged, out, metadata)
     return metadata
 

@@ -264,14 +264,19 @@ class OnnxRecognizer(DecodingCore):
                    if not isinstance(self.meta, dict) or k not in self.meta]
         if missing:
             raise EdgeAsrError(f"{meta_path}: not an edgeasr export's metadata (missing {', '.join(missing)})")
-        #: int4: 4-bit decoder graphs beside the int8 encoder graphs (edgeasr.export.onnx)
-        suffix = ".int8.onnx" if (int8 or int4) else ".onnx"
+        #: int4: 4-bit decoder graphs, and 4-bit encoder graphs where the export has them (a model
+        #: trained to 4 bits: edgeasr.export.int4), else the int8 encoder graphs
+        suffix = heads_suffix = ".int8.onnx" if (int8 or int4) else ".onnx"
         decoder_suffix = ".int4.onnx" if int4 else suffix
+        if int4 and (self.directory / "encoder.int4.onnx").exists():
+            suffix = ".int4.onnx"
         self.precision = "int4" if int4 else "int8" if int8 else "float"
         encoder_path = self.directory / f"encoder{suffix}"
         if not encoder_path.exists():
             raise EdgeAsrError(f"{self.directory}: missing {encoder_path.name} (export with --int8 for int8 graphs)")
         self.encoder = _session(encoder_path, threads)
+        #: which encoder graph runs (int4: the 4-bit one where the export has it)
+        self.encoder_graph = encoder_path.name
         if int4 and not any(self.directory.glob("decoder*.int4.onnx")):
             raise EdgeAsrError(f"{self.directory}: no 4-bit decoder graphs (export with --int4)")
         decoder_path = self.directory / f"decoder{decoder_suffix}"
@@ -299,7 +304,7 @@ class OnnxRecognizer(DecodingCore):
         transducer = None
         if isinstance(self.meta.get("transducer"), dict) and MODES.get(options.mode) is not None \
                 and MODES[options.mode].head == "transducer":
-            transducer = OnnxTransducerRunner(self.directory, suffix, threads, self.meta["transducer"])
+            transducer = OnnxTransducerRunner(self.directory, heads_suffix, threads, self.meta["transducer"])
         segmenter = None
         if isinstance(self.meta.get("segmenter"), dict) and options.segmenter is not False:
             graph = _session(self.directory / self.meta["segmenter"]["graph"], threads)

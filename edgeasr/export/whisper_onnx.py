@@ -35,6 +35,7 @@ unchanged over either backend) takes three more graphs:
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -133,11 +134,15 @@ class _DecoderStep(nn.Module):
         return (top, tokens_out, eot, *new_caches)
 
 
-def export_whisper_second_pass(packaged, out: Path, int8: bool, int4: bool = False) -> dict:
+def export_whisper_second_pass(packaged, out: Path, int8: bool, int4: bool = False, per_channel: bool = False,
+                               int4_encoder: bool = False) -> dict:
     """Write encoder_full.onnx, decoder_cross.onnx, decoder_step.onnx (and their int8 twins) and
-    whisper/ (tokenizer); returns the metadata entries they add."""
+    whisper/ (tokenizer); returns the metadata entries they add. ``int4``: 4-bit decoder graphs
+    (onnxruntime's quantizer); ``int4_encoder``: encoder_full.int4.onnx from the model's own
+    4-bit codes."""
     import shutil
 
+    from edgeasr.export.int4 import write_int4_graph
     from edgeasr.export.onnx import _quantize_int4, _quantize_int8
 
     asr = packaged.model.eval()
@@ -177,9 +182,12 @@ def export_whisper_second_pass(packaged, out: Path, int8: bool, int4: bool = Fal
             torch.onnx.export(module.eval(), args, str(out / name), input_names=inputs, output_names=outputs,
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
             if int8:
-                _quantize_int8(out / name, out / name.replace(".onnx", ".int8.onnx"), per_channel=False)
+                _quantize_int8(out / name, out / name.replace(".onnx", ".int8.onnx"),
+                               per_channel=per_channel and name == "encoder_full.onnx")
             if int4 and name.startswith("decoder"):
                 _quantize_int4(out / name, out / name.replace(".onnx", ".int4.onnx"))
+            if int4_encoder and name == "encoder_full.onnx":
+                write_int4_graph(out / name, out / "encoder_full.int4.onnx")
     shutil.copy2(packaged.whisper_dir / "tokenizer.json", out / "whisper_tokenizer.json")
     tokens_info = packaged.whisper_tokens
     return {
@@ -202,8 +210,14 @@ def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, 
                         int4: bool = False) -> dict:
     """Write encoder.onnx (and encoder.int8.onnx), the second pass's graphs when the model has
     Whisper's decoder, tokenizer/ and metadata.json; returns the metadata."""
-    from edgeasr.export.onnx import _quantize_int8, stamp_metadata
+    from edgeasr.export.int4 import write_int4_graph
+    from edgeasr.export.onnx import _quantize_int8, float_twin, stamp_metadata
 
+    source_quantization = packaged.model.config.quantization
+    four_bit = int4 and has_4bit_weights(packaged.model)
+    if source_quantization is not None:
+        # the graphs compute with the quantized model's rounded weights (see float_twin)
+        packaged = replace(packaged, model=float_twin(packaged.model))
     asr = packaged.model.eval()
     enc = asr.encoder
     config = enc.config
@@ -247,11 +261,26 @@ def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, 
         # kept for readers of the block-plan format: no per-layer cache table here
         "layers": [],
         "has_decoder": False,
-        "source_quantization": None,
+        "source_quantization": source_quantization,
+        # encoder*.int4.onnx: the model's own 4-bit codes as MatMulNBits (edgeasr.export.int4)
+        "int4_encoder": four_bit,
     }
     stamp_metadata(path, metadata)
+    # a quantized model's 8-bit weights are on a per-channel grid: int8 per channel keeps them
+    per_channel = source_quantization is not None
     if int8:
-        _quantize_int8(path, out / "encoder.int8.onnx", per_channel=False)
+        _quantize_int8(path, out / "encoder.int8.onnx", per_channel=per_channel)
+    if four_bit:
+        write_int4_graph(path, out / "encoder.int4.onnx")
     if second_pass:
-        metadata.update(export_whisper_second_pass(packaged, out, int8, int4))
+        metadata.update(export_whisper_second_pass(packaged, out, int8, int4, per_channel=per_channel,
+                                                   int4_encoder=four_bit))
     return metadata
+
+
+def has_4bit_weights(asr) -> bool:
+    """Whether any layer of a (quantized) model holds 4-bit weights."""
+    from edgeasr.quant.qat import quantized_layers
+
+    return asr.config.quantization is not None and any(
+        spec.weight_bits == 4 for spec in quantized_layers(asr).values())

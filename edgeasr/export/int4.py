@@ -1,0 +1,150 @@
+"""Real 4-bit ONNX graphs from models whose weights are already 4-bit (QAT or PTQ W4).
+
+onnxruntime's ``MatMulNBits`` runs a matrix product against 4-bit weights stored two to a byte,
+in blocks along the input axis, each block with its own scale (and zero point, 8 when left out).
+Its own quantizer (``MatMulNBitsQuantizer``) rounds float weights afresh, block by block; on a
+model trained for 4 bits that would throw away the grid training adapted to. edgeasr's 4-bit
+weights have one scale per output channel and codes in -7..7 (``edgeasr.quant.fake_quant``), so
+they fit the format exactly: every block of a row gets the row's scale, the codes are stored as
+``code + 8``. Nothing is rounded twice, and the graph computes what the quantized model learned.
+
+The exported float graph does not name which matrices were quantized, and need not: a matrix is
+on a 4-bit grid when each column divided by (its largest magnitude / 7) is integral, which float
+weights never are by chance. Those become ``MatMulNBits``; the other products (8-bit layers such
+as the CTC head, float layers) get onnxruntime's dynamic int8 per output channel, which for 8-bit
+weights also gives back their codes exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: Largest block (codes per stored scale) tried: every block of a row carries the row's one
+#: scale, so a longer block loses nothing and stores fewer copies of it (onnxruntime takes
+#: powers of two from 16 to 256; the Whisper encoder's 384 and 1536 inputs take 128).
+MAX_BLOCK = 256
+QMAX = 7
+
+
+def block_for(depth: int) -> int | None:
+    """The longest power-of-two block from 16 to MAX_BLOCK dividing ``depth`` (None if none)."""
+    block = MAX_BLOCK
+    while block >= 16:
+        if depth % block == 0:
+            return block
+        block //= 2
+    return None
+
+
+def grid_codes(matrix: np.ndarray, tolerance: float = 1e-3) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codes [N, K] int8, scales [N]) of a [K, N] ``MatMul`` weight on a per-column 4-bit grid,
+    or None when it is not on one."""
+    if matrix.ndim != 2 or matrix.dtype != np.float32:
+        return None
+    scales = np.abs(matrix).max(axis=0) / QMAX
+    safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    ratio = matrix / safe
+    codes = np.rint(ratio)
+    if np.abs(ratio - codes).max() > tolerance or np.abs(codes).max() > QMAX:
+        return None
+    return codes.T.astype(np.int8), safe
+
+
+def pack_codes(codes: np.ndarray, block: int) -> np.ndarray:
+    """[N, K] codes in -7..7 -> MatMulNBits' B: uint8 [N, K / block, block / 2], low nibble first."""
+    rows, depth = codes.shape
+    stored = (codes.astype(np.int16) + 8).astype(np.uint8).reshape(rows, depth // block, block // 2, 2)
+    return stored[..., 0] | (stored[..., 1] << 4)
+
+
+def unpack_codes(packed: np.ndarray) -> np.ndarray:
+    """The inverse of ``pack_codes`` (for tests and inspection): [N, K] int8 codes."""
+    low, high = packed & 0x0F, packed >> 4
+    stored = np.stack([low, high], axis=-1).reshape(packed.shape[0], -1)
+    return (stored.astype(np.int16) - 8).astype(np.int8)
+
+
+def to_matmul_nbits(graph_model) -> int:
+    """Replace, in place, every ``MatMul`` whose constant weight is on a 4-bit grid by an exact
+    ``MatMulNBits``; returns how many were replaced."""
+    from onnx import helper, numpy_helper
+
+    graph = graph_model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    converted: dict[str, tuple[str, str, int, int, int] | None] = {}
+    nodes, replaced = [], 0
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight not in initializers:
+            nodes.append(node)
+            continue
+        if weight not in converted:
+            matrix = numpy_helper.to_array(initializers[weight])
+            block = block_for(matrix.shape[0]) if matrix.ndim == 2 else None
+            found = grid_codes(matrix) if block else None
+            if found is None:
+                converted[weight] = None
+            else:
+                codes, scales = found
+                depth, rows = matrix.shape
+                graph.initializer.append(numpy_helper.from_array(pack_codes(codes, block), f"{weight}.q4"))
+                block_scales = np.repeat(scales, depth // block).astype(np.float32)
+                graph.initializer.append(numpy_helper.from_array(block_scales, f"{weight}.q4_scales"))
+                converted[weight] = (f"{weight}.q4", f"{weight}.q4_scales", depth, rows, block)
+        if converted[weight] is None:
+            nodes.append(node)
+            continue
+        packed, scales, depth, rows, block = converted[weight]
+        # accuracy_level 4: activations to int8 per block, int8 dot products (W4A8 at run time)
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], packed, scales], list(node.output),
+                                      name=f"{node.name or weight}.q4", domain="com.microsoft",
+                                      K=depth, N=rows, bits=4, block_size=block, accuracy_level=4))
+        replaced += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    still_used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if replaced and not any(entry.domain == "com.microsoft" for entry in graph_model.opset_import):
+        graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return replaced
+
+
+def write_int4_graph(source: Path, target: Path) -> int:
+    """``target``: ``source`` with its 4-bit matrices as exact MatMulNBits and the other products
+    as per-channel dynamic int8; returns the number of 4-bit matrices (0: nothing was 4-bit)."""
+    import onnx
+
+    from edgeasr.export.onnx import compact_initializers
+
+    graph_model = onnx.load(str(source))
+    replaced = to_matmul_nbits(graph_model)
+    staged = target.with_suffix(".nbits.onnx")
+    try:
+        onnx.save(graph_model, str(staged))
+        _dynamic_int8(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
+    graph_model = onnx.load(str(target))
+    compact_initializers(graph_model)
+    onnx.save(graph_model, str(target))
+    return replaced
+
+
+def _dynamic_int8(source: Path, target: Path) -> None:
+    """Per-channel dynamic int8 of the remaining MatMul / Gemm nodes (MatMulNBits is left alone)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it warns that it cannot type MatMulNBits' outputs: they are float
+    try:
+        quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"],
+                         weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
