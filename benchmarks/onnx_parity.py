@@ -32,6 +32,7 @@ from edgeasr.data.manifest import read_manifest
 from edgeasr.evaluate.accuracy import transcribe_in_turns
 from edgeasr.evaluate.metrics import corpus_errors
 from edgeasr.evaluate.report import save_result
+from edgeasr.export.shared_weights import graph_bytes
 from edgeasr.model.package import load_model_dir, resolve_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,13 +60,18 @@ def loaded_bytes(model: str, export: Path, mode: str) -> dict:
     if pretrained is not None:
         torch_bytes += pretrained.locate().stat().st_size
     graphs = ["encoder"] + (["encoder_full", "decoder_cross", "decoder_step"] if mode == "whisper_rescoring" else [])
-    side = [p for p in export.rglob("*") if p.is_file() and p.suffix != ".onnx"]
+    # the graphs' shared weights files are counted through the graphs that read them
+    side = [p for p in export.rglob("*") if p.is_file() and p.suffix != ".onnx" and not p.name.startswith("weights")]
     int4 = [export / (f"{g}.int4.onnx" if g.startswith("decoder") else f"{g}.int8.onnx") for g in graphs]
+
+    def read(paths):
+        return graph_bytes([p for p in paths if p.is_file()])
+
     return {
         "torch": torch_bytes,
-        "onnx": _bytes([export / f"{g}.onnx" for g in graphs]) + _bytes(side),
-        "onnx_int8": _bytes([export / f"{g}.int8.onnx" for g in graphs]) + _bytes(side),
-        "onnx_int4": _bytes(int4) + _bytes(side),
+        "onnx": read([export / f"{g}.onnx" for g in graphs]) + _bytes(side),
+        "onnx_int8": read([export / f"{g}.int8.onnx" for g in graphs]) + _bytes(side),
+        "onnx_int4": read(int4) + _bytes(side),
     }
 
 

@@ -57,7 +57,8 @@ def load_model(
     """A recognizer for ``model`` ("default", a model directory or an ONNX export directory).
 
     ``int8`` selects the int8 graphs of the ONNX backend, ``int4`` its 4-bit decoder graphs
-    (beside the int8 encoder); ``chunk_size`` / ``num_left_chunks``
+    (beside the int8 encoder; a model trained to 4 bits runs 4-bit encoder graphs too);
+    ``chunk_size`` / ``num_left_chunks``
     override the model's streaming defaults (an existing export keeps the ones it was made with).
     ``options`` are further ``DecodeOptions`` fields, the same for both backends, e.g.
     ``lm="path/to/lm"`` (default "auto": the model directory's lm/), ``lm_weight``,
@@ -115,8 +116,9 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
 
 
 #: bumped when an export gains graphs, so cached exports made by an older edgeasr are redone
-#: (2: the Whisper second pass on ONNX Runtime; 3: 4-bit decoder graphs)
-EXPORT_LAYOUT = 3
+#: (2: the Whisper second pass on ONNX Runtime; 3: 4-bit decoder graphs; 4: 4-bit encoder graphs of
+#: 4-bit models)
+EXPORT_LAYOUT = 4
 
 
 def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_left_chunks: int | None) -> Path:

@@ -169,7 +169,9 @@ def test_int4_decoder_graphs_are_really_4_bit_and_still_read(exported):
     step = onnx.load(str(exported / "decoder_step.int4.onnx"), load_external_data=False)
     ops = {node.op_type for node in step.graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and "MatMulInteger" not in ops
-    assert (exported / "decoder_step.int4.onnx").stat().st_size < 0.5 * (exported / "decoder_step.int8.onnx").stat().st_size
+    from edgeasr.export.shared_weights import graph_bytes
+
+    assert graph_bytes([exported / "decoder_step.int4.onnx"]) < 0.5 * graph_bytes([exported / "decoder_step.int8.onnx"])
     assert not (exported / "encoder.int4.onnx").exists()  # a float encoder stays int8 (4-bit RTN costs WER)
     int4 = edgeasr.load_model(str(exported), int4=True)
     assert int4.encoder_graph == "encoder.int8.onnx"
@@ -271,8 +273,10 @@ def test_a_4_bit_model_exports_its_own_codes_as_matmul_nbits(four_bit_default):
         for name, codes in expected.items():  # every 4-bit layer's codes, bit for bit
             assert any(s.shape == codes.shape and np.array_equal(s, codes) for s in stored), name
         assert any(node.op_type == "MatMulInteger" for node in graph.graph.node)  # the 8-bit head
-    assert (out / "encoder.int4.onnx").stat().st_size < 0.7 * (out / "encoder.int8.onnx").stat().st_size
-    assert (out / "encoder.int4.onnx").stat().st_size < 0.2 * (out / "encoder.onnx").stat().st_size
+    from edgeasr.export.shared_weights import graph_bytes
+
+    assert graph_bytes([out / "encoder.int4.onnx"]) < 0.7 * graph_bytes([out / "encoder.int8.onnx"])
+    assert graph_bytes([out / "encoder.int4.onnx"]) < 0.2 * graph_bytes([out / "encoder.onnx"])
 
 
 def test_the_4_bit_graphs_read_like_the_torch_4_bit_model(four_bit_default):
@@ -297,3 +301,31 @@ def test_the_4_bit_graphs_read_like_the_torch_4_bit_model(four_bit_default):
     chars = errors["ctc_greedy", "torch"][2]
     assert errors["ctc_greedy", "onnx"][1] <= errors["ctc_greedy", "torch"][1] + 0.05 * chars, errors
     assert errors["whisper_rescoring", "onnx"][1] <= errors["whisper_rescoring", "torch"][1] + 0.02 * chars, errors
+
+
+def test_graphs_of_one_precision_share_their_weights_on_disk(four_bit_default):
+    """weights.<precision>.bin holds each tensor once: the two encoder graphs read the same bytes,
+    and the 4-bit decoder's tied token table and output projection the same codes."""
+    import onnx
+
+    from edgeasr.export.shared_weights import graph_bytes
+
+    _, _, out, meta = four_bit_default
+    assert meta["weights_files"] == ["weights.bin", "weights.int8.bin", "weights.int4.bin"]
+
+    def places(path):
+        graph = onnx.load(str(path), load_external_data=False)
+        return {(e["location"], e["offset"]) for e in ({x.key: x.value for x in t.external_data}
+                                                      for t in graph.graph.initializer if t.external_data)}
+
+    for suffix in (".onnx", ".int8.onnx", ".int4.onnx"):
+        first, full = out / f"encoder{suffix}", out / f"encoder_full{suffix}"
+        assert places(first) == places(full) and places(first)  # the same tensors
+        assert graph_bytes([first, full]) < 1.05 * graph_bytes([first])
+    step = onnx.load(str(out / "decoder_step.int4.onnx"), load_external_data=False)
+    by_name = {t.name: {x.key: x.value for x in t.external_data} for t in step.graph.initializer}
+    table = next(n for n in step.graph.node if n.op_type == "GatherBlockQuantized" and "positions" not in n.input[0])
+    projection = next(n for n in step.graph.node if n.op_type == "MatMulNBits"
+                      and {a.name: a.i for a in n.attribute}["N"] == 51864)
+    assert by_name[table.input[0]]["offset"] == by_name[projection.input[1]]["offset"]
+    assert by_name[table.input[3]]["offset"] == by_name[projection.input[3]]["offset"]

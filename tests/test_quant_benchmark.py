@@ -51,3 +51,36 @@ def test_integer_profile_benchmark_splits_each_forms_time_by_operator_kind(tiny_
     assert "requantize" in rows["integer"]["categories"] and "requantize" not in rows["float"]["categories"]
     assert all(row["chunk_ms_median"] > 0 for row in rows.values())
     assert "## Where the torch integer path's time goes" in report.read_text()
+
+
+def test_quantization_benchmark_on_the_default_covers_both_passes_and_4_bit_graphs(tmp_path):
+    """benchmarks/quantization_default.py: the default and a 4-bit PTQ of it (edgeasr quantize),
+    every row in both modes, bytes per pass; the 4-bit model's ONNX row runs its MatMulNBits graphs."""
+    clips = sorted(Path("samples").glob("*.wav"))[:2]
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": str(c.resolve()), "text": c.with_suffix(".txt").read_text().strip(),
+                                            "duration": 5.0}) + "\n" for c in clips))
+    ptq = tmp_path / "ptq_w4"
+    assert main(["quantize", "--model", "default", "--out", str(ptq), "--calib", str(manifest), "--weight-bits", "4",
+                 "--layers", "{ctc: {weight_bits: 8}, 'encoder.conv*': {weight_bits: 8}}"]) == 0
+    out, report = tmp_path / "results" / "quantization_default.json", tmp_path / "BENCHMARKS.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quantization_default.py"), "--model", f"ptq_w4a8={ptq}",
+                    "--manifest", f"clips={manifest}", "--out", str(out), "--report", str(report)],
+                   check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert set(rows) == {"fp32 / torch", "dynamic_int8 / torch", "fp32 / onnxruntime", "int8 / onnxruntime",
+                         "int4 / onnxruntime", "ptq_w4a8 / torch", "ptq_w4a8 / onnxruntime"}
+    assert result["quantized"]["ptq_w4a8"]["quantization"]["weight_bits"] == 4
+    fp32 = rows["fp32 / torch"]["bytes"]
+    for name, row in rows.items():
+        assert 0 < row["bytes"]["first_pass"] < row["bytes"]["both_passes"], name
+        for mode in ("ctc_greedy", "whisper_rescoring"):
+            assert row["sets"]["clips"][mode]["rtf"] > 0 and row["sets"]["clips"][mode]["cer"] >= 0
+    # 4-bit encoder graphs: the first pass reads well under a fifth of fp32's bytes, under the int8 graph's
+    four_bit = rows["ptq_w4a8 / onnxruntime"]["bytes"]
+    assert four_bit["first_pass"] < 0.2 * fp32["first_pass"]
+    assert four_bit["first_pass"] < 0.75 * rows["int8 / onnxruntime"]["bytes"]["first_pass"]
+    assert rows["ptq_w4a8 / onnxruntime"]["sets"]["clips"]["whisper_rescoring"]["wer"] < 20
+    text = report.read_text()
+    assert "## Quantization of the default model" in text and "| ptq_w4a8 / onnxruntime |" in text

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"edgeasr: exporting {args.model} to ONNX{kinds}: "
           "tracing and writing the graphs takes a while ...", file=sys.stderr, flush=True)
     meta = export_onnx(args.model, args.out, args.chunk_size, args.left_chunks, args.int8, int4=args.int4)
-    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(args.out).glob("*.onnx")))
+    written = sorted(Path(args.out).glob("*.onnx")) + sorted(Path(args.out).glob("weights*.bin"))
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in written)
     print(f"exported to {args.out} in {time.monotonic() - started:.0f} s: {sizes}; chunk {meta['chunk_size']}, "
           f"left chunks {meta['num_left_chunks']}")
     return 0

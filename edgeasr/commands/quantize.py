@@ -16,6 +16,12 @@ def _bits(text: str) -> int | None:
     return None if text.lower() in ("none", "float", "0") else int(text)
 
 
+def _default_skip(model) -> list[str]:
+    """Whisper's decoder stays float: it is only the second pass's, and its ONNX graphs get their
+    own 4-bit blocks (``edgeasr export --int4``)."""
+    return ["whisper_decoder.*"] if getattr(model, "whisper_decoder", None) is not None else []
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "quantize",
@@ -40,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", metavar="YAML",
                         help="per-layer bit widths as YAML, e.g. '{\"encoder.layers.*.ff_*\": {weight_bits: 4}}'")
     parser.add_argument("--skip", action="append", default=None, metavar="PATTERN",
-                        help="module name patterns left in float (default: none; the attention decoders "
-                             "get quantized weights and float activations)")
+                        help="module name patterns left in float (default: Whisper's decoder, which its "
+                             "ONNX export quantizes on its own; the attention decoders get quantized weights "
+                             "and float activations)")
     search = parser.add_argument_group("mixed-precision search")
     search.add_argument("--search", action="store_true",
                         help="choose per-layer weight bits for --budget-kb by sensitivity (writes OUT/search.json)")
@@ -73,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         layers = yaml.safe_load(args.layers) if args.layers else {}
         quant = QuantConfig.from_dict({
             "weight_bits": args.weight_bits, "act_bits": args.act_bits,
-            "layers": {**DECODER_WEIGHT_ONLY, **(layers or {})}, "skip": args.skip or [],
+            "layers": {**DECODER_WEIGHT_ONLY, **(layers or {})},
+            "skip": args.skip if args.skip is not None else _default_skip(source.model),
         })
     except (ValueError, TypeError, yaml.YAMLError) as error:
         raise EdgeAsrError(f"quantization settings: {str(error).splitlines()[0]}") from None
@@ -98,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         quant, report = _search(args, source, list(batches())[:20], quant, build)
     model, calibrated = build(quant)
     model.eval()
-    out = save_model_dir(args.out, model, source.tokenizer, source.features, source.streaming)
+    # parts still equal to the pretrained package's load from it, as the source's did
+    out = save_model_dir(args.out, model, source.tokenizer, source.features, source.streaming,
+                         pretrained=source.pretrained, whisper_dir=source.whisper_dir)
     if report is not None:
         atomic_write_text(out / "search.json", json.dumps(report, indent=1))
         chosen = report["chosen"]

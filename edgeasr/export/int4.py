@@ -53,17 +53,25 @@ def grid_codes(matrix: np.ndarray, tolerance: float = 1e-3) -> tuple[np.ndarray,
 
 
 def pack_codes(codes: np.ndarray, block: int) -> np.ndarray:
-    """[N, K] codes in -7..7 -> MatMulNBits' B: uint8 [N, K / block, block / 2], low nibble first."""
+    """[N, K] codes in -7..7 -> MatMulNBits' B: uint8 [N, K / block, block / 2]. Its layout (code + 8,
+    two a byte, low nibble first, row after row) is edgeasr's own 4-bit packing of the model file."""
+    import torch
+
+    from edgeasr.quant.pack import pack_codes as pack
+
     rows, depth = codes.shape
-    stored = (codes.astype(np.int16) + 8).astype(np.uint8).reshape(rows, depth // block, block // 2, 2)
-    return stored[..., 0] | (stored[..., 1] << 4)
+    return pack(torch.from_numpy(codes), 4).numpy().reshape(rows, depth // block, block // 2)
 
 
 def unpack_codes(packed: np.ndarray) -> np.ndarray:
     """The inverse of ``pack_codes`` (for tests and inspection): [N, K] int8 codes."""
-    low, high = packed & 0x0F, packed >> 4
-    stored = np.stack([low, high], axis=-1).reshape(packed.shape[0], -1)
-    return (stored.astype(np.int16) - 8).astype(np.int8)
+    import torch
+
+    from edgeasr.quant.pack import unpack_codes as unpack
+
+    rows = packed.shape[0]
+    flat = torch.from_numpy(np.array(packed, dtype=np.uint8).reshape(-1))
+    return unpack(flat, 4, 2 * flat.numel()).numpy().reshape(rows, -1)
 
 
 def to_matmul_nbits(graph_model) -> int:
@@ -148,3 +156,45 @@ def _dynamic_int8(source: Path, target: Path) -> None:
                          weight_type=QuantType.QInt8, per_channel=True)
     finally:
         root.setLevel(level)
+
+
+def tie_quantized_embedding(graph_model) -> bool:
+    """Give a decoder's 4-bit output projection the 4-bit token table's own codes and zero points.
+
+    Whisper ties its output projection to its token table; onnxruntime's quantizer rounds them
+    apart (the table's scales in float16, the projection's in float32), so 0.7% of the codes
+    differ and the bytes cannot be shared. Both are block-wise along the model dimension with the
+    same blocks, and the stored layouts agree (code after code, low nibble first), so the
+    projection can read the table's codes, zero points and (widened) scales: the same rounding of
+    the same weights, stored once (``share_weights``). Only done when they agree on >= 99% of the
+    codes, i.e. they really are one tied matrix. Returns whether it tied them."""
+    from onnx import helper, numpy_helper
+
+    graph = graph_model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    for gather in (n for n in graph.node if n.op_type == "GatherBlockQuantized"):
+        attributes = {a.name: helper.get_attribute_value(a) for a in gather.attribute}
+        if attributes.get("gather_axis", 0) != 0 or attributes.get("quantize_axis") != 1 or len(gather.input) < 4:
+            continue
+        table, table_scales, table_zeros = (initializers.get(name) for name in
+                                            (gather.input[0], gather.input[2], gather.input[3]))
+        if table is None or table_scales is None or table_zeros is None or len(table.dims) != 2:
+            continue
+        vocab, depth = table.dims
+        for matmul in (n for n in graph.node if n.op_type == "MatMulNBits" and len(n.input) >= 4):
+            sizes = {a.name: helper.get_attribute_value(a) for a in matmul.attribute}
+            if (sizes.get("N"), sizes.get("K"), sizes.get("block_size")) != (vocab, depth, attributes.get("block_size")):
+                continue
+            codes, scales, zeros = (initializers.get(name) for name in matmul.input[1:4])
+            if codes is None or scales is None or zeros is None or len(codes.raw_data) != len(table.raw_data) \
+                    or len(zeros.raw_data) != len(table_zeros.raw_data):
+                continue
+            agree = np.mean(np.frombuffer(codes.raw_data, np.uint8) == np.frombuffer(table.raw_data, np.uint8))
+            if agree < 0.99:
+                continue
+            codes.raw_data = table.raw_data
+            zeros.raw_data = table_zeros.raw_data
+            widened = numpy_helper.to_array(table_scales).astype(np.float32).reshape(numpy_helper.to_array(scales).shape)
+            scales.CopyFrom(numpy_helper.from_array(widened, scales.name))
+            return True
+    return False

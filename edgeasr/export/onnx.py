@@ -161,6 +161,9 @@ def _quantize_int4(source: Path, target: Path) -> None:
                                          accuracy_level=4, op_types_to_quantize=("MatMul", "Gather"),
                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer.process()
+        from edgeasr.export.int4 import tie_quantized_embedding
+
+        tie_quantized_embedding(quantizer.model.model)  # a tied output projection reads the table's codes
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
     finally:
         quiet.setLevel(level)

@@ -275,7 +275,27 @@ def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, 
     if second_pass:
         metadata.update(export_whisper_second_pass(packaged, out, int8, int4, per_channel=per_channel,
                                                    int4_encoder=four_bit))
+    metadata["weights_files"] = share_graph_weights(out)
     return metadata
+
+
+#: graphs of one precision that share a weights file (edgeasr.export.shared_weights)
+SHARED_GRAPHS = ("encoder", "encoder_full", "decoder_cross", "decoder_step")
+
+
+def share_graph_weights(out: Path) -> list[str]:
+    """Per precision, the encoder and decoder graphs' large tensors in one file, each once: the two
+    encoder graphs hold the same weights, a tied 4-bit token table and projection the same codes."""
+    from edgeasr.export.shared_weights import share_weights
+
+    written = []
+    for suffix in (".onnx", ".int8.onnx", ".int4.onnx"):
+        graphs = [out / f"{name}{suffix}" for name in SHARED_GRAPHS if (out / f"{name}{suffix}").exists()]
+        if graphs:
+            data_name = f"weights{suffix[: -len('.onnx')]}.bin"
+            share_weights(graphs, data_name)
+            written.append(data_name)
+    return written
 
 
 def has_4bit_weights(asr) -> bool:
