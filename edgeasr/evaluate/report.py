@@ -878,6 +878,7 @@ def quantization_default_section(result: dict, name: str) -> list[str]:
         "the row reads, first pass (encoder + CTC head) and both passes (+ Whisper's decoder); x: fp32 torch's "
         "bytes / the row's. Time: median over utterances of the row's compute / fp32 torch's (rows take turns). "
         f"{result['machine']} ({result['date']}).",
+        *(["", f"Note: {result['note']}."] if result.get("note") else []),
         "",
         "| row | MB first pass | MB both passes | " + " | ".join(
             f"{s} ({result['sets'][s]['utts']}) first pass WER (CER) | {s} two passes WER (CER)" for s in sets)
