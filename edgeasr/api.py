@@ -117,8 +117,8 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
 
 #: bumped when an export gains graphs, so cached exports made by an older edgeasr are redone
 #: (2: the Whisper second pass on ONNX Runtime; 3: 4-bit decoder graphs; 4: 4-bit encoder graphs of
-#: 4-bit models)
-EXPORT_LAYOUT = 4
+#: 4-bit models; 5: one shared weights file per precision)
+EXPORT_LAYOUT = 5
 
 
 def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_left_chunks: int | None) -> Path:
