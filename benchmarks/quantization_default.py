@@ -45,14 +45,11 @@ from edgeasr.evaluate.report import save_result
 from edgeasr.export.shared_weights import graph_bytes
 from edgeasr.model.package import load_model_dir
 from edgeasr.quant.dynamic import dynamic_int8, serialized_bytes
+from onnx_parity import _sets  # [NAME=]PATH manifests, as the ONNX parity benchmark reads them
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("ctc_greedy", "whisper_rescoring")
 FIRST_PASS = ("encoder", "ctc")
-
-
-def _sets(items: list[str]) -> list[tuple[str, str]]:
-    return [tuple(item.split("=", 1)) if "=" in item else ("test", item) for item in items]
 
 
 def torch_bytes(directory: str, kind: str) -> dict:

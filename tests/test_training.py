@@ -170,9 +170,9 @@ def test_bad_recipe_values_are_clear_errors(corpus, tmp_path, capsys):
     assert "average_by" in capsys.readouterr().err
 
 
-def test_qat_fine_tunes_from_a_float_model_and_packages_a_quantized_one(corpus, recipe, tmp_path):
-    from edgeasr.quant.qat import quantized_layers
-
+def train_float_then_qat(corpus, recipe, tmp_path, extra_train: str = "") -> tuple[Path, Path]:
+    """The tiny recipe trained in float, then 2 steps of W4A8 QAT from it (plus ``extra_train``
+    lines in its train section); returns (float experiment, QAT experiment)."""
     float_dir = tmp_path / "float"
     assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(float_dir), "--quiet"]) == 0
     qat_recipe = tmp_path / "qat.yaml"
@@ -180,9 +180,16 @@ def test_qat_fine_tunes_from_a_float_model_and_packages_a_quantized_one(corpus, 
         "  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}\n",
         "  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}\n"
         "  quantization: {weight_bits: 4, act_bits: 8, skip: ['decoder.*']}\n",
-    ).replace("  max_steps: 6\n", f"  max_steps: 2\n  init_from: {float_dir / 'model'}\n"))
+    ).replace("  max_steps: 6\n", f"  max_steps: 2\n{extra_train}  init_from: {float_dir / 'model'}\n"))
     out = tmp_path / "qat"
     assert main(["train", "--config", str(qat_recipe), "--data", str(corpus), "--out", str(out), "--quiet"]) == 0
+    return float_dir, out
+
+
+def test_qat_fine_tunes_from_a_float_model_and_packages_a_quantized_one(corpus, recipe, tmp_path):
+    from edgeasr.quant.qat import quantized_layers
+
+    float_dir, out = train_float_then_qat(corpus, recipe, tmp_path)
     start = load_checkpoint(list_checkpoints(out / "checkpoints")[0])["model"]
     float_weights = weights(float_dir / "model")
     # CMVN and tokenizer come from the float model, and training started from its weights.
@@ -287,16 +294,7 @@ def test_distillation_pulls_the_encoder_towards_its_teacher(tiny_model):
 
 
 def test_qat_with_distillation_logs_the_term_and_needs_a_teacher(corpus, recipe, tmp_path, capsys):
-    float_dir = tmp_path / "float"
-    assert main(["train", "--config", str(recipe), "--data", str(corpus), "--out", str(float_dir), "--quiet"]) == 0
-    qat_recipe = tmp_path / "qat.yaml"
-    qat_recipe.write_text(TINY_RECIPE.replace(
-        "  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}\n",
-        "  decoder: {num_layers: 1, d_ff: 64, dropout: 0.0}\n"
-        "  quantization: {weight_bits: 4, act_bits: 8, skip: ['decoder.*']}\n",
-    ).replace("  max_steps: 6\n", f"  max_steps: 2\n  distill_weight: 1.0\n  init_from: {float_dir / 'model'}\n"))
-    out = tmp_path / "qat"
-    assert main(["train", "--config", str(qat_recipe), "--data", str(corpus), "--out", str(out), "--quiet"]) == 0
+    _, out = train_float_then_qat(corpus, recipe, tmp_path, "  distill_weight: 1.0\n")
     import csv
 
     rows = list(csv.DictReader(open(out / "train_log.csv")))

@@ -900,9 +900,10 @@ def quantization_default_section(result: dict, name: str) -> list[str]:
                   f"{speed[two_passes]['rtf']:.4f}"]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
-    for row, entry in rows.items():
-        if not row.endswith("/ onnxruntime") or "4" not in row.split("/")[0] or row.startswith("int4"):
-            continue
+    four_bit = [f"{n} / onnxruntime" for n, q in result.get("quantized", {}).items()
+                if (q.get("quantization") or {}).get("weight_bits") == 4]
+    for row in four_bit:
+        entry = rows[row]
         smaller = reference["bytes"]["both_passes"] / entry["bytes"]["both_passes"]
         changes = []
         for set_name in sets:

@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeasr.quant.fake_quant import weight_qmax
+
+QMAX = weight_qmax(4)  # codes in -7..7, as the 4-bit model's fake quantization rounds them
+
 #: Largest block (codes per stored scale) tried: every block of a row carries the row's one
 #: scale, so a longer block loses nothing and stores fewer copies of it (onnxruntime takes
-#: powers of two from 16 to 256; the Whisper encoder's 384 and 1536 inputs take 128).
+#: powers of two from 16 to 256; the Whisper encoder's 384 inputs take 128, its 1536 take 256).
 MAX_BLOCK = 256
-QMAX = 7
 
 
 def block_for(depth: int) -> int | None:
