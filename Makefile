@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh scripts/system-packages.txt
+$(STAMP): pyproject.toml setup.py edgeasr/decoding/_prefix_beam.c scripts/setup.sh scripts/system-packages.txt
 	bash scripts/setup.sh
 
 demo: setup
@@ -20,3 +20,4 @@ test: setup
 
 clean:
 	rm -rf $(VENV) .venv-piper .pytest_cache build *.egg-info
+	find edgeasr -name "*.so" -delete

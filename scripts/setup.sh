@@ -33,7 +33,8 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # torch first and pinned exactly, so nothing later can resolve a CUDA build.
 "${PIP[@]}" "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
 "${PIP[@]}" -e ".[dev,voices]" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import edgeasr, torch, soundfile, soxr, kaldi_native_fbank" 
+# the compiled search core too: pip's output above is filtered, so a failed C build shows here
+"$VENV/bin/python" -c "import edgeasr, edgeasr.decoding._prefix_beam, torch, soundfile, soxr, kaldi_native_fbank" 
 
 # piper (GPL-3.0) is an external engine: it lives in its own environment and is only ever run as
 # a subprocess, never imported into edgeasr.

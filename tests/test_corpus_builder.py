@@ -143,6 +143,22 @@ def test_partial_corpus_resumes_to_identical_files(corpus, tmp_path):
         assert (copy / path).read_bytes() == data, f"{path} resynthesized differently"
 
 
+def test_held_out_splits_alone_are_those_of_the_whole_build(corpus, tmp_path):
+    """--splits dev,test synthesizes only the held-out sets: the same utterances, byte for byte,
+    as the whole corpus has, and no training audio."""
+    out, _ = corpus
+    held_out = tmp_path / "heldout"
+    report = build_corpus(_options(held_out, splits=("dev", "test")), command="pytest", progress=False)
+    assert report.new_utterances > 0
+    assert not list((held_out / "wav" / "train").glob("*.wav")) and not (held_out / "train.jsonl").exists()
+    for split in ("dev", "test"):
+        assert (held_out / f"{split}.jsonl").read_bytes() == (out / f"{split}.jsonl").read_bytes()
+        for wav in (out / "wav" / split).glob("*.wav"):
+            assert (held_out / "wav" / split / wav.name).read_bytes() == wav.read_bytes()
+    with pytest.raises(DataError, match="--splits"):
+        _options(tmp_path, splits=("train", "eval"))
+
+
 def test_killed_run_resumes_to_the_same_corpus(corpus, tmp_path):
     out, _ = corpus
     target = tmp_path / "killed"

@@ -90,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="pitch factors drawn per utterance, where the voice supports it (default: 0.85,1.15)")
     synth.add_argument("--heldout-voice-frac", type=float, default=0.1,
                        help="share of each engine's speakers held out for dev and for test each (default: 0.1)")
+    synth.add_argument("--splits", default="train,dev,test", metavar="LIST",
+                       help="splits to synthesize (default: train,dev,test); 'dev,test' builds only "
+                            "the held-out sets, the same utterances a whole build has")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=run_synth)
 
@@ -148,6 +151,7 @@ def run_synth(args: argparse.Namespace) -> int:
         rate_range=args.rate_range,
         pitch_range=args.pitch_range,
         heldout_voice_frac=args.heldout_voice_frac,
+        splits=tuple(parse_list(args.splits)),
     )
     command = "edgeasr " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:] else None
     report = build_corpus(options, command=command, progress=not args.quiet)

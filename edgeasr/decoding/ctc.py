@@ -17,6 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+try:  # the compiled core (edgeasr/decoding/_prefix_beam.c), built by `pip install` / make setup
+    from edgeasr.decoding import _prefix_beam as _native
+except ImportError:  # pragma: no cover - a build without a C compiler: the Python search runs
+    _native = None
+
 NEG_INF = float("-inf")
 
 
@@ -170,6 +175,11 @@ class PrefixBeamSearch:
     search a small share of streaming time (measured in benchmarks/search_speed.py; with no
     threshold the n-best is that of the exhaustive top-k search). Frames where only blank
     remains update the beams in place without building new ones.
+
+    Two implementations of the same arithmetic: the compiled core (``native=True``, the default
+    where it is built: the per-frame bookkeeping in C, the fused scorer still Python, called only
+    for (state, token) pairs a stream has not met) and this module's Python loop
+    (``native=False``), the reference. They give identical n-best lists (tests/test_native_search.py).
     """
 
     #: trie nodes kept before dead branches are dropped (a few MB)
@@ -177,9 +187,12 @@ class PrefixBeamSearch:
 
     def __init__(self, beam_size: int = 10, blank: int = 0, token_beam: int | None = None,
                  token_threshold: float = 4.0, scorer=None, piece_texts: list[str] | None = None,
-                 score_threshold: float = 6.0) -> None:
+                 score_threshold: float = 6.0, native: bool | None = None) -> None:
         if scorer is not None and piece_texts is None:
             raise ValueError("a fused scorer needs the text of every token (fusion.piece_texts)")
+        if native and _native is None:
+            raise RuntimeError("the compiled prefix search (edgeasr.decoding._prefix_beam) is not built: "
+                               "reinstall edgeasr (make setup) with a C compiler")
         self.beam_size = beam_size
         self.blank = blank
         self.token_beam = token_beam
@@ -192,22 +205,57 @@ class PrefixBeamSearch:
         # (scorer state, token) -> (delta, state), kept on the scorer: a recognizer shares its
         # scorers between streams, so later streams start with a warm cache
         self._advance: dict = scorer.__dict__.setdefault("_token_cache", {}) if scorer is not None else {}
+        self._core = None
+        if native is not False and _native is not None:
+            self._core = _native.Search(beam_size, blank, min(token_beam or beam_size, 1 << 20), float(token_threshold),
+                                        float(score_threshold), self._native_advance if scorer is not None else None,
+                                        0, self.compact_after)
         self.reset()
 
+    # --- the compiled core's side: scorer states as small integers --------------------------------
+
+    def _intern(self, state) -> int:
+        found = self._state_ids.get(state)
+        if found is None:
+            found = self._state_ids[state] = len(self._states)
+            self._states.append(state)
+        return found
+
+    def _native_advance(self, state_id: int, token: int) -> tuple[float, int]:
+        """The core's cache miss: the scorer's (delta, state id) for ``token`` after a state."""
+        state = self._states[state_id]
+        hit = self._advance.get((state, token))
+        if hit is None:
+            if len(self._advance) > self.compact_after:
+                self._advance.clear()
+            hit = self._advance[(state, token)] = self.scorer.advance(state, self.piece_texts[token])
+        return hit[0], self._intern(hit[1])
+
+    @property
+    def frame_offset(self) -> int:
+        return self._core.frame_offset if self._core is not None else self._frame_offset
+
+    @frame_offset.setter
+    def frame_offset(self, value: int) -> None:
+        self._frame_offset = value
+
     def reset(self) -> None:
+        if self._core is not None:
+            self._states: list = []
+            self._state_ids: dict = {}
+            self._states_trigger = self.compact_after
+            self._core.reset(self._intern(self.scorer.initial()) if self.scorer is not None else 0)
+            return
         root = _Beam(blank=0.0, state=self.scorer.initial() if self.scorer is not None else None)
         root.total = 0.0
         self.trie = _PrefixTrie()
         self.beams: dict[int, _Beam] = {0: root}
         self.frame_offset = 0
 
-    def _fused(self, beam: _Beam, token: int):
-        """(scorer state, fused score) of ``beam``'s prefix extended by ``token``."""
-        key = (beam.state, token)
-        hit = self._advance.get(key)
-        if hit is None:
-            hit = self._advance[key] = self.scorer.advance(beam.state, self.piece_texts[token])
-        return hit[1], beam.fused + hit[0]
+    def _fused_miss(self, state, token: int):
+        """(delta, state) of the scorer for ``token`` after ``state``, computed and cached."""
+        hit = self._advance[(state, token)] = self.scorer.advance(state, self.piece_texts[token])
+        return hit
 
     def step(self, log_probs) -> None:
         """Consume log_probs [T, V] of the next frames.
@@ -219,8 +267,17 @@ class PrefixBeamSearch:
         scores = _as_array(log_probs)
         if scores.shape[0] == 0:
             return
+        if self._core is not None:
+            self._core.step(np.ascontiguousarray(scores))
+            if len(self._states) > self._states_trigger:  # keep only the live beams' states
+                live = [self._states[i] for i in self._core.states()]
+                self._states, self._state_ids = [], {}
+                self._core.remap_states([self._intern(state) for state in live])
+                self._states_trigger = max(self.compact_after, 2 * len(self._states))
+            return
         blank, trie, scorer = self.blank, self.trie, self.scorer
-        logadd, child = _logadd2, trie.child
+        logadd, child, children_get = _logadd2, trie.child, trie.children.get
+        advance_get = self._advance.get
         tokens = trie.token
         token_beam = min(self.token_beam or self.beam_size, scores.shape[-1])
         values, indices = _top_tokens(scores, token_beam)
@@ -239,20 +296,19 @@ class PrefixBeamSearch:
             get = acc.get
             for node, beam in self.beams.items():
                 last = tokens[node]
-                b, total = beam.blank, beam.total
+                b, nb, total = beam.blank, beam.nonblank, beam.total
+                entry = None  # the same prefix's entry (another beam's extension may have made it)
                 for token, lp in candidates:
-                    if token == blank:
-                        entry = get(node)
+                    if token == blank or token == last:
                         if entry is None:
-                            entry = acc[node] = [NEG_INF, NEG_INF, beam, -1, NEG_INF, beam.state, beam.fused]
-                        entry[0] = logadd(entry[0], total + lp)
-                        continue
-                    if token == last:
+                            entry = get(node)
+                            if entry is None:
+                                entry = acc[node] = [NEG_INF, NEG_INF, beam, -1, NEG_INF, beam.state, beam.fused]
+                        if token == blank:
+                            entry[0] = logadd(entry[0], total + lp)
+                            continue
                         # Repeat without blank in between: same prefix, the token continues.
-                        entry = get(node)
-                        if entry is None:
-                            entry = acc[node] = [NEG_INF, NEG_INF, beam, -1, NEG_INF, beam.state, beam.fused]
-                        entry[1] = logadd(entry[1], beam.nonblank + lp)
+                        entry[1] = logadd(entry[1], nb + lp)
                         if entry[3] == -1 and lp > entry[4]:
                             entry[4] = lp  # the repeated token's peak so far, for its time
                         if b == NEG_INF:
@@ -260,15 +316,20 @@ class PrefixBeamSearch:
                         source = b  # a repeat after a blank is a new token
                     else:
                         source = total
-                    extended = child(node, token)
-                    entry = get(extended)
-                    if entry is None:
+                    extended = children_get((node, token))
+                    if extended is None:
+                        extended = child(node, token)
+                    other = get(extended)
+                    if other is None:
                         if scorer is not None:
-                            state, fused = self._fused(beam, token)
+                            hit = advance_get((beam.state, token))
+                            if hit is None:
+                                hit = self._fused_miss(beam.state, token)
+                            acc[extended] = [NEG_INF, source + lp, beam, token, lp, hit[1], beam.fused + hit[0]]
                         else:
-                            state, fused = None, 0.0
-                        entry = acc[extended] = [NEG_INF, NEG_INF, beam, token, lp, state, fused]
-                    entry[1] = logadd(entry[1], source + lp)
+                            acc[extended] = [NEG_INF, source + lp, beam, token, lp, None, 0.0]
+                    else:
+                        other[1] = logadd(other[1], source + lp)
             ranked = [(logadd(e[0], e[1]) + e[6], node, e) for node, e in acc.items()]
             if len(ranked) > self.beam_size:
                 ranked = heapq.nlargest(self.beam_size, ranked, key=lambda item: item[0])
@@ -298,6 +359,13 @@ class PrefixBeamSearch:
         """Best first, by CTC plus the fused score, with the scorer's end-of-hypothesis terms
         (the LM's last word and ``</s>``, unfinished hotwords' credit given back)."""
         scorer = self.scorer
+        if self._core is not None:
+            found = []
+            for tokens, total, fused, state, times, probs in self._core.beams():
+                fused += scorer.finish(self._states[state]) if scorer is not None else 0.0
+                found.append((total + fused, Hypothesis(tokens, total, times, probs, fused)))
+            found.sort(key=lambda item: item[0], reverse=True)
+            return [hyp for _, hyp in found[: n or len(found)]]
         ranked = []
         for node, beam in self.beams.items():
             fused = beam.fused + (scorer.finish(beam.state) if scorer is not None else 0.0)
