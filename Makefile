@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py edgeasr/decoding/_prefix_beam.c scripts/setup.sh scripts/system-packages.txt
+$(STAMP): pyproject.toml setup.py edgeasr/_native.c scripts/setup.sh scripts/system-packages.txt
 	bash scripts/setup.sh
 
 demo: setup

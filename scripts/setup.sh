@@ -34,7 +34,7 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
 "${PIP[@]}" -e ".[dev,voices]" 2>&1 | grep -v "^WARNING: Location" || true
 # the compiled search core too: pip's output above is filtered, so a failed C build shows here
-"$VENV/bin/python" -c "import edgeasr, edgeasr.decoding._prefix_beam, torch, soundfile, soxr, kaldi_native_fbank" 
+"$VENV/bin/python" -c "import edgeasr, edgeasr._native, torch, soundfile, soxr, kaldi_native_fbank" 
 
 # piper (GPL-3.0) is an external engine: it lives in its own environment and is only ever run as
 # a subprocess, never imported into edgeasr.

@@ -1,4 +1,4 @@
-"""The compiled prefix beam search (edgeasr/decoding/_prefix_beam.c) against the Python one.
+"""The compiled prefix beam search (edgeasr/_native.c) against the Python one.
 
 The Python loop in edgeasr.decoding.ctc is the reference; the C core must give the very same
 n-best (tokens, scores, token times and posteriors, fused scores) chunk by chunk, with and
@@ -45,7 +45,7 @@ def char_lm():
 
 
 def test_the_compiled_core_is_built():
-    assert ctc._native is not None, "make setup builds edgeasr/decoding/_prefix_beam.c; it is missing"
+    assert ctc._native is not None, "make setup builds edgeasr/_native.c; it is missing"
     assert PrefixBeamSearch()._core is not None  # and the search uses it by default
 
 

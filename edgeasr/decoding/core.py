@@ -184,7 +184,9 @@ class DecodingCore:
             self._own_scorers = (first, second)
         return first, second
 
-    def new_search(self, scorer=None, greedy: bool = False):
+    def new_search(self, scorer=None, greedy: bool = False, native: bool | None = None):
+        """The mode's search; ``native`` picks the CTC prefix search's implementation (None: the
+        compiled one where built, False: the Python reference)."""
         if self.mode_spec.head == "transducer":  # reads encoder frames: see search_input
             if greedy:
                 return TransducerGreedySearch(self.transducer)
@@ -194,7 +196,7 @@ class DecodingCore:
             return GreedySearch(blank=self.blank_id)
         return PrefixBeamSearch(beam_size=self.options.beam_size, blank=self.blank_id, scorer=scorer,
                                 piece_texts=self.piece_texts, token_threshold=self.options.token_threshold,
-                                score_threshold=self.options.score_threshold)
+                                score_threshold=self.options.score_threshold, native=native)
 
     def search_input(self, encoded, log_probs):
         """What the mode's search reads per frame: CTC log-probs [T, V], or encoder frames [T, D]

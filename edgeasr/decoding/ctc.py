@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:  # the compiled core (edgeasr/decoding/_prefix_beam.c), built by `pip install` / make setup
-    from edgeasr.decoding import _prefix_beam as _native
+try:  # the compiled core (edgeasr/_native.c), built by `pip install` / make setup
+    from edgeasr import _native
 except ImportError:  # pragma: no cover - a build without a C compiler: the Python search runs
     _native = None
 
@@ -191,7 +191,7 @@ class PrefixBeamSearch:
         if scorer is not None and piece_texts is None:
             raise ValueError("a fused scorer needs the text of every token (fusion.piece_texts)")
         if native and _native is None:
-            raise RuntimeError("the compiled prefix search (edgeasr.decoding._prefix_beam) is not built: "
+            raise RuntimeError("the compiled prefix search (edgeasr._native) is not built: "
                                "reinstall edgeasr (make setup) with a C compiler")
         self.beam_size = beam_size
         self.blank = blank

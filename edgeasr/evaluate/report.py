@@ -264,6 +264,9 @@ def lm_fusion_section(result: dict, name: str) -> list[str]:
                   f"(max {100 * share['no_lm']['search_share_max']:.1f}%), with the {result['best_lm']} LM "
                   f"{100 * share['lm']['search_share_median']:.1f}% (max {100 * share['lm']['search_share_max']:.1f}%); "
                   f"RTF {share['no_lm']['rtf_median']:.3f} / {share['lm']['rtf_median']:.3f}."]
+        if "search_implementation" not in result:
+            lines[-1] = lines[-1].replace("Search share", "Search share (the Python search loop, before the "
+                                          "compiled core: see search_speed.json below)", 1)
         two = share.get("default_two_pass_lm")
         if two:
             lines[-1] += (f" In the default two-pass mode (`{two['mode']}`, partials from the LM-fused beam): "
@@ -274,6 +277,36 @@ def lm_fusion_section(result: dict, name: str) -> list[str]:
         lines += ["", f"ONNX Runtime vs torch (`{parity['model']}`, LM and hotwords on): identical n-best on "
                   f"{parity['identical_nbest']}/{parity['utts']} utterances, scores within "
                   f"{parity['max_score_difference']:g}."]
+    return lines + [""]
+
+
+def search_speed_section(result: dict, name: str) -> list[str]:
+    """The compiled CTC prefix search against the Python reference (benchmarks/search_speed.py)."""
+    lines = [
+        f"## CTC prefix beam search: compiled core vs Python reference ({name})",
+        "",
+        f"Model `{result['model']}`, first pass at chunk {result['chunk_size']} (CTC prefix beam "
+        f"{result['beam_size']}, a partial result per chunk); LM `{result['lm']}` at weight "
+        f"{result['lm_weight']:g}, bonus {result['lm_bonus']:g}. Search time: the search alone over the "
+        "chunk-masked CTC log-probs, per second of audio, median over utterances (the implementations take "
+        "turns on each; one scorer for all utterances, as a recognizer shares it). Share: the search's share "
+        f"of streaming time at beam 10. Measured {result['date']} on {result['machine']}.",
+        "",
+        "| set | LM | identical n-best | Python ms / audio s | C ms / audio s | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for set_name, entry in result["sets"].items():
+        for lm_key, row in entry["search"].items():
+            lines.append(f"| {set_name} | {'no' if lm_key == 'no_lm' else 'yes'} | {row['identical_nbest']}/{row['utts']} "
+                         f"| {row['python_ms_per_audio_s']:.2f} | {row['native_ms_per_audio_s']:.2f} | {row['speedup']:.1f}x |")
+    lines += ["", "Search share of streaming time, median (max) over utterances (target: <= 10%):", "",
+              "| set | implementation | `ctc_prefix_beam`, no LM | `ctc_prefix_beam`, LM | default two-pass, LM |",
+              "|---|---|---|---|---|"]
+    for set_name, entry in result["sets"].items():
+        for impl, share in entry["share"].items():
+            cells = [f"{100 * share[k]['search_share_median']:.1f}% ({100 * share[k]['search_share_max']:.1f}%)"
+                     for k in ("no_lm", "lm", "default_two_pass_lm")]
+            lines.append(f"| {set_name} | {'C' if impl == 'native' else 'Python'} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -697,7 +730,7 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
     ]
     loaded = [(path, json.loads(path.read_text())) for path in sorted(results_dir.glob("*.json"))]
     # The default model's section first, then its long-stream check; the others in file-name order.
-    first = {"whisper_default": 0, "long_stream": 1, "lm_fusion": 2, "quantization_default": 3}
+    first = {"whisper_default": 0, "long_stream": 1, "lm_fusion": 2, "search_speed": 3, "quantization_default": 4}
     # Results measured on the from-scratch models (before the pretrained default) go last, under
     # a heading that says so: their accuracy columns describe a model that did not recognize.
     loaded.sort(key=lambda item: (item[0].name in FROM_SCRATCH_RESULTS,
@@ -721,6 +754,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += long_stream_section(result, path.name)
         elif result.get("benchmark") == "lm_fusion":
             lines += lm_fusion_section(result, path.name)
+        elif result.get("benchmark") == "search_speed":
+            lines += search_speed_section(result, path.name)
         elif result.get("benchmark") == "u2_baseline":
             lines += u2_section(result, path.name)
         elif result.get("benchmark") == "quantization":

@@ -1,4 +1,6 @@
-/* The CTC prefix beam search's inner loop in C: edgeasr.decoding.ctc.PrefixBeamSearch's
+/* edgeasr's compiled parts (plain CPython API, built by `pip install` / make setup).
+ *
+ * The CTC prefix beam search's inner loop: edgeasr.decoding.ctc.PrefixBeamSearch's
  * streaming core, step for step the same arithmetic as the pure-Python search in that module
  * (which stays the reference: tests/test_native_search.py checks identical n-best lists).
  *
@@ -12,6 +14,7 @@
  * a list of candidate entries in insertion order with a small hash of node -> entry.
  * Ordering rules mirror the Python version exactly (ties keep insertion order), so both give the
  * same beams in the same order.
+
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -580,7 +583,7 @@ static PyGetSetDef Search_getset[] = {
 
 static PyTypeObject SearchType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "edgeasr.decoding._prefix_beam.Search",
+    .tp_name = "edgeasr._native.Search",
     .tp_basicsize = sizeof(Search),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "CTC prefix beam search core (see edgeasr.decoding.ctc.PrefixBeamSearch)",
@@ -591,9 +594,9 @@ static PyTypeObject SearchType = {
     .tp_getset = Search_getset,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_prefix_beam", "CTC prefix beam search core", -1, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "edgeasr's compiled parts: the CTC prefix search core", -1, NULL};
 
-PyMODINIT_FUNC PyInit__prefix_beam(void) {
+PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&SearchType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
