@@ -111,6 +111,8 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
     if chunk_size is not None or num_left_chunks is not None:
         raise EdgeAsrError(f"{directory}: an ONNX export streams with the chunk size and left context it was "
                            "exported with (re-export to change them)")
+    if options.get("first_pass") is not None:
+        raise EdgeAsrError("first_pass (a separate first-pass model) runs on the torch backend only")
     decode = DecodeOptions(mode=mode, beam_size=beam_size, ctc_weight=ctc_weight, **options)
     return OnnxRecognizer.load(directory, int8=int8, options=decode, threads=max(1, threads), int4=int4)
 

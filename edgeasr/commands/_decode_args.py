@@ -67,6 +67,10 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="phrases to bias recognition towards: one a line, optional ' :BOOST' at the end")
     parser.add_argument("--hotword-boost", type=float, default=defaults.hotword_boost,
                         help=f"boost per character of a hotword, in nats (default: {defaults.hotword_boost})")
+    parser.add_argument("--first-pass", metavar="DIR",
+                        help="stream the first pass (partials, endpoints) with this model directory's encoder "
+                             "and CTC head, e.g. a small student distilled from the model; the model's own second "
+                             "pass still makes the finals (torch backend)")
     parser.add_argument("--token-threshold", type=float, default=defaults.token_threshold,
                         help="prefix beam: skip tokens this many nats below a frame's best "
                              f"(default: {defaults.token_threshold}; 'inf' = exhaustive)")
@@ -83,7 +87,7 @@ def search_options(args: argparse.Namespace) -> dict:
             "lm_weight": args.lm_weight, "lm_bonus": args.lm_bonus,
             "whisper_lm_weight": args.whisper_lm_weight, "hotwords": args.hotwords,
             "hotword_boost": args.hotword_boost, "token_threshold": args.token_threshold,
-            "score_threshold": args.score_threshold}
+            "score_threshold": args.score_threshold, "first_pass": getattr(args, "first_pass", None)}
 
 
 def open_recognizer(args: argparse.Namespace):

@@ -92,6 +92,11 @@ class DecodeOptions:
     token_threshold: float = 4.0
     #: prefix beam: prefixes this many nats below the frame's best are dropped
     score_threshold: float = 6.0
+    #: another model directory whose encoder and CTC head run the streaming first pass (partials,
+    #: endpoints) in place of this model's, e.g. a small student distilled from it
+    #: (configs/whisper/practical_first_pass.yaml); this model's second pass still re-encodes
+    #: each segment. Same front end, tokenizer and frame rate required (torch backend).
+    first_pass: str | None = None
 
     def validate(self) -> None:
         if self.mode not in MODES:

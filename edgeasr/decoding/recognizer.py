@@ -39,7 +39,7 @@ class TorchChunkRunner:
     """The torch backend's streaming encoder: features in, (encoder frames, CTC log-probs) out."""
 
     def __init__(self, recognizer: "Recognizer", keep_inputs: bool) -> None:
-        self.model = recognizer.model
+        self.model = recognizer.first_model
         self.encoder = self.model.encoder.stream(recognizer.chunk_size, recognizer.num_left_chunks)
         self.keep_inputs = keep_inputs
         self.inputs: list[torch.Tensor] = []
@@ -94,6 +94,8 @@ class Recognizer(DecodingCore):
             self.model.encoder.dynamic.config.threshold = options.gate_threshold
         self.frontend = packaged.features
         self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
+        #: the model of the streaming first pass: this one, or ``options.first_pass``'s
+        self.first_model = self.model if options.first_pass is None else self._first_pass_model(options.first_pass)
         self._setup_decoding(options, self.model.decoder is not None, self.model.whisper_decoder is not None,
                              packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None),
                              transducer=self.model.transducer.runner() if getattr(self.model, "transducer", None) is not None else None,
@@ -106,6 +108,26 @@ class Recognizer(DecodingCore):
                 TorchWhisperBackend(self.model), packaged.tokenizer, packaged.whisper_tokenizer, packaged.whisper_prompt,
                 ctc_weight=options.whisper_ctc_weight, length_bonus=options.whisper_length_bonus,
                 beam_size=options.beam_size, search=options.second_pass_search)
+
+    def _first_pass_model(self, directory: str):
+        """A separate first-pass model, checked against this one where the two must agree."""
+        other = load_model_dir(directory)
+        problem = None
+        if other.features.to_dict() != self.frontend.to_dict():
+            problem = f"reads {other.features.kind} features, this model {self.frontend.kind}"
+        elif list(other.tokenizer.units) != list(self.tokenizer.units):
+            problem = "has another tokenizer (its CTC units must be this model's)"
+        elif other.model.encoder.subsampling_rate != self.model.encoder.subsampling_rate:
+            problem = (f"emits a frame every {other.model.encoder.subsampling_rate} feature frames, this model every "
+                       f"{self.model.encoder.subsampling_rate}")
+        elif not (torch.equal(other.model.cmvn_mean, self.model.cmvn_mean)
+                  and torch.equal(other.model.cmvn_istd, self.model.cmvn_istd)):
+            problem = "normalizes its features otherwise (CMVN), and the second pass reads the same features"
+        elif any(getattr(self.model, part, None) is not None for part in ("transducer", "cascade", "segmenter")):
+            problem = "cannot stand in for this model's first pass: its transducer, cascade or segmenter reads it"
+        if problem:
+            raise EdgeAsrError(f"--first-pass {directory}: this first pass {problem}")
+        return other.model.eval()
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str] = "default", options: DecodeOptions | None = None) -> "Recognizer":
@@ -165,9 +187,9 @@ class Recognizer(DecodingCore):
 
     @torch.no_grad()
     def transcribe_offline(self, samples: np.ndarray, hotwords=None) -> Result:
-        feats = self.model.normalize(self.frontend.compute(samples))
+        feats = self.first_model.normalize(self.frontend.compute(samples))
         self._check_segment_length(feats.size(0))
-        encoded, _ = self.model.encoder(  # features are normalized above
+        encoded, _ = self.first_model.encoder(  # features are normalized above
             feats.unsqueeze(0), torch.tensor([feats.size(0)]), self.chunk_size, self.num_left_chunks
         )
         return self._decode(encoded, len(samples) / self.frontend.sample_rate, feats, self.scorers(hotwords))
@@ -188,7 +210,7 @@ class Recognizer(DecodingCore):
         """
         if not batch:
             return []
-        feats = [self.model.normalize(self.frontend.compute(samples)) for samples in batch]
+        feats = [self.first_model.normalize(self.frontend.compute(samples)) for samples in batch]
         for f in feats:
             self._check_segment_length(f.size(0))
         lengths = torch.tensor([f.size(0) for f in feats])
@@ -196,7 +218,7 @@ class Recognizer(DecodingCore):
         for i, f in enumerate(feats):
             padded[i, : f.size(0)] = f
         # normalize() was applied per utterance above; encode the batch without a second one
-        encoded, enc_lengths = self.model.encoder(padded, lengths, self.chunk_size, self.num_left_chunks)
+        encoded, enc_lengths = self.first_model.encoder(padded, lengths, self.chunk_size, self.num_left_chunks)
         rate = self.frontend.sample_rate
         scorers = self.scorers()
         return [
@@ -206,7 +228,7 @@ class Recognizer(DecodingCore):
 
     def _decode(self, encoded: torch.Tensor, audio_seconds: float, feats: torch.Tensor | None = None,
                 scorers=None) -> Result:
-        log_probs = self.model.ctc_log_probs(encoded)[0]
+        log_probs = self.first_model.ctc_log_probs(encoded)[0]
         return self.decode_frames(log_probs, encoded, audio_seconds, feats, scorers)
 
 

@@ -37,10 +37,11 @@ def decode_all_modes(packaged, utts, audio, chunk_size: int, beam_size: int = 10
                                                             chunk_size=chunk_size, **options))
                    for mode in modes}
     totals = {mode: [ErrorCounts(), ErrorCounts()] for mode in modes}
+    first = next(iter(recognizers.values())).first_model  # the model, or options["first_pass"]'s
     for utt, samples in zip(utts, audio):
         feats = packaged.features.compute(samples)
-        encoded, _ = model.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]), chunk_size, -1)
-        log_probs = model.ctc_log_probs(encoded)[0]
+        encoded, _ = first.encode(feats.unsqueeze(0), torch.tensor([feats.size(0)]), chunk_size, -1)
+        log_probs = first.ctc_log_probs(encoded)[0]
         seconds = len(samples) / packaged.features.sample_rate
         for mode, recognizer in recognizers.items():
             text = recognizer.decode_frames(log_probs, encoded, seconds).text

@@ -188,6 +188,7 @@ class ASRModel(nn.Module):
         #: (not in the state dict, not trained, not moved by DDP)
         self._teacher: tuple = ()
         self.distill_weight = 0.0
+        self.distill_ctc_weight = 0.0
         self.register_buffer("cmvn_mean", torch.zeros(input_dim))
         self.register_buffer("cmvn_istd", torch.ones(input_dim))
         if config.quantization is not None:
@@ -229,29 +230,60 @@ class ASRModel(nn.Module):
                 return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
         return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
 
-    def set_teacher(self, teacher: "ASRModel | None", weight: float) -> None:
-        """Train this encoder's output towards ``teacher``'s on the same features and chunk mask.
+    def set_teacher(self, teacher: "ASRModel | None", weight: float, ctc_weight: float = 0.0) -> None:
+        """Train this model towards a frozen ``teacher`` run on the same features and chunk mask.
 
         Why: a fine-tuned or quantization-aware-trained encoder drifts from where the pretrained
         parts that read it were trained (Whisper's decoder in the second pass is frozen); the CTC
-        loss alone pulls it wherever the small head likes. The term is the mean squared error over
-        valid frames relative to the teacher's mean square (scale-free), weighted ``weight``.
+        loss alone pulls it wherever the small head likes. ``weight``: the encoder output's mean
+        squared error over valid frames relative to the teacher's mean square (scale-free; needs
+        the same output width). ``ctc_weight``: the KL divergence from the teacher's CTC
+        posteriors to this model's, summed over frames per utterance like the CTC loss: what a
+        smaller, different student (a fast first pass) learns from, every frame a soft target.
+
+        The teacher may be another architecture but must emit frames at the same rate; when the
+        two stems pad differently (Whisper's pads, a valid-convolution student does not), the
+        teacher's frames are centre-cropped to the student's count.
         """
         if teacher is not None:
             teacher.eval()
             for parameter in teacher.parameters():
                 parameter.requires_grad_(False)
+            if teacher.encoder.subsampling_rate != self.encoder.subsampling_rate:
+                raise ValueError(f"the teacher's frames are {teacher.encoder.subsampling_rate} feature frames, "
+                                 f"this encoder's {self.encoder.subsampling_rate}: set encoder.subsampling_rate "
+                                 "to match")
+            if weight > 0 and teacher.encoder.output_dim != self.encoder.output_dim:
+                raise ValueError(f"distill_weight compares encoder outputs: the teacher's are "
+                                 f"{teacher.encoder.output_dim} wide, this encoder's {self.encoder.output_dim} "
+                                 "(use distill_ctc_weight only)")
+            if ctc_weight > 0 and teacher.config.vocab_size != self.config.vocab_size:
+                raise ValueError("distill_ctc_weight compares CTC posteriors: the teacher and this model "
+                                 "need the same tokenizer")
         self._teacher = (teacher,) if teacher is not None else ()
         self.distill_weight = float(weight)
+        self.distill_ctc_weight = float(ctc_weight)
 
-    def distillation_loss(self, encoded: torch.Tensor, enc_lengths: torch.Tensor, feats: torch.Tensor,
-                          feat_lengths: torch.Tensor, chunk: int, left: int) -> torch.Tensor:
+    def distillation_losses(self, encoded: torch.Tensor, enc_lengths: torch.Tensor, log_probs: torch.Tensor,
+                            feats: torch.Tensor, feat_lengths: torch.Tensor, chunk: int, left: int
+                            ) -> dict[str, torch.Tensor]:
+        teacher = self._teacher[0]
         with torch.no_grad():
-            target, _ = self._teacher[0].encode(feats, feat_lengths, chunk, left)
+            target, _ = teacher.encode(feats, feat_lengths, chunk, left)
+            target_log_probs = teacher.ctc_log_probs(target) if self.distill_ctc_weight > 0 else None
         frames = min(target.size(1), encoded.size(1))
+        offset = (target.size(1) - frames) // 2  # centre-crop the teacher (its stem pads)
         valid = (torch.arange(frames, device=encoded.device)[None] < enc_lengths[:, None]).unsqueeze(-1)
-        error = ((encoded[:, :frames] - target[:, :frames]) ** 2 * valid).sum()
-        return error / (target[:, :frames] ** 2 * valid).sum().clamp_min(1e-8)
+        out = {}
+        if self.distill_weight > 0:
+            reference = target[:, offset : offset + frames]
+            error = ((encoded[:, :frames] - reference) ** 2 * valid).sum()
+            out["distill"] = error / (reference ** 2 * valid).sum().clamp_min(1e-8)
+        if self.distill_ctc_weight > 0:
+            reference = target_log_probs[:, offset : offset + frames]
+            kl = (reference.exp() * (reference - log_probs[:, :frames])).sum(-1, keepdim=True)
+            out["distill_ctc"] = (kl * valid).sum() / encoded.size(0)
+        return out
 
     def freeze(self, prefixes: list[str] | tuple[str, ...]) -> int:
         """Stop training the parameters under these name prefixes; returns how many tensors.
@@ -321,9 +353,11 @@ class ASRModel(nn.Module):
             source = encoded.detach() if "encoder" in self.frozen_prefixes else encoded
             losses["segmenter"] = self.segmenter.loss(source, enc_lengths, log_probs)
             loss = loss + self.config.segmenter_weight * losses["segmenter"]
-        if self._teacher and self.training and self.distill_weight > 0:
-            losses["distill"] = self.distillation_loss(encoded, enc_lengths, feats, feat_lengths, chunk, left)
-            loss = loss + self.distill_weight * losses["distill"]
+        if self._teacher and self.training and (self.distill_weight > 0 or self.distill_ctc_weight > 0):
+            distilled = self.distillation_losses(encoded, enc_lengths, log_probs, feats, feat_lengths, chunk, left)
+            losses.update(distilled)
+            loss = loss + self.distill_weight * distilled.get("distill", 0.0) \
+                + self.distill_ctc_weight * distilled.get("distill_ctc", 0.0)
         quant = self.config.quantization
         if quant and quant.get("regularizer_weight", 0.0) > 0 and self.training:
             from edgeasr.quant.qat import quantization_regularizer

@@ -43,6 +43,10 @@ class EncoderConfig:
     kernel_size: int = 15
     causal: bool = True
     subsampling_rate: int = 4
+    #: Channels of the convolutional subsampling (default: d_model). Its second 2-D convolution
+    #: costs channels^2 x 9 per frequency bin and frame: at d_model 192 that is ~13 M MACs per
+    #: frame, more than all blocks of a small encoder; 32 channels cost ~0.3 M.
+    subsampling_channels: int | None = None
     dropout: float = 0.1
     attention_dropout: float = 0.0
     #: Dynamic compute (edgeasr.model.dynamic.DynamicConfig as a dict): I3D dynamic depth or
@@ -78,7 +82,8 @@ class Encoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.subsampling = ConvSubsampling(config.input_dim, config.d_model, config.subsampling_rate)
+        self.subsampling = ConvSubsampling(config.input_dim, config.d_model, config.subsampling_rate,
+                                           config.subsampling_channels)
         self.scale = math.sqrt(config.d_model)
         layers = []
         for kind in config.plan():

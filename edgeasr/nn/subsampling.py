@@ -1,4 +1,4 @@
-"""Convolutional front-end that shortens the feature sequence by 4, 6 or 8.
+"""Convolutional front-end that shortens the feature sequence by 2, 4, 6 or 8.
 
 Each output frame t reads a fixed window of input frames starting at ``rate * t`` and spanning
 ``right_context + 1`` frames. Streaming feeds overlapping windows of
@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 # rate -> (kernel, stride) of the two conv layers
-_LAYOUTS = {4: ((3, 2), (3, 2)), 6: ((3, 2), (5, 3)), 8: ((3, 2), (3, 2), (3, 2))}
+#: 2: 20 ms frames from a 10 ms front end, the frame rate of Whisper's encoder (a student distilled
+#: from it must emit its frames; edgeasr.model.asr.ASRModel.set_teacher)
+_LAYOUTS = {2: ((3, 1), (3, 2)), 4: ((3, 2), (3, 2)), 6: ((3, 2), (5, 3)), 8: ((3, 2), (3, 2), (3, 2))}
 
 
 class ConvSubsampling(nn.Module):

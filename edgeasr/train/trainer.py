@@ -86,6 +86,14 @@ class TrainConfig:
     #: init_from model's (run frozen and float on the same batch; ``ASRModel.set_teacher``), so
     #: a quantization-aware or fine-tuned encoder stays where a frozen pretrained decoder reads it.
     distill_weight: float = 0.0
+    #: A frozen teacher model directory (or ``whisper:tiny.en``) distilled into this model, of any
+    #: architecture with the same frame rate and tokenizer (its tokenizer and front end are taken):
+    #: a fast first pass trained on the default's CTC posteriors. Without it the teacher of
+    #: ``distill_weight`` is init_from.
+    teacher: str | None = None
+    #: Weight of the KL divergence from the teacher's CTC posteriors (per frame, summed per
+    #: utterance like the CTC loss); needs a teacher (``teacher`` or init_from).
+    distill_ctc_weight: float = 0.0
     #: With init_from: which source encoder layers to copy, in order (a pruned, shallower model
     #: initialized from a deeper one; the static-depth baseline of dynamic depth). None = all.
     init_layers: list[int] | None = None
@@ -106,8 +114,10 @@ class TrainConfig:
                              f"known: {', '.join(PRETRAINED_SOURCES)} (or a model directory)")
         if self.average_by not in ("last", "best"):
             raise ValueError(f"train.average_by must be 'last' or 'best', got {self.average_by!r}")
-        if self.distill_weight < 0 or (self.distill_weight > 0 and self.init_from is None):
-            raise ValueError("train.distill_weight must be 0 or more, and needs init_from (the teacher)")
+        for name in ("distill_weight", "distill_ctc_weight"):
+            value = getattr(self, name)
+            if value < 0 or (value > 0 and self.init_from is None and self.teacher is None):
+                raise ValueError(f"train.{name} must be 0 or more, and needs a teacher (train.teacher or init_from)")
         if self.max_steps < 1 or self.max_frames < 1 or self.accum_grad < 1:
             raise ValueError("train.max_steps, max_frames and accum_grad must be at least 1")
 
@@ -249,13 +259,25 @@ def train(
         raise DataError(f"{data_dir}/train.jsonl: no usable utterances")
     # Fine-tuning inherits what it does not override: the source's front end and model config
     # (an imported Whisper model's dims, heads and decoder), merged key by key with the config's.
-    source = None
+    source = teacher = None
     if cfg.init_from:
         if world.main:
             init_source_dir(cfg.init_from, out_dir)
         world.barrier()
         source = load_model_dir(init_source_dir(cfg.init_from, out_dir, create=False))
-    options = frontend_from_dict(exp.features) if (exp.features or source is None) else source.features
+    if cfg.teacher:
+        teacher_dir = out_dir / "teacher" if cfg.teacher.startswith(PRETRAINED_PREFIX) else Path(cfg.teacher)
+        if world.main and cfg.teacher.startswith(PRETRAINED_PREFIX) and not (teacher_dir / "model.pt").exists():
+            from edgeasr.model.whisper_import import import_whisper
+
+            import_whisper(None, teacher_dir, link=True)
+        world.barrier()
+        teacher = load_model_dir(teacher_dir)
+    elif source is not None and (cfg.distill_weight > 0 or cfg.distill_ctc_weight > 0):
+        teacher = source
+    # what the model reads and writes comes from its source, else from its teacher
+    inherited = source if source is not None else (teacher if cfg.teacher else None)
+    options = frontend_from_dict(exp.features) if (exp.features or inherited is None) else inherited.features
     if source is not None:
         exp.model = {**source.model.config.to_dict(), **exp.model}
         exp.model.pop("vocab_size", None)
@@ -272,8 +294,8 @@ def train(
                             "train": asdict(cfg), "streaming": exp.streaming}, sort_keys=False)
         )
         if not (tok_dir / "tokenizer.json").exists():
-            if cfg.init_from:
-                source.tokenizer.save(tok_dir)
+            if inherited is not None:
+                inherited.tokenizer.save(tok_dir)
             else:
                 Tokenizer.train((u.text for u in train_utts), seed=cfg.seed, **exp.tokenizer).save(tok_dir)
         build_feature_store(train_utts, store_dir / "train", options, tuple(cfg.speeds),
@@ -290,9 +312,15 @@ def train(
     model = ASRModel(model_config)
     if cfg.init_from:
         load_weights_from(model, source, cfg.init_layers)
-        if cfg.distill_weight > 0:
-            model.set_teacher(source.model, cfg.distill_weight)
-    elif options.kind == "fbank":
+    if teacher is not None:
+        if teacher.features.to_dict() != options.to_dict():
+            raise EdgeAsrError(f"{config_path}: the teacher reads {teacher.features.kind} features, this model "
+                               f"{options.kind}: distillation needs the same front end")
+        try:
+            model.set_teacher(teacher.model, cfg.distill_weight, cfg.distill_ctc_weight)
+        except ValueError as error:
+            raise EdgeAsrError(f"{config_path}: {error}") from None
+    if not cfg.init_from and options.kind == "fbank":
         model.set_cmvn(*compute_cmvn_from_store(train_store))
     # (A pretrained encoder's front end is already normalised the way it was trained: no CMVN.)
     if cfg.freeze:
@@ -343,7 +371,9 @@ def train(
     if getattr(model, "segmenter", None) is not None:
         log_fields.append("segmenter")  # the end-of-segment predictor's cross-entropy
     if cfg.distill_weight > 0:
-        log_fields.append("distill")  # the encoder output's error against the init_from teacher
+        log_fields.append("distill")  # the encoder output's error against the teacher's
+    if cfg.distill_ctc_weight > 0:
+        log_fields.append("distill_ctc")  # KL from the teacher's CTC posteriors
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(log_fields)

@@ -1,0 +1,120 @@
+"""A distilled fast first pass against the default's own (issue 17, item 2: Practical first pass).
+
+    python benchmarks/first_pass_student.py --student exp/practical-fp/model --teacher models/default \
+        --manifest test=data/synth4/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl
+
+At the teacher's chunk size (640 ms), 1 thread, on each set:
+1. First-pass accuracy: the student's and the teacher's streaming first pass (``ctc_greedy`` and
+   ``ctc_prefix_beam`` with the model's LM), WER and CER.
+2. Two passes: the teacher's default mode with the student as its first pass (``--first-pass``)
+   against the teacher alone: the finals come from the teacher's second pass either way, the
+   partials and endpoints from the first pass.
+3. Per-chunk latency: each model streamed in 640 ms blocks (the two taking turns on each
+   utterance), the time of every ``accept`` that completed an encoder chunk (front end, encoder,
+   CTC head, greedy search), median and p90; RTF of the two-pass runs.
+4. Sizes: parameters and float16 bytes of each first pass (encoder + CTC head).
+Targets (issue 17): first pass >= 3x lower per-chunk latency at <= +15% relative WER; the two-pass
+WER with the fast first pass no worse than the default's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from whisper_default import SpeedProbe, accuracy_row  # noqa: E402
+
+from edgeasr.audio.io import load_audio  # noqa: E402
+from edgeasr.data.manifest import read_manifest  # noqa: E402
+from edgeasr.decoding.recognizer import DecodeOptions, Recognizer  # noqa: E402
+from edgeasr.evaluate.report import run_facts, save_result  # noqa: E402
+from edgeasr.model.package import load_model_dir  # noqa: E402
+
+FIRST_PASS_MODES = ("ctc_greedy", "ctc_prefix_beam")
+
+
+def first_pass_size(model) -> dict:
+    parts = [model.encoder, model.ctc]
+    parameters = sum(p.numel() for part in parts for p in part.parameters())
+    return {"parameters": parameters, "float16_bytes": 2 * parameters}
+
+
+def measure_set(args, name: str, manifest: str) -> dict:
+    utts = read_manifest(manifest)[: args.utts]
+    audio = [load_audio(u.audio) for u in utts]
+    chunk = load_model_dir(args.teacher).streaming.chunk_size
+    out = {"manifest": manifest, "utts": len(utts), "first_pass": {}, "two_pass": {}}
+    lm = str(Path(args.teacher) / "lm") if (Path(args.teacher) / "lm").exists() else None
+    for mode in FIRST_PASS_MODES:
+        for who, directory in (("teacher", args.teacher), ("student", args.student)):
+            recognizer = Recognizer.load(directory, DecodeOptions(mode=mode, chunk_size=chunk, lm=lm))
+            row, _ = accuracy_row(recognizer, utts, audio, streaming=True)
+            out["first_pass"].setdefault(mode, {})[who] = row
+            print(name, mode, who, row["wer"], row["cer"], flush=True)
+    two = {"teacher": Recognizer.load(args.teacher, DecodeOptions(chunk_size=chunk)),
+           "student": Recognizer.load(args.teacher, DecodeOptions(chunk_size=chunk, first_pass=args.student))}
+    for who, recognizer in two.items():
+        row, _ = accuracy_row(recognizer, utts, audio, streaming=True)
+        out["two_pass"][who] = {**row, "mode": recognizer.mode}
+        print(name, "two-pass", who, row["wer"], row["cer"], flush=True)
+    # speed: first pass alone (greedy), then both passes; the models take turns on each utterance
+    for label, recognizers in (
+        ("first_pass_speed", {who: Recognizer.load(d, DecodeOptions(mode="ctc_greedy", chunk_size=chunk, lm=None))
+                              for who, d in (("teacher", args.teacher), ("student", args.student))}),
+        ("two_pass_speed", two),
+    ):
+        probes = {who: SpeedProbe(recognizer) for who, recognizer in recognizers.items()}
+        for probe in probes.values():
+            probe.run(audio[0], record=False)  # warm-up
+        for samples in audio[: args.speed_utts]:
+            for probe in probes.values():
+                probe.run(samples)
+        out[label] = {who: probe.summary(probe.texts) for who, probe in probes.items()}
+        print(name, label, json.dumps({w: (r["chunk_latency_ms"], r["rtf_median"]) for w, r in out[label].items()}),
+              flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", required=True, help="the distilled first-pass model directory")
+    parser.add_argument("--teacher", default="models/default")
+    parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH")
+    parser.add_argument("--utts", type=int, default=216)
+    parser.add_argument("--speed-utts", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/first_pass_student.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    result = run_facts("first_pass_student", "benchmarks/first_pass_student.py", sys.argv[1:])
+    student, teacher = load_model_dir(args.student), load_model_dir(args.teacher)
+    result.update(student=args.student, teacher=args.teacher,
+                  student_encoder={k: v for k, v in vars(student.model.config.encoder).items() if v is not None},
+                  sizes={"teacher": first_pass_size(teacher.model), "student": first_pass_size(student.model)},
+                  chunk_size=teacher.streaming.chunk_size, sets={})
+    log = Path(args.student).parent / "train_log.csv"
+    if log.exists():
+        import csv
+
+        rows = list(csv.DictReader(open(log)))
+        result["training"] = {"steps": int(rows[-1]["step"]), "minutes": round(float(rows[-1]["elapsed_s"]) / 60, 1)}
+    for item in args.manifest:
+        name, path = item.split("=", 1)
+        result["sets"][name] = measure_set(args, name, path)
+    first = next(iter(result["sets"].values()))
+    latency = {who: first["first_pass_speed"][who]["chunk_latency_ms"]["median"] for who in ("teacher", "student")}
+    result["latency_ratio"] = round(latency["teacher"] / latency["student"], 2) if latency["student"] else None
+    save_result(result, args.out, ROOT / "BENCHMARKS.md")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Distilling a different, smaller student from a frozen teacher (train.teacher, distill_ctc_weight):
+the fast first pass learns the pretrained default's CTC posteriors frame by frame."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import speechlike
+
+from edgeasr.cli import main
+from edgeasr.model.asr import ASRModel, ModelConfig
+from edgeasr.model.package import load_model_dir
+
+STUDENT_ENCODER = {"d_model": 32, "num_heads": 2, "d_ff": 64, "blocks": ["conv", "performer"], "kernel_size": 5,
+                   "performer_features": 8, "subsampling_channels": 8, "dropout": 0.0}
+
+
+def batch(packaged, text="hello world", seconds=2.0):
+    feats = packaged.features.compute(speechlike(seconds, seed=4))[None]
+    tokens = torch.tensor([packaged.tokenizer.encode(text)])
+    return feats, torch.tensor([feats.size(1)]), tokens, torch.tensor([tokens.size(1)])
+
+
+def student_of(packaged, **encoder):
+    return ASRModel(ModelConfig.from_dict({"vocab_size": packaged.tokenizer.vocab_size,
+                                           "encoder": {**STUDENT_ENCODER, **encoder}, "decoder": {"num_layers": 0},
+                                           "ctc_weight": 1.0}))
+
+
+def test_the_posterior_kl_is_zero_for_a_copy_and_falls_for_a_student(tiny_model):
+    packaged = load_model_dir(tiny_model)
+    teacher = packaged.model
+    args = batch(packaged)
+    twin = copy.deepcopy(teacher)
+    twin.set_teacher(teacher, 0.0, ctc_weight=1.0)
+    twin.train()
+    assert float(twin(*args)["distill_ctc"].detach()) < 1e-6  # the same posteriors: nothing to learn
+
+    student = student_of(packaged)  # another architecture: conv + Performer blocks, 32 wide
+    student.set_teacher(teacher, 0.0, ctc_weight=1.0)
+    student.train()
+    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
+    values = []
+    for _ in range(25):
+        out = student(*args)
+        assert "distill" not in out  # no encoder-output term: the widths differ
+        optimizer.zero_grad()
+        out["distill_ctc"].backward()
+        optimizer.step()
+        values.append(float(out["distill_ctc"].detach()))
+    assert values[0] > 0.5 and values[-1] < 0.5 * values[0]
+    assert all(p.grad is None for p in teacher.parameters())
+    student.eval()
+    assert "distill_ctc" not in student(*args)
+
+
+def test_teachers_that_cannot_be_distilled_are_refused(tiny_model):
+    packaged = load_model_dir(tiny_model)
+    with pytest.raises(ValueError, match="frames"):
+        student_of(packaged, subsampling_rate=2).set_teacher(packaged.model, 0.0, ctc_weight=1.0)
+    with pytest.raises(ValueError, match="wide"):
+        student_of(packaged).set_teacher(packaged.model, 1.0)
+    other = ASRModel(ModelConfig.from_dict({"vocab_size": packaged.tokenizer.vocab_size + 3,
+                                            "encoder": STUDENT_ENCODER, "decoder": {"num_layers": 0}}))
+    with pytest.raises(ValueError, match="tokenizer"):
+        other.set_teacher(packaged.model, 0.0, ctc_weight=1.0)
+
+
+def test_a_20ms_student_learns_from_whisper(whisper_imported):
+    """Subsampling by 2 gives Whisper's 20 ms frames; Whisper's stem pads, the student's valid
+    convolutions do not, so the teacher's frames are centre-cropped to the student's count."""
+    packaged = load_model_dir(whisper_imported)
+    student = student_of(packaged, subsampling_rate=2)
+    student.set_teacher(packaged.model, 0.0, ctc_weight=1.0)
+    student.train()
+    feats, lengths, tokens, token_lengths = batch(packaged, seconds=1.5)
+    with torch.no_grad():
+        teacher_frames = packaged.model.encode(feats, lengths)[0].size(1)
+        student_frames = student.encode(feats, lengths)[0].size(1)
+    assert teacher_frames - student_frames == 2  # one pad frame at each end
+    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
+    values = []
+    for _ in range(12):
+        out = student(feats, lengths, tokens, token_lengths)
+        optimizer.zero_grad()
+        out["distill_ctc"].backward()
+        optimizer.step()
+        values.append(float(out["distill_ctc"].detach()))
+    assert values[-1] < 0.7 * values[0]
+
+
+def test_train_with_a_teacher_takes_its_tokenizer_and_front_end(tiny_model, tiny_corpus, tmp_path, capsys):
+    recipe = tmp_path / "student.yaml"
+    recipe.write_text(f"""
+model:
+  encoder: {STUDENT_ENCODER}
+  decoder: {{num_layers: 0}}
+  ctc_weight: 1.0
+tokenizer: {{kind: bpe, vocab_size: 40}}
+train:
+  teacher: {tiny_model}
+  distill_ctc_weight: 1.0
+  max_steps: 3
+  warmup_steps: 1
+  checkpoint_every: 3
+  log_every: 1
+  eval_every: 3
+  eval_utts: 2
+  average_last: 1
+  max_frames: 4000
+  speeds: [1.0]
+  augment_warmup_steps: 0
+""")
+    out = tmp_path / "exp"
+    assert main(["train", "--config", str(recipe), "--data", str(tiny_corpus), "--out", str(out), "--quiet"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert rows and all(float(row["distill_ctc"]) > 0 for row in rows)
+    student, teacher = load_model_dir(out / "model"), load_model_dir(tiny_model)
+    assert student.tokenizer.units == teacher.tokenizer.units  # the teacher's, not a new BPE
+    assert student.features.to_dict() == teacher.features.to_dict()
+    assert student.model.config.encoder.blocks == ["conv", "performer"]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("distill_ctc_weight: 1.0", "distill_weight: 1.0"))
+    assert main(["train", "--config", str(bad), "--data", str(tiny_corpus), "--out", str(tmp_path / "x")]) != 0
+    assert "wide" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def student_dir(whisper_imported, tmp_path_factory):
+    """A random 20 ms student with the Whisper model's tokenizer and front end."""
+    from edgeasr.model.package import StreamingDefaults, save_model_dir
+
+    packaged = load_model_dir(whisper_imported)
+    torch.manual_seed(0)
+    student = student_of(packaged, subsampling_rate=2).eval()
+    with torch.no_grad():
+        student.ctc.bias[0] = -3.0  # biased away from blank, so its partials hold text
+    return save_model_dir(tmp_path_factory.mktemp("student"), student, packaged.tokenizer, packaged.features,
+                          StreamingDefaults(chunk_size=16, num_left_chunks=-1))
+
+
+def test_a_separate_first_pass_streams_the_partials_and_the_model_makes_the_finals(whisper_imported, student_dir):
+    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+
+    audio = speechlike(1.5, seed=9)
+    both = Recognizer.load(whisper_imported, DecodeOptions(mode="whisper_rescoring", chunk_size=16,
+                                                           first_pass=str(student_dir), segment=False))
+    alone = Recognizer.load(student_dir, DecodeOptions(mode="ctc_greedy", chunk_size=16, lm=None))
+    teacher = Recognizer.load(whisper_imported, DecodeOptions(mode="whisper_rescoring", chunk_size=16, segment=False))
+    assert both.first_model is not both.model
+    session, student_session = both.stream(), alone.stream()
+    partials = []
+    for start in range(0, len(audio), 5120):
+        partials.append((session.accept(audio[start : start + 5120]).text,
+                         student_session.accept(audio[start : start + 5120]).text))
+    assert any(ours for ours, _ in partials)
+    assert all(ours == theirs for ours, theirs in partials)  # the partials are the student's
+    final = session.finish().text
+    assert final == teacher.transcribe(audio, streaming=True).text  # the finals are the model's second pass
+
+
+def test_a_first_pass_that_does_not_fit_is_refused(whisper_imported, tiny_model):
+    from edgeasr.api import load_model
+    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+    from edgeasr.errors import EdgeAsrError
+
+    with pytest.raises(EdgeAsrError, match="--first-pass .*features"):
+        Recognizer.load(whisper_imported, DecodeOptions(mode="whisper_rescoring", first_pass=str(tiny_model)))
+    with pytest.raises(EdgeAsrError, match="torch backend"):
+        load_model(whisper_imported, backend="onnx", first_pass=str(tiny_model))
