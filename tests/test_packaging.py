@@ -34,6 +34,8 @@ def test_the_wheel_carries_the_default_model_and_the_licences(wheel):
         assert model + part in names, f"{part} missing from the wheel"
     licences = {Path(n).name for n in names if ".dist-info/" in n}
     assert {"LICENSE", "NOTICE"} <= licences
+    # the compiled search core (edgeasr/_native.c), built into the wheel
+    assert any(n.startswith("edgeasr/_native.") and n.endswith(".so") for n in names)
 
 
 def _requirement_name(spec: str) -> str:
@@ -97,8 +99,9 @@ def test_an_installed_wheel_transcribes_outside_the_repository(wheel, tmp_path):
     check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
     assert "edgeasr" not in check.stdout, check.stdout[-2000:]
     clip = ROOT / "samples" / "kokoro-female.wav"
-    script = ("import edgeasr, pathlib; from edgeasr.model.package import DEFAULT_MODEL_DIR as d; "
+    script = ("import edgeasr, pathlib, edgeasr._native as native; from edgeasr.model.package import DEFAULT_MODEL_DIR as d; "
               f"assert pathlib.Path(edgeasr.__file__).is_relative_to({str(venv)!r}), edgeasr.__file__; "
+              f"assert pathlib.Path(native.__file__).is_relative_to({str(venv)!r}), native.__file__; "
               f"assert d.is_relative_to({str(venv)!r}), d; "
               f"print(edgeasr.load_model('default').transcribe({str(clip)!r}).text)")
     run = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)

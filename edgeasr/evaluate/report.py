@@ -310,6 +310,59 @@ def search_speed_section(result: dict, name: str) -> list[str]:
     return lines + [""]
 
 
+def first_pass_student_section(result: dict, name: str) -> list[str]:
+    """A distilled fast first pass against the default's own (benchmarks/first_pass_student.py)."""
+    sizes, encoder = result["sizes"], result["student_encoder"]
+    trained = result.get("training")
+    lines = [
+        f"## Practical first pass distilled from the default ({name})",
+        "",
+        f"Student `{result['student']}`: {encoder.get('d_model')} wide, blocks {encoder.get('blocks')}, "
+        f"{sizes['student']['parameters'] / 1e6:.2f} M parameters in its first pass "
+        f"({sizes['student']['float16_bytes'] / 1e6:.1f} MB float16) against the teacher's (`{result['teacher']}`) "
+        f"{sizes['teacher']['parameters'] / 1e6:.2f} M ({sizes['teacher']['float16_bytes'] / 1e6:.1f} MB); "
+        "trained on the teacher's CTC posteriors (KL per 20 ms frame) and the transcripts"
+        + (f", {trained['steps']} steps in {trained['minutes']:g} min" if trained else "")
+        + f". Chunk {result['chunk_size']} (640 ms), 1 thread. Two passes: the default mode with the student as "
+        "its first pass (`--first-pass`); the finals are the teacher's second pass either way. Latency: each "
+        "`accept` that completed an encoder chunk (greedy first pass), median (p90), the models taking turns on "
+        f"each utterance. Measured {result['date']} on {result['machine']}.",
+        "",
+        "| set | first pass | ctc_greedy WER (CER) | ctc_prefix_beam + LM WER (CER) | two passes WER (CER) "
+        "| ms / chunk | two-pass RTF |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for set_name, entry in result["sets"].items():
+        for who in ("teacher", "student"):
+            cells = [f"{entry['first_pass'][m][who]['wer']:.1f} ({entry['first_pass'][m][who]['cer']:.1f})"
+                     for m in ("ctc_greedy", "ctc_prefix_beam")]
+            two = entry["two_pass"][who]
+            latency = entry["first_pass_speed"][who]["chunk_latency_ms"]
+            lines.append(f"| {set_name} ({entry['utts']}) | {who} | " + " | ".join(cells)
+                         + f" | {two['wer']:.1f} ({two['cer']:.1f}) | {latency['median']:.1f} ({latency['p90']:.1f}) "
+                         f"| {entry['two_pass_speed'][who]['rtf_median']:.4f} |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    ratio = result.get("latency_ratio")
+    if ratio:
+        lines.append(f"| first pass >= 3x lower per-chunk latency | {ratio:.2f}x | {'yes' if ratio >= 3 else 'no'} |")
+    for set_name, entry in result["sets"].items():
+        teacher = entry["first_pass"]["ctc_greedy"]["teacher"]["wer"]
+        student = entry["first_pass"]["ctc_greedy"]["student"]["wer"]
+        rel = 100 * (student - teacher) / teacher if teacher else 0.0
+        lines.append(f"| {set_name}: first-pass WER within +15% relative (ctc_greedy) | {rel:+.1f}% | "
+                     f"{'yes' if rel <= 15 else 'no'} |")
+        # near 100% WER saturates (a word is wrong however wrong it is): the CER tells the gap
+        c_teacher = entry["first_pass"]["ctc_greedy"]["teacher"]["cer"]
+        c_student = entry["first_pass"]["ctc_greedy"]["student"]["cer"]
+        c_rel = 100 * (c_student - c_teacher) / c_teacher if c_teacher else 0.0
+        lines.append(f"| {set_name}: first-pass CER within +15% relative (ctc_greedy; WER near 100% saturates) "
+                     f"| {c_rel:+.1f}% | {'yes' if c_rel <= 15 else 'no'} |")
+        two_t, two_s = entry["two_pass"]["teacher"]["wer"], entry["two_pass"]["student"]["wer"]
+        lines.append(f"| {set_name}: two-pass WER with the fast first pass <= the default's | {two_s:.1f} vs "
+                     f"{two_t:.1f} | {'yes' if two_s <= two_t else 'no'} |")
+    return lines + [""]
+
+
 def long_stream_section(result: dict, name: str) -> list[str]:
     """Per-minute accuracy, speed and memory of one long stream per variant (benchmarks/long_stream.py)."""
     model = result["model"]
@@ -756,6 +809,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += lm_fusion_section(result, path.name)
         elif result.get("benchmark") == "search_speed":
             lines += search_speed_section(result, path.name)
+        elif result.get("benchmark") == "first_pass_student":
+            lines += first_pass_student_section(result, path.name)
         elif result.get("benchmark") == "u2_baseline":
             lines += u2_section(result, path.name)
         elif result.get("benchmark") == "quantization":
