@@ -89,8 +89,8 @@ LM_WEIGHTS = (DecodeOptions().lm_weight, DecodeOptions().lm_bonus)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/default")
-    parser.add_argument("--lm", default="models/default/lm")
+    parser.add_argument("--model", default=str(ROOT / "models" / "default"))
+    parser.add_argument("--lm", default=str(ROOT / "models" / "default" / "lm"))
     parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--utts", type=int, default=60, help="utterances per set for the n-best and time checks")
     parser.add_argument("--share-utts", type=int, default=20)
