@@ -83,6 +83,22 @@ def measure_set(args, name: str, manifest: str) -> dict:
     return out
 
 
+def training_summary(log: Path) -> dict:
+    """Steps and wall minutes of the student's training, over every run of a resumed one (each
+    run's elapsed time starts again from 0)."""
+    import csv
+
+    rows = list(csv.DictReader(open(log)))
+    seconds, previous, runs = 0.0, 0.0, 1
+    for row in rows:
+        elapsed = float(row["elapsed_s"])
+        if elapsed < previous:  # a resumed run
+            seconds += previous
+            runs += 1
+        previous = elapsed
+    return {"steps": int(rows[-1]["step"]), "minutes": round((seconds + previous) / 60, 1), "runs": runs}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", required=True, help="the distilled first-pass model directory")
@@ -101,10 +117,7 @@ def main() -> int:
                   chunk_size=teacher.streaming.chunk_size, sets={})
     log = Path(args.student).parent / "train_log.csv"
     if log.exists():
-        import csv
-
-        rows = list(csv.DictReader(open(log)))
-        result["training"] = {"steps": int(rows[-1]["step"]), "minutes": round(float(rows[-1]["elapsed_s"]) / 60, 1)}
+        result["training"] = training_summary(log)
     for item in args.manifest:
         name, path = item.split("=", 1)
         result["sets"][name] = measure_set(args, name, path)

@@ -323,6 +323,7 @@ def first_pass_student_section(result: dict, name: str) -> list[str]:
         f"{sizes['teacher']['parameters'] / 1e6:.2f} M ({sizes['teacher']['float16_bytes'] / 1e6:.1f} MB); "
         "trained on the teacher's CTC posteriors (KL per 20 ms frame) and the transcripts"
         + (f", {trained['steps']} steps in {trained['minutes']:g} min" if trained else "")
+        + (f" ({trained['runs']} runs, resumed)" if trained and trained.get("runs", 1) > 1 else "")
         + f". Chunk {result['chunk_size']} (640 ms), 1 thread. Two passes: the default mode with the student as "
         "its first pass (`--first-pass`); the finals are the teacher's second pass either way. Latency: each "
         "`accept` that completed an encoder chunk (greedy first pass), median (p90); the prefix beam runs with the teacher's LM, the models taking turns on "
