@@ -15,7 +15,7 @@ def test_the_search_benchmark_finds_the_same_nbest_and_a_faster_core(tmp_path):
     out = tmp_path / "results" / "search_speed.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_speed.py"), "--utts", "3",
                           "--share-utts", "1", "--manifest", f"clips={ROOT / 'samples' / 'samples.jsonl'}",
-                          "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          "--out", str(out), "--report", str(tmp_path / "BENCHMARKS.md")], capture_output=True, text=True, timeout=900, cwd=tmp_path,
                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -28,6 +28,7 @@ def test_the_search_benchmark_finds_the_same_nbest_and_a_faster_core(tmp_path):
     assert set(share) == {"python", "native"} and set(share["native"]) == {"no_lm", "lm", "default_two_pass_lm"}
     section = "\n".join(search_speed_section(result, "search_speed.json"))
     assert "| clips | no | 3/3 |" in section and "| clips | C |" in section
+    assert "## CTC prefix beam search" in (tmp_path / "BENCHMARKS.md").read_text()  # not the repository's
 
 
 def test_the_first_pass_student_section_reports_its_targets():
