@@ -38,6 +38,8 @@ from edgeasr.evaluate.report import run_facts, save_result  # noqa: E402
 from edgeasr.lm import load_lm  # noqa: E402
 
 IMPLEMENTATIONS = ("python", "native")
+#: the LM's weight and bonus in the prefix beam, as the recognizer fuses it by default
+LM_WEIGHTS = (DecodeOptions().lm_weight, DecodeOptions().lm_bonus)
 
 
 def _search(recognizer: Recognizer, log_probs, scorer, native: bool):
@@ -82,9 +84,6 @@ def shares(model: str, data: Encoded, lm_path: str, utts: int) -> dict:
             ctc._native = saved
         print(impl, json.dumps(out[impl]), flush=True)
     return out
-
-
-LM_WEIGHTS = (DecodeOptions().lm_weight, DecodeOptions().lm_bonus)
 
 
 def main() -> int:

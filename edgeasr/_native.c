@@ -4,9 +4,8 @@
  * streaming core, step for step the same arithmetic as the pure-Python search in that module
  * (which stays the reference: tests/test_native_search.py checks identical n-best lists).
  *
- * Why C: per frame the search expands ~10 beams by ~4 tokens; in Python that bookkeeping costs
- * ~35 us a frame, 15-20% of streaming time with a fused LM. Here it is a few hundred ns, and the
- * only Python left is the fused scorer (LM, hotwords) on a cache miss: states are small integers
+ * Why C: per frame the search expands ~10 beams by ~4 tokens; in Python that bookkeeping was
+ * 9-18% of streaming time, here ~10x less (benchmarks/search_speed.py). The only Python left is the fused scorer (LM, hotwords) on a cache miss: states are small integers
  * that the Python wrapper interns, and (state, token) -> (delta, state) is cached here.
  *
  * Data: a prefix trie (parent/token arrays and a hash of (node, token) -> child), an emission

@@ -224,11 +224,7 @@ class PrefixBeamSearch:
     def _native_advance(self, state_id: int, token: int) -> tuple[float, int]:
         """The core's cache miss: the scorer's (delta, state id) for ``token`` after a state."""
         state = self._states[state_id]
-        hit = self._advance.get((state, token))
-        if hit is None:
-            if len(self._advance) > self.compact_after:
-                self._advance.clear()
-            hit = self._advance[(state, token)] = self.scorer.advance(state, self.piece_texts[token])
+        hit = self._advance.get((state, token)) or self._fused_miss(state, token)
         return hit[0], self._intern(hit[1])
 
     @property
@@ -253,7 +249,10 @@ class PrefixBeamSearch:
         self.frame_offset = 0
 
     def _fused_miss(self, state, token: int):
-        """(delta, state) of the scorer for ``token`` after ``state``, computed and cached."""
+        """(delta, state) of the scorer for ``token`` after ``state``, computed and cached (the
+        cache, shared by a recognizer's streams, starts afresh once it is large)."""
+        if len(self._advance) > self.compact_after:
+            self._advance.clear()
         hit = self._advance[(state, token)] = self.scorer.advance(state, self.piece_texts[token])
         return hit
 
@@ -352,8 +351,6 @@ class PrefixBeamSearch:
         if len(trie.parent) > self.compact_after:
             mapping = trie.compact(list(self.beams))
             self.beams = {mapping[node]: beam for node, beam in self.beams.items()}
-        if len(self._advance) > self.compact_after:
-            self._advance.clear()
 
     def nbest(self, n: int | None = None) -> list[Hypothesis]:
         """Best first, by CTC plus the fused score, with the scorer's end-of-hypothesis terms

@@ -74,20 +74,27 @@ class TorchChunkRunner:
         return torch.cat(frames).unsqueeze(0) if frames else None
 
 
+def _inference_form(model, options: DecodeOptions):
+    """The model as decoding runs it: eval mode, BatchNorms folded (FusionFormer; a no-op
+    otherwise), and with ``--dynamic-int8`` its Linear layers as torch dynamic int8."""
+    model = model.eval()
+    model.fuse()
+    if options.dynamic_int8:
+        if model.config.quantization is not None:
+            raise EdgeAsrError("--dynamic-int8 applies to float models; this one is already quantized")
+        from edgeasr.quant.dynamic import dynamic_int8
+
+        model = dynamic_int8(model)
+    return model
+
+
 class Recognizer(DecodingCore):
     def __init__(self, packaged: PackagedModel, options: DecodeOptions | None = None) -> None:
         self.packaged = packaged
-        self.model = packaged.model.eval()
-        self.model.fuse()  # FusionFormer BatchNorms fold into their layers; a no-op otherwise
         self.tokenizer = packaged.tokenizer
         options = options or DecodeOptions()
         options.validate()
-        if options.dynamic_int8:
-            if self.model.config.quantization is not None:
-                raise EdgeAsrError("--dynamic-int8 applies to float models; this one is already quantized")
-            from edgeasr.quant.dynamic import dynamic_int8
-
-            self.model = dynamic_int8(self.model)
+        self.model = _inference_form(packaged.model, options)
         if options.gate_threshold is not None:
             if getattr(self.model.encoder, "dynamic", None) is None:
                 raise EdgeAsrError("--gate-threshold applies to dynamic-compute models (I3D, amortized); this one has no gates")
@@ -95,7 +102,7 @@ class Recognizer(DecodingCore):
         self.frontend = packaged.features
         self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
         #: the model of the streaming first pass: this one, or ``options.first_pass``'s
-        self.first_model = self.model if options.first_pass is None else self._first_pass_model(options.first_pass)
+        self.first_model = self.model if options.first_pass is None else self._first_pass_model(options.first_pass, options)
         self._setup_decoding(options, self.model.decoder is not None, self.model.whisper_decoder is not None,
                              packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None),
                              transducer=self.model.transducer.runner() if getattr(self.model, "transducer", None) is not None else None,
@@ -109,7 +116,7 @@ class Recognizer(DecodingCore):
                 ctc_weight=options.whisper_ctc_weight, length_bonus=options.whisper_length_bonus,
                 beam_size=options.beam_size, search=options.second_pass_search)
 
-    def _first_pass_model(self, directory: str):
+    def _first_pass_model(self, directory: str, options: DecodeOptions):
         """A separate first-pass model, checked against this one where the two must agree."""
         other = load_model_dir(directory)
         problem = None
@@ -127,7 +134,7 @@ class Recognizer(DecodingCore):
             problem = "cannot stand in for this model's first pass: its transducer, cascade or segmenter reads it"
         if problem:
             raise EdgeAsrError(f"--first-pass {directory}: this first pass {problem}")
-        return other.model.eval()
+        return _inference_form(other.model, options)
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str] = "default", options: DecodeOptions | None = None) -> "Recognizer":

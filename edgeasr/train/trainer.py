@@ -108,10 +108,11 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.init_from is not None and self.init_from.startswith(PRETRAINED_PREFIX) \
-                and self.init_from not in PRETRAINED_SOURCES:
-            raise ValueError(f"train.init_from: unknown pretrained model {self.init_from!r}; "
-                             f"known: {', '.join(PRETRAINED_SOURCES)} (or a model directory)")
+        for key in ("init_from", "teacher"):
+            value = getattr(self, key)
+            if value is not None and value.startswith(PRETRAINED_PREFIX) and value not in PRETRAINED_SOURCES:
+                raise ValueError(f"train.{key}: unknown pretrained model {value!r}; "
+                                 f"known: {', '.join(PRETRAINED_SOURCES)} (or a model directory)")
         if self.average_by not in ("last", "best"):
             raise ValueError(f"train.average_by must be 'last' or 'best', got {self.average_by!r}")
         for name in ("distill_weight", "distill_ctc_weight"):
@@ -127,12 +128,13 @@ PRETRAINED_PREFIX = "whisper:"
 PRETRAINED_SOURCES = ("whisper:tiny.en",)
 
 
-def init_source_dir(init_from: str, exp_dir: Path, create: bool = True) -> Path:
-    """The model directory ``init_from`` names: itself, or for a pretrained name the experiment's
-    ``init/``, imported there (linked to the pinned package) when ``create`` and not yet there."""
+def init_source_dir(init_from: str, exp_dir: Path, create: bool = True, folder: str = "init") -> Path:
+    """The model directory ``init_from`` (or ``teacher``) names: itself, or for a pretrained name
+    the experiment's ``folder``, imported there (linked to the pinned package) when ``create``
+    and not yet there."""
     if not init_from.startswith(PRETRAINED_PREFIX):
         return Path(init_from)
-    directory = exp_dir / "init"
+    directory = exp_dir / folder
     if create and not (directory / "model.pt").exists():
         from edgeasr.model.whisper_import import import_whisper
 
@@ -266,13 +268,10 @@ def train(
         world.barrier()
         source = load_model_dir(init_source_dir(cfg.init_from, out_dir, create=False))
     if cfg.teacher:
-        teacher_dir = out_dir / "teacher" if cfg.teacher.startswith(PRETRAINED_PREFIX) else Path(cfg.teacher)
-        if world.main and cfg.teacher.startswith(PRETRAINED_PREFIX) and not (teacher_dir / "model.pt").exists():
-            from edgeasr.model.whisper_import import import_whisper
-
-            import_whisper(None, teacher_dir, link=True)
+        if world.main:
+            init_source_dir(cfg.teacher, out_dir, folder="teacher")
         world.barrier()
-        teacher = load_model_dir(teacher_dir)
+        teacher = load_model_dir(init_source_dir(cfg.teacher, out_dir, create=False, folder="teacher"))
     elif source is not None and (cfg.distill_weight > 0 or cfg.distill_ctc_weight > 0):
         teacher = source
     # what the model reads and writes comes from its source, else from its teacher
