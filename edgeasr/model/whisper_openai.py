@@ -49,9 +49,9 @@ TOKEN_IDS = {
     51864: dict(eot=50256, sot=50257, translate=50357, transcribe=50358, no_timestamps=50362,
                 timestamp_begin=50363),
     51865: dict(eot=50257, sot=50258, translate=50358, transcribe=50359, no_timestamps=50363,
-                timestamp_begin=50364),
+                timestamp_begin=50364, language=50259),
     51866: dict(eot=50257, sot=50258, translate=50359, transcribe=50360, no_timestamps=50364,
-                timestamp_begin=50365),
+                timestamp_begin=50365, language=50259),
 }
 
 

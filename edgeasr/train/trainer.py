@@ -79,7 +79,7 @@ class TrainConfig:
     sortagrad: bool = False
     #: Start from this model directory's weights, tokenizer and CMVN (fine-tuning, e.g. QAT from a
     #: float model). Layers the new config adds (quantizer ranges) start fresh; shapes must match.
-    #: ``whisper:tiny.en`` = Whisper tiny.en from the pinned package, imported (linked) into the
+    #: ``whisper:tiny.en`` (or ``whisper:base``) = that Whisper from its pinned package(s), imported (linked) into the
     #: experiment's ``init/`` on the first run, so a recipe reproduces with one command.
     init_from: str | None = None
     #: With init_from: weight of a distillation term pulling this encoder's output towards the
@@ -125,7 +125,7 @@ class TrainConfig:
 
 #: init_from names of pretrained models imported on demand (``edgeasr import whisper --link``).
 PRETRAINED_PREFIX = "whisper:"
-PRETRAINED_SOURCES = ("whisper:tiny.en",)
+PRETRAINED_SOURCES = ("whisper:tiny.en", "whisper:base")
 
 
 def init_source_dir(init_from: str, exp_dir: Path, create: bool = True, folder: str = "init") -> Path:
@@ -138,7 +138,7 @@ def init_source_dir(init_from: str, exp_dir: Path, create: bool = True, folder: 
     if create and not (directory / "model.pt").exists():
         from edgeasr.model.whisper_import import import_whisper
 
-        import_whisper(None, directory, link=True)
+        import_whisper(None, directory, link=True, pretrained=init_from[len(PRETRAINED_PREFIX):])
     return directory
 
 
