@@ -125,3 +125,34 @@ def test_linked_import_of_base(tmp_path, pieces):
 
 def test_packaged_models_are_listed():
     assert set(PACKAGED_WHISPER) == {"tiny.en", "base"}
+
+
+def test_base_writes_the_finals_of_the_default(tmp_path, monkeypatch):
+    """--second-pass-model whisper:base: base's encoder and decoder write, the default's CTC head
+    scores; base is imported once into the cache, linked (no weights copied)."""
+    import edgeasr
+    from edgeasr.audio.io import load_audio
+    from edgeasr.evaluate.metrics import word_errors
+
+    monkeypatch.setenv("EDGEASR_CACHE", str(tmp_path))
+    recognizer = edgeasr.load_model("default", second_pass_model="whisper:base", second_pass_window=30)
+    backend = recognizer.second_pass.backend
+    assert backend.writer is not backend.model and backend.writer.encoder.config.d_model == 512
+    assert recognizer.second_pass.prompt == [50258, 50259, 50359, 50363]
+    assert (tmp_path / "whisper" / "base" / "model.pt").stat().st_size < 3_000_000
+    samples = load_audio(SAMPLES / "kokoro-female.wav", sample_rate=16000)
+    reference = (SAMPLES / "kokoro-female.txt").read_text()
+    feats = recognizer.model.normalize(recognizer.frontend.compute(samples))
+    encoded, log_probs = backend.encode(feats)
+    assert encoded.shape[-1] == 512 and log_probs.shape[-1] == recognizer.tokenizer.vocab_size
+    text = recognizer.transcribe(samples).text
+    assert word_errors(reference, text).rate <= 10.0, text
+
+
+def test_an_unfit_second_pass_model_is_refused(tmp_path):
+    import edgeasr
+
+    with pytest.raises(EdgeAsrError, match="--second-pass-model models/u2-baseline: this model has no Whisper decoder"):
+        edgeasr.load_model("default", second_pass_model="models/u2-baseline")
+    with pytest.raises(EdgeAsrError, match="unknown packaged Whisper model 'huge'"):
+        edgeasr.load_model("default", second_pass_model="whisper:huge")

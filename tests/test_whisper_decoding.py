@@ -147,3 +147,56 @@ def test_int8_decoding_copies_keep_scores_and_leave_the_weights_alone(whisper_mo
     per_token = (exact - fast).abs() / torch.tensor([len(c) + 1 for c in candidates])
     assert float(per_token.max()) < 0.15  # measured ~0.07 nat per token
     assert fast[0] > fast[1]  # the spoken sentence still wins
+
+
+class _RecordingBackend:
+    """Stands in for the second pass's backend: records what it is asked to encode."""
+
+    blank = 0
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+        self.seen = []
+
+    def encode(self, feats, speech_frames=None):
+        self.seen.append(feats)
+        frames = (feats.shape[0] + 1) // 2
+        log_probs = np.log(np.full((frames, self.vocab), 1.0 / self.vocab, dtype=np.float32))
+        return np.zeros((1, frames, 4), np.float32), log_probs
+
+
+@pytest.mark.parametrize("as_numpy", [True, False])
+def test_second_pass_window_pads_with_whisper_silence(whisper_model, as_numpy):
+    """The segment goes first in a window of silence at Whisper's floor (8 decades below the
+    loudest value, 2.0 in its scaled units); the CTC side reads only the segment's frames."""
+    from edgeasr.decoding.whisper_rescoring import WhisperSecondPass
+
+    backend = _RecordingBackend(whisper_model.tokenizer.vocab_size)
+    second = WhisperSecondPass(backend, whisper_model.tokenizer, whisper_model.whisper_tokenizer,
+                               whisper_model.whisper_prompt, window_frames=300)
+    feats = np.random.default_rng(0).uniform(-1.0, 1.5, (101, 80)).astype(np.float32)
+    segment = feats if as_numpy else torch.from_numpy(feats)
+    encoded, log_probs = second._encode(segment)
+    padded = backend.seen[-1]
+    assert padded.shape == (300, 80) and type(padded) is type(segment)
+    padded = np.asarray(padded)
+    np.testing.assert_array_equal(padded[:101], feats)
+    assert np.all(padded[101:] == np.float32(feats.max() - 2.0))
+    assert encoded.shape[1] == 150 and log_probs.shape[0] == 51  # the decoder sees the window
+    # a segment as long as the window (or longer) is encoded as it is
+    long = np.zeros((400, 80), np.float32)
+    second._encode(long)
+    assert backend.seen[-1] is long
+    unpadded = WhisperSecondPass(backend, whisper_model.tokenizer, whisper_model.whisper_tokenizer,
+                                 whisper_model.whisper_prompt)
+    unpadded._encode(feats)
+    assert backend.seen[-1] is feats
+
+
+def test_second_pass_window_option_is_checked():
+    from edgeasr.errors import EdgeAsrError
+
+    for bad in (-1.0, 31.0, float("nan")):
+        with pytest.raises(EdgeAsrError, match="--second-pass-window must be between 0 and 30"):
+            DecodeOptions(second_pass_window=bad).validate()
+    DecodeOptions(second_pass_window=30.0).validate()

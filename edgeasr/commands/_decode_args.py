@@ -18,16 +18,6 @@ def add_decode_arguments(parser: argparse.ArgumentParser, default_mode: str = "a
     parser.add_argument("--beam-size", type=int, default=10, help="CTC prefix beam size (default: 10)")
     parser.add_argument("--ctc-weight", type=float, default=0.5,
                         help="CTC weight in attention rescoring (default: 0.5)")
-    parser.add_argument("--whisper-ctc-weight", type=float, default=None,
-                        help=f"Whisper second pass: CTC's weight against Whisper's decoder "
-                             f"(default: {DecodeOptions.whisper_ctc_weight})")
-    parser.add_argument("--whisper-length-bonus", type=float, default=None,
-                        help=f"Whisper second pass: score bonus per character "
-                             f"(default: {DecodeOptions.whisper_length_bonus})")
-    parser.add_argument("--second-pass-window", type=float, default=None, metavar="SECONDS",
-                        help="Whisper second pass: re-encode each segment at the start of a window of "
-                             "this many seconds filled with silence, as Whisper was trained (0 = the "
-                             f"segment alone, faster; default: {DecodeOptions.second_pass_window:g})")
     parser.add_argument("--second-pass", choices=("joint", "rescore"), default="joint",
                         help="whisper_rescoring: joint CTC/Whisper beam search, or rescoring of the CTC "
                              "n-best plus one free Whisper decode (default: joint)")
@@ -67,6 +57,20 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-bonus", type=float, default=defaults.lm_bonus,
                         help="score bonus per unit the LM scores: a word, or a character for a character LM "
                              f"(default: {defaults.lm_bonus})")
+    parser.add_argument("--whisper-ctc-weight", type=float, default=None,
+                        help=f"Whisper second pass: CTC's weight against Whisper's decoder "
+                             f"(default: {DecodeOptions.whisper_ctc_weight})")
+    parser.add_argument("--whisper-length-bonus", type=float, default=None,
+                        help=f"Whisper second pass: score bonus per character "
+                             f"(default: {DecodeOptions.whisper_length_bonus})")
+    parser.add_argument("--second-pass-window", type=float, default=None, metavar="SECONDS",
+                        help="Whisper second pass: re-encode each segment at the start of a window of "
+                             "this many seconds filled with silence, as Whisper was trained (0 = the "
+                             f"segment alone, faster; default: {DecodeOptions.second_pass_window:g})")
+    parser.add_argument("--second-pass-model", metavar="DIR|whisper:base",
+                        help="whisper_rescoring: another Whisper writes the finals (its encoder and decoder; "
+                             "this model's CTC head still scores), e.g. whisper:base, imported once from its "
+                             "packages (torch backend)")
     parser.add_argument("--whisper-lm-weight", type=float, default=defaults.whisper_lm_weight,
                         help=f"LM weight in the Whisper joint second pass (default: {defaults.whisper_lm_weight})")
     parser.add_argument("--hotwords", metavar="FILE",
@@ -93,7 +97,13 @@ def search_options(args: argparse.Namespace) -> dict:
             "lm_weight": args.lm_weight, "lm_bonus": args.lm_bonus,
             "whisper_lm_weight": args.whisper_lm_weight, "hotwords": args.hotwords,
             "hotword_boost": args.hotword_boost, "token_threshold": args.token_threshold,
-            "score_threshold": args.score_threshold, "first_pass": getattr(args, "first_pass", None)}
+            "score_threshold": args.score_threshold, "first_pass": getattr(args, "first_pass", None),
+            # the Whisper second pass's settings: left to DecodeOptions' defaults unless given
+            **{name: getattr(args, name) for name in SECOND_PASS_OPTIONS if getattr(args, name, None) is not None}}
+
+
+#: DecodeOptions fields of the Whisper second pass that the command line sets only when given
+SECOND_PASS_OPTIONS = ("whisper_ctc_weight", "whisper_length_bonus", "second_pass_window", "second_pass_model")
 
 
 def open_recognizer(args: argparse.Namespace):
@@ -132,7 +142,5 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         dynamic_int8=args.dynamic_int8,
         gate_threshold=args.gate_threshold,
         second_pass_search=args.second_pass,
-        **{name: getattr(args, name) for name in ("whisper_ctc_weight", "whisper_length_bonus",
-                                                   "second_pass_window") if getattr(args, name) is not None},
         **search_options(args),
     )

@@ -101,6 +101,11 @@ class DecodeOptions:
     #: (configs/whisper/practical_first_pass.yaml); this model's second pass still re-encodes
     #: each segment. Same front end, tokenizer and frame rate required (torch backend).
     first_pass: str | None = None
+    #: whisper_rescoring: another Whisper whose encoder and decoder write the finals, e.g. the
+    #: larger ``whisper:base`` (imported once from its packages into the cache) or a directory
+    #: from `edgeasr import whisper`; this model's CTC head still scores the joint search, so
+    #: the writer needs no training. Same front end and frame rate required (torch backend).
+    second_pass_model: str | None = None
 
     def validate(self) -> None:
         if self.mode not in MODES:

@@ -19,6 +19,8 @@ and ``StreamingSession`` streams over either.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -74,6 +76,25 @@ class TorchChunkRunner:
         return torch.cat(frames).unsqueeze(0) if frames else None
 
 
+def second_pass_model_dir(name: str) -> Path:
+    """A model directory, or ``whisper:NAME`` (a packaged Whisper: tiny.en, base) imported once,
+    linked to its packages, into ``$EDGEASR_CACHE/whisper/NAME`` (a few MB: an untrained CTC head
+    and the tokenizer; the weights stay in the packages)."""
+    prefix = "whisper:"
+    if not name.startswith(prefix):
+        return Path(name)
+    from edgeasr.api import cache_root
+    from edgeasr.model.whisper import packaged_whisper
+    from edgeasr.model.whisper_import import import_whisper
+
+    pretrained = name[len(prefix):]
+    packaged_whisper(pretrained)  # an unknown name fails here, in one line
+    directory = cache_root() / "whisper" / pretrained
+    if not (directory / "model.pt").exists():
+        import_whisper(None, directory, link=True, pretrained=pretrained)
+    return directory
+
+
 def _inference_form(model, options: DecodeOptions):
     """The model as decoding runs it: eval mode, BatchNorms folded (FusionFormer; a no-op
     otherwise), and with ``--dynamic-int8`` its Linear layers as torch dynamic int8."""
@@ -111,8 +132,10 @@ class Recognizer(DecodingCore):
         if self.mode == "whisper_rescoring":
             from edgeasr.decoding.whisper_rescoring import TorchWhisperBackend, WhisperSecondPass
 
+            writer = packaged if options.second_pass_model is None else self._second_pass_model(options)
             self.second_pass = WhisperSecondPass(
-                TorchWhisperBackend(self.model), packaged.tokenizer, packaged.whisper_tokenizer, packaged.whisper_prompt,
+                TorchWhisperBackend(self.model, writer=None if writer is packaged else writer.model),
+                packaged.tokenizer, writer.whisper_tokenizer, writer.whisper_prompt,
                 ctc_weight=options.whisper_ctc_weight, length_bonus=options.whisper_length_bonus,
                 beam_size=options.beam_size, search=options.second_pass_search,
                 window_frames=round(options.second_pass_window / self.frontend.frame_shift),
@@ -137,6 +160,26 @@ class Recognizer(DecodingCore):
         if problem:
             raise EdgeAsrError(f"--first-pass {directory}: this first pass {problem}")
         return _inference_form(other.model, options)
+
+    def _second_pass_model(self, options: DecodeOptions) -> PackagedModel:
+        """The Whisper that writes the finals in place of this model's (``--second-pass-model``),
+        checked where the two must agree: both read the same features of the same segment."""
+        name = options.second_pass_model
+        other = load_model_dir(second_pass_model_dir(name))
+        problem = None
+        if other.model.whisper_decoder is None:
+            problem = "has no Whisper decoder"
+        elif other.features.to_dict() != self.frontend.to_dict():
+            problem = f"reads other features ({other.features.to_dict()}), this model {self.frontend.to_dict()}"
+        elif other.model.encoder.subsampling_rate != self.model.encoder.subsampling_rate:
+            problem = "emits encoder frames at another rate"
+        elif not (torch.equal(other.model.cmvn_mean, self.model.cmvn_mean)
+                  and torch.equal(other.model.cmvn_istd, self.model.cmvn_istd)):
+            problem = "normalizes its features otherwise (CMVN)"
+        if problem:
+            raise EdgeAsrError(f"--second-pass-model {name}: this model {problem}")
+        other.model = _inference_form(other.model, options)
+        return other
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str] = "default", options: DecodeOptions | None = None) -> "Recognizer":

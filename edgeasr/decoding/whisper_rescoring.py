@@ -96,25 +96,36 @@ def ctc_align(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> tuple
 
 
 class TorchWhisperBackend:
-    """The second pass's model on torch: full-context re-encoding and the decoder's steps."""
+    """The second pass's model on torch: full-context re-encoding and the decoder's steps.
 
-    def __init__(self, model, int8_logits: bool = True) -> None:
+    ``writer``: another Whisper model (e.g. Whisper base, imported) whose encoder and decoder
+    write the finals, while ``model``'s full-context CTC head still scores every prefix: a larger
+    Whisper as the second pass needs no CTC head of its own, so no training."""
+
+    def __init__(self, model, int8_logits: bool = True, writer=None) -> None:
         from edgeasr.model.whisper import TorchDecoderSteps
 
-        if model.whisper_decoder is None:
-            raise ValueError("this model has no Whisper decoder")
         self.model = model
+        self.writer = model if writer is None else writer
+        if self.writer.whisper_decoder is None:
+            raise ValueError("this model has no Whisper decoder")
         self.blank = model.blank_id
         if int8_logits:
-            model.whisper_decoder.use_int8()
-        self.steps = TorchDecoderSteps(model.whisper_decoder)
+            self.writer.whisper_decoder.use_int8()
+        self.steps = TorchDecoderSteps(self.writer.whisper_decoder)
 
-    def encode(self, feats):
-        """Normalized features [T, F] -> (encoded [1, T', D], CTC log-probs [T', V] numpy), full context."""
+    def encode(self, feats, speech_frames: int | None = None):
+        """Normalized features [T, F] -> (encoded [1, T', D], CTC log-probs [T', V] numpy), full
+        context. ``speech_frames``: the segment's own feature frames when ``feats`` is a padded
+        window; a separate writer's CTC model then reads those alone."""
         import torch
 
         with torch.no_grad():
-            encoded, _ = self.model.encoder(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
+            encoded, _ = self.writer.encoder(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
+            if self.writer is not self.model:
+                own = feats if speech_frames is None else feats[:speech_frames]
+                ctc_encoded, _ = self.model.encoder(own.unsqueeze(0), torch.tensor([own.size(0)]), 0, -1)
+                return encoded, self.model.ctc_log_probs(ctc_encoded)[0].numpy()
             return encoded, self.model.ctc_log_probs(encoded)[0].numpy()
 
 
@@ -254,7 +265,7 @@ class WhisperSecondPass:
         """
         frames = int(feats.shape[0])
         if self.window_frames <= frames or frames == 0:
-            return self.backend.encode(feats)
+            return self.backend.encode(feats, speech_frames=frames)
         fill = float(feats.max()) - self.silence_below_max
         if isinstance(feats, np.ndarray):
             padded = np.full((self.window_frames, feats.shape[1]), fill, dtype=feats.dtype)
@@ -264,7 +275,7 @@ class WhisperSecondPass:
 
             padded = torch.full((self.window_frames, feats.shape[1]), fill, dtype=feats.dtype)
             padded[:frames] = feats
-        encoded, log_probs = self.backend.encode(padded)
+        encoded, log_probs = self.backend.encode(padded, speech_frames=frames)
         return encoded, log_probs[: (frames + 1) // 2]
 
     def _rescore_candidates(self, encoded, log_probs: np.ndarray, first_pass: list[Hypothesis], scorer

@@ -842,6 +842,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += vad_section(result, path.name)
         elif result.get("benchmark") == "second_pass_sweep":
             lines += second_pass_sweep_section(result, path.name)
+        elif result.get("benchmark") == "second_pass_window":
+            lines += second_pass_window_section(result, path.name)
         elif result.get("benchmark") == "load_test":
             lines += load_test_section(result, path.name)
         elif result.get("benchmark") == "capacity":
@@ -950,6 +952,40 @@ def second_pass_sweep_section(result: dict, name: str) -> list[str]:
                  if e in row["wer_by_engine"] else "-" for e in engines]
         lines.append(f"| {mark}{row['ctc_weight']:g}{mark} | {mark}{row['length_bonus']:g}{mark} | "
                      f"{row['wer']:.1f} ({row['cer']:.1f}) | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def second_pass_window_section(result: dict, name: str) -> list[str]:
+    """The second pass re-encoding segments alone or in a silence-padded Whisper window
+    (benchmarks/second_pass_window.py): dev tuning of the weights per window, then test sets."""
+    dev = result["dev"]
+    lines = [
+        f"## Whisper second pass: the segment alone or in Whisper's window ({name})",
+        "",
+        f"Model `{result['model']}`, mode whisper_rescoring, 640 ms chunks, 1 thread; {result['machine']} "
+        f"({result['date']}). Window W: each segment is re-encoded at the start of W seconds filled with "
+        "silence at Whisper's floor, as Whisper was trained (0 = the segment alone). The joint search's "
+        "weights were chosen per window on the dev sets ("
+        + ", ".join(f"{k}: {v} utterances" for k, v in dev.items())
+        + "; realdev's references are machine transcripts); the synthesized test split took no part.",
+        "",
+    ]
+    if result["measured"]:
+        lines += ["| set | window (s) | ctc_weight | length_bonus | WER (CER) | RTF, both passes |",
+                  "|---|---|---|---|---|---|"]
+        for row in result["measured"]:
+            lines.append(f"| {row['set']} ({row['utts']}) | {row['window']:g} | {row['ctc_weight']:g} | "
+                         f"{row['length_bonus']:g} | {row['wer']:.1f} ({row['cer']:.1f}) | {row['rtf']:.3f} |")
+        lines.append("")
+    names = list(dev)
+    lines += ["Dev WER of the whole grid (**bold**: the setting kept for the window):", "",
+              "| window (s) | ctc_weight | length_bonus | " + " | ".join(f"{n} WER" for n in names) + " | mean |",
+              "|---|---|---|" + "---|" * len(names) + "---|"]
+    kept = {(s["window"], s["ctc_weight"], s["length_bonus"]) for s in result["settings"]}
+    for row in result["tuning"]:
+        mark = "**" if (row["window"], row["ctc_weight"], row["length_bonus"]) in kept else ""
+        lines.append(f"| {row['window']:g} | {row['ctc_weight']:g} | {row['length_bonus']:g} | "
+                     + " | ".join(f"{row[n]:.1f}" for n in names) + f" | {mark}{row['mean_wer']:.1f}{mark} |")
     return lines + [""]
 
 

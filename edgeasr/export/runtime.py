@@ -216,7 +216,7 @@ class OnnxWhisperBackend:
         self.steps = OnnxDecoderSteps(_session(directory / f"decoder_cross{decoder_suffix}", threads),
                                       _session(directory / f"decoder_step{decoder_suffix}", threads), meta)
 
-    def encode(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, feats: np.ndarray, speech_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         encoded, log_probs = self.full.run(None, {"mel": np.asarray(feats, dtype=np.float32)[None]})
         return encoded, log_probs[0]
 
@@ -298,6 +298,8 @@ class OnnxRecognizer(DecodingCore):
         if self.whisper and options.mode == "whisper_rescoring" and not has_whisper:
             raise EdgeAsrError(f"{self.directory}: this export carries the streaming first pass only "
                                "(re-export it with this edgeasr for whisper_rescoring on ONNX Runtime)")
+        if options.second_pass_model is not None:
+            raise EdgeAsrError("--second-pass-model runs with the torch backend (ONNX Runtime runs the export's own second pass)")
         if options.reverse_weight > 0:
             raise EdgeAsrError("--reverse-weight: the ONNX export carries the left-to-right decoder only")
         # The export's model directory is where an LM travels with it (lm/ beside the graphs).
