@@ -64,14 +64,16 @@ def _wer(utts, hyps: list[str]) -> tuple[float, float]:
     return round(words.rate, 2), round(chars.rate, 2)
 
 
-def tune(model: str, windows: list[float], ctc_weights: list[float], bonuses: list[float], dev: dict) -> list[dict]:
+def tune(model: str, windows: list[float], ctc_weights: list[float], bonuses: list[float], dev: dict,
+         writer: str | None = None) -> list[dict]:
     """Dev WER of every (window, CTC weight, length bonus); one row each."""
     rows = []
     for window in windows:
         for ctc_weight in ctc_weights:
             for bonus in bonuses:
                 recognizer = edgeasr.load_model(model, mode="whisper_rescoring", second_pass_window=window,
-                                                whisper_ctc_weight=ctc_weight, whisper_length_bonus=bonus)
+                                                whisper_ctc_weight=ctc_weight, whisper_length_bonus=bonus,
+                                                second_pass_model=writer)
                 row = {"window": window, "ctc_weight": ctc_weight, "length_bonus": bonus}
                 for name, (utts, audio) in dev.items():
                     row[name] = _wer(utts, [recognizer.transcribe(samples).text for samples in audio])[0]
@@ -90,7 +92,8 @@ def measure(model: str, settings: list[dict], sets: dict) -> list[dict]:
     """Every setting on every test set, in turns per utterance: WER, CER, RTF."""
     recognizers = {
         i: edgeasr.load_model(model, mode="whisper_rescoring", second_pass_window=s["window"],
-                              whisper_ctc_weight=s["ctc_weight"], whisper_length_bonus=s["length_bonus"])
+                              whisper_ctc_weight=s["ctc_weight"], whisper_length_bonus=s["length_bonus"],
+                              second_pass_model=s.get("second_pass_model"))
         for i, s in enumerate(settings)}
     rows = []
     for set_name, (utts, audio) in sets.items():
@@ -101,7 +104,7 @@ def measure(model: str, settings: list[dict], sets: dict) -> list[dict]:
             rows.append({"set": set_name, **setting, "wer": wer, "cer": cer,
                          "rtf": round(sum(seconds[i]) / duration, 4), "audio_seconds": round(duration, 1),
                          "utts": len(utts)})
-            print(f"{set_name} window {setting['window']:g}: WER {wer:.1f} CER {cer:.1f} "
+            print(f"{set_name} {setting.get('second_pass_model') or ''} window {setting['window']:g}: WER {wer:.1f} CER {cer:.1f} "
                   f"RTF {rows[-1]['rtf']:.3f}", flush=True)
     return rows
 
@@ -116,6 +119,9 @@ def main() -> int:
                         help="dev sets for the weights (never the test set)")
     parser.add_argument("--manifest", action="append", default=[], metavar="NAME=MANIFEST",
                         help="sets to measure the chosen settings on")
+    parser.add_argument("--second-pass-model", action="append", default=[], metavar="DIR|whisper:base",
+                        help="also measure this Whisper writing the finals (at the largest window's "
+                             "weights; see --second-pass-model of edgeasr transcribe)")
     parser.add_argument("--max-dev-utts", type=int, help="the first N utterances of each dev set")
     parser.add_argument("--max-utts", type=int)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/second_pass_window.json"))
@@ -129,6 +135,7 @@ def main() -> int:
         raise SystemExit("give at least one --dev NAME=MANIFEST")
     tuning = tune(args.model, windows, _floats(args.ctc_weights), _floats(args.length_bonuses), dev)
     settings = [{k: chosen(tuning, w)[k] for k in ("window", "ctc_weight", "length_bonus")} for w in windows]
+    settings += [{**settings[-1], "second_pass_model": writer} for writer in args.second_pass_model]
     sets = {name: _load(path, args.max_utts) for name, path in _named(args.manifest).items()}
     measured = measure(args.model, settings, sets) if sets else []
     result = {**run_facts("second_pass_window", "benchmarks/second_pass_window.py", sys.argv[1:]),

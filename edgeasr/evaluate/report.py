@@ -151,6 +151,9 @@ def whisper_section(result: dict, name: str) -> list[str]:
            else "rescoring of the CTC n-best plus one free Whisper decode")
     weights = (f"; CTC weight {options['whisper_ctc_weight']:g}, {options.get('whisper_length_bonus', 0):g} per "
                "character" if "whisper_ctc_weight" in options else "")
+    if options.get("second_pass_window"):
+        weights += (f"; each segment re-encoded at the start of a {options['second_pass_window']:g} s window of "
+                    "silence, as Whisper was trained")
     title = ("Default model: Whisper tiny.en encoder + streaming CTC head + Whisper second pass" if search == "joint"
              else "Comparison: the same model with the second pass by rescoring")
     lines = [
@@ -971,10 +974,11 @@ def second_pass_window_section(result: dict, name: str) -> list[str]:
         "",
     ]
     if result["measured"]:
-        lines += ["| set | window (s) | ctc_weight | length_bonus | WER (CER) | RTF, both passes |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| set | second pass | window (s) | ctc_weight | length_bonus | WER (CER) | RTF, both passes |",
+                  "|---|---|---|---|---|---|---|"]
         for row in result["measured"]:
-            lines.append(f"| {row['set']} ({row['utts']}) | {row['window']:g} | {row['ctc_weight']:g} | "
+            writer = row.get("second_pass_model") or "the model's own"
+            lines.append(f"| {row['set']} ({row['utts']}) | {writer} | {row['window']:g} | {row['ctc_weight']:g} | "
                          f"{row['length_bonus']:g} | {row['wer']:.1f} ({row['cer']:.1f}) | {row['rtf']:.3f} |")
         lines.append("")
     names = list(dev)
