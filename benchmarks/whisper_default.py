@@ -357,6 +357,9 @@ def model_card(result: dict) -> str:
     m = result["model"]
     frame = m["frame_ms"]
     params = m["parameters"]
+    decode = result.get("decode_options") or {}
+    window = (f", at the start of a {decode['second_pass_window']:g} s window of silence as Whisper was trained"
+              if decode.get("second_pass_window") else "")
     pre = m.get("pretrained")
     enc = m.get("encoder", {})
     stored = m.get("stored_in_model_pt", {})
@@ -374,9 +377,10 @@ def model_card(result: dict) -> str:
         f"- **CTC head**: {params.get('ctc_head', 0) / 1e6:.2f} M parameters (characters), trained on synthesized "
         "speech (see Training data); it gives the streaming (first-pass) text chunk by chunk.",
         f"- **Second pass** (`whisper_rescoring`, the default mode): at the end of each segment the segment is "
-        f"re-encoded with full context and decoded by a joint beam search: Whisper tiny.en's decoder "
+        f"re-encoded with full context{window} and decoded by a joint beam search: Whisper tiny.en's decoder "
         f"({params.get('whisper_decoder', 0) / 1e6:.2f} M parameters, unchanged) proposes tokens and the CTC head "
-        "scores every prefix (CTC weight 0.2, 0.5 per character), so the text is Whisper's wording kept on the "
+        f"scores every prefix (CTC weight {decode.get('whisper_ctc_weight', 0.2):g}, "
+        f"{decode.get('whisper_length_bonus', 0.5):g} per character), so the text is Whisper's wording kept on the "
         "audio; partials come from the first pass. See docs/WHISPER.md.",
         f"- {params['total'] / 1e6:.2f} M parameters in all; default chunk "
         f"{m.get('streaming_defaults', {}).get('chunk_size', '-')} frames.",

@@ -47,15 +47,18 @@ class DecodeOptions:
     #: dynamic-compute models: the probability at which a gate opens (None = the model's own);
     #: higher skips more modules, trading accuracy for compute without retraining
     gate_threshold: float | None = None
-    #: whisper_rescoring: CTC's weight against Whisper's decoder (tuned on dev: 0.2)
-    whisper_ctc_weight: float = 0.2
+    #: whisper_rescoring: CTC's weight against Whisper's decoder (chosen on dev with the window
+    #: below, benchmarks/second_pass_window.py: the TTS-trained head pulls Whisper towards
+    #: misspellings on real speech at 0.2)
+    whisper_ctc_weight: float = 0.1
     #: whisper_rescoring: score bonus per character of a hypothesis; CTC and decoder scores
     #: fall with every character, so without it an unsure head ends hypotheses early
-    whisper_length_bonus: float = 0.5
+    whisper_length_bonus: float = 0.3
     #: whisper_rescoring: seconds of Whisper's window the second pass re-encodes each segment in,
     #: the segment followed by silence as Whisper was trained (0 = the segment alone: cheapest,
-    #: but Whisper's decoder then leans on the CTC head to stop; 30 = Whisper's own window)
-    second_pass_window: float = 0.0
+    #: but Whisper's decoder then leans on the CTC head to stop; 30 = Whisper's own window).
+    #: 10 s was best on dev (synthesized and real speech together) at 1.3x the time of none.
+    second_pass_window: float = 10.0
     #: whisper_rescoring: "joint" (Whisper's decoder writes, CTC scores every prefix) or
     #: "rescore" (pick among the CTC n-best and one free Whisper decode)
     second_pass_search: str = "joint"

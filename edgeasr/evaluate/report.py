@@ -944,7 +944,8 @@ def second_pass_sweep_section(result: dict, name: str) -> list[str]:
         f"Model `{result['model']}`, `{result['manifest']}` ({result['utts']} utterances, a dev set: "
         f"the test sets take no part in tuning), mode whisper_rescoring, streaming; {result['machine']} "
         f"({result['date']}). Score = ctc_weight x CTC + (1 - ctc_weight) x Whisper + length_bonus per "
-        "character; **bold**: the shipped defaults.",
+        "character; **bold**: the defaults of the run (the segment alone, no window; today's defaults were "
+        "chosen with the window, in the section \"the segment alone or in Whisper's window\").",
         "",
         "| ctc_weight | length_bonus | WER (CER) | " + " | ".join(f"{e} WER (words)" for e in engines) + " |",
         "|---|---|---|" + "---|" * len(engines),
