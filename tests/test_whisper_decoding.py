@@ -160,9 +160,10 @@ class _RecordingBackend:
 
     def encode(self, feats, speech_frames=None):
         self.seen.append(feats)
-        frames = (feats.shape[0] + 1) // 2
-        log_probs = np.log(np.full((frames, self.vocab), 1.0 / self.vocab, dtype=np.float32))
-        return np.zeros((1, frames, 4), np.float32), log_probs
+        self.speech_frames = speech_frames
+        ctc_frames = ((feats.shape[0] if speech_frames is None else speech_frames) + 1) // 2
+        log_probs = np.log(np.full((ctc_frames, self.vocab), 1.0 / self.vocab, dtype=np.float32))
+        return np.zeros((1, (feats.shape[0] + 1) // 2, 4), np.float32), log_probs
 
 
 @pytest.mark.parametrize("as_numpy", [True, False])
@@ -182,7 +183,8 @@ def test_second_pass_window_pads_with_whisper_silence(whisper_model, as_numpy):
     padded = np.asarray(padded)
     np.testing.assert_array_equal(padded[:101], feats)
     assert np.all(padded[101:] == np.float32(feats.max() - 2.0))
-    assert encoded.shape[1] == 150 and log_probs.shape[0] == 51  # the decoder sees the window
+    # the decoder sees the window, the CTC head the segment alone
+    assert backend.speech_frames == 101 and encoded.shape[1] == 150 and log_probs.shape[0] == 51
     # a segment as long as the window (or longer) is encoded as it is
     long = np.zeros((400, 80), np.float32)
     second._encode(long)

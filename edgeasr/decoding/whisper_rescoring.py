@@ -117,13 +117,15 @@ class TorchWhisperBackend:
     def encode(self, feats, speech_frames: int | None = None):
         """Normalized features [T, F] -> (encoded [1, T', D], CTC log-probs [T', V] numpy), full
         context. ``speech_frames``: the segment's own feature frames when ``feats`` is a padded
-        window; a separate writer's CTC model then reads those alone."""
+        window (or a separate writer reads it): the CTC head then reads the segment alone, as it
+        was trained, and the decoder the window."""
         import torch
 
         with torch.no_grad():
             encoded, _ = self.writer.encoder(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
-            if self.writer is not self.model:
-                own = feats if speech_frames is None else feats[:speech_frames]
+            padded = speech_frames is not None and speech_frames < feats.size(0)
+            if self.writer is not self.model or padded:
+                own = feats[:speech_frames] if padded else feats
                 ctc_encoded, _ = self.model.encoder(own.unsqueeze(0), torch.tensor([own.size(0)]), 0, -1)
                 return encoded, self.model.ctc_log_probs(ctc_encoded)[0].numpy()
             return encoded, self.model.ctc_log_probs(encoded)[0].numpy()
@@ -260,8 +262,10 @@ class WhisperSecondPass:
         the floor, 8 decades below the window's loudest value. Its decoder learnt to stop where
         speech gives way to that silence; over an unpadded segment it loops or drifts, and only
         the CTC term keeps it on the audio (benchmarks/second_pass_window.py measures the
-        difference). The decoder reads the whole window; the CTC head and everything after it
-        (the joint search's CTC scores, token times) read the segment's own frames only.
+        difference). The decoder reads the whole window; the CTC head reads the segment
+        alone (one more encoder pass, over the segment only), as it was trained: over the
+        window's encoding its posteriors spread into the silence, and the forced alignment put
+        the last word's end there.
         """
         frames = int(feats.shape[0])
         if self.window_frames <= frames or frames == 0:
@@ -275,8 +279,7 @@ class WhisperSecondPass:
 
             padded = torch.full((self.window_frames, feats.shape[1]), fill, dtype=feats.dtype)
             padded[:frames] = feats
-        encoded, log_probs = self.backend.encode(padded, speech_frames=frames)
-        return encoded, log_probs[: (frames + 1) // 2]
+        return self.backend.encode(padded, speech_frames=frames)
 
     def _rescore_candidates(self, encoded, log_probs: np.ndarray, first_pass: list[Hypothesis], scorer
                             ) -> list[tuple[Hypothesis, float]]:

@@ -974,6 +974,8 @@ def second_pass_window_section(result: dict, name: str) -> list[str]:
         + "; realdev's references are machine transcripts); the synthesized test split took no part.",
         "",
     ]
+    if result.get("note"):
+        lines += [result["note"], ""]
     if result["measured"]:
         lines += ["| set | second pass | window (s) | ctc_weight | length_bonus | WER (CER) | RTF, both passes |",
                   "|---|---|---|---|---|---|---|"]

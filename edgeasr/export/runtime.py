@@ -217,7 +217,12 @@ class OnnxWhisperBackend:
                                       _session(directory / f"decoder_step{decoder_suffix}", threads), meta)
 
     def encode(self, feats: np.ndarray, speech_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        encoded, log_probs = self.full.run(None, {"mel": np.asarray(feats, dtype=np.float32)[None]})
+        """As ``TorchWhisperBackend.encode``: with a padded window, the CTC log-probs come from a
+        second run over the segment alone."""
+        feats = np.asarray(feats, dtype=np.float32)
+        encoded, log_probs = self.full.run(None, {"mel": feats[None]})
+        if speech_frames is not None and speech_frames < feats.shape[0]:
+            log_probs = self.full.run(None, {"mel": feats[None, :speech_frames]})[1]
         return encoded, log_probs[0]
 
 
