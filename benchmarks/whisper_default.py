@@ -358,7 +358,7 @@ def model_card(result: dict) -> str:
     frame = m["frame_ms"]
     params = m["parameters"]
     decode = result.get("decode_options") or {}
-    window = (f", at the start of a {decode['second_pass_window']:g} s window of silence as Whisper was trained"
+    window = (f", at the start of a {decode['second_pass_window']:g} s window of silence (as Whisper was trained),"
               if decode.get("second_pass_window") else "")
     pre = m.get("pretrained")
     enc = m.get("encoder", {})
@@ -617,10 +617,16 @@ def main(argv: list[str] | None = None) -> int:
         "speed": {},
     }
     corpus_card = Path(args.corpus_card)
-    if corpus_card.is_file():
-        card = json.loads(corpus_card.read_text())
+    card = json.loads(corpus_card.read_text()) if corpus_card.is_file() else {}
+    if card.get("splits", {}).get("train", {}).get("utterances"):
         result["corpus"] = {"path": str(corpus_card.parent), "hours": card.get("hours"),
                             "utterances": card.get("utterances"), "engines": sorted(card.get("engines", {}))}
+    elif Path(args.out).is_file():
+        # a corpus rebuilt with --splits dev,test (the held-out sets only) does not describe the
+        # training data: the previous result's description of it stands
+        previous = json.loads(Path(args.out).read_text()).get("corpus")
+        if previous:
+            result["corpus"] = previous
     hyps = open(args.hyps, "w", encoding="utf-8") if args.hyps else None
 
     def options(mode: str, chunk: int) -> DecodeOptions:
