@@ -93,7 +93,7 @@ def measure(model: str, settings: list[dict], sets: dict) -> list[dict]:
     recognizers = {
         i: edgeasr.load_model(model, mode="whisper_rescoring", second_pass_window=s["window"],
                               whisper_ctc_weight=s["ctc_weight"], whisper_length_bonus=s["length_bonus"],
-                              second_pass_model=s.get("second_pass_model"))
+                              second_pass_model=s.get("second_pass_model"), second_pass_pad=s.get("pad", "floor"))
         for i, s in enumerate(settings)}
     rows = []
     for set_name, (utts, audio) in sets.items():
@@ -104,7 +104,8 @@ def measure(model: str, settings: list[dict], sets: dict) -> list[dict]:
             rows.append({"set": set_name, **setting, "wer": wer, "cer": cer,
                          "rtf": round(sum(seconds[i]) / duration, 4), "audio_seconds": round(duration, 1),
                          "utts": len(utts)})
-            print(f"{set_name} {setting.get('second_pass_model') or ''} window {setting['window']:g}: WER {wer:.1f} CER {cer:.1f} "
+            print(f"{set_name} {setting.get('second_pass_model') or ''} window {setting['window']:g} "
+                  f"pad {setting.get('pad', 'floor')}: WER {wer:.1f} CER {cer:.1f} "
                   f"RTF {rows[-1]['rtf']:.3f}", flush=True)
     return rows
 
@@ -122,6 +123,9 @@ def main() -> int:
     parser.add_argument("--second-pass-model", action="append", default=[], metavar="DIR|whisper:base",
                         help="also measure this Whisper writing the finals (at the largest window's "
                              "weights; see --second-pass-model of edgeasr transcribe)")
+    parser.add_argument("--pads", default="floor",
+                        help="what fills the window, each measured at the window's weights: floor "
+                             "(digital silence) and/or quietest (the segment's own quietest level)")
     parser.add_argument("--max-dev-utts", type=int, help="the first N utterances of each dev set")
     parser.add_argument("--max-utts", type=int)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/second_pass_window.json"))
@@ -135,6 +139,8 @@ def main() -> int:
         raise SystemExit("give at least one --dev NAME=MANIFEST")
     tuning = tune(args.model, windows, _floats(args.ctc_weights), _floats(args.length_bonuses), dev)
     settings = [{k: chosen(tuning, w)[k] for k in ("window", "ctc_weight", "length_bonus")} for w in windows]
+    pads = [p.strip() for p in args.pads.split(",") if p.strip()]
+    settings = [{**s, "pad": pad} for s in settings for pad in pads]
     settings += [{**settings[-1], "second_pass_model": writer} for writer in args.second_pass_model]
     sets = {name: _load(path, args.max_utts) for name, path in _named(args.manifest).items()}
     measured = measure(args.model, settings, sets) if sets else []

@@ -189,6 +189,16 @@ def test_second_pass_window_pads_with_whisper_silence(whisper_model, as_numpy):
     long = np.zeros((400, 80), np.float32)
     second._encode(long)
     assert backend.seen[-1] is long
+    # "quietest": each mel bin continues at the segment's own quietest value
+    quiet = WhisperSecondPass(backend, whisper_model.tokenizer, whisper_model.whisper_tokenizer,
+                              whisper_model.whisper_prompt, window_frames=300, pad="quietest")
+    quiet._encode(segment)
+    padded = np.asarray(backend.seen[-1])
+    np.testing.assert_array_equal(padded[:101], feats)
+    np.testing.assert_array_equal(padded[101:], np.broadcast_to(feats.min(axis=0), (199, 80)))
+    with pytest.raises(ValueError, match="pad must be 'floor' or 'quietest'"):
+        WhisperSecondPass(backend, whisper_model.tokenizer, whisper_model.whisper_tokenizer,
+                          whisper_model.whisper_prompt, pad="noise")
     unpadded = WhisperSecondPass(backend, whisper_model.tokenizer, whisper_model.whisper_tokenizer,
                                  whisper_model.whisper_prompt)
     unpadded._encode(feats)
@@ -202,3 +212,5 @@ def test_second_pass_window_option_is_checked():
         with pytest.raises(EdgeAsrError, match="--second-pass-window must be between 0 and 30"):
             DecodeOptions(second_pass_window=bad).validate()
     DecodeOptions(second_pass_window=30.0).validate()
+    with pytest.raises(EdgeAsrError, match="--second-pass-pad must be 'floor' or 'quietest'"):
+        DecodeOptions(second_pass_pad="noise").validate()

@@ -67,6 +67,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Whisper second pass: re-encode each segment at the start of a window of "
                              "this many seconds filled with silence, as Whisper was trained (0 = the "
                              f"segment alone, faster; default: {DecodeOptions.second_pass_window:g})")
+    parser.add_argument("--second-pass-pad", choices=("floor", "quietest"), default=None,
+                        help="what fills the second pass's window: digital silence at Whisper's floor, or "
+                             f"the segment's own quietest level per mel bin (default: {DecodeOptions.second_pass_pad})")
     parser.add_argument("--second-pass-model", metavar="DIR|whisper:base",
                         help="whisper_rescoring: another Whisper writes the finals (its encoder and decoder; "
                              "this model's CTC head still scores), e.g. whisper:base, imported once from its "
@@ -103,7 +106,8 @@ def search_options(args: argparse.Namespace) -> dict:
 
 
 #: DecodeOptions fields of the Whisper second pass that the command line sets only when given
-SECOND_PASS_OPTIONS = ("whisper_ctc_weight", "whisper_length_bonus", "second_pass_window", "second_pass_model")
+SECOND_PASS_OPTIONS = ("whisper_ctc_weight", "whisper_length_bonus", "second_pass_window", "second_pass_pad",
+                       "second_pass_model")
 
 
 def open_recognizer(args: argparse.Namespace):

@@ -59,6 +59,10 @@ class DecodeOptions:
     #: but Whisper's decoder then leans on the CTC head to stop; 30 = Whisper's own window).
     #: 10 s was best on dev (synthesized and real speech together) at 1.3x the time of none.
     second_pass_window: float = 10.0
+    #: what fills that window: "floor" (digital silence at Whisper's floor, as in its training)
+    #: or "quietest" (each mel bin at the segment's own quietest value: the recording's
+    #: background continued; better on both dev sets in a first check, not yet the default)
+    second_pass_pad: str = "floor"
     #: whisper_rescoring: "joint" (Whisper's decoder writes, CTC scores every prefix) or
     #: "rescore" (pick among the CTC n-best and one free Whisper decode)
     second_pass_search: str = "joint"
@@ -130,6 +134,8 @@ class DecodeOptions:
             raise EdgeAsrError("--whisper-ctc-weight must be between 0 and 1")
         if not 0.0 <= self.second_pass_window <= 30.0:
             raise EdgeAsrError("--second-pass-window must be between 0 and 30 seconds (Whisper's window)")
+        if self.second_pass_pad not in ("floor", "quietest"):
+            raise EdgeAsrError("--second-pass-pad must be 'floor' or 'quietest'")
         if self.second_pass_search not in ("joint", "rescore"):
             raise EdgeAsrError("--second-pass must be 'joint' or 'rescore'")
         if self.gate_threshold is not None and not 0.0 < self.gate_threshold < 1.0:

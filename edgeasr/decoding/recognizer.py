@@ -139,7 +139,7 @@ class Recognizer(DecodingCore):
                 ctc_weight=options.whisper_ctc_weight, length_bonus=options.whisper_length_bonus,
                 beam_size=options.beam_size, search=options.second_pass_search,
                 window_frames=round(options.second_pass_window / self.frontend.frame_shift),
-                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4)
+                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4, pad=options.second_pass_pad)
 
     def _first_pass_model(self, directory: str, options: DecodeOptions):
         """A separate first-pass model, checked against this one where the two must agree."""

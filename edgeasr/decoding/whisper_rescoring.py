@@ -154,7 +154,7 @@ class WhisperSecondPass:
     def __init__(self, backend, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
                  ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
                  search: str = "joint", joint_beam: int = 3, window_frames: int = 0,
-                 silence_below_max: float = 2.0) -> None:
+                 silence_below_max: float = 2.0, pad: str = "floor") -> None:
         if search not in ("joint", "rescore"):
             raise ValueError(f"second-pass search must be 'joint' or 'rescore', not {search!r}")
         if search == "rescore" and getattr(backend, "model", None) is None:
@@ -174,6 +174,11 @@ class WhisperSecondPass:
         #: where silence sits in the features: this far below the segment's largest value
         #: (Whisper's log-mel floors 8 decades below the maximum, scaled by 1/4: 2.0)
         self.silence_below_max = float(silence_below_max)
+        #: "floor": the window is digital silence, as in Whisper's training; "quietest": each mel
+        #: bin at the segment's own quietest value, the recording's background continued
+        if pad not in ("floor", "quietest"):
+            raise ValueError(f"second-pass pad must be 'floor' or 'quietest', not {pad!r}")
+        self.pad = pad
         #: hypotheses kept (and force-aligned for their times) in a result's n-best
         self.nbest = 5
         #: our units for each Whisper token (~50k), built with the recognizer (once per process)
@@ -270,15 +275,16 @@ class WhisperSecondPass:
         frames = int(feats.shape[0])
         if self.window_frames <= frames or frames == 0:
             return self.backend.encode(feats, speech_frames=frames)
-        fill = float(feats.max()) - self.silence_below_max
-        if isinstance(feats, np.ndarray):
-            padded = np.full((self.window_frames, feats.shape[1]), fill, dtype=feats.dtype)
-            padded[:frames] = feats
+        values = np.asarray(feats)
+        if self.pad == "quietest":
+            fill = values.min(axis=0)
         else:
+            fill = np.full(values.shape[1], values.max() - self.silence_below_max, dtype=values.dtype)
+        padded = np.concatenate([values, np.broadcast_to(fill, (self.window_frames - frames, values.shape[1]))])
+        if not isinstance(feats, np.ndarray):
             import torch
 
-            padded = torch.full((self.window_frames, feats.shape[1]), fill, dtype=feats.dtype)
-            padded[:frames] = feats
+            padded = torch.from_numpy(padded)
         return self.backend.encode(padded, speech_frames=frames)
 
     def _rescore_candidates(self, encoded, log_probs: np.ndarray, first_pass: list[Hypothesis], scorer

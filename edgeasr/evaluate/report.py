@@ -977,11 +977,12 @@ def second_pass_window_section(result: dict, name: str) -> list[str]:
     if result.get("note"):
         lines += [result["note"], ""]
     if result["measured"]:
-        lines += ["| set | second pass | window (s) | ctc_weight | length_bonus | WER (CER) | RTF, both passes |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| set | second pass | window (s) | pad | ctc_weight | length_bonus | WER (CER) | RTF, both passes |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in result["measured"]:
             writer = row.get("second_pass_model") or "the model's own"
-            lines.append(f"| {row['set']} ({row['utts']}) | {writer} | {row['window']:g} | {row['ctc_weight']:g} | "
+            lines.append(f"| {row['set']} ({row['utts']}) | {writer} | {row['window']:g} | {row.get('pad', 'floor')} | "
+                         f"{row['ctc_weight']:g} | "
                          f"{row['length_bonus']:g} | {row['wer']:.1f} ({row['cer']:.1f}) | {row['rtf']:.3f} |")
         lines.append("")
     names = list(dev)

@@ -330,7 +330,7 @@ class OnnxRecognizer(DecodingCore):
                 self.meta["whisper_prompt"], ctc_weight=options.whisper_ctc_weight,
                 length_bonus=options.whisper_length_bonus, beam_size=options.beam_size, search="joint",
                 window_frames=round(options.second_pass_window * 1000.0 / self.meta["frame_shift_ms"]),
-                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4)
+                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4, pad=options.second_pass_pad)
 
     @property
     def chunk_size(self) -> int:
