@@ -38,15 +38,9 @@ def weights(pieces):
 
 
 @pytest.fixture(scope="module")
-def oracle_dir(pieces, tmp_path_factory):
+def oracle_dir(tmp_path_factory):
     """CTranslate2 reads one model.bin: the pieces joined, with the files beside the last one."""
-    directory = tmp_path_factory.mktemp("whisper-base")
-    with open(directory / "model.bin", "wb") as joined:
-        for piece in pieces:
-            joined.write(piece.read_bytes())
-    for name in ("config.json", "vocabulary.json", "tokenizer.json"):
-        (directory / name).symlink_to(pieces[-1].parent / name)
-    return directory
+    return packaged_whisper("base").joined_dir(tmp_path_factory.mktemp("whisper-base") / "base")
 
 
 def test_pieces_are_one_multilingual_model(weights, pieces):

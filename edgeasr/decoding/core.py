@@ -61,7 +61,7 @@ class DecodeOptions:
     second_pass_window: float = 10.0
     #: what fills that window: "floor" (digital silence at Whisper's floor, as in its training)
     #: or "quietest" (each mel bin at the segment's own quietest value: the recording's
-    #: background continued; better on both dev sets in a first check, not yet the default)
+    #: background continued; better on realdev, worse on the TTS test: second_pass_window_pad.json)
     second_pass_pad: str = "floor"
     #: whisper_rescoring: "joint" (Whisper's decoder writes, CTC scores every prefix) or
     #: "rescore" (pick among the CTC n-best and one free Whisper decode)

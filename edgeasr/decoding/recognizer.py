@@ -19,7 +19,6 @@ and ``StreamingSession`` streams over either.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,25 +75,6 @@ class TorchChunkRunner:
         return torch.cat(frames).unsqueeze(0) if frames else None
 
 
-def second_pass_model_dir(name: str) -> Path:
-    """A model directory, or ``whisper:NAME`` (a packaged Whisper: tiny.en, base) imported once,
-    linked to its packages, into ``$EDGEASR_CACHE/whisper/NAME`` (a few MB: an untrained CTC head
-    and the tokenizer; the weights stay in the packages)."""
-    prefix = "whisper:"
-    if not name.startswith(prefix):
-        return Path(name)
-    from edgeasr.api import cache_root
-    from edgeasr.model.whisper import packaged_whisper
-    from edgeasr.model.whisper_import import import_whisper
-
-    pretrained = name[len(prefix):]
-    packaged_whisper(pretrained)  # an unknown name fails here, in one line
-    directory = cache_root() / "whisper" / pretrained
-    if not (directory / "model.pt").exists():
-        import_whisper(None, directory, link=True, pretrained=pretrained)
-    return directory
-
-
 def _inference_form(model, options: DecodeOptions):
     """The model as decoding runs it: eval mode, BatchNorms folded (FusionFormer; a no-op
     otherwise), and with ``--dynamic-int8`` its Linear layers as torch dynamic int8."""
@@ -141,41 +121,43 @@ class Recognizer(DecodingCore):
                 window_frames=round(options.second_pass_window / self.frontend.frame_shift),
                 silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4, pad=options.second_pass_pad)
 
+    def _reads_like_this_model(self, other: PackagedModel) -> str | None:
+        """Why another model cannot read the same segments as this one (front end, frame rate,
+        CMVN), or None: a separate first pass and a separate second-pass writer both must."""
+        if other.features.kind != self.frontend.kind:
+            return f"reads {other.features.kind} features, this model {self.frontend.kind}"
+        if other.features.to_dict() != self.frontend.to_dict():
+            return f"computes its {other.features.kind} features with other settings ({other.features.to_dict()})"
+        if other.model.encoder.subsampling_rate != self.model.encoder.subsampling_rate:
+            return (f"emits a frame every {other.model.encoder.subsampling_rate} feature frames, this model every "
+                    f"{self.model.encoder.subsampling_rate}")
+        if not (torch.equal(other.model.cmvn_mean, self.model.cmvn_mean)
+                and torch.equal(other.model.cmvn_istd, self.model.cmvn_istd)):
+            return "normalizes its features otherwise (CMVN), and the other pass reads the same features"
+        return None
+
     def _first_pass_model(self, directory: str, options: DecodeOptions):
         """A separate first-pass model, checked against this one where the two must agree."""
         other = load_model_dir(directory)
-        problem = None
-        if other.features.to_dict() != self.frontend.to_dict():
-            problem = f"reads {other.features.kind} features, this model {self.frontend.kind}"
-        elif list(other.tokenizer.units) != list(self.tokenizer.units):
+        problem = self._reads_like_this_model(other)
+        if problem is None and list(other.tokenizer.units) != list(self.tokenizer.units):
             problem = "has another tokenizer (its CTC units must be this model's)"
-        elif other.model.encoder.subsampling_rate != self.model.encoder.subsampling_rate:
-            problem = (f"emits a frame every {other.model.encoder.subsampling_rate} feature frames, this model every "
-                       f"{self.model.encoder.subsampling_rate}")
-        elif not (torch.equal(other.model.cmvn_mean, self.model.cmvn_mean)
-                  and torch.equal(other.model.cmvn_istd, self.model.cmvn_istd)):
-            problem = "normalizes its features otherwise (CMVN), and the second pass reads the same features"
-        elif any(getattr(self.model, part, None) is not None for part in ("transducer", "cascade", "segmenter")):
+        elif problem is None and any(getattr(self.model, part, None) is not None
+                                     for part in ("transducer", "cascade", "segmenter")):
             problem = "cannot stand in for this model's first pass: its transducer, cascade or segmenter reads it"
         if problem:
             raise EdgeAsrError(f"--first-pass {directory}: this first pass {problem}")
         return _inference_form(other.model, options)
 
     def _second_pass_model(self, options: DecodeOptions) -> PackagedModel:
-        """The Whisper that writes the finals in place of this model's (``--second-pass-model``),
-        checked where the two must agree: both read the same features of the same segment."""
+        """The Whisper that writes the finals in place of this model's (``--second-pass-model``):
+        a model directory, or ``whisper:NAME`` imported once (linked) into ``$EDGEASR_CACHE/whisper/``."""
+        from edgeasr.api import cache_root
+        from edgeasr.model.whisper_import import PACKAGED_PREFIX, packaged_model_dir
+
         name = options.second_pass_model
-        other = load_model_dir(second_pass_model_dir(name))
-        problem = None
-        if other.model.whisper_decoder is None:
-            problem = "has no Whisper decoder"
-        elif other.features.to_dict() != self.frontend.to_dict():
-            problem = f"reads other features ({other.features.to_dict()}), this model {self.frontend.to_dict()}"
-        elif other.model.encoder.subsampling_rate != self.model.encoder.subsampling_rate:
-            problem = "emits encoder frames at another rate"
-        elif not (torch.equal(other.model.cmvn_mean, self.model.cmvn_mean)
-                  and torch.equal(other.model.cmvn_istd, self.model.cmvn_istd)):
-            problem = "normalizes its features otherwise (CMVN)"
+        other = load_model_dir(packaged_model_dir(name, cache_root() / "whisper" / name.removeprefix(PACKAGED_PREFIX)))
+        problem = "has no Whisper decoder" if other.model.whisper_decoder is None else self._reads_like_this_model(other)
         if problem:
             raise EdgeAsrError(f"--second-pass-model {name}: this model {problem}")
         other.model = _inference_form(other.model, options)

@@ -129,9 +129,10 @@ class WhisperAttention(nn.Module):
             return self._attend_shared(x, keys, values)
         queries = self._heads(self.query(x))
         if not torch.onnx.is_in_onnx_export():
-            # torch's fused kernel: ~4x faster than the three ops below on a 30 s window (1500
-            # frames) at one thread; the mask becomes a large finite bias for the same reason
-            # as below (a row with no visible key must not give NaN)
+            # torch's fused kernel: several times faster than the three ops below on a long
+            # window (the second pass's), which would build the whole score matrix; the mask
+            # becomes a large finite bias for the same reason as below (a row with no visible
+            # key must not give NaN). The export keeps the three ops (ONNX parity is tested).
             bias = None
             if mask is not None and not bool(mask.all()):
                 bias = torch.zeros(mask.shape, dtype=queries.dtype).masked_fill_(~mask, -1e30).unsqueeze(1)
@@ -911,6 +912,22 @@ class PackagedWhisper:
                 raise EdgeAsrError(f"Whisper {self.name} weights not found: {distribution} has no {file}; {hint}")
             found.append(path)
         return found
+
+    def joined_dir(self, directory: Path) -> Path:
+        """A directory CTranslate2 itself reads (one model.bin), for the tests' and benchmarks'
+        oracle: the package's own for a one-piece model, else ``directory`` with the pieces joined
+        and the tokenizer files linked beside them."""
+        pieces = self.files()
+        if len(pieces) == 1:
+            return pieces[0].parent
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / "model.bin", "wb") as joined:
+            for piece in pieces:
+                joined.write(piece.read_bytes())
+        for extra in ("config.json", "vocabulary.json", "tokenizer.json"):
+            if (pieces[-1].parent / extra).exists() and not (directory / extra).exists():
+                (directory / extra).symlink_to(pieces[-1].parent / extra)
+        return directory
 
 
 #: name -> the packages that ship it (pinned in pyproject.toml). Whisper base is multilingual

