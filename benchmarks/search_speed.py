@@ -34,7 +34,7 @@ from lm_fusion import Encoded, search_share  # noqa: E402
 from edgeasr.decoding import ctc  # noqa: E402
 from edgeasr.decoding.fusion import build_scorer  # noqa: E402
 from edgeasr.decoding.recognizer import DecodeOptions, Recognizer  # noqa: E402
-from edgeasr.evaluate.report import run_facts, save_result  # noqa: E402
+from edgeasr.evaluate.report import repo_path, run_facts, save_result  # noqa: E402
 from edgeasr.lm import load_lm  # noqa: E402
 
 IMPLEMENTATIONS = ("python", "native")
@@ -103,7 +103,7 @@ def main() -> int:
     result = run_facts("search_speed", "benchmarks/search_speed.py", sys.argv[1:])
     plain = Recognizer.load(args.model, DecodeOptions(lm=None))
     lm = load_lm(args.lm)
-    result.update(model=args.model, lm=args.lm, lm_weight=LM_WEIGHTS[0], lm_bonus=LM_WEIGHTS[1],
+    result.update(model=repo_path(args.model, ROOT), lm=repo_path(args.lm, ROOT), lm_weight=LM_WEIGHTS[0], lm_bonus=LM_WEIGHTS[1],
                   beam_size=plain.options.beam_size, chunk_size=plain.chunk_size, sets={})
     for item in args.manifest:
         name, path = item.split("=", 1)

@@ -42,7 +42,7 @@ from edgeasr.data.manifest import read_manifest
 from edgeasr.decoding.recognizer import MODES, DecodeOptions, Recognizer
 from edgeasr.errors import EdgeAsrError
 from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
-from edgeasr.evaluate.report import (baseline_chunks_label, run_facts, save_result, whisper_speed_rows,
+from edgeasr.evaluate.report import (baseline_chunks_label, repo_path, run_facts, save_result, whisper_speed_rows,
                                      whisper_targets)
 from edgeasr.model.package import load_model_dir
 from edgeasr.model.pretrained import PretrainedSource
@@ -325,11 +325,7 @@ def _mb(value: int) -> str:
 
 
 def _relative(path: str) -> str:
-    """A path inside the repository as the repository sees it (cards must not name a machine)."""
-    try:
-        return str(Path(path).resolve().relative_to(ROOT))
-    except ValueError:
-        return path
+    return repo_path(path, ROOT)
 
 
 ONNX_PARITY = ROOT / "benchmarks" / "results" / "onnx_parity_default.json"

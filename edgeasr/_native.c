@@ -88,6 +88,230 @@ static int map_put(Map *m, uint64_t key, int64_t ival, double dval) {
     return 0;
 }
 
+/* --- a character n-gram scorer, compiled (edgeasr.decoding.fusion.CharLMScorer's arithmetic) ------
+ *
+ * Why: with a Python scorer every (state, token) pair a stream meets for the first time is a call
+ * back into Python (tuple keys, dictionary walks); with a character LM at beam 10 that was most of
+ * the search's time. Here the model is a table of n-gram nodes: a node's parent is its context, its
+ * suffix the n-gram without its first symbol, and (parent, symbol) -> node is one hash lookup. A
+ * scorer state is the node of the context kept (the same n-gram the Python scorer keeps as a
+ * tuple), so the search's states are plain node ids, stable for the scorer's life.
+ * The arithmetic is the Python scorer's, operation for operation, so scores are bit-identical. */
+typedef struct {
+    PyObject_HEAD
+    int32_t *parent, *suffix, *symbol;
+    uint8_t *depth;
+    double *prob, *backoff;  /* log10 */
+    size_t nodes;
+    Map child;               /* (parent << 24 | symbol) -> node */
+    int32_t **token_symbols; /* per token: the symbols its text spells (-1 ends) */
+    Py_ssize_t tokens;
+    int order, unk, eos;
+    int64_t initial;
+    double weight, bonus, ln10;
+} NgramScorer;
+
+static inline int32_t ngram_child(const NgramScorer *g, int32_t parent, int32_t symbol) {
+    uint64_t key = ((uint64_t)(uint32_t)parent << 24) | (uint32_t)symbol;
+    size_t i = map_slot(&g->child, key);
+    return g->child.keys[i] == EMPTY_KEY ? -1 : (int32_t)g->child.ivals[i];
+}
+
+/* log10 P(symbol | context node) backing off, and the node kept after it (NgramLM.advance) */
+static inline double ngram_advance(const NgramScorer *g, int32_t context, int32_t symbol, int32_t *state) {
+    double penalty = 0.0;
+    for (;;) {
+        int32_t gram = ngram_child(g, context, symbol);
+        if (gram >= 0) {
+            *state = g->depth[gram] < g->order ? gram : g->suffix[gram];
+            return penalty + g->prob[gram];
+        }
+        penalty += g->backoff[context];
+        context = g->suffix[context];
+    }
+}
+
+/* the scorer's (delta, state) for a token after a state (CharLMScorer.advance) */
+static inline double ngram_token(const NgramScorer *g, int64_t state, int32_t token, int64_t *new_state) {
+    double delta = 0.0;
+    int32_t node = (int32_t)state;
+    if (token >= 0 && token < g->tokens) {
+        for (const int32_t *sym = g->token_symbols[token]; *sym >= 0; sym++) {
+            int32_t next;
+            double log10 = ngram_advance(g, node, *sym, &next);
+            delta += g->weight * log10 * g->ln10 + g->bonus;
+            node = next;
+        }
+    }
+    *new_state = node;
+    return delta;
+}
+
+static void NgramScorer_dealloc(NgramScorer *g) {
+    free(g->parent); free(g->suffix); free(g->symbol); free(g->depth); free(g->prob); free(g->backoff);
+    map_free(&g->child);
+    if (g->token_symbols) {
+        for (Py_ssize_t t = 0; t < g->tokens; t++) free(g->token_symbols[t]);
+        free(g->token_symbols);
+    }
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static int copy_buffer(PyObject *source, const char *format, size_t itemsize, size_t count, void **out,
+                       const char *name) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    if (view.itemsize != (Py_ssize_t)itemsize || (size_t)(view.len / view.itemsize) != count || !view.format ||
+        strcmp(view.format, format) != 0) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "%s: %zu items of format '%s' expected", name, count, format);
+        return -1;
+    }
+    *out = malloc(count ? view.len : 1);
+    if (!*out) { PyBuffer_Release(&view); PyErr_NoMemory(); return -1; }
+    memcpy(*out, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+/* NgramScorer(parent, suffix, symbol, depth, prob, backoff, order, unk, eos, initial, token_symbols,
+ *             weight, bonus, ln10): node arrays (int32, int32, int32, uint8, float64, float64; node 0
+ * the empty context), token_symbols a list of sequences of symbol ids */
+static int NgramScorer_init(NgramScorer *g, PyObject *args, PyObject *kwargs) {
+    PyObject *parent, *suffix, *symbol, *depth, *prob, *backoff, *tokens;
+    long long initial;
+    if (!PyArg_ParseTuple(args, "OOOOOOiiiLOddd", &parent, &suffix, &symbol, &depth, &prob, &backoff, &g->order,
+                          &g->unk, &g->eos, &initial, &tokens, &g->weight, &g->bonus, &g->ln10))
+        return -1;
+    if (g->parent) { PyErr_SetString(PyExc_RuntimeError, "NgramScorer is initialized once"); return -1; }
+    Py_ssize_t n = PyObject_Length(prob);
+    if (n < 1 || n >= (1 << 30)) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad node count"); return -1; }
+    g->nodes = (size_t)n;
+    if (copy_buffer(parent, "i", 4, g->nodes, (void **)&g->parent, "parent") < 0 ||
+        copy_buffer(suffix, "i", 4, g->nodes, (void **)&g->suffix, "suffix") < 0 ||
+        copy_buffer(symbol, "i", 4, g->nodes, (void **)&g->symbol, "symbol") < 0 ||
+        copy_buffer(depth, "B", 1, g->nodes, (void **)&g->depth, "depth") < 0 ||
+        copy_buffer(prob, "d", 8, g->nodes, (void **)&g->prob, "prob") < 0 ||
+        copy_buffer(backoff, "d", 8, g->nodes, (void **)&g->backoff, "backoff") < 0)
+        return -1;
+    size_t cap = 1024;
+    while (cap < 2 * g->nodes + 2) cap *= 2;
+    if (map_init(&g->child, cap) < 0) { PyErr_NoMemory(); return -1; }
+    for (size_t i = 1; i < g->nodes; i++) {
+        if (g->parent[i] < 0 || (size_t)g->parent[i] >= g->nodes || g->suffix[i] < 0 ||
+            (size_t)g->suffix[i] >= g->nodes || g->symbol[i] < 0 || g->symbol[i] >= (1 << 24)) {
+            PyErr_SetString(PyExc_ValueError, "n-gram table: node links out of range");
+            return -1;
+        }
+        uint64_t key = ((uint64_t)(uint32_t)g->parent[i] << 24) | (uint32_t)g->symbol[i];
+        if (map_put(&g->child, key, (int64_t)i, 0.0) < 0) { PyErr_NoMemory(); return -1; }
+    }
+    if (initial < 0 || (size_t)initial >= g->nodes || g->eos < 0 || g->unk < 0) {
+        PyErr_SetString(PyExc_ValueError, "n-gram table: initial state or symbols out of range");
+        return -1;
+    }
+    g->initial = initial;
+    PyObject *seq = PySequence_Fast(tokens, "token_symbols must be a sequence");
+    if (!seq) return -1;
+    g->tokens = PySequence_Fast_GET_SIZE(seq);
+    g->token_symbols = calloc(g->tokens ? g->tokens : 1, sizeof(int32_t *));
+    if (!g->token_symbols) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t t = 0; t < g->tokens; t++) {
+        PyObject *spelled = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, t), "token_symbols[t] must be a sequence");
+        if (!spelled) { Py_DECREF(seq); return -1; }
+        Py_ssize_t length = PySequence_Fast_GET_SIZE(spelled);
+        g->token_symbols[t] = malloc((length + 1) * sizeof(int32_t));
+        if (!g->token_symbols[t]) { Py_DECREF(spelled); Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+        for (Py_ssize_t k = 0; k < length; k++) {
+            long value = PyLong_AsLong(PySequence_Fast_GET_ITEM(spelled, k));
+            if (value < 0 || value >= (1 << 24)) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "symbol ids must be in [0, 2**24)");
+                Py_DECREF(spelled); Py_DECREF(seq); return -1;
+            }
+            g->token_symbols[t][k] = (int32_t)value;
+        }
+        g->token_symbols[t][length] = -1;
+        Py_DECREF(spelled);
+    }
+    Py_DECREF(seq);
+    /* every symbol a token spells must be a unigram (the table maps unknown ones to <unk>) */
+    for (Py_ssize_t t = 0; t < g->tokens; t++)
+        for (const int32_t *sym = g->token_symbols[t]; *sym >= 0; sym++)
+            if (ngram_child(g, 0, *sym) < 0) {
+                PyErr_SetString(PyExc_ValueError, "a token spells a symbol that is not a unigram");
+                return -1;
+            }
+    if (ngram_child(g, 0, g->eos) < 0) { PyErr_SetString(PyExc_ValueError, "</s> is not a unigram"); return -1; }
+    return 0;
+}
+
+static int32_t check_state(NgramScorer *g, PyObject *value) {
+    long long state = PyLong_AsLongLong(value);
+    if (state == -1 && PyErr_Occurred()) return -1;
+    if (state < 0 || (size_t)state >= g->nodes) { PyErr_SetString(PyExc_ValueError, "no such scorer state"); return -1; }
+    return (int32_t)state;
+}
+
+static PyObject *NgramScorer_advance(NgramScorer *g, PyObject *args) {
+    PyObject *value;
+    int token;
+    if (!PyArg_ParseTuple(args, "Oi", &value, &token)) return NULL;
+    int32_t state = check_state(g, value);
+    if (state < 0) return NULL;
+    int64_t next;
+    double delta = ngram_token(g, state, token, &next);
+    return Py_BuildValue("(dL)", delta, (long long)next);
+}
+
+/* finish(state): weight * ln P(</s> | state) (CharLMScorer.finish) */
+static PyObject *NgramScorer_finish(NgramScorer *g, PyObject *value) {
+    int32_t state = check_state(g, value);
+    if (state < 0) return NULL;
+    int32_t unused;
+    double log10 = ngram_advance(g, state, g->eos, &unused);
+    return PyFloat_FromDouble(g->weight * (log10 * g->ln10));
+}
+
+/* context(state): the symbol ids of the state's n-gram, oldest first */
+static PyObject *NgramScorer_context(NgramScorer *g, PyObject *value) {
+    int32_t state = check_state(g, value);
+    if (state < 0) return NULL;
+    PyObject *out = PyTuple_New(g->depth[state]);
+    if (!out) return NULL;
+    for (int32_t node = state, at = g->depth[state]; node > 0; node = g->parent[node])
+        PyTuple_SET_ITEM(out, --at, PyLong_FromLong(g->symbol[node]));
+    return out;
+}
+
+static PyObject *NgramScorer_get_initial(NgramScorer *g, void *closure) { return PyLong_FromLongLong(g->initial); }
+static PyObject *NgramScorer_get_nodes(NgramScorer *g, void *closure) { return PyLong_FromSize_t(g->nodes); }
+
+static PyMethodDef NgramScorer_methods[] = {
+    {"advance", (PyCFunction)NgramScorer_advance, METH_VARARGS, "(state, token) -> (delta, new state)"},
+    {"finish", (PyCFunction)NgramScorer_finish, METH_O, "the end-of-text score after a state"},
+    {"context", (PyCFunction)NgramScorer_context, METH_O, "the symbol ids of a state's n-gram"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef NgramScorer_getset[] = {
+    {"initial", (getter)NgramScorer_get_initial, NULL, "the state before any text (<s>)", NULL},
+    {"nodes", (getter)NgramScorer_get_nodes, NULL, "n-gram nodes held", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject NgramScorerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "edgeasr._native.NgramScorer",
+    .tp_basicsize = sizeof(NgramScorer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "a character n-gram LM scorer over token ids (see edgeasr.decoding.fusion.CharLMScorer)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)NgramScorer_init,
+    .tp_dealloc = (destructor)NgramScorer_dealloc,
+    .tp_methods = NgramScorer_methods,
+    .tp_getset = NgramScorer_getset,
+};
+
 /* --- growable arrays ----------------------------------------------------------------------------- */
 #define GROW(ptr, cap, need, type) do { \
     if ((need) > (cap)) { size_t c_ = (cap) ? (cap) : 64; while (c_ < (need)) c_ *= 2; \
@@ -114,7 +338,8 @@ typedef struct {
     PyObject_HEAD
     int beam_size, blank, token_beam;
     double token_threshold, score_threshold;
-    PyObject *advance;  /* callable(state, token) -> (delta, new state), or None */
+    PyObject *advance;  /* callable(state, token) -> (delta, new state), an NgramScorer, or None */
+    NgramScorer *compiled;  /* advance when it is an NgramScorer: asked directly, never cached */
     /* trie */
     int32_t *parent, *token;
     size_t nodes, nodes_cap;
@@ -209,6 +434,7 @@ static int reset_state(Search *s, int64_t initial_state) {
 
 /* the fused scorer's (delta, state) for token after state: cached, else asked of Python */
 static int fused(Search *s, int64_t state, int32_t token, double *delta, int64_t *new_state) {
+    if (s->compiled) { *delta = ngram_token(s->compiled, state, token, new_state); return 0; }
     uint64_t key = ((uint64_t)state << 24) | (uint32_t)token;
     size_t i = map_slot(&s->cache, key);
     if (s->cache.keys[i] != EMPTY_KEY) { *delta = s->cache.dvals[i]; *new_state = s->cache.ivals[i]; return 0; }
@@ -433,12 +659,14 @@ static int Search_init(Search *s, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "beam_size and token_beam must be at least 1");
         return -1;
     }
-    if (advance != Py_None && !PyCallable_Check(advance)) {
-        PyErr_SetString(PyExc_TypeError, "advance must be callable or None");
+    int compiled = PyObject_TypeCheck(advance, &NgramScorerType);
+    if (advance != Py_None && !compiled && !PyCallable_Check(advance)) {
+        PyErr_SetString(PyExc_TypeError, "advance must be callable, an NgramScorer or None");
         return -1;
     }
     Py_INCREF(advance);
     Py_XSETREF(s->advance, advance);
+    s->compiled = compiled ? (NgramScorer *)advance : NULL;
     s->compact_after = (size_t)compact_after;
     s->cells_limit = 4 * (size_t)compact_after;
     s->cache_limit = (size_t)compact_after;
@@ -596,12 +824,17 @@ static PyTypeObject SearchType = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "edgeasr's compiled parts: the CTC prefix search core", -1, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&SearchType) < 0) return NULL;
+    if (PyType_Ready(&SearchType) < 0 || PyType_Ready(&NgramScorerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&SearchType);
     if (PyModule_AddObject(m, "Search", (PyObject *)&SearchType) < 0) {
         Py_DECREF(&SearchType); Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&NgramScorerType);
+    if (PyModule_AddObject(m, "NgramScorer", (PyObject *)&NgramScorerType) < 0) {
+        Py_DECREF(&NgramScorerType); Py_DECREF(m);
         return NULL;
     }
     return m;

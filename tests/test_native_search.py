@@ -79,11 +79,55 @@ def test_same_nbest_with_fused_scorers(kind):
         assert any(fused != 0.0 for *_, fused in got[1])  # the scorer really took part
 
 
+def test_a_character_lm_is_scored_in_c_exactly_as_in_python():
+    """The compiled scorer gives every (state, token) the Python scorer's delta and next context,
+    bit for bit, and the same end-of-text score."""
+    lm = char_lm()
+    scorer = build_scorer(lm, 0.7, 0.3)
+    texts = piece_texts(TOKENIZER) + ["the ", "", "q!"]  # multi-character, empty, unknown character
+    compiled = scorer.compiled(texts)
+    assert compiled is not None
+    names = {i: gram[0] for i, gram in enumerate(sorted(lm.probs[1]))}
+    seen = {compiled.initial: scorer.initial()}
+    frontier = [compiled.initial]
+    for _ in range(3):  # three tokens deep from <s>: every context a short text can reach
+        following = []
+        for state in frontier:
+            for token, text in enumerate(texts):
+                delta, after = compiled.advance(state, token)
+                want_delta, want_after = scorer.advance(seen[state], text)
+                assert delta == want_delta
+                assert tuple(names[i] for i in compiled.context(after)) == want_after
+                if after not in seen:
+                    seen[after] = want_after
+                    following.append(after)
+        frontier = following
+    assert len(seen) > 50
+    assert all(compiled.finish(state) == scorer.finish(context) for state, context in seen.items())
+
+
+def test_the_search_uses_the_compiled_lm_and_falls_back_where_it_cannot():
+    log_probs = peaky_log_probs(100, TOKENIZER.vocab_size, 30, blank_share=0.4)
+    texts = piece_texts(TOKENIZER)
+    search = PrefixBeamSearch(beam_size=8, scorer=build_scorer(char_lm(), 0.7, 1.0), piece_texts=texts)
+    assert search._compiled is not None
+    # an ARPA model without the context of one of its n-grams: the Python scorer serves
+    lm = char_lm()
+    dropped = next(gram for gram in lm.probs[2] if any(g[:2] == gram for g in lm.probs[3]))
+    del lm.probs[2][dropped]
+    lm.backoffs[2].pop(dropped, None)
+    fallback = PrefixBeamSearch(beam_size=8, scorer=build_scorer(lm, 0.7, 1.0), piece_texts=texts)
+    assert fallback._compiled is None and fallback._core is not None
+    assert decode(True, log_probs, 8, build_scorer(lm, 0.7, 1.0), beam_size=8) == \
+        decode(False, log_probs, 8, build_scorer(lm, 0.7, 1.0), beam_size=8)
+
+
 def test_compaction_keeps_the_results_and_bounds_memory(monkeypatch):
     """Small limits force every compaction (trie nodes, emission cells, scorer states) many times
     over a long stream; the text and times are those of the uncompacted Python search."""
     log_probs = peaky_log_probs(3000, TOKENIZER.vocab_size, 5, blank_share=0.3)
-    scorer_args = (char_lm(), 0.5, 0.5)
+    # hotwords beside the LM: a scorer the core asks of Python, whose states it interns
+    scorer_args = (char_lm(), 0.5, 0.5, 4.0, [("black cat", 1.0)])
     want = decode(False, log_probs, 32, build_scorer(*scorer_args), beam_size=6)
     monkeypatch.setattr(PrefixBeamSearch, "compact_after", 40)
     search = PrefixBeamSearch(beam_size=6, scorer=build_scorer(*scorer_args), piece_texts=piece_texts(TOKENIZER))

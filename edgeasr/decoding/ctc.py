@@ -177,8 +177,9 @@ class PrefixBeamSearch:
     remains update the beams in place without building new ones.
 
     Two implementations of the same arithmetic: the compiled core (``native=True``, the default
-    where it is built: the per-frame bookkeeping in C, the fused scorer still Python, called only
-    for (state, token) pairs a stream has not met) and this module's Python loop
+    where it is built: the per-frame bookkeeping in C; a character LM alone is scored in C too
+    (``CharLMScorer.compiled``), any other fused scorer in Python, called only for (state, token)
+    pairs a stream has not met) and this module's Python loop
     (``native=False``), the reference. They give identical n-best lists (tests/test_native_search.py).
     """
 
@@ -206,10 +207,14 @@ class PrefixBeamSearch:
         # scorers between streams, so later streams start with a warm cache
         self._advance: dict = scorer.__dict__.setdefault("_token_cache", {}) if scorer is not None else {}
         self._core = None
+        #: the scorer compiled to C (a character LM alone): its states are its n-gram node ids
+        self._compiled = None
         if native is not False and _native is not None:
+            if scorer is not None and hasattr(scorer, "compiled"):
+                self._compiled = scorer.compiled(piece_texts)
+            advance = self._compiled or (self._native_advance if scorer is not None else None)
             self._core = _native.Search(beam_size, blank, min(token_beam or beam_size, 1 << 20), float(token_threshold),
-                                        float(score_threshold), self._native_advance if scorer is not None else None,
-                                        0, self.compact_after)
+                                        float(score_threshold), advance, 0, self.compact_after)
         self.reset()
 
     # --- the compiled core's side: scorer states as small integers --------------------------------
@@ -240,7 +245,10 @@ class PrefixBeamSearch:
             self._states: list = []
             self._state_ids: dict = {}
             self._states_trigger = self.compact_after
-            self._core.reset(self._intern(self.scorer.initial()) if self.scorer is not None else 0)
+            if self._compiled is not None:
+                self._core.reset(self._compiled.initial)
+            else:
+                self._core.reset(self._intern(self.scorer.initial()) if self.scorer is not None else 0)
             return
         root = _Beam(blank=0.0, state=self.scorer.initial() if self.scorer is not None else None)
         root.total = 0.0
@@ -268,7 +276,7 @@ class PrefixBeamSearch:
             return
         if self._core is not None:
             self._core.step(np.ascontiguousarray(scores))
-            if len(self._states) > self._states_trigger:  # keep only the live beams' states
+            if self._compiled is None and len(self._states) > self._states_trigger:  # keep the live beams' states
                 live = [self._states[i] for i in self._core.states()]
                 self._states, self._state_ids = [], {}
                 self._core.remap_states([self._intern(state) for state in live])
@@ -359,7 +367,10 @@ class PrefixBeamSearch:
         if self._core is not None:
             found = []
             for tokens, total, fused, state, times, probs in self._core.beams():
-                fused += scorer.finish(self._states[state]) if scorer is not None else 0.0
+                if self._compiled is not None:
+                    fused += self._compiled.finish(state)
+                elif scorer is not None:
+                    fused += scorer.finish(self._states[state])
                 found.append((total + fused, Hypothesis(tokens, total, times, probs, fused)))
             found.sort(key=lambda item: item[0], reverse=True)
             return [hyp for _, hyp in found[: n or len(found)]]

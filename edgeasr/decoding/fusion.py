@@ -33,10 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from edgeasr.errors import EdgeAsrError
 from edgeasr.lm.ngram import BOS, EOS, LN10, UNK, NgramLM
 from edgeasr.text.normalize import normalize_text
 from edgeasr.text.tokenizer import SPACE, Tokenizer
+
+
+try:  # the compiled scorer (edgeasr/_native.c), built by `pip install` / make setup
+    from edgeasr import _native
+except ImportError:  # pragma: no cover - a source tree without a C build: the Python scorer serves
+    _native = None
 
 
 #: entries a scorer's memo may hold before it starts afresh: scorers live as long as their
@@ -337,3 +345,58 @@ class CharLMScorer:
 
     def finish(self, state) -> float:
         return self.weight * self.lm.log_prob(state, EOS)
+
+    def compiled(self, texts: Sequence[str]):
+        """This scorer in C over token ids (``_native.NgramScorer``: the same arithmetic, states as
+        n-gram node ids) for the compiled prefix search, or None where it cannot be built (no
+        compiled module, or an ARPA file that lacks an n-gram's context or suffix)."""
+        key = tuple(texts)
+        store = self.__dict__.setdefault("_compiled", {})
+        if key not in store:
+            table = self.lm.cached("compiled_table", lambda: _compiled_table(self.lm))
+            if table is None or _native is None:
+                store[key] = None
+            else:
+                symbols = table["symbols"]
+                spelled = [[symbols.get("_" if ch == " " else ch, symbols[UNK]) for ch in text] for text in texts]
+                store[key] = _native.NgramScorer(
+                    table["parent"], table["suffix"], table["symbol"], table["depth"], table["prob"],
+                    table["backoff"], self.lm.order, symbols[UNK], symbols[EOS], table["initial"], spelled,
+                    float(self.weight), float(self.char_bonus), LN10)
+        return store[key]
+
+
+def _compiled_table(lm: NgramLM):
+    """The n-gram model as node arrays for ``_native.NgramScorer`` (node 0: the empty context; a
+    node's parent is its context, its suffix the n-gram without its first unit), or None when an
+    n-gram's context or suffix is missing from the model (our pruning keeps them; other ARPA
+    writers may not), in which case the Python scorer serves."""
+    symbols = {gram[0]: i for i, gram in enumerate(sorted(lm.probs[1]))}
+    if UNK not in symbols or EOS not in symbols or BOS not in symbols:
+        return None
+    ids: dict[tuple, int] = {(): 0}
+    parent, symbol, depth, prob, backoff = [0], [0], [0], [0.0], [0.0]
+    for n in range(1, lm.order + 1):
+        for gram, value in lm.probs[n].items():
+            context = ids.get(gram[:-1])
+            if context is None:
+                return None
+            ids[gram] = len(parent)
+            if gram[-1] not in symbols:  # never matched: the Python scorer reads it as <unk>
+                return None
+            parent.append(context)
+            symbol.append(symbols[gram[-1]])
+            depth.append(n)
+            prob.append(value)
+            backoff.append(lm.backoffs[n].get(gram, 0.0))
+    suffix = [0] * len(parent)
+    for gram, node in ids.items():
+        if len(gram) > 1:
+            found = ids.get(gram[1:])
+            if found is None:
+                return None
+            suffix[node] = found
+    return {"symbols": symbols, "initial": ids[(BOS,)],
+            "parent": np.asarray(parent, dtype=np.int32), "suffix": np.asarray(suffix, dtype=np.int32),
+            "symbol": np.asarray(symbol, dtype=np.int32), "depth": np.asarray(depth, dtype=np.uint8),
+            "prob": np.asarray(prob, dtype=np.float64), "backoff": np.asarray(backoff, dtype=np.float64)}

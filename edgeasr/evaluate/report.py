@@ -736,6 +736,15 @@ def onnx_parity_section(result: dict, name: str) -> list[str]:
     return lines
 
 
+def repo_path(path: str | Path, root: str | Path) -> str:
+    """A path inside the repository as the repository names it (results and cards must not name
+    the machine they were measured on); a path outside it as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_facts(benchmark: str, script: str, argv: list[str]) -> dict:
     """What every result records about its run: the machine, versions, threads, load, command.
 
