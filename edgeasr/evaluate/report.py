@@ -739,8 +739,10 @@ def onnx_parity_section(result: dict, name: str) -> list[str]:
 def repo_path(path: str | Path, root: str | Path) -> str:
     """A path inside the repository as the repository names it (results and cards must not name
     the machine they were measured on); a path outside it as given."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    import os
+
+    try:  # absolute, not resolved: a symlink in the repository keeps its repository name
+        return str(Path(os.path.abspath(path)).relative_to(os.path.abspath(root)))
     except ValueError:
         return str(path)
 
@@ -860,6 +862,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += load_test_section(result, path.name)
         elif result.get("benchmark") == "capacity":
             lines += capacity_section(result, path.name)
+        elif result.get("benchmark") == "batching":
+            lines += batching_section(result, path.name)
         elif result.get("benchmark") == "confidence":
             lines += confidence_section(result, path.name)
         elif result.get("benchmark") == "long_file":
@@ -1139,6 +1143,36 @@ def confidence_section(result: dict, name: str) -> list[str]:
     if result.get("plot"):
         lines += ["", f"![reliability diagram](benchmarks/results/{result['plot']})"]
     lines.append("")
+    return lines
+
+
+def batching_section(result: dict, name: str) -> list[str]:
+    """What batching concurrent streams can buy on the measuring machine (benchmarks/batching.py)."""
+    session, batched = result["session"], result["batched"]
+    labels = {"first_pass_encoder": "first-pass encoder chunk (+ CTC head)",
+              "second_pass_encoder": f"second-pass re-encoding ({result['second_pass_window']:g} s window)",
+              "second_pass_decoder": f"second-pass decoder step ({result['beams_per_stream']} beams a stream)"}
+    batches = list(next(iter(batched.values())))
+    lines = [
+        f"## Batching concurrent streams: what it can buy ({name})",
+        "",
+        f"Model `{result['model']}` (torch), {result['machine']} ({result['date']}). Compute shares: "
+        f"{result['utts']} utterances of `{result['manifest']}` ({session['audio_seconds']:g} s) streamed in "
+        f"640 ms blocks, RTF {session['rtf']:.3f}. Batched calls: B streams' work as one call with streaming's shapes "
+        f"(a chunk over a {result['cache_seconds']:g} s left cache; decoder step {result['tokens']} tokens in); "
+        "per-stream time, median, the B values taking turns.",
+        "",
+        "| part | share of a session's compute | " + " | ".join(f"B={b} ms/stream (speed-up)" for b in batches) + " |",
+        "|---|---|" + "---|" * len(batches),
+    ]
+    for part, label in labels.items():
+        cells = " | ".join(f"{batched[part][b]['ms_per_stream']:.1f} ({batched[part][b]['speedup']:.2f}x)" for b in batches)
+        lines.append(f"| {label} | {session['shares'][part] * 100:.0f}% | {cells} |")
+    lines.append(f"| the rest (features, searches, endpointing) | {session['shares']['rest'] * 100:.0f}% |"
+                 + " - |" * len(batches))
+    best = result["best_case_sessions_ratio"]
+    lines += ["", "Best case, sessions per core with batching / without (every call finds B streams ready): "
+              + ", ".join(f"B={b}: {best[b]:.2f}x" for b in batches) + " (target: >= 2x).", ""]
     return lines
 
 
