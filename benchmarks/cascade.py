@@ -5,7 +5,9 @@
 
 The model (``configs/whisper/tiny_cascade_frozen.yaml``: the shipped default's frozen streaming
 encoder, CTC head and Whisper decoder, plus a trained cascade) streams every utterance in 640 ms
-blocks in three modes: the first pass alone (``ctc_prefix_beam``, what partials show), the
+blocks in three modes (a dynamic cascade, ``configs/whisper/tiny_cascade_dynamic.yaml``, adds a
+mode ``cascade_rescoring@N`` for each smaller sub-model of N layers, against the dynamic-cascade
+target: the medium sub-model at most 70% of the large one's size at most +5% relative WER): the first pass alone (``ctc_prefix_beam``, what partials show), the
 cascade (``cascade_rescoring``: two non-causal layers over the segment's first-pass frames) and
 the pretrained two-pass default (``whisper_rescoring``: the segment's audio re-encoded with full
 context, then Whisper's decoder). All use the model directory's LM (or ``--lm``, default: the
@@ -73,11 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in MODES if m != "whisper_rescoring" or model.whisper_decoder is not None]
     recognizers = {mode: Recognizer(packaged, DecodeOptions(mode=mode, lm=lm)) for mode in modes}
     first = parameters(model.encoder) + parameters(model.ctc)
-    added = {"ctc_prefix_beam": 0, "cascade_rescoring": parameters(model.cascade),
+    added = {"ctc_prefix_beam": 0, "cascade_rescoring": model.cascade.parameters_of(),
              "whisper_rescoring": parameters(model.whisper_decoder)}
+    # a dynamic cascade: each smaller sub-model as a mode of its own (cascade_rescoring@N layers)
+    exits = model.cascade.config.exit_layers
+    for layers in exits[:-1]:
+        mode = f"cascade_rescoring@{layers}"
+        recognizers[mode] = Recognizer(packaged, DecodeOptions(mode="cascade_rescoring", lm=lm, cascade_layers=layers))
+        added[mode] = model.cascade.parameters_of(layers)
+        modes.insert(modes.index("cascade_rescoring"), mode)
+    recognizers = {mode: recognizers[mode] for mode in modes}
     result = {
         **run_facts("cascade", "benchmarks/cascade.py", sys.argv[1:] if argv is None else argv),
-        "model": str(args.model), "lm": lm, "cascade_config": model.config.cascade,
+        "model": str(args.model), "lm": lm, "cascade_config": model.config.cascade, "cascade_exits": exits,
         "chunk_size": recognizers[modes[0]].chunk_size, "frame_ms": 1000 * recognizers[modes[0]].frame_seconds,
         "first_pass_parameters": first, "added_parameters": added, "sets": {},
     }

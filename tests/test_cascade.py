@@ -148,3 +148,59 @@ def test_cascade_benchmark_writes_rows_and_a_report_section(cascade_model, tmp_p
     assert all(row["rtf"] > 0 and row["end_of_segment_ms_median"] > 0 for row in rows.values())
     assert result["added_parameters"]["cascade_rescoring"] > 0
     assert "## Cascaded second pass against the Whisper second pass" in report.read_text()
+
+
+def test_a_dynamic_cascade_has_one_head_per_size_sharing_its_lower_layers():
+    torch.manual_seed(0)
+    config = CascadeConfig.from_dict({"num_layers": 3, "d_model": 32, "num_heads": 4, "d_ff": 64, "dropout": 0.0,
+                                      "conv_kernel": 3, "exits": [1, 2]}, 48, 12)
+    assert config.exit_layers == [1, 2, 3]
+    cascade = CascadeEncoder(config).eval()
+    x = torch.randn(2, 15, 48)
+    lengths = torch.tensor([15, 11])
+    with torch.no_grad():
+        together = cascade.forward_exits(x, lengths)
+        for layers, out in zip(config.exit_layers, together):
+            assert torch.allclose(cascade(x, lengths, layers=layers), out, atol=1e-6)  # one pass = each alone
+        assert not torch.allclose(together[0], together[1])  # each size has its own head
+        # the small sub-model does not depend on the layers above it
+        before = cascade(x, lengths, layers=1)
+        cascade.layers[2].linear1.weight.data.add_(1.0)
+        assert torch.equal(cascade(x, lengths, layers=1), before)
+    sizes = [cascade.parameters_of(n) for n in config.exit_layers]
+    assert sizes[0] < sizes[1] < sizes[2] == cascade.parameters_of()
+    assert sizes[2] < sum(p.numel() for p in cascade.parameters())  # the smaller heads are not part of it
+    with pytest.raises(ValueError, match="sub-models of 1, 2, 3 layers"):
+        cascade(x, lengths, layers=4)
+    with pytest.raises(ValueError, match="exits"):
+        CascadeConfig.from_dict({"num_layers": 2, "exits": [3]}, 48, 12)
+
+
+def test_a_dynamic_cascade_trains_every_size_and_decodes_the_one_asked_for(tiny_model, tmp_path):
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import load_model_dir, load_weights_from, save_model_dir
+
+    source = load_model_dir(tiny_model)
+    config = source.model.config.to_dict()
+    config["cascade"] = {"num_layers": 2, "d_model": 32, "num_heads": 4, "d_ff": 64, "dropout": 0.0,
+                         "residual": True, "exits": [1]}
+    config["cascade_weight"] = 1.0
+    model = ASRModel(ModelConfig.from_dict(config))
+    load_weights_from(model, tiny_model)
+    model.freeze(["encoder", "ctc"])
+    feats = torch.randn(1, 60, config["encoder"].get("input_dim", 80))
+    tokens = torch.tensor([[1, 2, 3]])
+    out = model(feats, torch.tensor([60]), tokens, torch.tensor([3]))
+    out["cascade"].backward()
+    # both heads get a gradient: the loss is every size's
+    assert model.cascade.ctc.weight.grad.abs().sum() > 0
+    assert model.cascade.exit_heads["1"]["ctc"].weight.grad.abs().sum() > 0
+    directory = save_model_dir(tmp_path / "dynamic", model.eval(), source.tokenizer, source.features, source.streaming)
+    samples = load_audio(CLIP, sample_rate=16000)
+    texts = {layers: edgeasr.load_model(str(directory), mode="cascade_rescoring", lm=None, cascade_layers=layers)
+             .transcribe(samples).text for layers in (1, 2)}
+    assert all(isinstance(text, str) for text in texts.values())
+    with pytest.raises(EdgeAsrError, match="sub-models of 1, 2 layers"):
+        edgeasr.load_model(str(directory), mode="cascade_rescoring", lm=None, cascade_layers=3)
+    with pytest.raises(EdgeAsrError, match="cascade_rescoring"):
+        edgeasr.load_model(str(directory), mode="ctc_prefix_beam", lm=None, cascade_layers=1)

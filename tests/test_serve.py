@@ -489,3 +489,26 @@ def test_flooding_clients_are_served_or_refused_never_dropped(recognizer, speech
     assert set(ends) <= {"done", "error"} and "done" in ends
     refusals = [o[-1]["message"] for o in outcomes if o[-1]["type"] == "error"]
     assert all("at capacity" in m or "busy" in m for m in refusals), refusals
+
+
+def test_the_admission_cost_does_not_dip_while_new_sessions_bring_audio_first(recognizer):
+    """New sessions' audio arrives before the second passes it will cost (they run at segment
+    ends), so the one-minute cost per audio second dips exactly when a crowd arrives; the
+    prediction reads the ten-minute figure too and still refuses (measured: 7 admitted where 5
+    were the capacity before this)."""
+    from edgeasr.serve.server import ServerLimits, StreamingServer
+
+    server = StreamingServer(recognizer, ServerLimits(workers=2, max_load=0.8))
+    try:
+        for _ in range(300):  # ten minutes of audio at 0.32 worker seconds per audio second
+            server._record_work(0.64, 2.0)
+        for _ in range(30):  # then a minute of fresh sessions' first-pass chunks, at 0.1
+            server._record_work(0.2, 2.0)
+        assert server.stats.window_rtf < 0.2 < 0.27 < server.stats.long_rtf
+        server._work.clear()  # no measured busy share: the prediction alone decides
+        server.stats.sessions_open = 4
+        assert not server._overloaded()  # a fifth is admitted: 5 x 0.28 / 2 < 0.8
+        server.stats.sessions_open = 5
+        assert server._overloaded()  # a sixth is refused, not admitted on the dip
+    finally:
+        server.pool.shutdown(wait=False)

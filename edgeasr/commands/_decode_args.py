@@ -74,6 +74,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="whisper_rescoring: another Whisper writes the finals (its encoder and decoder; "
                              "this model's CTC head still scores), e.g. whisper:base, imported once from its "
                              "packages (torch backend)")
+    parser.add_argument("--cascade-layers", type=int, metavar="N",
+                        help="cascade_rescoring with a dynamic cascade: the sub-model of N layers writes the finals "
+                             "(default: all of them; the model card lists its sizes)")
     parser.add_argument("--whisper-lm-weight", type=float, default=defaults.whisper_lm_weight,
                         help=f"LM weight in the Whisper joint second pass (default: {defaults.whisper_lm_weight})")
     parser.add_argument("--hotwords", metavar="FILE",
@@ -107,7 +110,7 @@ def search_options(args: argparse.Namespace) -> dict:
 
 #: DecodeOptions fields of the Whisper second pass that the command line sets only when given
 SECOND_PASS_OPTIONS = ("whisper_ctc_weight", "whisper_length_bonus", "second_pass_window", "second_pass_pad",
-                       "second_pass_model")
+                       "second_pass_model", "cascade_layers")
 
 
 def open_recognizer(args: argparse.Namespace):

@@ -42,10 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--min-audio-rate", type=float, default=0.5, metavar="R",
                        help="after 10 s, close streams that sent less than R s of audio per second (default: 0.5; "
                             "0 = off): slow tricklers cannot hold sessions")
-    serve.add_argument("--max-load", type=float, default=0.9, metavar="F",
+    serve.add_argument("--max-load", type=float, default=0.8, metavar="F",
                        help="refuse new sessions while the workers were busier than F of their capacity over "
                             "the last 10 s, or would be with one more session at the recent cost per audio "
-                            "second (default: 0.9; 0 = off): the open sessions stay real-time")
+                            "second (default: 0.8, measured: workers share the GIL and the "
+                            "cores; 0 = off): the open sessions stay real-time")
     serve.add_argument("--max-queue-wait", type=float, default=0.2, metavar="S",
                        help="also refuse new sessions while work waited more than S seconds for a worker "
                             "(90th percentile over the last 10 s; default: 0.2; 0 = off)")

@@ -113,6 +113,9 @@ class DecodeOptions:
     #: from `edgeasr import whisper`; this model's CTC head still scores the joint search, so
     #: the writer needs no training. Same front end and frame rate required (torch backend).
     second_pass_model: str | None = None
+    #: cascade_rescoring with a dynamic cascade (``model.cascade.exits``): the sub-model of this
+    #: many layers gives the finals (None: the full depth); a smaller one costs less
+    cascade_layers: int | None = None
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -138,6 +141,8 @@ class DecodeOptions:
             raise EdgeAsrError("--second-pass-pad must be 'floor' or 'quietest'")
         if self.second_pass_search not in ("joint", "rescore"):
             raise EdgeAsrError("--second-pass must be 'joint' or 'rescore'")
+        if self.cascade_layers is not None and self.cascade_layers < 1:
+            raise EdgeAsrError("--cascade-layers must be at least 1")
         if self.gate_threshold is not None and not 0.0 < self.gate_threshold < 1.0:
             raise EdgeAsrError("--gate-threshold must be between 0 and 1")
 

@@ -109,6 +109,13 @@ class Recognizer(DecodingCore):
                              transducer=self.model.transducer.runner() if getattr(self.model, "transducer", None) is not None else None,
                              cascade=self._run_cascade if getattr(self.model, "cascade", None) is not None else None,
                              segmenter=self._segment_ended if getattr(self.model, "segmenter", None) is not None else None)
+        if options.cascade_layers is not None:  # checked at load, not at the first segment's end
+            cascade = getattr(self.model, "cascade", None)
+            if self.mode != "cascade_rescoring" or cascade is None:
+                raise EdgeAsrError("--cascade-layers applies to --mode cascade_rescoring on a model with a cascade")
+            if options.cascade_layers not in cascade.config.exit_layers:
+                raise EdgeAsrError(f"--cascade-layers {options.cascade_layers}: this cascade has sub-models of "
+                                   f"{', '.join(map(str, cascade.config.exit_layers))} layers")
         if self.mode == "whisper_rescoring":
             from edgeasr.decoding.whisper_rescoring import TorchWhisperBackend, WhisperSecondPass
 
@@ -191,7 +198,7 @@ class Recognizer(DecodingCore):
     @torch.no_grad()
     def _run_cascade(self, encoded) -> np.ndarray:
         """A segment's first-pass encoder frames [1, T, D] -> the cascade's CTC log-probs [T, V]."""
-        return self.model.cascade_log_probs(encoded)[0].float().numpy()
+        return self.model.cascade_log_probs(encoded, layers=self.options.cascade_layers)[0].float().numpy()
 
     @torch.no_grad()
     def _segment_ended(self, encoded) -> float:

@@ -864,6 +864,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += capacity_section(result, path.name)
         elif result.get("benchmark") == "batching":
             lines += batching_section(result, path.name)
+        elif result.get("benchmark") == "encoder_skip":
+            lines += encoder_skip_section(result, path.name)
         elif result.get("benchmark") == "confidence":
             lines += confidence_section(result, path.name)
         elif result.get("benchmark") == "long_file":
@@ -903,6 +905,18 @@ def cascade_section(result: dict, name: str) -> list[str]:
             lines.append(f"| {set_name} ({entry['utts']} utts) | {mode} | {row['wer']:.1f} ({row['cer']:.1f}) | "
                          f"{row['rtf']:.4f} | {row['end_of_segment_ms_median']:.0f} ({row['end_of_segment_ms_p90']:.0f}) | "
                          f"{added[mode] / 1e6:.2f} M ({2 * added[mode] / 1e6:.1f}) |")
+    exits = result.get("cascade_exits") or []
+    if len(exits) > 1:  # a dynamic cascade: the smaller sub-models against the full one
+        lines += ["", "Dynamic cascade: each smaller sub-model against the full one (target for the medium: size <= 70%, "
+                  "WER <= +5% relative).", "", "| set | sub-model | size vs full | WER vs full | met |", "|---|---|---|---|---|"]
+        for set_name, entry in result["sets"].items():
+            full = entry["rows"]["cascade_rescoring"]
+            for layers in exits[:-1]:
+                mode = f"cascade_rescoring@{layers}"
+                size = added[mode] / added["cascade_rescoring"]
+                change = (entry["rows"][mode]["wer"] - full["wer"]) / max(full["wer"], 1e-9)
+                lines.append(f"| {set_name} | {layers} of {exits[-1]} layers | {size * 100:.0f}% | {change * 100:+.1f}% | "
+                             f"{'yes' if size <= 0.7 and change <= 0.05 else 'no'} |")
     return lines + [""]
 
 
@@ -1142,6 +1156,43 @@ def confidence_section(result: dict, name: str) -> list[str]:
                      f"**{cal['word_ece']:.3f}** | {raw['utterance_ece']:.3f} | **{cal['utterance_ece']:.3f}** |")
     if result.get("plot"):
         lines += ["", f"![reliability diagram](benchmarks/results/{result['plot']})"]
+    lines.append("")
+    return lines
+
+
+def encoder_skip_section(result: dict, name: str) -> list[str]:
+    """How much of the pretrained streaming encoder can be skipped (benchmarks/encoder_skip.py)."""
+    share = result["share_of_first_pass"]
+    sets = list(result["sets"])
+    lines = [
+        f"## Skipping encoder modules of the default: the room for dynamic compute ({name})",
+        "",
+        f"Model `{result['model']}` ({result['layers']} Whisper layers), first pass at chunk {result['chunk_size']} "
+        f"(chunk-masked, as it streams), greedy CTC, no LM; {result['machine']} ({result['date']}). Cost per encoder "
+        f"frame: one layer's attention {share['attention'] * 100:.1f}% and feed-forward {share['ffn'] * 100:.1f}% of "
+        f"the first pass's multiply-accumulates (stem {share['stem'] * 100:.1f}%, CTC head {share['ctc_head'] * 100:.1f}%; "
+        f"attention over {result['macs_per_frame']['mean_keys']:g} keys on average).",
+        "",
+        "| skipped (every frame) | compute saved | " + " | ".join(
+            f"{n} ({result['sets'][n]['utts']}) WER (CER)" for n in sets) + " |",
+        "|---|---|" + "---|" * len(sets),
+    ]
+    rows = list(zip(*[result["sets"][n]["static"] for n in sets]))
+    for row in rows:
+        skip = row[0]["skip"]
+        label = ", ".join(f"layer {i} {m}" for i, m in skip) or "nothing (the default)"
+        saved = sum(share[m] for _, m in skip)
+        cells = " | ".join(f"{r['wer']:.1f} ({r['cer']:.1f})" for r in row)
+        lines.append(f"| {label} | {saved * 100:.0f}% | {cells} |")
+    lines += ["", "Oracle per-frame skip of the top layer where the full model is sure of blank (an upper bound for "
+              "a per-frame gate there):", "",
+              "| blank posterior >= | " + " | ".join(f"{n}: frames skipped, compute saved, WER (CER)" for n in sets) + " |",
+              "|---|" + "---|" * len(sets)]
+    layer = share["top_layer_frame_skip"]  # a skipped frame still gives its keys and values
+    for row in zip(*[result["sets"][n]["oracle_top_layer"] for n in sets]):
+        cells = " | ".join(f"{r['frames_skipped'] * 100:.0f}%, {r['frames_skipped'] * layer * 100:.0f}%, "
+                           f"{r['wer']:.1f} ({r['cer']:.1f})" for r in row)
+        lines.append(f"| {row[0]['blank_threshold']:g} | {cells} |")
     lines.append("")
     return lines
 

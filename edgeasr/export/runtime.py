@@ -305,6 +305,8 @@ class OnnxRecognizer(DecodingCore):
                                "(re-export it with this edgeasr for whisper_rescoring on ONNX Runtime)")
         if options.second_pass_model is not None:
             raise EdgeAsrError("--second-pass-model runs with the torch backend (ONNX Runtime runs the export's own second pass)")
+        if options.cascade_layers is not None:
+            raise EdgeAsrError("--cascade-layers: the cascade runs with the torch backend (it is not in the ONNX export)")
         if options.reverse_weight > 0:
             raise EdgeAsrError("--reverse-weight: the ONNX export carries the left-to-right decoder only")
         # The export's model directory is where an LM travels with it (lm/ beside the graphs).

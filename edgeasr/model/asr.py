@@ -306,10 +306,12 @@ class ASRModel(nn.Module):
     def ctc_log_probs(self, encoded: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.ctc(encoded), dim=-1)
 
-    def cascade_log_probs(self, encoded: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """The cascaded second pass over first-pass encoder frames [B, T, D] -> log-probs."""
+    def cascade_log_probs(self, encoded: torch.Tensor, lengths: torch.Tensor | None = None,
+                          layers: int | None = None) -> torch.Tensor:
+        """The cascaded second pass over first-pass encoder frames [B, T, D] -> log-probs;
+        ``layers``: which of its sub-models (default the full depth)."""
         base = self.ctc(encoded) if self.cascade.config.residual else None
-        return self.cascade(encoded, lengths, base)
+        return self.cascade(encoded, lengths, base, layers)
 
     def forward(
         self,
@@ -344,8 +346,11 @@ class ASRModel(nn.Module):
         if self.cascade is not None:
             # the cascade reads the first pass's frames; a frozen first pass passes no gradient
             source = encoded.detach() if "encoder" in self.frozen_prefixes else encoded
-            second = self.cascade_log_probs(source, enc_lengths)
-            losses["cascade"] = self.ctc_loss(second.transpose(0, 1), targets, enc_lengths, token_lengths) / batch
+            # every sub-model (dynamic cascade) trained as itself: the mean of their CTC losses
+            base = self.ctc(source) if self.cascade.config.residual else None
+            exits = self.cascade.forward_exits(source, enc_lengths, base)
+            losses["cascade"] = sum(self.ctc_loss(second.transpose(0, 1), targets, enc_lengths, token_lengths)
+                                    for second in exits) / (batch * len(exits))
             weight = self.config.cascade_weight
             loss = (1 - weight) * loss + weight * losses["cascade"]
         if self.segmenter is not None:

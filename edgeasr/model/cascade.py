@@ -9,6 +9,12 @@ then Whisper's 29.6 M-parameter decoder step by step) this costs a few layers ov
 already exist, so it is cheap; whether it is accurate enough is what benchmarks/cascade.py
 measures.
 
+Several sizes from one model (the dynamic cascaded encoder): ``exits`` lists layer counts after
+which the cascade has a head of its own (norm and CTC layer), e.g. ``[1, 2, 3]`` for small, medium
+and large sub-models that share their lower layers. Training sums the CTC loss of every exit
+(their mean), so each sub-model is trained as itself; decoding picks one (``--cascade-layers N``,
+default the deepest) and runs only its layers: a smaller device runs the same model file smaller.
+
 ``CascadeConfig`` (``model.cascade`` in a config): ``num_layers`` transformer layers of
 ``d_model`` (a linear map from the first pass's width when they differ), ``num_heads``,
 ``d_ff``, ``dropout``; a depthwise convolution of ``conv_kernel`` frames first gives each frame
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-KNOWN_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "dropout", "conv_kernel", "residual")
+KNOWN_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "dropout", "conv_kernel", "residual", "exits")
 
 
 @dataclass
@@ -40,6 +46,13 @@ class CascadeConfig:
     #: add the cascade's logits to the first pass's CTC logits (its output layer starts at zero),
     #: so training starts from the first pass's own text and learns only corrections
     residual: bool = False
+    #: layer counts with a head of their own (the sub-models); None = the full depth only
+    exits: list[int] | None = None
+
+    @property
+    def exit_layers(self) -> list[int]:
+        """The sub-models' depths, smallest first (always ending at ``num_layers``)."""
+        return sorted(set(self.exits or []) | {self.num_layers})
 
     @classmethod
     def from_dict(cls, config: dict, input_dim: int, vocab_size: int) -> "CascadeConfig":
@@ -51,6 +64,10 @@ class CascadeConfig:
             raise ValueError("model.cascade: num_layers >= 1 and d_model divisible by num_heads")
         if made.conv_kernel < 0 or (made.conv_kernel and made.conv_kernel % 2 == 0):
             raise ValueError("model.cascade: conv_kernel must be 0 or odd")
+        if made.exits is not None:
+            if not isinstance(made.exits, list) or not all(isinstance(n, int) and 1 <= n <= made.num_layers
+                                                           for n in made.exits):
+                raise ValueError(f"model.cascade: exits must be a list of layer counts from 1 to {made.num_layers}")
         return made
 
 
@@ -69,16 +86,51 @@ class CascadeEncoder(nn.Module):
             nn.TransformerEncoderLayer(config.d_model, config.num_heads, config.d_ff, config.dropout,
                                        activation="gelu", batch_first=True, norm_first=True)
             for _ in range(config.num_layers))
+        # the full depth's head keeps its names (models with one size load as before); every
+        # smaller exit has its own, keyed by its layer count
         self.norm = nn.LayerNorm(config.d_model)
         self.ctc = nn.Linear(config.d_model, config.vocab_size)
+        self.exit_heads = nn.ModuleDict({
+            str(n): nn.ModuleDict({"norm": nn.LayerNorm(config.d_model), "ctc": nn.Linear(config.d_model, config.vocab_size)})
+            for n in config.exit_layers if n != config.num_layers})
         if config.residual:
-            nn.init.zeros_(self.ctc.weight)
-            nn.init.zeros_(self.ctc.bias)
+            for head in [self.ctc] + [h["ctc"] for h in self.exit_heads.values()]:
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+
+    def _head(self, layers: int):
+        if layers == self.config.num_layers:
+            return self.norm, self.ctc
+        if str(layers) not in self.exit_heads:
+            raise ValueError(f"this cascade has sub-models of {', '.join(map(str, self.config.exit_layers))} "
+                             f"layers, not {layers}")
+        head = self.exit_heads[str(layers)]
+        return head["norm"], head["ctc"]
+
+    def parameters_of(self, layers: int | None = None) -> int:
+        """Parameters the sub-model of ``layers`` layers runs (shared lower layers and its head)."""
+        layers = self.config.num_layers if layers is None else layers
+        norm, ctc = self._head(layers)
+        parts = [self.project, self.conv, norm, ctc, *self.layers[:layers]]
+        return sum(p.numel() for part in parts if part is not None for p in part.parameters())
 
     def forward(self, encoded: torch.Tensor, lengths: torch.Tensor | None = None,
-                first_pass_logits: torch.Tensor | None = None) -> torch.Tensor:
+                first_pass_logits: torch.Tensor | None = None, layers: int | None = None) -> torch.Tensor:
         """``first_pass_logits`` [B, T, vocab]: the first pass's CTC logits, which a residual
-        cascade corrects (required then, ignored otherwise)."""
+        cascade corrects (required then, ignored otherwise). ``layers``: the sub-model to run
+        (one of ``config.exit_layers``; default the full depth): only its layers run."""
+        layers = self.config.num_layers if layers is None else layers
+        return self.forward_exits(encoded, lengths, first_pass_logits, [layers])[0]
+
+    def forward_exits(self, encoded: torch.Tensor, lengths: torch.Tensor | None = None,
+                      first_pass_logits: torch.Tensor | None = None,
+                      exits: list[int] | None = None) -> list[torch.Tensor]:
+        """The log-probs of several sub-models in one pass over the shared layers (training
+        reads every exit: ``exits`` default ``config.exit_layers``), in the order given."""
+        exits = list(self.config.exit_layers if exits is None else exits)
+        heads = {n: self._head(n) for n in exits}
+        if self.config.residual and first_pass_logits is None:
+            raise ValueError("a residual cascade needs the first pass's CTC logits")
         x = self.project(encoded)
         padding = None
         if lengths is not None:
@@ -86,11 +138,14 @@ class CascadeEncoder(nn.Module):
             x = x.masked_fill(padding[..., None], 0.0)
         if self.conv is not None:
             x = x + self.conv(x.transpose(1, 2)).transpose(1, 2)
-        for layer in self.layers:
-            x = layer(x, src_key_padding_mask=padding)
-        logits = self.ctc(self.norm(x))
-        if self.config.residual:
-            if first_pass_logits is None:
-                raise ValueError("a residual cascade needs the first pass's CTC logits")
-            logits = logits + first_pass_logits
-        return torch.log_softmax(logits, dim=-1)
+        out = {}
+        for depth in range(max(exits) + 1):
+            if depth:
+                x = self.layers[depth - 1](x, src_key_padding_mask=padding)
+            if depth in heads:
+                norm, ctc = heads[depth]
+                logits = ctc(norm(x))
+                if self.config.residual:
+                    logits = logits + first_pass_logits
+                out[depth] = torch.log_softmax(logits, dim=-1)
+        return [out[n] for n in exits]

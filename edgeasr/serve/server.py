@@ -61,9 +61,13 @@ class ServerLimits:
     min_audio_rate: float = 0.5
     rate_grace_seconds: float = 10.0
     #: admission control: new sessions are refused while the workers were busier than this share
-    #: of their capacity over the last ``load_window`` seconds (the open ones would fall behind
-    #: real time if more came in); 0 = off
-    max_load: float = 0.9
+    #: of their capacity over the last ``load_window`` seconds, or would be with one more session
+    #: (the open ones would fall behind real time if more came in); 0 = off. Not 0.9: worker
+    #: seconds overstate what the workers can deliver together, because they share the GIL (the
+    #: searches and glue are Python) and the cores with the event loop and the clients. Measured
+    #: on 2 workers and 2 cores (benchmarks/capacity.py): 5 sessions at about 0.32 worker seconds
+    #: per audio second each were real time (0.8 of the workers), 6 were not.
+    max_load: float = 0.8
     load_window: float = 10.0
     #: admission control: new sessions are also refused while the 90th percentile of the time
     #: work waited for a worker over the load window exceeds this (seconds); 0 = off
@@ -91,7 +95,11 @@ class Stats:
     queue_wait_p90: float = 0.0
     #: worker seconds per audio second over about the last minute of audio (once 2 s came)
     window_rtf: float = 0.0
-    #: the load one more real-time session would bring: (open + 1) x window_rtf / workers
+    #: the same over about the last ten minutes of audio: slower to move, so it does not dip while
+    #: new sessions' audio arrives before the second passes it will cost (they run at segment ends)
+    long_rtf: float = 0.0
+    #: the load one more real-time session would bring: (open + 1) x the larger of the two RTFs
+    #: / workers
     predicted_load: float = 0.0
 
     def to_dict(self) -> dict:
@@ -111,6 +119,7 @@ class StreamingServer:
         self._work: deque = deque()  # (finished at, worker seconds) over the load window
         self._waits: deque = deque()  # (started at, seconds queued for a worker) over the window
         self._cost = (0.0, 0.0)  # decayed (worker seconds, audio seconds): see _record_work
+        self._cost_long = (0.0, 0.0)
 
     def _record_work(self, seconds: float, audio_seconds: float = 0.0) -> None:
         now = time.monotonic()
@@ -123,6 +132,14 @@ class StreamingServer:
             self._cost = (self._cost[0] * decay + seconds, self._cost[1] * decay + audio_seconds)
             if self._cost[1] >= 2.0:
                 self.stats.window_rtf = round(self._cost[0] / self._cost[1], 4)
+            # Sessions arriving together bring their audio seconds before the second passes they
+            # will cost, so the one-minute figure dips just when admissions happen (measured: 7
+            # admitted where 5 were the capacity); a ten-minute figure (half-life 300 audio s)
+            # holds the cost of whole sessions.
+            decay = 0.5 ** (audio_seconds / 300.0)
+            self._cost_long = (self._cost_long[0] * decay + seconds, self._cost_long[1] * decay + audio_seconds)
+            if self._cost_long[1] >= 2.0:
+                self.stats.long_rtf = round(self._cost_long[0] / self._cost_long[1], 4)
             self._update_load(now)
 
     def _update_load(self, now: float) -> None:
@@ -149,18 +166,24 @@ class StreamingServer:
 
         return run
 
+    def _overloaded(self) -> bool:
+        """Whether one more session would overload the workers (call with the lock held).
+
+        Predicted: the open sessions plus this one, each costing what audio has cost lately;
+        measured: the workers' recent busy share and how long work waits for one. The prediction
+        refuses before the backlog shows (latency lags admissions by seconds)."""
+        self._update_load(time.monotonic())
+        limits, stats = self.limits, self.stats
+        cost = max(stats.window_rtf, stats.long_rtf)
+        stats.predicted_load = round((stats.sessions_open + 1) * cost / limits.workers, 3)
+        overloaded = limits.max_load > 0 and (stats.load > limits.max_load or stats.predicted_load > limits.max_load)
+        return overloaded or (limits.max_queue_wait > 0 and stats.queue_wait_p90 > limits.max_queue_wait)
+
     # -- one connection -------------------------------------------------------------------------
 
     async def handle(self, websocket) -> None:
         with self._lock:
-            self._update_load(time.monotonic())
-            limits, stats = self.limits, self.stats
-            # predicted: the open sessions plus this one, each costing what audio has cost lately;
-            # measured: the workers' recent busy share and how long work waits for one. The
-            # prediction refuses before the backlog shows (latency lags admissions by seconds).
-            stats.predicted_load = round((stats.sessions_open + 1) * stats.window_rtf / limits.workers, 3)
-            overloaded = limits.max_load > 0 and (stats.load > limits.max_load or stats.predicted_load > limits.max_load)
-            overloaded = overloaded or (limits.max_queue_wait > 0 and stats.queue_wait_p90 > limits.max_queue_wait)
+            overloaded = self._overloaded()
             if overloaded and self.stats.sessions_open > 0:
                 self.stats.sessions_refused_load += 1
                 rejected = "load"
