@@ -204,3 +204,24 @@ def test_a_dynamic_cascade_trains_every_size_and_decodes_the_one_asked_for(tiny_
         edgeasr.load_model(str(directory), mode="cascade_rescoring", lm=None, cascade_layers=3)
     with pytest.raises(EdgeAsrError, match="cascade_rescoring"):
         edgeasr.load_model(str(directory), mode="ctc_prefix_beam", lm=None, cascade_layers=1)
+    # the benchmark measures each size as a mode of its own and reports the sizes side by side
+    import json
+
+    from tests.benchmark_helpers import load_benchmark
+
+    out, report = tmp_path / "results" / "cascade.json", tmp_path / "BENCHMARKS.md"
+    assert load_benchmark("cascade").main(["--model", str(directory), "--manifest", "s=samples/samples.jsonl",
+                                           "--limit", "1", "--lm", "none", "--out", str(out), "--report", str(report)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["sets"]["s"]["rows"]) == ["ctc_prefix_beam", "cascade_rescoring@1", "cascade_rescoring"]
+    assert result["added_parameters"]["cascade_rescoring@1"] < result["added_parameters"]["cascade_rescoring"]
+    assert "| s | 1 of 2 layers |" in report.read_text()
+
+
+def test_cascade_layers_on_a_model_without_a_cascade_is_a_one_line_cli_error(capsys):
+    from edgeasr.cli import main
+
+    status = main(["transcribe", "--model", "default", "--cascade-layers", "2", CLIP])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "edgeasr: error: --cascade-layers applies to --mode cascade_rescoring" in err and "Traceback" not in err
