@@ -322,6 +322,8 @@ class CharLMScorer:
         self.weight = weight
         self.char_bonus = char_bonus
         self._cache: dict = {}
+        #: token texts -> this scorer compiled for them (``compiled``)
+        self._compiled: dict = {}
 
     def initial(self):
         return (BOS,)
@@ -351,19 +353,18 @@ class CharLMScorer:
         n-gram node ids) for the compiled prefix search, or None where it cannot be built (no
         compiled module, or an ARPA file that lacks an n-gram's context or suffix)."""
         key = tuple(texts)
-        store = self.__dict__.setdefault("_compiled", {})
-        if key not in store:
+        if key not in self._compiled:
             table = self.lm.cached("compiled_table", lambda: _compiled_table(self.lm))
             if table is None or _native is None:
-                store[key] = None
+                self._compiled[key] = None
             else:
                 symbols = table["symbols"]
                 spelled = [[symbols.get("_" if ch == " " else ch, symbols[UNK]) for ch in text] for text in texts]
-                store[key] = _native.NgramScorer(
+                self._compiled[key] = _native.NgramScorer(
                     table["parent"], table["suffix"], table["symbol"], table["depth"], table["prob"],
                     table["backoff"], self.lm.order, symbols[UNK], symbols[EOS], table["initial"], spelled,
                     float(self.weight), float(self.char_bonus), LN10)
-        return store[key]
+        return self._compiled[key]
 
 
 def _compiled_table(lm: NgramLM):
@@ -379,11 +380,11 @@ def _compiled_table(lm: NgramLM):
     for n in range(1, lm.order + 1):
         for gram, value in lm.probs[n].items():
             context = ids.get(gram[:-1])
-            if context is None:
+            # a missing context, or a last unit that is no unigram (never matched: the Python
+            # scorer reads it as <unk>): the table cannot mirror the Python walk
+            if context is None or gram[-1] not in symbols:
                 return None
             ids[gram] = len(parent)
-            if gram[-1] not in symbols:  # never matched: the Python scorer reads it as <unk>
-                return None
             parent.append(context)
             symbol.append(symbols[gram[-1]])
             depth.append(n)

@@ -7,6 +7,7 @@ benchmark that anyone can re-run (``edgeasr bench``, ``benchmarks/*.py``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from edgeasr.evaluate.accuracy import MODES
@@ -739,8 +740,6 @@ def onnx_parity_section(result: dict, name: str) -> list[str]:
 def repo_path(path: str | Path, root: str | Path) -> str:
     """A path inside the repository as the repository names it (results and cards must not name
     the machine they were measured on); a path outside it as given."""
-    import os
-
     try:  # absolute, not resolved: a symlink in the repository keeps its repository name
         return str(Path(os.path.abspath(path)).relative_to(os.path.abspath(root)))
     except ValueError:
@@ -1246,6 +1245,8 @@ def capacity_section(result: dict, name: str) -> list[str]:
         "| phase | sessions | served | refused (reason given) | dropped | latency p50 (ms) | p95 | max | RTF |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if result.get("note"):
+        lines[3:3] = ["", f"Note: {result['note']}"]
     for row in result["levels"]:
         lines.append(f"| capacity | {row['sessions']} | {row['served']} | {row['refused']} | {row['closed'] + row['error']} | "
                      f"{latency(row)} | {row['rtf']:.3f} |")

@@ -310,8 +310,14 @@ class ASRModel(nn.Module):
                           layers: int | None = None) -> torch.Tensor:
         """The cascaded second pass over first-pass encoder frames [B, T, D] -> log-probs;
         ``layers``: which of its sub-models (default the full depth)."""
+        return self.cascade_exits_log_probs(encoded, lengths, [layers or self.cascade.config.num_layers])[0]
+
+    def cascade_exits_log_probs(self, encoded: torch.Tensor, lengths: torch.Tensor | None = None,
+                                exits: list[int] | None = None) -> list[torch.Tensor]:
+        """The log-probs of several cascade sub-models (default: every one) in one pass over its
+        shared layers; a residual cascade corrects the first pass's CTC logits."""
         base = self.ctc(encoded) if self.cascade.config.residual else None
-        return self.cascade(encoded, lengths, base, layers)
+        return self.cascade.forward_exits(encoded, lengths, base, exits)
 
     def forward(
         self,
@@ -347,8 +353,7 @@ class ASRModel(nn.Module):
             # the cascade reads the first pass's frames; a frozen first pass passes no gradient
             source = encoded.detach() if "encoder" in self.frozen_prefixes else encoded
             # every sub-model (dynamic cascade) trained as itself: the mean of their CTC losses
-            base = self.ctc(source) if self.cascade.config.residual else None
-            exits = self.cascade.forward_exits(source, enc_lengths, base)
+            exits = self.cascade_exits_log_probs(source, enc_lengths)
             losses["cascade"] = sum(self.ctc_loss(second.transpose(0, 1), targets, enc_lengths, token_lengths)
                                     for second in exits) / (batch * len(exits))
             weight = self.config.cascade_weight

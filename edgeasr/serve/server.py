@@ -65,8 +65,8 @@ class ServerLimits:
     #: (the open ones would fall behind real time if more came in); 0 = off. Not 0.9: worker
     #: seconds overstate what the workers can deliver together, because they share the GIL (the
     #: searches and glue are Python) and the cores with the event loop and the clients. Measured
-    #: on 2 workers and 2 cores (benchmarks/capacity.py): 5 sessions at about 0.32 worker seconds
-    #: per audio second each were real time (0.8 of the workers), 6 were not.
+    #: on 2 workers and 2 cores (benchmarks/results/capacity.json): 5 sessions were real time, and
+    #: a 6th was predicted at 94% of the workers (about 0.31 worker seconds per audio second each).
     max_load: float = 0.8
     load_window: float = 10.0
     #: admission control: new sessions are also refused while the 90th percentile of the time
