@@ -390,3 +390,95 @@ def test_qat_of_the_whole_transducer_trains_packages_and_decodes(transducer_mode
                                          streaming=source.streaming), DecodeOptions(mode="transducer_beam", beam_size=4,
                                                                                    segment=False))
     assert reloaded.transcribe(samples).text == in_memory.transcribe(samples).text
+
+
+def _prefix_probability(log_probs, prefix: tuple[int, ...], blank: int = 0) -> float:
+    """log P(a path emits ``prefix`` first), by brute force over its emission frames
+    t_1 <= ... <= t_k: the path waits with blanks and emits each unit at its frame.
+    ``log_probs(context, t)`` is the joint's log-probabilities after ``context``."""
+    frames = log_probs.frames
+    total = []
+    for times in itertools.combinations_with_replacement(range(frames), len(prefix)):
+        score, t = 0.0, 0
+        for u, (when, unit) in enumerate(zip(times, prefix)):
+            while t < when:
+                score += log_probs(prefix[:u], t)[blank]
+                t += 1
+            score += log_probs(prefix[:u], t)[unit]
+        total.append(score)
+    return float(np.logaddexp.reduce(total))
+
+
+def test_transducer_prefix_scorer_is_the_sum_over_alignments():
+    """The joint search's transducer scores (edgeasr.decoding.joint_whisper): each prefix's
+    probability is the sum over the alignments that emit it first, the whole sequence's is
+    the RNN-T loss's, and a mix with CTC is the weighted sum of the two."""
+    from edgeasr.decoding.joint_whisper import CTCPrefixScorer, MixedPrefixScorer, TransducerPrefixScorer
+
+    torch.manual_seed(3)
+    vocab, dim, frames = 4, 8, 5
+    head = TransducerHead(TransducerConfig(vocab_size=vocab, encoder_dim=dim, predictor_dim=8, joint_dim=8))
+    encoded = torch.randn(frames, dim)
+    runner = head.runner()
+    scorer = TransducerPrefixScorer(runner, encoded.numpy())
+
+    def joint(context, t):
+        padded = (0, 0) + tuple(context)
+        predicted = runner.predict(np.array([padded[-2:]], dtype=np.int64))
+        return runner.join(runner.project(encoded.numpy())[t], predicted)[0].astype(np.float64)
+
+    joint.frames = frames
+    sequence = (2, 1, 1)
+    states = tuple(s[None] for s in scorer.initial())
+    for u, unit in enumerate(sequence):
+        states, psi = scorer.extend(states, [sequence[:u]], np.array([unit]))
+        assert float(psi[0]) == pytest.approx(_prefix_probability(joint, sequence[: u + 1]), abs=1e-4)
+    with torch.no_grad():
+        loss = head.loss(encoded[None], torch.tensor([frames]), torch.tensor([sequence]), torch.tensor([3]))
+    assert float(scorer.final(states, [sequence])[0]) == pytest.approx(-float(loss), abs=1e-4)
+
+    ctc_log_probs = torch.randn(frames, vocab).log_softmax(-1).numpy()
+    ctc = CTCPrefixScorer(ctc_log_probs)
+    mixed = MixedPrefixScorer([(ctc, 0.25), (TransducerPrefixScorer(runner, encoded.numpy()), 0.75)])
+    states = tuple(s[None] for s in mixed.initial())
+    ctc_states = tuple(s[None] for s in ctc.initial())
+    for u, unit in enumerate(sequence):
+        states, psi = mixed.extend(states, [sequence[:u]], np.array([unit]))
+        ctc_states, ctc_psi = ctc.extend(ctc_states, [sequence[:u]], np.array([unit]))
+        expected = 0.25 * ctc_psi[0] + 0.75 * _prefix_probability(joint, sequence[: u + 1])
+        assert float(psi[0]) == pytest.approx(float(expected), abs=1e-4)
+    expected_final = 0.25 * ctc.final(ctc_states)[0] - 0.75 * float(loss)
+    assert float(mixed.final(states, [sequence])[0]) == pytest.approx(float(expected_final), abs=1e-4)
+
+
+def test_transducer_whisper_needs_both_heads(transducer_model):
+    """The two-pass transducer mode is refused, with the reason, on a model without Whisper's decoder."""
+    import edgeasr
+    from edgeasr.errors import EdgeAsrError
+
+    directory, _, _ = transducer_model
+    with pytest.raises(EdgeAsrError, match="transducer_whisper needs a model with a Whisper decoder"):
+        edgeasr.load_model(str(directory), mode="transducer_whisper")
+    with pytest.raises(EdgeAsrError, match="--second-pass-transducer-weight must be between 0 and 1"):
+        edgeasr.load_model(str(directory), mode="transducer_beam", second_pass_transducer_weight=1.5)
+
+
+def test_transducer_whisper_writes_the_finals_on_torch_and_onnx(tmp_path):
+    """The shipped transducer model in its two-pass mode: the transducer's partials, then
+    Whisper's decoder kept on the audio by the transducer's prefix scores writes the final,
+    far better than the transducer's beam alone; ONNX Runtime's graphs give the same text."""
+    import edgeasr
+    from edgeasr.evaluate.metrics import char_errors
+    from edgeasr.export.onnx import export_onnx
+
+    reference = open("samples/flite-awb.txt").read().strip().lower()
+    one_pass = edgeasr.load_model("models/whisper-rnnt", mode="transducer_beam", beam_size=4)
+    two_pass = edgeasr.load_model("models/whisper-rnnt", mode="transducer_whisper", beam_size=4)
+    assert two_pass.second_pass.transducer is not None
+    first = one_pass.transcribe("samples/flite-awb.wav").text
+    final = two_pass.transcribe("samples/flite-awb.wav")
+    assert char_errors(reference, final.text).rate < 5 < char_errors(reference, first).rate
+    assert final.words and final.words[-1].end <= 6.0
+    export_onnx("models/whisper-rnnt", tmp_path / "onnx", int8=False)
+    onnx = edgeasr.load_model(str(tmp_path / "onnx"), mode="transducer_whisper", beam_size=4)
+    assert onnx.transcribe("samples/flite-awb.wav").text == final.text

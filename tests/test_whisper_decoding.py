@@ -47,13 +47,13 @@ def test_ctc_prefix_scorer_full_probability_equals_ctc_loss():
         last, empty = np.array([-1]), np.array([True])
         previous_psi = 0.0
         for unit in seq:
-            r_n, r_b, psi = scorer.extend(r_n, r_b, last, np.array([unit]), empty)
+            r_n, r_b, psi = scorer.extend_units(r_n, r_b, last, np.array([unit]), empty)
             assert float(psi[0]) <= previous_psi + 1e-9  # a longer prefix is never more likely
             previous_psi = float(psi[0])
             last, empty = np.array([unit]), np.array([False])
         expected = -torch.nn.functional.ctc_loss(log_probs[:, None], torch.tensor([seq]), torch.tensor([15]),
                                                  torch.tensor([len(seq)]), reduction="sum")
-        assert float(scorer.final(r_n, r_b)[0]) == pytest.approx(float(expected), abs=1e-5)
+        assert float(scorer.final((r_n, r_b))[0]) == pytest.approx(float(expected), abs=1e-5)
         assert float(ctc_scores(log_probs, [seq])[0]) == pytest.approx(float(expected), abs=1e-5)
 
 

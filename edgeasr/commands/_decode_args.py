@@ -63,6 +63,10 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--whisper-length-bonus", type=float, default=None,
                         help=f"Whisper second pass: score bonus per character "
                              f"(default: {DecodeOptions.whisper_length_bonus})")
+    parser.add_argument("--second-pass-transducer-weight", type=float, default=None, metavar="W",
+                        help="transducer_whisper: the transducer's share of the first-pass score Whisper's "
+                             "decoder is weighed against; the rest is the CTC head's "
+                             f"(default: {DecodeOptions.second_pass_transducer_weight:g}, the transducer alone)")
     parser.add_argument("--second-pass-window", type=float, default=None, metavar="SECONDS",
                         help="Whisper second pass: re-encode each segment at the start of a window of "
                              "this many seconds filled with silence, as Whisper was trained (0 = the "
@@ -110,6 +114,7 @@ def search_options(args: argparse.Namespace) -> dict:
 
 #: DecodeOptions fields of the Whisper second pass that the command line sets only when given
 SECOND_PASS_OPTIONS = ("whisper_ctc_weight", "whisper_length_bonus", "second_pass_window", "second_pass_pad",
+                       "second_pass_transducer_weight",
                        "second_pass_model", "cascade_layers")
 
 

@@ -66,6 +66,9 @@ class DecodeOptions:
     #: whisper_rescoring: "joint" (Whisper's decoder writes, CTC scores every prefix) or
     #: "rescore" (pick among the CTC n-best and one free Whisper decode)
     second_pass_search: str = "joint"
+    #: transducer_whisper: the transducer's share of the joint search's first-pass score; the
+    #: rest is the CTC head's (1: the transducer alone)
+    second_pass_transducer_weight: float = 1.0
     #: cut the stream into segments at endpoints, each decoded (and rescored) on its own, so
     #: memory and time stay bounded on endless audio; None = automatic: on wherever a stream
     #: would keep something per frame (a second pass, unlimited left context, Whisper's 30 s)
@@ -135,6 +138,8 @@ class DecodeOptions:
             raise EdgeAsrError("--segmenter-min-silence must be 0 or more")
         if not 0.0 <= self.whisper_ctc_weight <= 1.0:
             raise EdgeAsrError("--whisper-ctc-weight must be between 0 and 1")
+        if not 0.0 <= self.second_pass_transducer_weight <= 1.0:
+            raise EdgeAsrError("--second-pass-transducer-weight must be between 0 and 1")
         if not 0.0 <= self.second_pass_window <= 30.0:
             raise EdgeAsrError("--second-pass-window must be between 0 and 30 seconds (Whisper's window)")
         if self.second_pass_pad not in ("floor", "quietest"):

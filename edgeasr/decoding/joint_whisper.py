@@ -90,7 +90,8 @@ class CTCPrefixScorer:
     """Prefix probabilities of character sequences under CTC log-probs [T, V], batched (numpy,
     float64: the same on every backend).
 
-    A state is (r_n, r_b): log P(prefix ends at frame t with a non-blank / blank), shape [T].
+    A prefix's state is (r_n, r_b): log P(prefix ends at frame t with a non-blank / blank), each
+    [T]; the joint search stacks N of them into [N, T] arrays (see ``PrefixScorer``).
     """
 
     def __init__(self, log_probs, blank: int = 0) -> None:
@@ -104,7 +105,7 @@ class CTCPrefixScorer:
         """(r_n, r_b) of the empty prefix (its prefix log-probability is 0)."""
         return np.full(self.frames, NEG), self.blank_cum.copy()
 
-    def extend(self, r_n: np.ndarray, r_b: np.ndarray, last: np.ndarray, units: np.ndarray, empty: np.ndarray):
+    def extend_units(self, r_n: np.ndarray, r_b: np.ndarray, last: np.ndarray, units: np.ndarray, empty: np.ndarray):
         """Append one unit to N prefixes at once.
 
         r_n, r_b [N, T]; last [N] (previous unit, -1 for none); units [N]; empty [N] (prefix is
@@ -129,9 +130,146 @@ class CTCPrefixScorer:
         psi = np.logaddexp.reduce(np.concatenate([start[:, None], phi[:, :-1] + x[:, 1:]], axis=1), axis=1)
         return np.maximum(new_n, NEG), np.maximum(new_b, NEG), psi
 
-    def final(self, r_n: np.ndarray, r_b: np.ndarray) -> np.ndarray:
+    def extend(self, states: tuple[np.ndarray, ...], histories: list[tuple[int, ...]], units: np.ndarray):
+        """``PrefixScorer.extend``: the units after each history."""
+        last = np.array([h[-1] if h else -1 for h in histories], dtype=np.int64)
+        empty = np.array([not h for h in histories])
+        r_n, r_b, psi = self.extend_units(states[0], states[1], last, units, empty)
+        return (r_n, r_b), psi
+
+    def final(self, states: tuple[np.ndarray, ...], histories: list[tuple[int, ...]] | None = None) -> np.ndarray:
         """log P(exactly this prefix | all audio) [N]."""
-        return np.logaddexp(r_n[:, -1], r_b[:, -1])
+        return np.logaddexp(states[0][:, -1], states[1][:, -1])
+
+
+class TransducerPrefixScorer:
+    """Prefix probabilities of unit sequences under a transducer head over a segment's encoder
+    frames [T, D]: the transducer's counterpart of ``CTCPrefixScorer``, so Whisper's decoder can
+    write while the transducer keeps it on the audio (as WeNet rescores its transducer's output).
+
+    A prefix y_1..u's state is alpha[t] = log P(the lattice path has emitted y_1..u and stands at
+    frame t), [T]. Appending y (``e[t]``: the joint's log-probability of y at frame t after the
+    prefix's context; ``b[t]``: blank's after the new context):
+
+        P(prefix + y as a prefix) = sum_t alpha[t] e[t]
+        alpha'[t] = alpha'[t-1] b[t-1] + alpha[t] e[t]
+
+    the same linear recurrence as the RNN-T loss's, solved by cumulative sums. The whole
+    sequence ends with a blank at the last frame: ``final`` = alpha[T-1] + b'[T-1].
+
+    The prediction network is stateless (it reads the last ``runner.context`` units), so the
+    joint's log-probabilities over all frames, [T, V] per distinct context, are computed once per
+    segment and shared by every hypothesis that ends in that context.
+    """
+
+    def __init__(self, runner, frames) -> None:
+        self.runner = runner
+        self.projected = np.asarray(runner.project(np.asarray(frames, dtype=np.float32)), dtype=np.float32)
+        self.frames = self.projected.shape[0]
+        self.context, self.blank = runner.context, runner.blank
+        self._log_probs: dict[tuple[int, ...], np.ndarray] = {}
+
+    def _context_of(self, history: tuple[int, ...]) -> tuple[int, ...]:
+        last = history[-self.context:]
+        return (self.blank,) * (self.context - len(last)) + tuple(last)
+
+    #: contexts joined in one call: [contexts x frames, joint_dim] floats at once
+    batch = 16
+
+    def _joint(self, contexts: list[tuple[int, ...]]) -> list[np.ndarray]:
+        """The joint's log-probabilities [T, V] (float64) after each context, all frames at once.
+
+        The joiner's first step adds a frame's projection to a predictor row, so the sums for
+        every (new context, frame) pair go in as the "predictor rows" of one call with a zero
+        frame: one runner call per batch of contexts, on torch and on ONNX Runtime alike."""
+        missing = [c for c in dict.fromkeys(contexts) if c not in self._log_probs]
+        for start in range(0, len(missing), self.batch):
+            part = missing[start : start + self.batch]
+            predicted = np.asarray(self.runner.predict(np.array(part, dtype=np.int64)), dtype=np.float32)
+            summed = (predicted[:, None, :] + self.projected[None, :, :]).reshape(-1, self.projected.shape[1])
+            joined = np.asarray(self.runner.join(np.zeros(self.projected.shape[1], dtype=np.float32), summed),
+                                dtype=np.float64).reshape(len(part), self.frames, -1)
+            for context, log_probs in zip(part, joined):
+                self._log_probs[context] = log_probs
+        return [self._log_probs[c] for c in contexts]
+
+    def initial(self) -> tuple[np.ndarray]:
+        blank = self._joint([self._context_of(())])[0][:, self.blank]
+        return (np.concatenate([[0.0], np.cumsum(blank[:-1])]),)
+
+    def extend(self, states: tuple[np.ndarray, ...], histories: list[tuple[int, ...]], units: np.ndarray):
+        """``PrefixScorer.extend``."""
+        alpha = states[0]
+        before = self._joint([self._context_of(h) for h in histories])
+        after = self._joint([self._context_of(h + (int(u),)) for h, u in zip(histories, units.tolist())])
+        emit = np.stack([lp[:, u] for lp, u in zip(before, units.tolist())])  # [N, T]
+        entry = alpha + emit
+        psi = np.logaddexp.reduce(entry, axis=1)
+        blank = np.stack([lp[:, self.blank] for lp in after])  # [N, T]
+        reached = np.zeros_like(blank)  # sum of blank[s] for s < t
+        np.cumsum(blank[:, :-1], axis=1, out=reached[:, 1:])
+        new_alpha = reached + np.logaddexp.accumulate(entry - reached, axis=1)
+        return (np.maximum(new_alpha, NEG),), psi
+
+    def final(self, states: tuple[np.ndarray, ...], histories: list[tuple[int, ...]]) -> np.ndarray:
+        """log P(exactly this sequence | all frames) [N]."""
+        ends = np.array([lp[-1, self.blank] for lp in self._joint([self._context_of(h) for h in histories])])
+        return states[0][:, -1] + ends
+
+
+class MixedPrefixScorer:
+    """A weighted sum of prefix scorers' log-probabilities (e.g. a model's CTC head and its
+    transducer): each keeps its own state, side by side in one tuple."""
+
+    def __init__(self, weighted: list[tuple[object, float]]) -> None:
+        self.weighted = [(scorer, float(weight)) for scorer, weight in weighted]
+        self._sizes: list[int] = []
+
+    def initial(self) -> tuple[np.ndarray, ...]:
+        states: tuple = ()
+        self._sizes = []
+        for scorer, _ in self.weighted:
+            own = scorer.initial()
+            self._sizes.append(len(own))
+            states += tuple(own)
+        return states
+
+    def _split(self, states: tuple) -> list[tuple]:
+        parts, start = [], 0
+        for size in self._sizes:
+            parts.append(tuple(states[start : start + size]))
+            start += size
+        return parts
+
+    def extend(self, states: tuple[np.ndarray, ...], histories: list[tuple[int, ...]], units: np.ndarray):
+        new_states: tuple = ()
+        total = 0.0
+        for (scorer, weight), own in zip(self.weighted, self._split(states)):
+            extended, psi = scorer.extend(own, histories, units)
+            new_states += tuple(extended)
+            total = total + weight * psi
+        return new_states, total
+
+    def final(self, states: tuple[np.ndarray, ...], histories: list[tuple[int, ...]]) -> np.ndarray:
+        return sum(weight * scorer.final(own, histories)
+                   for (scorer, weight), own in zip(self.weighted, self._split(states)))
+
+
+class PrefixScorer(Protocol):
+    """What the joint search asks of the first pass's head over a segment (``CTCPrefixScorer``,
+    ``TransducerPrefixScorer``, or a ``MixedPrefixScorer`` of both).
+
+    A prefix's state is a tuple of arrays [T]; the search stacks N prefixes' states into arrays
+    [N, T] and passes each prefix's units so far (``histories``)."""
+
+    def initial(self) -> tuple[np.ndarray, ...]: ...
+
+    def extend(self, states: tuple[np.ndarray, ...], histories: list[tuple[int, ...]], units: np.ndarray
+               ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """The states of each history + its unit, and log P(history + unit as a prefix) [N]."""
+
+    def final(self, states: tuple[np.ndarray, ...], histories: list[tuple[int, ...]]) -> np.ndarray:
+        """log P(exactly this sequence) [N]."""
 
 
 class DecoderSteps(Protocol):
@@ -161,8 +299,9 @@ class DecoderSteps(Protocol):
 class _Beam:
     tokens: list[int]
     units: list[int]
-    r_n: np.ndarray
-    r_b: np.ndarray
+    #: the prefix scorer's state (``PrefixScorer``), each array [T]
+    prefix: tuple
+    #: the prefix scorer's log-probability of ``units`` as a prefix
     ctc: float
     att: float
     state: object = None  # the fused scorer's (LM, hotwords)
@@ -170,6 +309,11 @@ class _Beam:
     #: per unit, its share of the Whisper log-probability of the token that wrote it (a token's
     #: value split over its letters; 0 for spaces): summed over a word, the word's log-probability
     unit_att: tuple = ()
+
+
+def _stacked(prefixes: list[tuple]) -> tuple[np.ndarray, ...]:
+    """N prefix states (tuples of [T] arrays) -> one tuple of [N, T] arrays."""
+    return tuple(np.stack(parts) for parts in zip(*prefixes))
 
 
 def _spelled(beam_units: list[int], token_units: tuple[int, ...], space_id: int) -> list[int]:
@@ -188,7 +332,8 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
                       spelling: TokenSpelling, space_id: int, beam_size: int = 4, ctc_weight: float = 0.5,
                       candidates_per_beam: int = 8, max_tokens: int = 200, blank: int = 0,
                       length_bonus: float = 0.0, end_margin: float = 8.0, text_scorer=None,
-                      unit_texts: list[str] | None = None) -> list[tuple[list[int], list[int], float, tuple]]:
+                      unit_texts: list[str] | None = None, prefix_scorer=None
+                      ) -> list[tuple[list[int], list[int], float, tuple]]:
     """Hypotheses [(whisper tokens, our units, joint score, per-unit Whisper log-prob shares)],
     best first, for encoded [1, T, D] (in the decoder backend's own array type) and CTC
     log-probs [T, V]. The shares (see ``_Beam.unit_att``) give each word's probability under
@@ -202,11 +347,12 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
 
     ``text_scorer`` (edgeasr.decoding.fusion: word LM, hotwords) adds its score of the text each token
     spells (``unit_texts``: the text of each of our units), and its end terms at end-of-text.
+    ``prefix_scorer`` (``PrefixScorer``) replaces the CTC head's prefix scores with another
+    head's (the transducer's, or a mix); ``ctc_weight`` then weighs that score.
     The search itself is numpy: torch and ONNX Runtime decoders give the same hypotheses.
     """
-    scorer = CTCPrefixScorer(ctc_log_probs, blank)
-    r_n, r_b = scorer.initial()
-    beams = [_Beam([], [], r_n, r_b, 0.0, 0.0, text_scorer.initial() if text_scorer is not None else None)]
+    scorer = CTCPrefixScorer(ctc_log_probs, blank) if prefix_scorer is None else prefix_scorer
+    beams = [_Beam([], [], tuple(scorer.initial()), 0.0, 0.0, text_scorer.initial() if text_scorer is not None else None)]
     advanced: dict = {}
     finished: list[tuple[list[int], list[int], float, tuple]] = []
     eot = decoder.eot
@@ -223,7 +369,7 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
         top_values, top_tokens, eot_log_probs, caches = decoder.step(step, cross, caches, offset, token_bias,
                                                                      candidates_per_beam)
         offset += step.shape[1]
-        finals = scorer.final(np.stack([beam.r_n for beam in beams]), np.stack([beam.r_b for beam in beams]))
+        finals = scorer.final(_stacked([beam.prefix for beam in beams]), [tuple(beam.units) for beam in beams])
         rows = []
         for b, beam in enumerate(beams):
             # End of text: the CTC probability of the whole hypothesis
@@ -249,19 +395,19 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
         # CTC prefix scores of every extension, one unit position at a time, all rows together
         count = len(rows)
         parents = [beams[b] for b, *_ in rows]
-        r_n = np.stack([beam.r_n for beam in parents])
-        r_b = np.stack([beam.r_b for beam in parents])
+        states = _stacked([beam.prefix for beam in parents])
         ctc = np.array([beam.ctc for beam in parents], dtype=np.float64)
-        last = np.array([beam.units[-1] if beam.units else -1 for beam in parents], dtype=np.int64)
-        lengths = np.array([len(beam.units) for beam in parents], dtype=np.int64)
+        histories = [tuple(beam.units) for beam in parents]
         spans = np.array([len(r[3]) for r in rows])
         for position in range(int(spans.max())):
             idx = np.flatnonzero(spans > position)
             units = np.array([rows[i][3][position] for i in idx.tolist()], dtype=np.int64)
-            new_n, new_b, psi = scorer.extend(r_n[idx], r_b[idx], last[idx], units, lengths[idx] == 0)
-            r_n[idx], r_b[idx], ctc[idx] = new_n, new_b, psi
-            last[idx] = units
-            lengths[idx] += 1
+            extended, psi = scorer.extend(tuple(s[idx] for s in states), [histories[i] for i in idx.tolist()], units)
+            for whole, part in zip(states, extended):
+                whole[idx] = part
+            ctc[idx] = psi
+            for i, unit in zip(idx.tolist(), units.tolist()):
+                histories[i] = histories[i] + (unit,)
         scored = [(ctc_weight * float(ctc[i]) + (1 - ctc_weight) * rows[i][2]
                    + length_bonus * (len(parents[i].units) + len(rows[i][3])) + rows[i][4], i)
                   for i in range(count)]
@@ -277,7 +423,8 @@ def joint_beam_search(decoder: DecoderSteps, encoded, ctc_log_probs, prompt: lis
             parent = beams[b]
             letters = sum(1 for u in units if u != space_id)
             shares = tuple(0.0 if u == space_id else value / letters for u in units)
-            new_beams.append(_Beam(parent.tokens + [token], parent.units + units, r_n[i], r_b[i], float(ctc[i]), att,
+            new_beams.append(_Beam(parent.tokens + [token], parent.units + units, tuple(s[i] for s in states),
+                                   float(ctc[i]), att,
                                    state, fused, parent.unit_att + shares))
             order.append(b)
         caches = decoder.select(caches, np.array(order, dtype=np.int64))

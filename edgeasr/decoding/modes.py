@@ -38,6 +38,9 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
                  "when given (transducer models)"),
     Mode("whisper_rescoring", beam=True, second_pass="whisper",
          summary="Whisper's decoder and the CTC head decode each segment jointly (Whisper models)"),
+    Mode("transducer_whisper", beam=True, second_pass="whisper", head="transducer",
+         summary="the transducer's beam streams the partials; at each segment's end Whisper's decoder and the "
+                 "transducer decode it jointly (transducer models with a Whisper decoder)"),
     Mode("cascade_rescoring", beam=True, second_pass="cascade",
          summary="a cascaded non-causal encoder over each segment's first-pass frames, then its CTC prefix "
                  "beam (models with model.cascade; torch backend)"),
@@ -53,8 +56,8 @@ def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decode
         raise EdgeAsrError(f"unknown decoding mode '{requested}' (choose from {', '.join(MODE_NAMES)})")
     if requested == "attention_rescoring" and not has_attention_decoder:
         requested = "whisper_rescoring" if has_whisper_decoder else "ctc_prefix_beam"
-    if requested == "whisper_rescoring" and not has_whisper_decoder:
-        raise EdgeAsrError("whisper_rescoring needs a model with a Whisper decoder (edgeasr import whisper)")
+    if MODES[requested].second_pass == "whisper" and not has_whisper_decoder:
+        raise EdgeAsrError(f"{requested} needs a model with a Whisper decoder (edgeasr import whisper)")
     if MODES[requested].head == "transducer" and not has_transducer:
         raise EdgeAsrError(f"{requested} needs a model with a transducer head (model.transducer in its config)")
     if MODES[requested].second_pass == "cascade" and not has_cascade:

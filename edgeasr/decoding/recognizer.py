@@ -116,7 +116,7 @@ class Recognizer(DecodingCore):
             if options.cascade_layers not in cascade.config.exit_layers:
                 raise EdgeAsrError(f"--cascade-layers {options.cascade_layers}: this cascade has sub-models of "
                                    f"{', '.join(map(str, cascade.config.exit_layers))} layers")
-        if self.mode == "whisper_rescoring":
+        if self.mode_spec.second_pass == "whisper":
             from edgeasr.decoding.whisper_rescoring import TorchWhisperBackend, WhisperSecondPass
 
             writer = packaged if options.second_pass_model is None else self._second_pass_model(options)
@@ -126,7 +126,9 @@ class Recognizer(DecodingCore):
                 ctc_weight=options.whisper_ctc_weight, length_bonus=options.whisper_length_bonus,
                 beam_size=options.beam_size, search=options.second_pass_search,
                 window_frames=round(options.second_pass_window / self.frontend.frame_shift),
-                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4, pad=options.second_pass_pad)
+                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4, pad=options.second_pass_pad,
+                transducer=self.transducer if self.mode_spec.head == "transducer" else None,
+                transducer_weight=options.second_pass_transducer_weight)
 
     def _reads_like_this_model(self, other: PackagedModel) -> str | None:
         """Why another model cannot read the same segments as this one (front end, frame rate,

@@ -114,21 +114,25 @@ class TorchWhisperBackend:
             self.writer.whisper_decoder.use_int8()
         self.steps = TorchDecoderSteps(self.writer.whisper_decoder)
 
-    def encode(self, feats, speech_frames: int | None = None):
+    def encode(self, feats, speech_frames: int | None = None, with_frames: bool = False):
         """Normalized features [T, F] -> (encoded [1, T', D], CTC log-probs [T', V] numpy), full
         context. ``speech_frames``: the segment's own feature frames when ``feats`` is a padded
         window (or a separate writer reads it): the CTC head then reads the segment alone, as it
-        was trained, and the decoder the window."""
+        was trained, and the decoder the window. ``with_frames``: also this model's encoder
+        frames of the segment alone [T', D] (numpy), which a transducer head reads."""
         import torch
 
         with torch.no_grad():
             encoded, _ = self.writer.encoder(feats.unsqueeze(0), torch.tensor([feats.size(0)]), 0, -1)
             padded = speech_frames is not None and speech_frames < feats.size(0)
+            own_encoded = encoded
             if self.writer is not self.model or padded:
                 own = feats[:speech_frames] if padded else feats
-                ctc_encoded, _ = self.model.encoder(own.unsqueeze(0), torch.tensor([own.size(0)]), 0, -1)
-                return encoded, self.model.ctc_log_probs(ctc_encoded)[0].numpy()
-            return encoded, self.model.ctc_log_probs(encoded)[0].numpy()
+                own_encoded, _ = self.model.encoder(own.unsqueeze(0), torch.tensor([own.size(0)]), 0, -1)
+            log_probs = self.model.ctc_log_probs(own_encoded)[0].numpy()
+            if with_frames:
+                return encoded, log_probs, own_encoded[0].float().numpy()
+            return encoded, log_probs
 
 
 def _word_scores(units: list[int], unit_att: tuple, space_id: int) -> list[float]:
@@ -154,7 +158,8 @@ class WhisperSecondPass:
     def __init__(self, backend, tokenizer: Tokenizer, whisper_tokenizer: WhisperTokenizer, prompt: list[int],
                  ctc_weight: float = 0.5, length_bonus: float = 0.0, beam_size: int = 10,
                  search: str = "joint", joint_beam: int = 3, window_frames: int = 0,
-                 silence_below_max: float = 2.0, pad: str = "floor") -> None:
+                 silence_below_max: float = 2.0, pad: str = "floor", transducer=None,
+                 transducer_weight: float = 1.0) -> None:
         if search not in ("joint", "rescore"):
             raise ValueError(f"second-pass search must be 'joint' or 'rescore', not {search!r}")
         if search == "rescore" and getattr(backend, "model", None) is None:
@@ -179,6 +184,15 @@ class WhisperSecondPass:
         if pad not in ("floor", "quietest"):
             raise ValueError(f"second-pass pad must be 'floor' or 'quietest', not {pad!r}")
         self.pad = pad
+        #: a transducer runner (edgeasr.decoding.transducer_search): the joint search's prefix
+        #: scores then come from the transducer over the segment's frames, mixed with the CTC
+        #: head's as ``transducer_weight`` says (1: the transducer alone)
+        if transducer is not None and search != "joint":
+            raise ValueError("a transducer second pass runs the joint search")
+        if not 0.0 <= transducer_weight <= 1.0:
+            raise ValueError("the transducer's weight in the second pass lies between 0 and 1")
+        self.transducer = transducer
+        self.transducer_weight = float(transducer_weight)
         #: hypotheses kept (and force-aligned for their times) in a result's n-best
         self.nbest = 5
         #: our units for each Whisper token (~50k), built with the recognizer (once per process)
@@ -199,7 +213,20 @@ class WhisperSecondPass:
         words = len(self.tokenizer.decode(ctc_greedy(log_probs, self.blank).tokens).split())
         return int(min(200, 10 + 2 * words))
 
-    def _joint(self, encoded, log_probs: np.ndarray, scorer=None) -> list[tuple[Hypothesis, float]]:
+    def _prefix_scorer(self, log_probs: np.ndarray, frames):
+        """The joint search's first-pass scores: the CTC head's (None: the search's own), or the
+        transducer's over the segment's frames, alone or mixed with CTC's."""
+        if self.transducer is None:
+            return None
+        from edgeasr.decoding.joint_whisper import CTCPrefixScorer, MixedPrefixScorer, TransducerPrefixScorer
+
+        transducer = TransducerPrefixScorer(self.transducer, frames)
+        if self.transducer_weight >= 1.0:
+            return transducer
+        return MixedPrefixScorer([(CTCPrefixScorer(log_probs, self.blank), 1.0 - self.transducer_weight),
+                                  (transducer, self.transducer_weight)])
+
+    def _joint(self, encoded, log_probs: np.ndarray, scorer=None, frames=None) -> list[tuple[Hypothesis, float]]:
         from edgeasr.decoding.joint_whisper import joint_beam_search
         from edgeasr.text.tokenizer import SPACE
 
@@ -209,7 +236,7 @@ class WhisperSecondPass:
                                   ctc_weight=self.ctc_weight,
                                   max_tokens=self._joint_max_tokens(log_probs), blank=self.blank,
                                   length_bonus=self.length_bonus, text_scorer=scorer,
-                                  unit_texts=self._unit_texts)
+                                  unit_texts=self._unit_texts, prefix_scorer=self._prefix_scorer(log_probs, frames))
         candidates, seen = [], set()
         for _, units, score, unit_att in found:  # best first; the same text may end several beams
             text = self.tokenizer.decode(units)
@@ -252,14 +279,18 @@ class WhisperSecondPass:
 
         ``scorer`` (edgeasr.decoding.fusion: LM, hotwords) is fused into the joint search."""
         # the encoder itself, full context
-        encoded, log_probs = self._encode(feats)
+        frames = None
+        if self.transducer is not None:
+            encoded, log_probs, frames = self._encode(feats, with_frames=True)
+        else:
+            encoded, log_probs = self._encode(feats)
         if self.search == "joint" and encoded.shape[1] > 0:
-            ranked = self._joint(encoded, log_probs, scorer)
+            ranked = self._joint(encoded, log_probs, scorer, frames)
             if ranked:
                 return ranked, log_probs
         return self._rescore_candidates(encoded, log_probs, first_pass, scorer), log_probs
 
-    def _encode(self, feats):
+    def _encode(self, feats, with_frames: bool = False):
         """Full-context encoding of the segment: alone, or as Whisper was trained, at the start
         of a window filled with silence (``window_frames``).
 
@@ -274,7 +305,7 @@ class WhisperSecondPass:
         """
         frames = int(feats.shape[0])
         if self.window_frames <= frames or frames == 0:
-            return self.backend.encode(feats, speech_frames=frames)
+            return self.backend.encode(feats, speech_frames=frames, with_frames=with_frames)
         values = np.asarray(feats)
         if self.pad == "quietest":
             fill = values.min(axis=0)
@@ -285,7 +316,7 @@ class WhisperSecondPass:
             import torch
 
             padded = torch.from_numpy(padded)
-        return self.backend.encode(padded, speech_frames=frames)
+        return self.backend.encode(padded, speech_frames=frames, with_frames=with_frames)
 
     def _rescore_candidates(self, encoded, log_probs: np.ndarray, first_pass: list[Hypothesis], scorer
                             ) -> list[tuple[Hypothesis, float]]:

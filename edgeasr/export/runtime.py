@@ -216,13 +216,16 @@ class OnnxWhisperBackend:
         self.steps = OnnxDecoderSteps(_session(directory / f"decoder_cross{decoder_suffix}", threads),
                                       _session(directory / f"decoder_step{decoder_suffix}", threads), meta)
 
-    def encode(self, feats: np.ndarray, speech_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """As ``TorchWhisperBackend.encode``: with a padded window, the CTC log-probs come from a
-        second run over the segment alone."""
+    def encode(self, feats: np.ndarray, speech_frames: int | None = None, with_frames: bool = False):
+        """As ``TorchWhisperBackend.encode``: with a padded window, the CTC log-probs (and the
+        frames a transducer reads) come from a second run over the segment alone."""
         feats = np.asarray(feats, dtype=np.float32)
         encoded, log_probs = self.full.run(None, {"mel": feats[None]})
+        own = encoded
         if speech_frames is not None and speech_frames < feats.shape[0]:
-            log_probs = self.full.run(None, {"mel": feats[None, :speech_frames]})[1]
+            own, log_probs = self.full.run(None, {"mel": feats[None, :speech_frames]})
+        if with_frames:
+            return encoded, log_probs[0], own[0]
         return encoded, log_probs[0]
 
 
@@ -300,9 +303,10 @@ class OnnxRecognizer(DecodingCore):
                 raise TypeError(f"unknown decoding option {name!r}")
             setattr(options, name, value)
         has_whisper = self.whisper and self.meta.get("second_pass") == "whisper"
-        if self.whisper and options.mode == "whisper_rescoring" and not has_whisper:
+        if self.whisper and MODES.get(options.mode) is not None and MODES[options.mode].second_pass == "whisper" \
+                and not has_whisper:
             raise EdgeAsrError(f"{self.directory}: this export carries the streaming first pass only "
-                               "(re-export it with this edgeasr for whisper_rescoring on ONNX Runtime)")
+                               f"(re-export it with this edgeasr for {options.mode} on ONNX Runtime)")
         if options.second_pass_model is not None:
             raise EdgeAsrError("--second-pass-model runs with the torch backend (ONNX Runtime runs the export's own second pass)")
         if options.cascade_layers is not None:
@@ -320,7 +324,7 @@ class OnnxRecognizer(DecodingCore):
             segmenter = lambda encoded: float(graph.run(None, {"frames": np.asarray(encoded[-1:], dtype=np.float32)})[0][-1])  # noqa: E731
         self._setup_decoding(options, self.decoder is not None, has_whisper, self.directory, self.meta["blank_id"],
                              self.meta.get("max_frames"), transducer=transducer, segmenter=segmenter)
-        if self.mode == "whisper_rescoring":
+        if self.mode_spec.second_pass == "whisper":
             if options.second_pass_search != "joint":
                 raise EdgeAsrError("--second-pass rescore runs with the torch backend; ONNX Runtime runs 'joint'")
             from edgeasr.decoding.whisper_rescoring import WhisperSecondPass
@@ -332,7 +336,9 @@ class OnnxRecognizer(DecodingCore):
                 self.meta["whisper_prompt"], ctc_weight=options.whisper_ctc_weight,
                 length_bonus=options.whisper_length_bonus, beam_size=options.beam_size, search="joint",
                 window_frames=round(options.second_pass_window * 1000.0 / self.meta["frame_shift_ms"]),
-                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4, pad=options.second_pass_pad)
+                silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4, pad=options.second_pass_pad,
+                transducer=self.transducer if self.mode_spec.head == "transducer" else None,
+                transducer_weight=options.second_pass_transducer_weight)
 
     @property
     def chunk_size(self) -> int:
