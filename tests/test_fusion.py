@@ -130,3 +130,35 @@ def test_search_with_an_lm_stays_incremental():
     assert [(h.tokens, round(h.score, 6), round(h.fused_score, 6)) for h in whole.nbest()] == \
         [(h.tokens, round(h.score, 6), round(h.fused_score, 6)) for h in pieces.nbest()]
     assert all(math.isfinite(h.fused_score) for h in whole.nbest())
+
+
+def test_density_ratio_fusion_subtracts_the_source_lm():
+    """build_scorer's source LM (density-ratio fusion): a text's fused score is the target LM's
+    score minus the source LM's, weighted, with no bonus or unknown-word penalty of its own; the
+    search's decision moves with it: a word the acoustic model's own training text made common
+    loses the credit it already has."""
+    from edgeasr.lm.ngram import LN10
+
+    target = train_ngram([s.split() for s in LM_TEXT], order=3)
+    source = train_ngram([s.split() for s in ["the cat sat", "the cat sat on the cat"] * 5], order=3)
+    plain = build_scorer(target, 1.0, 1.0)
+    ratio = build_scorer(target, 1.0, 1.0, source_lm=source, source_weight=0.5)
+    for text in ("the cat sat", "the kat sat", "a dog"):
+        words = text.split()
+        context, source_ln = ("<s>",), 0.0
+        for word in words + ["</s>"]:
+            log10, context = source.advance(context, word)
+            source_ln += log10 * LN10
+        assert text_score(ratio, text) == pytest.approx(text_score(plain, text) - 0.5 * source_ln, abs=1e-6)
+    frames = frames_for("the cat sat", {4: ("k", 0.45)})  # acoustics lean to "cat"
+    assert decode(frames, plain) == "the cat sat"
+    strong = build_scorer(target, 1.0, 1.0, source_lm=source, source_weight=2.0)
+    assert decode(frames, strong) == "the kat sat"
+    assert build_scorer(None, 1.0, 1.0, source_lm=source, source_weight=0.5) is None
+
+
+def test_source_lm_needs_an_lm():
+    import edgeasr
+
+    with pytest.raises(EdgeAsrError, match="--source-lm .* needs an LM to fuse"):
+        edgeasr.load_model("models/u2-baseline", mode="ctc_prefix_beam", lm=None, source_lm="models/default/lm")

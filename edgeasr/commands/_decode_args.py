@@ -57,6 +57,11 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-bonus", type=float, default=defaults.lm_bonus,
                         help="score bonus per unit the LM scores: a word, or a character for a character LM "
                              f"(default: {defaults.lm_bonus})")
+    parser.add_argument("--source-lm", metavar="PATH",
+                        help="density-ratio fusion: an LM of the acoustic model's training transcripts "
+                             "(`edgeasr lm train`), whose score is subtracted from --lm's in the first pass")
+    parser.add_argument("--source-lm-weight", type=float, default=defaults.source_lm_weight,
+                        help=f"density-ratio fusion: the source LM's weight (default: {defaults.source_lm_weight})")
     parser.add_argument("--whisper-ctc-weight", type=float, default=None,
                         help=f"Whisper second pass: CTC's weight against Whisper's decoder "
                              f"(default: {DecodeOptions.whisper_ctc_weight})")
@@ -105,6 +110,8 @@ def search_options(args: argparse.Namespace) -> dict:
     return {"vad": getattr(args, "vad", False), "segmenter": segmenter,
             "segmenter_threshold": getattr(args, "segmenter_threshold", DecodeOptions().segmenter_threshold), "lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
             "lm_weight": args.lm_weight, "lm_bonus": args.lm_bonus,
+            "source_lm": getattr(args, "source_lm", None),
+            "source_lm_weight": getattr(args, "source_lm_weight", DecodeOptions().source_lm_weight),
             "whisper_lm_weight": args.whisper_lm_weight, "hotwords": args.hotwords,
             "hotword_boost": args.hotword_boost, "token_threshold": args.token_threshold,
             "score_threshold": args.score_threshold, "first_pass": getattr(args, "first_pass", None),

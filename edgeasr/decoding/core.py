@@ -98,6 +98,10 @@ class DecodeOptions:
     #: decoder is a far stronger LM than an n-gram: fusing one there measured no gain)
     whisper_lm_weight: float = 0.0
     whisper_lm_bonus: float = 0.5
+    #: density-ratio fusion: an LM of the acoustic model's training transcripts (a path, as
+    #: ``lm``), subtracted from the fused LM's score in the first pass with this weight
+    source_lm: str | None = None
+    source_lm_weight: float = 0.3
     #: phrases to bias towards: a file (one a line, optional ":BOOST") or a list of phrases
     hotwords: str | list[str] | None = None
     #: boost per character of a hotword (nats), unless its line gives one
@@ -124,7 +128,7 @@ class DecodeOptions:
         if self.mode not in MODES:
             raise EdgeAsrError(f"unknown decoding mode '{self.mode}' (choose from {', '.join(MODES)})")
         for name in ("lm_weight", "unk_penalty", "whisper_lm_weight", "hotword_boost", "token_threshold",
-                     "score_threshold"):
+                     "score_threshold", "source_lm_weight"):
             value = getattr(self, name)
             if not value >= 0:  # also refuses NaN
                 raise EdgeAsrError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
@@ -183,6 +187,11 @@ class DecodingCore:
         self.blank_id = blank_id
         self.piece_texts = piece_texts(self.tokenizer)
         self.lm = _resolve_lm(options.lm, model_directory)
+        self.source_lm = None
+        if options.source_lm not in (None, "none"):
+            if self.lm is None:
+                raise EdgeAsrError("--source-lm (density-ratio fusion) needs an LM to fuse (--lm)")
+            self.source_lm = _cached_lm(str(options.source_lm))
         self.calibrator = load_calibration(model_directory)
         self.hotwords = self._phrases(options.hotwords)
         #: encoder frames a segment may hold (Whisper's positions end at 30 s); None = unlimited
@@ -213,7 +222,8 @@ class DecodingCore:
             return self._own_scorers  # shared by the streams: their caches stay warm
         phrases = self._phrases(hotwords) if hotwords is not None else self.hotwords
         o = self.options
-        first = build_scorer(self.lm, o.lm_weight, o.lm_bonus, o.unk_penalty, phrases)
+        first = build_scorer(self.lm, o.lm_weight, o.lm_bonus, o.unk_penalty, phrases,
+                             source_lm=self.source_lm, source_weight=o.source_lm_weight)
         second = build_scorer(self.lm, o.whisper_lm_weight, o.whisper_lm_bonus, o.unk_penalty, phrases)
         if hotwords is None:
             self._own_scorers = (first, second)

@@ -287,16 +287,29 @@ def read_hotwords(source: str | os.PathLike[str] | Iterable[str], default_boost:
     return phrases
 
 
+def _lm_scorer(lm: NgramLM, weight: float, bonus: float, unk_penalty: float):
+    """A character LM (``lm.unit == "char"``) scores every character; a word LM every word."""
+    if getattr(lm, "unit", "word") == "char":
+        return CharLMScorer(lm, weight, bonus)
+    return WordLMScorer(lm, weight, bonus, unk_penalty)
+
+
 def build_scorer(lm: NgramLM | None = None, lm_weight: float = 0.0, lm_bonus: float = 0.0,
-                 unk_penalty: float = 4.0, hotwords: Sequence[tuple[str, float]] | None = None):
+                 unk_penalty: float = 4.0, hotwords: Sequence[tuple[str, float]] | None = None,
+                 source_lm: NgramLM | None = None, source_weight: float = 0.0):
     """The scorer a search fuses: the LM (when it has weight), hotwords, both, or None.
-    A character LM (``lm.unit == "char"``) scores every character; a word LM every word."""
+
+    ``source_lm`` (density-ratio fusion, McDermott et al. 2019, as the 4-bit RNN-T paper fuses
+    its LM): an LM of the acoustic model's own training transcripts, whose score is taken away
+    with ``source_weight``: the recognizer already learnt that text's statistics (a
+    transducer's prediction network is itself such an LM), so the fused LM adds only the ratio
+    of the target text's probability to the training text's."""
     scorers = []
     if lm is not None and lm_weight > 0:
-        if getattr(lm, "unit", "word") == "char":
-            scorers.append(CharLMScorer(lm, lm_weight, lm_bonus))
-        else:
-            scorers.append(WordLMScorer(lm, lm_weight, lm_bonus, unk_penalty))
+        scorers.append(_lm_scorer(lm, lm_weight, lm_bonus, unk_penalty))
+        if source_lm is not None and source_weight > 0:
+            # no bonus and no unknown-word penalty: they belong to the fused LM alone
+            scorers.append(_lm_scorer(source_lm, -source_weight, 0.0, 0.0))
     if hotwords:
         scorers.append(HotwordScorer(hotwords))
     if not scorers:

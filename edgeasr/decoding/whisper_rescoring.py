@@ -304,8 +304,9 @@ class WhisperSecondPass:
         the last word's end there.
         """
         frames = int(feats.shape[0])
+        extra = {"with_frames": True} if with_frames else {}  # only transducer second passes ask
         if self.window_frames <= frames or frames == 0:
-            return self.backend.encode(feats, speech_frames=frames, with_frames=with_frames)
+            return self.backend.encode(feats, speech_frames=frames, **extra)
         values = np.asarray(feats)
         if self.pad == "quietest":
             fill = values.min(axis=0)
@@ -316,7 +317,7 @@ class WhisperSecondPass:
             import torch
 
             padded = torch.from_numpy(padded)
-        return self.backend.encode(padded, speech_frames=frames, with_frames=with_frames)
+        return self.backend.encode(padded, speech_frames=frames, **extra)
 
     def _rescore_candidates(self, encoded, log_probs: np.ndarray, first_pass: list[Hypothesis], scorer
                             ) -> list[tuple[Hypothesis, float]]:
