@@ -7,7 +7,9 @@ The model (``configs/whisper/tiny_transducer_frozen.yaml``: the default's frozen
 and Whisper decoder plus a trained transducer head) streams every utterance in blocks of its chunk
 in each mode; the modes take turns on each utterance, 1 thread. A mode written ``NAME+lm`` runs
 with the LM (``--lm``, default the model directory's own) fused into its search, plain ``NAME``
-without one. Per set and mode: WER, CER, RTF (compute / audio), the median ratio of each mode's
+without one; ``NAME+lm+dr`` adds density-ratio fusion (``--source-lm``: an LM of the training
+transcripts, subtracted with ``--source-lm-weight``). ``transducer_whisper`` is the two-pass
+transducer: its partials, then Whisper's decoder kept on the audio by the transducer. Per set and mode: WER, CER, RTF (compute / audio), the median ratio of each mode's
 time to the first mode's, and two latencies, medians over utterances:
 
 - ``first_partial_s``: audio seconds streamed when the first non-empty partial appeared (the
@@ -38,7 +40,8 @@ from edgeasr.evaluate.report import run_facts, save_result
 from edgeasr.model.package import load_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = "ctc_greedy,ctc_prefix_beam+lm,transducer_greedy,transducer_beam,transducer_beam+lm,whisper_rescoring"
+MODES = ("ctc_greedy,ctc_prefix_beam+lm,transducer_greedy,transducer_beam,transducer_beam+lm,whisper_rescoring,"
+         "transducer_whisper")
 
 
 def head_parameters(model) -> dict:
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--modes", default=MODES)
     parser.add_argument("--lm", help="the LM of the NAME+lm modes (default: the model directory's lm/)")
+    parser.add_argument("--source-lm", help="the source LM of the NAME+lm+dr modes (density-ratio fusion)")
+    parser.add_argument("--source-lm-weight", type=float, default=DecodeOptions.source_lm_weight)
+    parser.add_argument("--chunk-size", type=int, help="encoder frames per chunk (default: the model's)")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transducer.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
@@ -82,14 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     lm = args.lm or (str(Path(args.model) / "lm") if (Path(args.model) / "lm").is_dir() else None)
-    if any(m.endswith("+lm") for m in modes) and lm is None:
+    if any("+lm" in m for m in modes) and lm is None:
         print(f"edgeasr: error: {args.model} has no lm/ for the +lm modes; pass --lm DIR", file=sys.stderr)
+        return 2
+    if any(m.endswith("+dr") for m in modes) and args.source_lm is None:
+        print("edgeasr: error: the +dr modes need --source-lm", file=sys.stderr)
         return 2
     recognizers = {}
     for mode in modes:
-        name, fused = (mode[:-3], True) if mode.endswith("+lm") else (mode, False)
-        recognizers[mode] = Recognizer(packaged, DecodeOptions(mode=name, lm=lm if fused else None)
-                                       if fused else DecodeOptions(mode=name, lm=None))
+        name, *extras = mode.split("+")
+        recognizers[mode] = Recognizer(packaged, DecodeOptions(
+            mode=name, lm=lm if "lm" in extras else None, chunk_size=args.chunk_size,
+            source_lm=args.source_lm if "dr" in extras else None, source_lm_weight=args.source_lm_weight))
     parts = head_parameters(packaged.model)
     result = {
         **run_facts("transducer", "benchmarks/transducer.py", sys.argv[1:] if argv is None else argv),
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": parts,
         "transducer_config": packaged.model.config.transducer,
         "lm": lm,
+        "source_lm": args.source_lm,
+        "source_lm_weight": args.source_lm_weight if args.source_lm else None,
         "sets": {},
     }
     for item in args.manifest:

@@ -340,10 +340,14 @@ def test_transducer_benchmark_writes_rows_and_a_report_section(transducer_model,
     write_manifest(manifest, [Utterance(audio=clip, text=text, duration=5.0)])
     out, report = tmp_path / "results" / "transducer.json", tmp_path / "BENCHMARKS.md"
     assert load_benchmark("transducer").main([
-        "--model", str(directory), "--manifest", f"clip={manifest}", "--modes", "ctc_greedy,transducer_greedy",
+        "--model", str(directory), "--manifest", f"clip={manifest}",
+        "--modes", "ctc_greedy,transducer_greedy,transducer_beam+lm+dr", "--lm", "models/default/lm",
+        "--source-lm", "models/default/lm", "--source-lm-weight", "0.5",
         "--out", str(out), "--report", str(report)]) == 0
-    rows = json.loads(out.read_text())["sets"]["clip"]["rows"]
-    assert set(rows) == {"ctc_greedy", "transducer_greedy"}
+    result = json.loads(out.read_text())
+    rows = result["sets"]["clip"]["rows"]
+    assert set(rows) == {"ctc_greedy", "transducer_greedy", "transducer_beam+lm+dr"}
+    assert result["source_lm"] == "models/default/lm" and result["source_lm_weight"] == 0.5
     assert rows["transducer_greedy"]["wer"] < rows["ctc_greedy"]["wer"]  # the transducer learnt faster here
     assert rows["transducer_greedy"]["rtf"] > 0
     assert "## Transducer head against CTC" in report.read_text()
