@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm", help="the LM of the NAME+lm modes (default: the model directory's lm/)")
     parser.add_argument("--source-lm", help="the source LM of the NAME+lm+dr modes (density-ratio fusion)")
     parser.add_argument("--source-lm-weight", type=float, default=DecodeOptions.source_lm_weight)
+    parser.add_argument("--transducer-lm-bonus", type=float, default=DecodeOptions.lm_bonus,
+                        help="the LM's bonus per character in the transducer's +lm modes (the CTC beam keeps "
+                             f"the default, {DecodeOptions.lm_bonus})")
     parser.add_argument("--chunk-size", type=int, help="encoder frames per chunk (default: the model's)")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transducer.json"))
@@ -97,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     recognizers = {}
     for mode in modes:
         name, *extras = mode.split("+")
+        bonus = args.transducer_lm_bonus if name.startswith("transducer") else DecodeOptions.lm_bonus
         recognizers[mode] = Recognizer(packaged, DecodeOptions(
-            mode=name, lm=lm if "lm" in extras else None, chunk_size=args.chunk_size,
+            mode=name, lm=lm if "lm" in extras else None, chunk_size=args.chunk_size, lm_bonus=bonus,
             source_lm=args.source_lm if "dr" in extras else None, source_lm_weight=args.source_lm_weight))
     parts = head_parameters(packaged.model)
     result = {
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "transducer_config": packaged.model.config.transducer,
         "lm": lm,
         "source_lm": args.source_lm,
+        "transducer_lm_bonus": args.transducer_lm_bonus,
         "source_lm_weight": args.source_lm_weight if args.source_lm else None,
         "sets": {},
     }

@@ -106,3 +106,17 @@ def test_lm_train_and_eval_commands(tmp_path, capsys):
     assert "no text" in capsys.readouterr().err
     assert main(["lm", "train", "--text", str(text), "--no-pool", "--prune", "1,x", "--out", str(tmp_path / "y")]) == 2
     assert "--prune" in capsys.readouterr().err
+
+
+def test_lm_from_a_training_manifests_transcripts(tmp_path, capsys):
+    """--transcripts: a manifest's transcripts are the text (the source LM of density-ratio fusion)."""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"audio": f"{i}.wav", "text": text, "duration": 1.0}) + "\n"
+                             for i, text in enumerate(["The Zebra ran.", "a zebra sat", "zebra"])))
+    out = tmp_path / "source"
+    assert main(["lm", "train", "--transcripts", str(train), "--no-pool", "--unit", "char", "--order", "3",
+                 "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["sentences"] == 3
+    card = json.loads((out / "card.json").read_text())
+    assert card["sources"]["transcripts:train.jsonl"]["sentences"] == 3
+    assert ("z",) in load_lm(out).probs[1]

@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "and write DIR/lm.arpa.gz, DIR/card.json and DIR/README.md.")
     p.add_argument("--text", action="append", default=[], metavar="FILE",
                    help="text file, one sentence a line (.gz allowed; normalised like transcripts); repeat")
+    p.add_argument("--transcripts", action="append", default=[], metavar="M.jsonl",
+                   help="a manifest whose transcripts are text too, e.g. the acoustic model's training set "
+                        "(the source LM of density-ratio fusion: `--source-lm`); repeat")
     p.add_argument("--no-pool", action="store_true",
                    help="leave out the corpus text pool (the packaged prose the synthesized corpus reads)")
     p.add_argument("--unit", choices=("word", "char"), default="word",
@@ -58,7 +61,8 @@ def _train(args: argparse.Namespace) -> int:
     from edgeasr.lm.build import build_lm
 
     card = build_lm(args.out, texts=args.text, use_pool=not args.no_pool, order=args.order,
-                    min_counts=_counts(args.prune, args.order), exclude=args.exclude, unit=args.unit)
+                    min_counts=_counts(args.prune, args.order), exclude=args.exclude, unit=args.unit,
+                    transcripts=args.transcripts)
     print(json.dumps({k: card[k] for k in ("unit", "order", "ngrams", "sentences", "words", "excluded_sentences",
                                             "dev_perplexity", "bytes")}))
     return 0

@@ -73,14 +73,17 @@ def as_characters(words: list[str]) -> list[str]:
 
 def build_lm(out: str | os.PathLike[str], texts: Sequence[str | os.PathLike[str]] = (), use_pool: bool = True,
              order: int = 3, min_counts: Sequence[int] | None = None,
-             exclude: Sequence[str | os.PathLike[str]] = (), unit: str = "word") -> dict:
+             exclude: Sequence[str | os.PathLike[str]] = (), unit: str = "word",
+             transcripts: Sequence[str | os.PathLike[str]] = ()) -> dict:
     """Train and write ``out/lm.arpa.gz`` with ``card.json`` and ``README.md``; returns the card.
 
-    ``unit="char"`` trains a character n-gram (orders 5-7 are typical) instead of a word one."""
+    ``unit="char"`` trains a character n-gram (orders 5-7 are typical) instead of a word one.
+    ``transcripts``: manifests whose transcripts are text too, e.g. an acoustic model's training
+    set, for the source LM of density-ratio fusion."""
     if unit not in ("word", "char"):
         raise EdgeAsrError(f"--unit must be word or char, not {unit!r}")
-    if not texts and not use_pool:
-        raise EdgeAsrError("no text: pass --text FILE (or leave the corpus text pool on)")
+    if not texts and not transcripts and not use_pool:
+        raise EdgeAsrError("no text: pass --text FILE or --transcripts M.jsonl (or leave the corpus text pool on)")
     banned = excluded_texts(exclude)
     sentences: list[list[str]] = []
     sources: dict = {}
@@ -91,6 +94,14 @@ def build_lm(out: str | os.PathLike[str], texts: Sequence[str | os.PathLike[str]
         lines = list(text_file_sentences(Path(path)))
         sources[f"file:{Path(path).name}"] = {"path": str(path), "sentences": len(lines)}
         sentences += lines
+    if transcripts:
+        from edgeasr.data.manifest import read_manifest
+
+        for manifest in transcripts:
+            lines = [normalize_text(u.text).split() for u in read_manifest(manifest, resolve_paths=False)]
+            lines = [line for line in lines if line]
+            sources[f"transcripts:{Path(manifest).name}"] = {"path": str(manifest), "sentences": len(lines)}
+            sentences += lines
     before = len(sentences)
     sentences = [s for s in sentences if " ".join(s) not in banned]
     if not sentences:
