@@ -1092,7 +1092,13 @@ def transducer_section(result: dict, name: str) -> list[str]:
         f"{params['whisper_decoder'] / 1e6:.2f} M), streamed at chunk {result['chunk_size']} "
         f"({result['chunk_size'] * result['frame_ms']:.0f} ms), the modes taking turns on each utterance; "
         f"{result['machine']} ({result['date']}). Time: median over utterances of the mode's time / {modes[0]}'s. "
-        f"`+lm`: with the LM `{result.get('lm')}` fused into the search. First partial: audio seconds streamed "
+        f"`+lm`: with the LM `{result.get('lm')}` fused into the search"
+        + (f" (the transducer's with a bonus of {result['transducer_lm_bonus']:g} per character, tuned on dev)"
+           if result.get("transducer_lm_bonus") not in (None, 1.5) else "")
+        + (f"; `+dr`: density-ratio fusion, the source LM `{result['source_lm']}` (the training transcripts) "
+           f"subtracted with weight {result['source_lm_weight']:g}" if result.get("source_lm") else "")
+        + ". `transducer_whisper`: the transducer's partials, then Whisper's decoder and the transducer decode each "
+          "segment jointly. First partial: audio seconds streamed "
         "when the first non-empty partial appeared (lead-in silence included, the same for every mode); final: "
         "compute time from the end of the audio to the final text (medians over utterances).",
         "",
