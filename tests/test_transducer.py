@@ -486,3 +486,42 @@ def test_transducer_whisper_writes_the_finals_on_torch_and_onnx(tmp_path):
     export_onnx("models/whisper-rnnt", tmp_path / "onnx", int8=False)
     onnx = edgeasr.load_model(str(tmp_path / "onnx"), mode="transducer_whisper", beam_size=4)
     assert onnx.transcribe("samples/flite-awb.wav").text == final.text
+
+
+def test_a_4bit_transducer_head_exports_exact_4bit_graphs(tmp_path):
+    """A head whose weights sit on the 4-bit grid (as QAT W4 leaves them) exports .int4.onnx
+    graphs whose Linear layers (torch exports them as Gemm) are MatMulNBits holding those codes;
+    ONNX Runtime's joint then gives the torch head's log-probabilities (activations at 8 bits
+    inside MatMulNBits: close, not equal), and a float head gets no such graphs."""
+    import onnx
+
+    from edgeasr.export.onnx import export_transducer
+    from edgeasr.export.runtime import OnnxTransducerRunner
+    from edgeasr.quant.fake_quant import weight_qmax
+
+    torch.manual_seed(2)
+    head = TransducerHead(TransducerConfig(vocab_size=8, encoder_dim=32, predictor_dim=32, joint_dim=32)).eval()
+    with torch.no_grad():
+        for linear in (head.joiner.encoder_proj, head.joiner.predictor_proj, head.joiner.out):
+            scale = linear.weight.abs().amax(dim=1, keepdim=True) / weight_qmax(4)
+            linear.weight.copy_(torch.round(linear.weight / scale) * scale)
+    meta = export_transducer(head, tmp_path, int8=True, int4=True)["transducer"]
+    assert meta["int4_matrices"] == 3
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "transducer_join.int4.onnx")).graph.node}
+    assert "MatMulNBits" in ops and "Gemm" not in ops
+    onnx_runner = OnnxTransducerRunner(tmp_path, ".int4.onnx", 1, meta)
+    torch_runner = head.runner()
+    frames = torch.randn(6, 32).numpy()
+    contexts = np.array([[0, 0], [0, 3], [5, 2]], dtype=np.int64)
+    projected = onnx_runner.project(frames)
+    np.testing.assert_allclose(projected, torch_runner.project(frames), atol=0.05)
+    predicted = onnx_runner.predict(contexts)
+    np.testing.assert_allclose(predicted, torch_runner.predict(contexts), atol=0.05)
+    joint = onnx_runner.join(projected[0], predicted)
+    expected = torch_runner.join(torch_runner.project(frames)[0], torch_runner.predict(contexts))
+    np.testing.assert_allclose(joint, expected, atol=0.1)
+    assert (joint.argmax(-1) == expected.argmax(-1)).all()
+    float_head = TransducerHead(TransducerConfig(vocab_size=8, encoder_dim=32, predictor_dim=32, joint_dim=32)).eval()
+    (tmp_path / "float").mkdir()
+    assert export_transducer(float_head, tmp_path / "float", int8=True, int4=True)["transducer"]["int4_matrices"] == 0
+    assert not list((tmp_path / "float").glob("*.int4.onnx"))

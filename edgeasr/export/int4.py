@@ -77,9 +77,20 @@ def unpack_codes(packed: np.ndarray) -> np.ndarray:
     return unpack(flat, 4, 2 * flat.numel()).numpy().reshape(rows, -1)
 
 
+def _plain_gemm(node) -> bool:
+    """A ``Gemm`` that is a Linear layer: A [M, K] times a constant B [N, K] transposed, plus C
+    (how torch exports a Linear over 2-D input), with no scaling."""
+    from onnx import helper
+
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return (attributes.get("transA", 0) == 0 and attributes.get("transB", 0) == 1
+            and attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0)
+
+
 def to_matmul_nbits(graph_model) -> int:
-    """Replace, in place, every ``MatMul`` whose constant weight is on a 4-bit grid by an exact
-    ``MatMulNBits``; returns how many were replaced."""
+    """Replace, in place, every ``MatMul`` (and Linear-shaped ``Gemm``: A times B transposed plus
+    C) whose constant weight is on a 4-bit grid by an exact ``MatMulNBits`` (followed by the
+    Gemm's bias as an ``Add``); returns how many were replaced."""
     from onnx import helper, numpy_helper
 
     graph = graph_model.graph
@@ -87,12 +98,18 @@ def to_matmul_nbits(graph_model) -> int:
     converted: dict[str, tuple[str, str, int, int, int] | None] = {}
     nodes, replaced = [], 0
     for node in graph.node:
-        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        weight = None
+        if node.op_type == "MatMul" and len(node.input) == 2:
+            weight = node.input[1]
+        elif node.op_type == "Gemm" and len(node.input) in (2, 3) and _plain_gemm(node):
+            weight = node.input[1]
         if weight not in initializers:
             nodes.append(node)
             continue
         if weight not in converted:
             matrix = numpy_helper.to_array(initializers[weight])
+            if node.op_type == "Gemm":
+                matrix = np.ascontiguousarray(matrix.T)  # stored [N, K]: as a MatMul weight, [K, N]
             block = block_for(matrix.shape[0]) if matrix.ndim == 2 else None
             found = grid_codes(matrix) if block else None
             if found is None:
@@ -108,10 +125,14 @@ def to_matmul_nbits(graph_model) -> int:
             nodes.append(node)
             continue
         packed, scales, depth, rows, block = converted[weight]
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) == 3 and node.input[2] else None
+        outputs = [f"{node.output[0]}.q4_product"] if bias else list(node.output)
         # accuracy_level 4: activations to int8 per block, int8 dot products (W4A8 at run time)
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], packed, scales], list(node.output),
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], packed, scales], outputs,
                                       name=f"{node.name or weight}.q4", domain="com.microsoft",
                                       K=depth, N=rows, bits=4, block_size=block, accuracy_level=4))
+        if bias:
+            nodes.append(helper.make_node("Add", [outputs[0], bias], list(node.output), name=f"{node.name or weight}.q4_bias"))
         replaced += 1
     del graph.node[:]
     graph.node.extend(nodes)

@@ -357,7 +357,9 @@ def export_onnx(
             _quantize_int8(out / "decoder.onnx", out / "decoder.int8.onnx", per_channel)
     if int4 and asr.decoder is not None:
         _quantize_int4(out / "decoder.onnx", out / "decoder.int4.onnx")
-    metadata.update(_export_heads(asr, out, int8))
+    from edgeasr.export.whisper_onnx import has_4bit_weights
+
+    metadata.update(_export_heads(asr, out, int8, int4=int4 and has_4bit_weights(packaged.model)))
     _write_side_files(packaged, out, metadata)
     return metadata
 
@@ -393,10 +395,12 @@ class _TransducerJoin(nn.Module):
 TRANSDUCER_GRAPHS = ("transducer_project", "transducer_predict", "transducer_join")
 
 
-def export_transducer(head, out: Path, int8: bool) -> dict:
+def export_transducer(head, out: Path, int8: bool, int4: bool = False) -> dict:
     """A transducer head as three small graphs (encoder projection, prediction network, joint):
     the searches call them as they call the torch head, so both backends give the same n-best.
-    Returns the metadata the runtime needs."""
+    ``int4`` (a head trained to 4 bits: its weights on the 4-bit grid) adds ``.int4.onnx`` graphs
+    whose 4-bit matrices are exact ``MatMulNBits`` (``edgeasr.export.int4``). Returns the
+    metadata the runtime needs."""
     config = head.config
     joint = head.joiner.out.in_features
     examples = {
@@ -407,6 +411,7 @@ def export_transducer(head, out: Path, int8: bool) -> dict:
         "transducer_join": (_TransducerJoin(head), (torch.randn(joint), torch.randn(2, joint)), ["frame", "predicted"],
                             ["log_probs"], {"predicted": {0: "h"}, "log_probs": {0: "h"}}),
     }
+    four_bit = 0
     for name, (module, inputs, input_names, output_names, dynamic) in examples.items():
         path = out / f"{name}.onnx"
         with warnings.catch_warnings(), torch.no_grad():
@@ -415,8 +420,17 @@ def export_transducer(head, out: Path, int8: bool) -> dict:
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
         if int8:
             _quantize_int8(path, out / f"{name}.int8.onnx", per_channel=False)
-    return {"transducer": {"context": config.context, "blank": config.blank, "vocab_size": config.vocab_size,
-                           "joint_dim": joint}}
+        if int4:
+            from edgeasr.export.int4 import write_int4_graph
+
+            replaced = write_int4_graph(path, out / f"{name}.int4.onnx")
+            if not replaced:  # a float (or 8-bit) graph: its int8 twin serves
+                (out / f"{name}.int4.onnx").unlink()
+            four_bit += replaced
+    metadata = {"context": config.context, "blank": config.blank, "vocab_size": config.vocab_size, "joint_dim": joint}
+    if int4:
+        metadata["int4_matrices"] = four_bit
+    return {"transducer": metadata}
 
 
 class _SegmenterProbability(nn.Module):
@@ -438,11 +452,12 @@ def export_segmenter(segmenter, out: Path) -> dict:
     return {"segmenter": {"graph": "segmenter.onnx"}}
 
 
-def _export_heads(model, out: Path, int8: bool) -> dict:
-    """Metadata of the optional heads' graphs, written beside the encoder's."""
+def _export_heads(model, out: Path, int8: bool, int4: bool = False) -> dict:
+    """Metadata of the optional heads' graphs, written beside the encoder's (``int4``: the
+    model's own 4-bit weights as exact 4-bit graphs too)."""
     metadata = {}
     if getattr(model, "transducer", None) is not None:
-        metadata.update(export_transducer(model.transducer.eval(), out, int8))
+        metadata.update(export_transducer(model.transducer.eval(), out, int8, int4))
     if getattr(model, "segmenter", None) is not None:
         metadata.update(export_segmenter(model.segmenter, out))
     return metadata
@@ -455,8 +470,10 @@ def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunk
 
     chunk, left, out = _streaming_settings(packaged, chunk_size, num_left_chunks, out_dir)
     metadata = export_whisper_onnx(packaged, out, chunk, left, int8, int4=int4)
+    from edgeasr.export.whisper_onnx import has_4bit_weights
+
     heads = float_twin(packaged.model) if packaged.model.config.quantization is not None else packaged.model
-    metadata.update(_export_heads(heads.eval(), out, int8))
+    metadata.update(_export_heads(heads.eval(), out, int8, int4=int4 and has_4bit_weights(packaged.model)))
     _write_side_files(packaged, out, metadata)
     return metadata
 

@@ -238,6 +238,8 @@ class OnnxTransducerRunner:
         sessions = {}
         for name in ("transducer_project", "transducer_predict", "transducer_join"):
             path = directory / f"{name}{suffix}"
+            if suffix == ".int4.onnx" and not path.exists():  # no 4-bit matrix in it: its int8 twin
+                path = directory / f"{name}.int8.onnx"
             if not path.exists():
                 raise EdgeAsrError(f"{directory}: missing {path.name} (the metadata names a transducer head)")
             sessions[name] = _session(path, threads)
@@ -285,8 +287,8 @@ class OnnxRecognizer(DecodingCore):
         self.encoder = _session(encoder_path, threads)
         #: which encoder graph runs (int4: the 4-bit one where the export has it)
         self.encoder_graph = encoder_path.name
-        if int4 and not any(self.directory.glob("decoder*.int4.onnx")):
-            raise EdgeAsrError(f"{self.directory}: no 4-bit decoder graphs (export with --int4)")
+        if int4 and not any(self.directory.glob("*.int4.onnx")):
+            raise EdgeAsrError(f"{self.directory}: no 4-bit graphs (export with --int4)")
         decoder_path = self.directory / f"decoder{decoder_suffix}"
         self.decoder = _session(decoder_path, threads) if decoder_path.exists() else None
         self.tokenizer = Tokenizer.load(self.directory / "tokenizer")
@@ -317,7 +319,9 @@ class OnnxRecognizer(DecodingCore):
         transducer = None
         if isinstance(self.meta.get("transducer"), dict) and MODES.get(options.mode) is not None \
                 and MODES[options.mode].head == "transducer":
-            transducer = OnnxTransducerRunner(self.directory, heads_suffix, threads, self.meta["transducer"])
+            # int4: the head's exact 4-bit graphs where the export has them (a model trained to 4 bits)
+            own = ".int4.onnx" if int4 and self.meta["transducer"].get("int4_matrices") else heads_suffix
+            transducer = OnnxTransducerRunner(self.directory, own, threads, self.meta["transducer"])
         segmenter = None
         if isinstance(self.meta.get("segmenter"), dict) and options.segmenter is not False:
             graph = _session(self.directory / self.meta["segmenter"]["graph"], threads)
