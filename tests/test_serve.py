@@ -105,6 +105,8 @@ def test_a_streamed_file_gives_the_recognizer_text(recognizer, speech):
     final = [e for e in events if e["type"] == "final"]
     assert len(final) == 1 and final[0]["segment"] == 0
     assert final[0]["text"] == recognizer.transcribe(speech[0].astype(np.float32)).text
+    # which pass wrote it: the mode's second pass (attention rescoring here) where it has one
+    assert final[0]["decoded_by"] == (recognizer.mode_spec.second_pass or "first_pass")
     assert all(w["start"] <= w["end"] <= final[0]["end"] + 1e-6 for w in final[0]["words"])
 
 

@@ -482,6 +482,7 @@ def test_transducer_whisper_writes_the_finals_on_torch_and_onnx(tmp_path):
     first = one_pass.transcribe("samples/flite-awb.wav").text
     final = two_pass.transcribe("samples/flite-awb.wav")
     assert char_errors(reference, final.text).rate < 5 < char_errors(reference, first).rate
+    assert final.decoded_by == "whisper"
     assert final.words and final.words[-1].end <= 6.0
     export_onnx("models/whisper-rnnt", tmp_path / "onnx", int8=False)
     onnx = edgeasr.load_model(str(tmp_path / "onnx"), mode="transducer_whisper", beam_size=4)

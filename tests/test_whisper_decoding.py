@@ -99,11 +99,16 @@ def test_whisper_second_pass_in_a_stream(whisper_model):
     assert recognizer.mode == "whisper_rescoring" and recognizer.endpoint_rules is not None
     samples = load_audio("samples/flite-awb.wav", sample_rate=16000)
     session = recognizer.stream()
+    partials = []
     for start in range(0, len(samples), 3200):
-        session.accept(samples[start : start + 3200])
+        partials.append(session.accept(samples[start : start + 3200]))
     result = session.finish()
     duration = len(samples) / 16000
     assert all(0 <= w.start <= w.end <= duration + 0.05 for w in result.words)
+    # results say which pass wrote them: the finals Whisper's, the open segment's partials the first pass's
+    assert result.decoded_by == "whisper" and result.segments
+    assert all(segment.decoded_by == "whisper" for segment in result.segments)
+    assert any(p.text and p.decoded_by == "first_pass" for p in partials)
 
 
 def test_long_stream_is_cut_into_segments_with_flat_state(whisper_model):

@@ -271,6 +271,7 @@ class DecodingCore:
             return self.calibrated(build_result(hyps[0], self.tokenizer, self.frame_seconds,
                                                 audio_seconds=audio_seconds))
         heard = bool(hyps and hyps[0].tokens)
+        ranked_by_second_pass = True
         if second == "whisper" and feats is not None and feats.shape[0] > 0 and heard:
             # (a segment in which the first pass heard nothing is silence or noise: Whisper's
             # decoder would only hallucinate on it, "you you you")
@@ -281,9 +282,14 @@ class DecodingCore:
             ranked = self.rescore_cascade(encoded, getattr(search, "scorer", None))
         else:
             ranked = [(h, h.score + h.fused_score) for h in hyps]
+            ranked_by_second_pass = False
         if not ranked:
             return Result(text="")
         result = build_result(ranked[0][0], self.tokenizer, self.frame_seconds, ranked, audio_seconds=audio_seconds)
+        if ranked_by_second_pass:
+            result.decoded_by = second
+            for segment in result.segments:
+                segment.decoded_by = second
         return self.calibrated(result, hyps[0] if hyps else None, ranked[0][0].word_scores)
 
     def rescore_cascade(self, encoded, scorer=None) -> list[tuple[Hypothesis, float]]:
@@ -366,6 +372,7 @@ def join_segments(segments: list[tuple[float, Result]], is_final: bool) -> Resul
         result = segments[0][1]
         result.is_final = is_final
         return result
+    decoded_by = segments[-1][1].decoded_by if segments else "first_pass"
     texts = [r.text for _, r in segments if r.text]
     words, tokens, times, parts = [], [], [], []
     for offset, result in segments:
@@ -377,7 +384,7 @@ def join_segments(segments: list[tuple[float, Result]], is_final: bool) -> Resul
     text = " ".join(texts)
     return Result(text=text, tokens=tokens, token_times=times, words=words, confidence=confidence,
                   nbest=[{"text": text, "score": sum(r.nbest[0]["score"] for _, r in segments if r.nbest)}] if text else [],
-                  is_final=is_final, segments=parts)
+                  is_final=is_final, segments=parts, decoded_by=decoded_by)
 
 
 def _append_segment(joined: Result, offset: float, result: Result, is_final: bool) -> Result:
@@ -392,7 +399,8 @@ def _append_segment(joined: Result, offset: float, result: Result, is_final: boo
     return Result(text=text, tokens=joined.tokens + result.tokens,
                   token_times=joined.token_times + [round(t + offset, 3) for t in result.token_times],
                   words=all_words, confidence=confidence, nbest=[{"text": text, "score": score}] if text else [],
-                  is_final=is_final, segments=joined.segments + shift_segments(result.segments, offset))
+                  is_final=is_final, segments=joined.segments + shift_segments(result.segments, offset),
+                  decoded_by=result.decoded_by)
 
 
 @dataclass

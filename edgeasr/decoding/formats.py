@@ -65,7 +65,7 @@ def _segments(result: Result) -> list[Segment]:
         return result.segments
     words = result.words  # a result built by hand: one segment over its words
     start, end = (words[0].start, words[-1].end) if words else (0.0, 0.0)
-    return [Segment(start, end, result.text, list(words), result.confidence)]
+    return [Segment(start, end, result.text, list(words), result.confidence, result.decoded_by)]
 
 
 def _clock(seconds: float, separator: str) -> str:

@@ -27,6 +27,9 @@ class Segment:
     text: str
     words: list[Word] = field(default_factory=list)
     confidence: float = 0.0
+    #: the pass that wrote this segment's text: "first_pass" (the streaming search), or the
+    #: second pass's kind: "whisper", "attention" or "cascade"
+    decoded_by: str = "first_pass"
 
 
 #: a word ends this many encoder frames after its last token's emission (CTC marks a token
@@ -40,7 +43,7 @@ def shift_segments(segments: list[Segment], offset: float) -> list[Segment]:
         return list(segments)
     return [Segment(round(s.start + offset, 3), round(s.end + offset, 3), s.text,
                     [Word(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.confidence) for w in s.words],
-                    s.confidence) for s in segments]
+                    s.confidence, s.decoded_by) for s in segments]
 
 
 @dataclass
@@ -56,6 +59,10 @@ class Result:
     is_final: bool = True
     #: the speech segments (cut at endpoints when streaming), each with its words
     segments: list[Segment] = field(default_factory=list)
+    #: the pass that wrote the text (of the last segment, for a stream's joined result; each
+    #: segment says its own): "first_pass" for partials and one-pass modes, else the second
+    #: pass's kind, "whisper", "attention" or "cascade"
+    decoded_by: str = "first_pass"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,8 +9,9 @@ Protocol (one websocket per audio stream):
    after every audio message when the start message says ``"every_chunk": true``, which lets a
    client time each chunk);
 3. when the endpointer cuts an utterance (trailing silence after speech, or its maximum length),
-   server -> ``{"type": "final", "segment": n, "text", "words", "start", "end", "confidence"}``
-   and recognition goes on with segment n + 1 in the same stream;
+   server -> ``{"type": "final", "segment": n, "text", "words", "start", "end", "confidence",
+   "decoded_by"}`` (``decoded_by``: the pass that wrote it, "first_pass" or the second pass's
+   kind: "whisper", "attention", "cascade") and recognition goes on with segment n + 1 in the same stream;
 4. client -> ``{"type": "end"}``; server -> the last ``final`` (if any speech) and
    ``{"type": "done"}``, then closes.
 
@@ -518,7 +519,7 @@ class _Utterances:
         for start, end, result in self.session.finals[self.sent_finals:]:
             events.append({"type": "final", "segment": self.sent_finals, "text": result.text,
                            "words": self._words(result, start), "start": round(start, 3), "end": round(end, 3),
-                           "confidence": result.confidence})
+                           "confidence": result.confidence, "decoded_by": result.decoded_by})
             self.sent_finals += 1
         return events
 
