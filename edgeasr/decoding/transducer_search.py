@@ -148,50 +148,79 @@ class TransducerBeamSearch:
         """Consume encoder frames [T, De] (numpy or torch) of the next chunk."""
         if encoded is None or len(encoded) == 0:
             return
-        runner, blank, size = self.runner, self.runner.blank, self.runner.context
-        projected = runner.project(encoded)
+        projected = self.runner.project(encoded)
         for t in range(projected.shape[0]):
-            frame = self.frame_offset + t
-            hyps = self.hyps
-            predicted = self.cache.rows([_context(h.tokens, size, blank) for h in hyps])
-            log_probs = runner.join(projected[t], predicted)  # [H, V]
-            vocab = log_probs.shape[1]
-            k = min(self.token_beam, vocab - 1)
-            masked = log_probs.copy()
-            masked[:, blank] = NEG_INF
-            best = np.argpartition(-masked, k - 1, axis=1)[:, :k]
-            merged: dict[tuple[int, ...], _Hyp] = {}
-            blank_lp = log_probs[:, blank].tolist()
-            for i, hyp in enumerate(hyps):
-                # blank: the hypothesis stays (a path merges with one that reached it by a token)
-                self._add(merged, _Hyp(hyp.tokens, hyp.score + blank_lp[i], hyp.fused, hyp.state,
-                                       hyp.times, hyp.probs))
-                row = log_probs[i]
-                for token in best[i].tolist():
-                    lp = float(row[token])
-                    if self.scorer is not None:
-                        delta, state = self._fused(hyp, token)
-                    else:
-                        delta, state = 0.0, None
-                    self._add(merged, _Hyp(hyp.tokens + (token,), hyp.score + lp, hyp.fused + delta, state,
-                                           hyp.times + (frame,), hyp.probs + (math.exp(lp),)))
-            ranked = sorted(merged.values(), key=lambda h: h.score + h.fused, reverse=True)
-            self.hyps = ranked[: self.beam_size]
+            self.hyps = self._frame(projected[t], self.frame_offset + t)
         self.frame_offset += projected.shape[0]
 
-    @staticmethod
-    def _add(merged: dict, hyp: _Hyp) -> None:
-        found = merged.get(hyp.tokens)
-        if found is None:
-            merged[hyp.tokens] = hyp
-            return
-        # Same tokens, different alignments: their probabilities add; the text (and so the
-        # fused score) is the same. The times of the likelier path are kept.
-        if hyp.score > found.score:
-            hyp.score = float(np.logaddexp(hyp.score, found.score))
-            merged[hyp.tokens] = hyp
-        else:
-            found.score = float(np.logaddexp(found.score, hyp.score))
+    def _frame(self, projected: np.ndarray, frame: int) -> list[_Hyp]:
+        """One frame: every hypothesis stays (blank) or emits one of its ``token_beam`` best
+        tokens; extensions that reach another hypothesis's tokens merge into it (probabilities
+        add) before ranking; the ``beam_size`` best survive.
+
+        Scores are ranked as arrays and only the survivors become hypotheses: building one
+        object per candidate (beam x (token_beam + 1) a frame) was most of the search's time."""
+        runner, blank, size = self.runner, self.runner.blank, self.runner.context
+        hyps = self.hyps
+        count = len(hyps)
+        predicted = self.cache.rows([_context(h.tokens, size, blank) for h in hyps])
+        log_probs = runner.join(projected, predicted)  # [H, V]
+        k = min(self.token_beam, log_probs.shape[1] - 1)
+        masked = log_probs.copy()
+        masked[:, blank] = NEG_INF
+        best = np.argpartition(-masked, k - 1, axis=1)[:, :k]  # [H, k]
+        scores = np.array([h.score for h in hyps], dtype=np.float64)
+        fused = np.array([h.fused for h in hyps], dtype=np.float64)
+        token_lp = np.take_along_axis(log_probs, best, axis=1).astype(np.float64)  # [H, k]
+        token_scores = scores[:, None] + token_lp
+        token_fused = np.repeat(fused[:, None], k, axis=1)
+        states = None
+        if self.scorer is not None:
+            states = [[None] * k for _ in range(count)]
+            for i, hyp in enumerate(hyps):
+                for p, token in enumerate(best[i].tolist()):
+                    delta, states[i][p] = self._fused(hyp, token)
+                    token_fused[i, p] += delta
+        # blank: a hypothesis stays, and absorbs a token extension of another that reaches its tokens
+        stay_scores = scores + log_probs[:, blank]
+        absorbed = np.zeros((count, k), dtype=bool)
+        better_path: dict[int, tuple[int, int]] = {}  # stayer -> the extension whose path was likelier
+        index = {h.tokens: i for i, h in enumerate(hyps)}
+        for j, hyp in enumerate(hyps):
+            parent = index.get(hyp.tokens[:-1]) if hyp.tokens else None
+            if parent is None:
+                continue
+            where = np.flatnonzero(best[parent] == hyp.tokens[-1])
+            if not where.size:
+                continue
+            p = int(where[0])
+            absorbed[parent, p] = True
+            extension = token_scores[parent, p]
+            if extension > stay_scores[j]:
+                better_path[j] = (parent, p)
+            stay_scores[j] = np.logaddexp(stay_scores[j], extension)
+        totals = np.concatenate([stay_scores + fused,
+                                 np.where(absorbed, NEG_INF, token_scores + token_fused).ravel()])
+        survivors = []
+        for c in np.argsort(-totals, kind="stable")[: self.beam_size].tolist():
+            if not math.isfinite(totals[c]):
+                break
+            if c < count:
+                hyp = hyps[c]
+                if c in better_path:  # the times of the likelier path are kept
+                    parent, p = better_path[c]
+                    source = hyps[parent]
+                    survivors.append(_Hyp(hyp.tokens, float(stay_scores[c]), hyp.fused, hyp.state,
+                                          source.times + (frame,), source.probs + (math.exp(token_lp[parent, p]),)))
+                else:
+                    survivors.append(_Hyp(hyp.tokens, float(stay_scores[c]), hyp.fused, hyp.state, hyp.times, hyp.probs))
+                continue
+            i, p = divmod(c - count, k)
+            hyp, token = hyps[i], int(best[i, p])
+            survivors.append(_Hyp(hyp.tokens + (token,), float(token_scores[i, p]), float(token_fused[i, p]),
+                                  states[i][p] if states is not None else None, hyp.times + (frame,),
+                                  hyp.probs + (math.exp(token_lp[i, p]),)))
+        return survivors
 
     def nbest(self, n: int | None = None) -> list[Hypothesis]:
         """Best first, by the transducer's score plus the fused score with its end terms."""
