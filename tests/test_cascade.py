@@ -225,3 +225,55 @@ def test_cascade_layers_on_a_model_without_a_cascade_is_a_one_line_cli_error(cap
     err = capsys.readouterr().err
     assert status == 2
     assert "edgeasr: error: --cascade-layers applies to --mode cascade_rescoring" in err and "Traceback" not in err
+
+
+def test_the_cascade_runs_on_onnx_runtime_as_on_torch(tiny_model, tmp_path):
+    """`edgeasr export` writes one graph per cascade sub-model; ONNX Runtime's cascade_rescoring
+    gives torch's final for each size, and --cascade-layers is checked at load there too."""
+    from edgeasr.export.onnx import export_onnx
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import load_model_dir, load_weights_from, save_model_dir
+
+    source = load_model_dir(tiny_model)
+    config = source.model.config.to_dict()
+    config["cascade"] = {"num_layers": 2, "d_model": 32, "num_heads": 4, "d_ff": 64, "dropout": 0.0,
+                         "conv_kernel": 5, "residual": True, "exits": [1]}
+    model = ASRModel(ModelConfig.from_dict(config))
+    load_weights_from(model, tiny_model)
+    torch.manual_seed(4)
+    with torch.no_grad():  # a residual cascade starts as the first pass: give it corrections to make
+        for head in (model.cascade.ctc, model.cascade.exit_heads["1"]["ctc"]):
+            head.weight.normal_(0, 0.5)
+    directory = save_model_dir(tmp_path / "model", model.eval(), source.tokenizer, source.features, source.streaming)
+    metadata = export_onnx(str(directory), tmp_path / "onnx")
+    assert metadata["cascade"]["exit_layers"] == [1, 2]
+    samples = load_audio(CLIP, sample_rate=16000)
+    for layers in (1, 2):
+        options = {"mode": "cascade_rescoring", "lm": None, "cascade_layers": layers, "beam_size": 4}
+        on_torch = edgeasr.load_model(str(directory), **options).transcribe(samples)
+        on_onnx = edgeasr.load_model(str(tmp_path / "onnx"), **options).transcribe(samples)
+        assert on_onnx.text == on_torch.text and on_onnx.decoded_by == "cascade"
+        assert [h["score"] for h in on_onnx.nbest] == pytest.approx([h["score"] for h in on_torch.nbest], abs=1e-3)
+    with pytest.raises(EdgeAsrError, match="sub-models of 1, 2 layers"):
+        edgeasr.load_model(str(tmp_path / "onnx"), mode="cascade_rescoring", lm=None, cascade_layers=3)
+    with pytest.raises(EdgeAsrError, match="cascade_rescoring"):
+        edgeasr.load_model(str(tmp_path / "onnx"), mode="ctc_prefix_beam", lm=None, cascade_layers=1)
+
+
+def test_cascade_layers_load_and_compute_as_torch_transformer_layers():
+    """The cascade's own layer (exportable attention) reads checkpoints saved with
+    nn.TransformerEncoderLayer (pre-norm, GELU) and computes the same, padding masked."""
+    from torch import nn
+
+    from edgeasr.model.cascade import CascadeLayer
+
+    torch.manual_seed(0)
+    saved = nn.TransformerEncoderLayer(32, 4, 64, 0.0, activation="gelu", batch_first=True, norm_first=True).eval()
+    layer = CascadeLayer(32, 4, 64, 0.0).eval()
+    layer.load_state_dict(saved.state_dict())
+    x = torch.randn(2, 9, 32)
+    padding = torch.zeros(2, 9, dtype=torch.bool)
+    padding[1, 6:] = True
+    with torch.no_grad():
+        expected, got = saved(x, src_key_padding_mask=padding), layer(x, src_key_padding_mask=padding)
+    assert torch.allclose(got[0], expected[0], atol=1e-5) and torch.allclose(got[1, :6], expected[1, :6], atol=1e-5)

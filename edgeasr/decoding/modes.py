@@ -43,7 +43,7 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
                  "transducer decode it jointly (transducer models with a Whisper decoder)"),
     Mode("cascade_rescoring", beam=True, second_pass="cascade",
          summary="a cascaded non-causal encoder over each segment's first-pass frames, then its CTC prefix "
-                 "beam (models with model.cascade; torch backend)"),
+                 "beam (models with model.cascade)"),
 )}
 MODE_NAMES = tuple(MODES)
 
@@ -62,5 +62,5 @@ def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decode
         raise EdgeAsrError(f"{requested} needs a model with a transducer head (model.transducer in its config)")
     if MODES[requested].second_pass == "cascade" and not has_cascade:
         raise EdgeAsrError(f"{requested} needs a model with a cascaded encoder (model.cascade in its config; "
-                           "torch backend)")
+                           "in an ONNX export, one exported with this edgeasr)")
     return MODES[requested]

@@ -433,6 +433,42 @@ def export_transducer(head, out: Path, int8: bool, int4: bool = False) -> dict:
     return {"transducer": metadata}
 
 
+class _CascadeExit(nn.Module):
+    """One sub-model of a cascade: a segment's first-pass frames [1, T, D] -> its log-probs [T, V]
+    (a residual cascade reads the first pass's CTC head too, so the head is inside)."""
+
+    def __init__(self, model, layers: int) -> None:
+        super().__init__()
+        self.model, self.layers = model, layers
+
+    def forward(self, frames):
+        return self.model.cascade_log_probs(frames, None, layers=self.layers)[0]
+
+
+def export_cascade(model, out: Path, int8: bool) -> dict:
+    """The cascaded second pass as one graph per sub-model (``cascade_N.onnx``: its N layers and
+    head; one graph for a plain cascade), so ONNX Runtime runs ``cascade_rescoring`` with the
+    same decoding core as torch. Returns the metadata the runtime needs."""
+    config = model.cascade.config
+    graphs = {}
+    for layers in config.exit_layers:
+        name = f"cascade_{layers}"
+        path = out / f"{name}.onnx"
+        _export_cascade_graph(model, layers, config.input_dim, path)
+        if int8:
+            _quantize_int8(path, out / f"{name}.int8.onnx", per_channel=False)
+        graphs[str(layers)] = name
+    return {"cascade": {"exit_layers": config.exit_layers, "graphs": graphs}}
+
+
+def _export_cascade_graph(model, layers: int, input_dim: int, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_CascadeExit(model, layers).eval(), (torch.randn(1, 7, input_dim),), str(path),
+                          input_names=["frames"], output_names=["log_probs"],
+                          dynamic_axes={"frames": {1: "t"}, "log_probs": {0: "t"}}, opset_version=OPSET, dynamo=False)
+
+
 class _SegmenterProbability(nn.Module):
     def __init__(self, segmenter) -> None:
         super().__init__()
@@ -460,6 +496,8 @@ def _export_heads(model, out: Path, int8: bool, int4: bool = False) -> dict:
         metadata.update(export_transducer(model.transducer.eval(), out, int8, int4))
     if getattr(model, "segmenter", None) is not None:
         metadata.update(export_segmenter(model.segmenter, out))
+    if getattr(model, "cascade", None) is not None:
+        metadata.update(export_cascade(model.eval(), out, int8))
     return metadata
 
 

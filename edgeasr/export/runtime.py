@@ -311,8 +311,6 @@ class OnnxRecognizer(DecodingCore):
                                f"(re-export it with this edgeasr for {options.mode} on ONNX Runtime)")
         if options.second_pass_model is not None:
             raise EdgeAsrError("--second-pass-model runs with the torch backend (ONNX Runtime runs the export's own second pass)")
-        if options.cascade_layers is not None:
-            raise EdgeAsrError("--cascade-layers: the cascade runs with the torch backend (it is not in the ONNX export)")
         if options.reverse_weight > 0:
             raise EdgeAsrError("--reverse-weight: the ONNX export carries the left-to-right decoder only")
         # The export's model directory is where an LM travels with it (lm/ beside the graphs).
@@ -326,8 +324,9 @@ class OnnxRecognizer(DecodingCore):
         if isinstance(self.meta.get("segmenter"), dict) and options.segmenter is not False:
             graph = _session(self.directory / self.meta["segmenter"]["graph"], threads)
             segmenter = lambda encoded: float(graph.run(None, {"frames": np.asarray(encoded[-1:], dtype=np.float32)})[0][-1])  # noqa: E731
+        cascade = self._cascade(options, heads_suffix, threads)
         self._setup_decoding(options, self.decoder is not None, has_whisper, self.directory, self.meta["blank_id"],
-                             self.meta.get("max_frames"), transducer=transducer, segmenter=segmenter)
+                             self.meta.get("max_frames"), transducer=transducer, segmenter=segmenter, cascade=cascade)
         if self.mode_spec.second_pass == "whisper":
             if options.second_pass_search != "joint":
                 raise EdgeAsrError("--second-pass rescore runs with the torch backend; ONNX Runtime runs 'joint'")
@@ -343,6 +342,30 @@ class OnnxRecognizer(DecodingCore):
                 silence_below_max=getattr(self.frontend, "floor_range", 8.0) / 4, pad=options.second_pass_pad,
                 transducer=self.transducer if self.mode_spec.head == "transducer" else None,
                 transducer_weight=options.second_pass_transducer_weight)
+
+    def _cascade(self, options: DecodeOptions, suffix: str, threads: int):
+        """The export's cascade sub-model that ``cascade_rescoring`` (and ``--cascade-layers``)
+        asks for, as a callable from a segment's first-pass frames [1, T, D] to log-probs [T, V];
+        None when the mode does not use it. Problems are one-line errors at load."""
+        meta = self.meta.get("cascade")
+        if not isinstance(meta, dict):
+            if options.cascade_layers is not None:
+                raise EdgeAsrError("--cascade-layers applies to --mode cascade_rescoring on a model with a cascade")
+            return None
+        wanted = MODES.get(options.mode) is not None and MODES[options.mode].second_pass == "cascade"
+        if options.cascade_layers is not None and not wanted:
+            raise EdgeAsrError("--cascade-layers applies to --mode cascade_rescoring on a model with a cascade")
+        if not wanted:
+            return None
+        layers = options.cascade_layers or max(meta["exit_layers"])
+        if layers not in meta["exit_layers"]:
+            raise EdgeAsrError(f"--cascade-layers {layers}: this cascade has sub-models of "
+                               f"{', '.join(map(str, meta['exit_layers']))} layers")
+        path = self.directory / f"{meta['graphs'][str(layers)]}{suffix}"
+        if not path.exists():
+            raise EdgeAsrError(f"{self.directory}: missing {path.name} (the metadata names a cascade)")
+        graph = _session(path, threads)
+        return lambda encoded: graph.run(None, {"frames": np.asarray(encoded, dtype=np.float32)})[0]
 
     @property
     def chunk_size(self) -> int:

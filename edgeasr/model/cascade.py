@@ -71,6 +71,33 @@ class CascadeConfig:
         return made
 
 
+class CascadeLayer(nn.Module):
+    """A pre-norm transformer layer (self-attention, GELU feed-forward) with full context.
+
+    It holds the parameters under nn.TransformerEncoderLayer's names (``self_attn``, ``linear1``,
+    ``linear2``, ``norm1``, ``norm2``), so cascades saved with that layer load unchanged, but its
+    attention is edgeasr's own (``edgeasr.nn.mha``): nn.TransformerEncoderLayer's inference path
+    has no ONNX form and its traced reshapes bake in the length, and a cascade must export."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        from edgeasr.nn.mha import MultiHeadAttention
+
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, D]; ``src_key_padding_mask`` [B, T], True at padding."""
+        h = self.norm1(x)
+        x = x + self.dropout(self.self_attn(h, h, h, key_padding_mask=src_key_padding_mask)[0])
+        h = self.linear2(self.dropout(nn.functional.gelu(self.linear1(self.norm2(x)))))
+        return x + self.dropout(h)
+
+
 class CascadeEncoder(nn.Module):
     """First-pass encoder frames [B, T, input_dim] -> CTC log-probs [B, T, vocab], full context
     within each sequence (padding masked)."""
@@ -82,10 +109,8 @@ class CascadeEncoder(nn.Module):
                         else nn.Identity())
         self.conv = (nn.Conv1d(config.d_model, config.d_model, config.conv_kernel, padding=config.conv_kernel // 2,
                                groups=config.d_model) if config.conv_kernel else None)
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(config.d_model, config.num_heads, config.d_ff, config.dropout,
-                                       activation="gelu", batch_first=True, norm_first=True)
-            for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(CascadeLayer(config.d_model, config.num_heads, config.d_ff, config.dropout)
+                                    for _ in range(config.num_layers))
         # the full depth's head keeps its names (models with one size load as before); every
         # smaller exit has its own, keyed by its layer count
         self.norm = nn.LayerNorm(config.d_model)
