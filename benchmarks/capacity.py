@@ -229,6 +229,8 @@ def main() -> int:
     parser.add_argument("--phases", default="capacity,overload,trickle,soak",
                         help="phases to run (comma-separated); the others are kept from --out when it exists "
                              "(the soak is long: re-measure capacity on a quiet machine without redoing it)")
+    parser.add_argument("--soak-sessions", type=int,
+                        help="concurrent sessions in the soak (default: the capacity found)")
     parser.add_argument("--soak-note", help="a remark printed with the soak (e.g. what else ran meanwhile)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "capacity.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
@@ -276,8 +278,9 @@ def main() -> int:
             result["trickle"] = {**asyncio.run(trickle(port, audio[0], args.tricklers)), **stamp}
             print(json.dumps(result["trickle"]), file=sys.stderr, flush=True)
             settle(port)
-        if "soak" in phases and args.soak_minutes > 0 and capacity:
-            result["soak"] = {**asyncio.run(soak(port, server.pid, audio, capacity, args.soak_minutes)), **stamp}
+        soak_sessions = args.soak_sessions or capacity
+        if "soak" in phases and args.soak_minutes > 0 and soak_sessions:
+            result["soak"] = {**asyncio.run(soak(port, server.pid, audio, soak_sessions, args.soak_minutes)), **stamp}
             print(json.dumps({k: v for k, v in result["soak"].items() if k != "memory_samples"}), file=sys.stderr)
         result["memory_end_kb"] = memory_kb(server.pid)
         if args.soak_note and "soak" in phases:
