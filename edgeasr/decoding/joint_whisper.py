@@ -170,8 +170,10 @@ class TransducerPrefixScorer:
         self._log_probs: dict[tuple[int, ...], np.ndarray] = {}
 
     def _context_of(self, history: tuple[int, ...]) -> tuple[int, ...]:
-        last = history[-self.context:]
-        return (self.blank,) * (self.context - len(last)) + tuple(last)
+        """What the stateless predictor reads after ``history`` (as the transducer searches do)."""
+        from edgeasr.decoding.transducer_search import _context
+
+        return _context(tuple(history), self.context, self.blank)
 
     #: contexts joined in one call: [contexts x frames, joint_dim] floats at once
     batch = 16
