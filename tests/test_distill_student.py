@@ -90,6 +90,81 @@ def test_a_20ms_student_learns_from_whisper(whisper_imported):
     assert values[-1] < 0.7 * values[0]
 
 
+def test_layer_targets_teach_the_students_middle_layers_and_stay_out_of_the_model(whisper_imported, tmp_path):
+    """Layer-wise targets: each paired student layer, projected to the teacher's width, learns the
+    teacher layer's layer-normalized output; the projections never reach a model directory."""
+    from edgeasr.model.package import StreamingDefaults, save_model_dir
+
+    packaged = load_model_dir(whisper_imported)
+    teacher_layers = len(packaged.model.encoder.layers)
+    student = student_of(packaged, subsampling_rate=2)  # 2 blocks against the teacher's layers
+    student.set_teacher(packaged.model, 0.0, layer_weight=1.0)
+    assert student.distill_layer_pairs == ((0, teacher_layers // 2 - 1), (1, teacher_layers - 1))
+    assert sorted(student.distill_projections) == ["0", "1"]
+    student.train()
+    feats, lengths, tokens, token_lengths = batch(packaged, seconds=1.5)
+    # the loss is the error against what the paired layers really output, recomputed here
+    caught = {}
+
+    def catcher(key):
+        def catch(module, inputs, output):
+            caught[key] = output[0]
+        return catch
+
+    handles = [layers[index].register_forward_hook(catcher((side, index)))
+               for side, layers in (("student", student.encoder.layers), ("teacher", packaged.model.encoder.layers))
+               for index in range(len(layers))]
+    out = student(feats, lengths, tokens, token_lengths)
+    for handle in handles:
+        handle.remove()
+    assert "distill_ctc" not in out
+    frames = caught[("student", 0)].size(1)
+    offset = (caught[("teacher", 0)].size(1) - frames) // 2
+    expected = sum(
+        ((student.distill_projections[str(s)](caught[("student", s)])
+          - torch.nn.functional.layer_norm(caught[("teacher", t)], (caught[("teacher", t)].size(-1),))
+          [:, offset : offset + frames]) ** 2).mean(-1).sum()
+        for s, t in student.distill_layer_pairs) / 2  # per frame: the mean over dims; summed over frames
+    assert torch.allclose(out["distill_layers"], expected, rtol=1e-5)
+    assert float(out["distill_layers"].detach()) > 0.5 * frames  # near 1 a frame for random projections
+    assert student._caught_hidden == {}  # each batch's hidden states are used once, not kept
+    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
+    values = []
+    for _ in range(15):
+        out = student(feats, lengths, tokens, token_lengths)
+        optimizer.zero_grad()
+        out["distill_layers"].backward()
+        optimizer.step()
+        values.append(float(out["distill_layers"].detach()))
+    assert values[-1] < 0.7 * values[0]
+    assert all(p.grad is None for p in packaged.model.parameters())
+    assert student.distill_projections["1"].weight.grad is not None
+
+    student.eval()
+    with torch.no_grad():
+        plain = student(feats, lengths, tokens, token_lengths)
+    assert "distill_layers" not in plain and student._caught_hidden == {}  # nothing caught in eval
+    saved = save_model_dir(tmp_path / "student", student, packaged.tokenizer, packaged.features,
+                           StreamingDefaults(chunk_size=16, num_left_chunks=-1))
+    reloaded = load_model_dir(saved)  # loads strictly: no training-only projections in it
+    assert not any(name.startswith("distill_projections") for name in reloaded.model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(reloaded.model.encode(feats, lengths)[0], student.encode(feats, lengths)[0], atol=1e-6)
+
+
+def test_layer_pairs_that_do_not_exist_are_refused(tiny_model):
+    packaged = load_model_dir(tiny_model)
+    student = student_of(packaged)
+    with pytest.raises(ValueError, match="pair"):
+        student.set_teacher(packaged.model, 0.0, layer_weight=1.0, layer_pairs=[[0, 99]])
+    with pytest.raises(ValueError, match="one teacher layer"):
+        student.set_teacher(packaged.model, 0.0, layer_weight=1.0, layer_pairs=[[0, 0], [0, 1]])
+    student.set_teacher(packaged.model, 0.0, layer_weight=1.0, layer_pairs=[[1, 0]])
+    assert student.distill_layer_pairs == ((1, 0),)
+    student.set_teacher(None, 0.0)  # hooks and projections go with the teacher
+    assert student._distill_hooks == [] and not hasattr(student, "distill_projections")
+
+
 def test_train_with_a_teacher_takes_its_tokenizer_and_front_end(tiny_model, tiny_corpus, tmp_path, capsys):
     recipe = tmp_path / "student.yaml"
     recipe.write_text(f"""
@@ -122,6 +197,21 @@ train:
     assert student.tokenizer.units == teacher.tokenizer.units  # the teacher's, not a new BPE
     assert student.features.to_dict() == teacher.features.to_dict()
     assert student.model.config.encoder.blocks == ["conv", "performer"]
+
+    layered = tmp_path / "layered.yaml"
+    layered.write_text(recipe.read_text().replace("distill_ctc_weight: 1.0",
+                                                  "distill_ctc_weight: 1.0\n  distill_layer_weight: 0.5"))
+    out2 = tmp_path / "exp-layers"
+    assert main(["train", "--config", str(layered), "--data", str(tiny_corpus), "--out", str(out2), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(out2 / "train_log.csv")))
+    assert rows and all(float(row["distill_layers"]) > 0 for row in rows)
+    checkpoint = torch.load(sorted((out2 / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    assert any(name.startswith("distill_projections") for name in checkpoint["model"])  # kept to resume
+    assert main(["train", "--config", str(layered), "--data", str(tiny_corpus), "--out", str(out2), "--quiet",
+                 "--resume", "--set", "max_steps=4"]) == 0
+    load_model_dir(out2 / "model")  # strict load: the projections stayed out
+    assert main(["average", "--exp", str(out2), "--out", str(tmp_path / "averaged"), "--num", "2"]) == 0
+    load_model_dir(tmp_path / "averaged")
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text().replace("distill_ctc_weight: 1.0", "distill_weight: 1.0"))

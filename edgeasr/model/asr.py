@@ -30,6 +30,14 @@ from edgeasr.nn.mask import draw_chunk_size
 from edgeasr.nn.norm import fuse_batch_norms
 
 IGNORE_ID = -1
+#: State-dict prefixes of what only training uses (layer-wise distillation's projections):
+#: checkpoints keep them so a run resumes, model directories leave them out.
+TRAINING_ONLY_PREFIXES = ("distill_projections.",)
+
+
+def inference_state(state: dict) -> dict:
+    """``state`` without the training-only tensors (see ``TRAINING_ONLY_PREFIXES``)."""
+    return {name: value for name, value in state.items() if not name.startswith(TRAINING_ONLY_PREFIXES)}
 
 
 @dataclass
@@ -189,6 +197,12 @@ class ASRModel(nn.Module):
         self._teacher: tuple = ()
         self.distill_weight = 0.0
         self.distill_ctc_weight = 0.0
+        self.distill_layer_weight = 0.0
+        #: (student layer, teacher layer) pairs of layer-wise distillation, and the hidden states
+        #: their forward hooks catch on each training batch
+        self.distill_layer_pairs: tuple[tuple[int, int], ...] = ()
+        self._caught_hidden: dict[tuple[str, int], torch.Tensor] = {}
+        self._distill_hooks: list = []
         self.register_buffer("cmvn_mean", torch.zeros(input_dim))
         self.register_buffer("cmvn_istd", torch.ones(input_dim))
         if config.quantization is not None:
@@ -230,7 +244,8 @@ class ASRModel(nn.Module):
                 return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
         return self.encoder(self.normalize(feats), lengths, chunk_size, num_left_chunks)
 
-    def set_teacher(self, teacher: "ASRModel | None", weight: float, ctc_weight: float = 0.0) -> None:
+    def set_teacher(self, teacher: "ASRModel | None", weight: float, ctc_weight: float = 0.0,
+                    layer_weight: float = 0.0, layer_pairs: list | tuple | None = None) -> None:
         """Train this model towards a frozen ``teacher`` run on the same features and chunk mask.
 
         Why: a fine-tuned or quantization-aware-trained encoder drifts from where the pretrained
@@ -244,7 +259,18 @@ class ASRModel(nn.Module):
         The teacher may be another architecture but must emit frames at the same rate; when the
         two stems pad differently (Whisper's pads, a valid-convolution student does not), the
         teacher's frames are centre-cropped to the student's count.
+
+        ``layer_weight``: layer-wise hidden-state targets (FitNets-style), so a small student's
+        middle layers learn what the teacher's compute rather than only where its output ends.
+        Each (student layer, teacher layer) pair of ``layer_pairs`` (default: matched by relative
+        depth) adds the squared error between a linear projection of the student layer's output
+        and the teacher layer's output, the latter layer-normalized per frame (Whisper's residual
+        stream has a few huge dimensions that would otherwise be all the loss sees): the mean over
+        dimensions, summed over frames per utterance like the CTC and KL terms, averaged over pairs.
+        The projections are training-only (``TRAINING_ONLY_PREFIXES``): checkpoints keep them for
+        resuming, model directories leave them out.
         """
+        self._remove_distill_hooks()
         if teacher is not None:
             teacher.eval()
             for parameter in teacher.parameters():
@@ -263,6 +289,50 @@ class ASRModel(nn.Module):
         self._teacher = (teacher,) if teacher is not None else ()
         self.distill_weight = float(weight)
         self.distill_ctc_weight = float(ctc_weight)
+        self.distill_layer_weight = float(layer_weight) if teacher is not None else 0.0
+        self.distill_layer_pairs = ()
+        if self.distill_layer_weight > 0:
+            self._set_layer_targets(teacher, layer_pairs)
+
+    def _set_layer_targets(self, teacher: "ASRModel", layer_pairs: list | tuple | None) -> None:
+        student_layers = getattr(self.encoder, "layers", None)
+        teacher_layers = getattr(teacher.encoder, "layers", None)
+        if student_layers is None or teacher_layers is None:
+            raise ValueError("distill_layer_weight needs encoders made of layers (encoder.layers) on both sides")
+        count, teacher_count = len(student_layers), len(teacher_layers)
+        if layer_pairs is None:  # matched by relative depth: the last layer to the last layer
+            layer_pairs = [(index, round((index + 1) * teacher_count / count) - 1) for index in range(count)]
+        pairs = []
+        for pair in layer_pairs:
+            if len(pair) != 2 or not (0 <= int(pair[0]) < count and 0 <= int(pair[1]) < teacher_count):
+                raise ValueError(f"distill_layers: {list(pair)} is not a [student layer, teacher layer] pair "
+                                 f"within this encoder's {count} and the teacher's {teacher_count} layers")
+            pairs.append((int(pair[0]), int(pair[1])))
+        if len({student for student, _ in pairs}) != len(pairs):
+            raise ValueError("distill_layers: each student layer may have one teacher layer")
+        self.distill_layer_pairs = tuple(pairs)
+        width, teacher_width = self.encoder.output_dim, teacher.encoder.output_dim
+        self.distill_projections = nn.ModuleDict(
+            {str(student): nn.Linear(width, teacher_width) for student, _ in pairs})
+
+        def catch(side: str, index: int):
+            def hook(module, inputs, output):
+                if self.training:
+                    self._caught_hidden[(side, index)] = output[0] if isinstance(output, tuple) else output
+            return hook
+
+        for student, teacher_index in pairs:
+            self._distill_hooks.append(student_layers[student].register_forward_hook(catch("student", student)))
+            self._distill_hooks.append(
+                teacher_layers[teacher_index].register_forward_hook(catch("teacher", teacher_index)))
+
+    def _remove_distill_hooks(self) -> None:
+        for handle in self._distill_hooks:
+            handle.remove()
+        self._distill_hooks = []
+        self._caught_hidden = {}
+        if "distill_projections" in self._modules:
+            del self._modules["distill_projections"]
 
     def distillation_losses(self, encoded: torch.Tensor, enc_lengths: torch.Tensor, log_probs: torch.Tensor,
                             feats: torch.Tensor, feat_lengths: torch.Tensor, chunk: int, left: int
@@ -283,6 +353,16 @@ class ASRModel(nn.Module):
             reference = target_log_probs[:, offset : offset + frames]
             kl = (reference.exp() * (reference - log_probs[:, :frames])).sum(-1, keepdim=True)
             out["distill_ctc"] = (kl * valid).sum() / encoded.size(0)
+        if self.distill_layer_weight > 0:
+            errors = []
+            for student, teacher_index in self.distill_layer_pairs:
+                hidden = self._caught_hidden.pop(("student", student))
+                reference = self._caught_hidden.pop(("teacher", teacher_index))
+                reference = nn.functional.layer_norm(reference, reference.shape[-1:])[:, offset : offset + frames]
+                projected = self.distill_projections[str(student)](hidden[:, :frames])
+                error = ((projected - reference) ** 2).mean(-1, keepdim=True)
+                errors.append((error * valid).sum() / encoded.size(0))
+            out["distill_layers"] = sum(errors) / len(errors)
         return out
 
     def freeze(self, prefixes: list[str] | tuple[str, ...]) -> int:
@@ -363,11 +443,13 @@ class ASRModel(nn.Module):
             source = encoded.detach() if "encoder" in self.frozen_prefixes else encoded
             losses["segmenter"] = self.segmenter.loss(source, enc_lengths, log_probs)
             loss = loss + self.config.segmenter_weight * losses["segmenter"]
-        if self._teacher and self.training and (self.distill_weight > 0 or self.distill_ctc_weight > 0):
+        if self._teacher and self.training and (
+                self.distill_weight > 0 or self.distill_ctc_weight > 0 or self.distill_layer_weight > 0):
             distilled = self.distillation_losses(encoded, enc_lengths, log_probs, feats, feat_lengths, chunk, left)
             losses.update(distilled)
             loss = loss + self.distill_weight * distilled.get("distill", 0.0) \
-                + self.distill_ctc_weight * distilled.get("distill_ctc", 0.0)
+                + self.distill_ctc_weight * distilled.get("distill_ctc", 0.0) \
+                + self.distill_layer_weight * distilled.get("distill_layers", 0.0)
         quant = self.config.quantization
         if quant and quant.get("regularizer_weight", 0.0) > 0 and self.training:
             from edgeasr.quant.qat import quantization_regularizer

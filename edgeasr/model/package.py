@@ -26,7 +26,7 @@ import yaml
 from edgeasr.audio.frontend import Frontend, frontend_from_dict
 from edgeasr.errors import EdgeAsrError
 from edgeasr.fileio import atomic_save_torch, atomic_write_text
-from edgeasr.model.asr import ASRModel, ModelConfig
+from edgeasr.model.asr import ASRModel, ModelConfig, inference_state
 from edgeasr.model.pretrained import PretrainedSource, drop_pretrained
 from edgeasr.text.tokenizer import Tokenizer
 
@@ -110,7 +110,7 @@ def save_model_dir(
         "features": features.to_dict(),
         "streaming": {"chunk_size": streaming.chunk_size, "num_left_chunks": streaming.num_left_chunks},
     }
-    state = dict(state_dict if state_dict is not None else model.state_dict())
+    state = inference_state(state_dict if state_dict is not None else model.state_dict())
     if pretrained is not None:
         config["pretrained"] = pretrained.to_dict()
         state = drop_pretrained(state, pretrained.state_dict())

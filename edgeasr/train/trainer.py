@@ -30,7 +30,7 @@ from edgeasr.data.batching import DurationBatchSampler
 from edgeasr.data.feature_store import FeatureStore, build_feature_store
 from edgeasr.data.manifest import Utterance, read_manifest
 from edgeasr.errors import DataError, EdgeAsrError
-from edgeasr.model.asr import IGNORE_ID, ASRModel, ModelConfig
+from edgeasr.model.asr import IGNORE_ID, ASRModel, ModelConfig, inference_state
 from edgeasr.model.package import StreamingDefaults, load_model_dir, load_weights_from, save_model_dir
 from edgeasr.model.whisper import PACKAGED_WHISPER
 from edgeasr.model.whisper_import import PACKAGED_PREFIX, packaged_model_dir
@@ -96,6 +96,13 @@ class TrainConfig:
     #: Weight of the KL divergence from the teacher's CTC posteriors (per frame, summed per
     #: utterance like the CTC loss); needs a teacher (``teacher`` or init_from).
     distill_ctc_weight: float = 0.0
+    #: Weight of layer-wise hidden-state targets (``ASRModel.set_teacher``): a linear projection
+    #: of each listed student layer's output learns the teacher layer's (layer-normalized), so a
+    #: small first pass learns what the pretrained layers compute, not only their posteriors.
+    distill_layer_weight: float = 0.0
+    #: [student layer, teacher layer] pairs for distill_layer_weight; None = matched by relative
+    #: depth (student layer i of S to teacher layer round((i + 1) * T / S) - 1).
+    distill_layers: list[list[int]] | None = None
     #: With init_from: which source encoder layers to copy, in order (a pruned, shallower model
     #: initialized from a deeper one; the static-depth baseline of dynamic depth). None = all.
     init_layers: list[int] | None = None
@@ -117,7 +124,7 @@ class TrainConfig:
                                  f"known: {', '.join(PRETRAINED_SOURCES)} (or a model directory)")
         if self.average_by not in ("last", "best"):
             raise ValueError(f"train.average_by must be 'last' or 'best', got {self.average_by!r}")
-        for name in ("distill_weight", "distill_ctc_weight"):
+        for name in ("distill_weight", "distill_ctc_weight", "distill_layer_weight"):
             value = getattr(self, name)
             if value < 0 or (value > 0 and self.init_from is None and self.teacher is None):
                 raise ValueError(f"train.{name} must be 0 or more, and needs a teacher (train.teacher or init_from)")
@@ -267,7 +274,7 @@ def train(
             init_source_dir(cfg.teacher, out_dir, folder="teacher")
         world.barrier()
         teacher = load_model_dir(init_source_dir(cfg.teacher, out_dir, create=False, folder="teacher"))
-    elif source is not None and (cfg.distill_weight > 0 or cfg.distill_ctc_weight > 0):
+    elif source is not None and (cfg.distill_weight > 0 or cfg.distill_ctc_weight > 0 or cfg.distill_layer_weight > 0):
         teacher = source
     # what the model reads and writes comes from its source, else from its teacher
     inherited = source if source is not None else (teacher if cfg.teacher else None)
@@ -311,7 +318,8 @@ def train(
             raise EdgeAsrError(f"{config_path}: the teacher reads {teacher.features.kind} features, this model "
                                f"{options.kind}: distillation needs the same front end")
         try:
-            model.set_teacher(teacher.model, cfg.distill_weight, cfg.distill_ctc_weight)
+            model.set_teacher(teacher.model, cfg.distill_weight, cfg.distill_ctc_weight,
+                              cfg.distill_layer_weight, cfg.distill_layers)
         except ValueError as error:
             raise EdgeAsrError(f"{config_path}: {error}") from None
     if not cfg.init_from and options.kind == "fbank":
@@ -368,6 +376,8 @@ def train(
         log_fields.append("distill")  # the encoder output's error against the teacher's
     if cfg.distill_ctc_weight > 0:
         log_fields.append("distill_ctc")  # KL from the teacher's CTC posteriors
+    if cfg.distill_layer_weight > 0:
+        log_fields.append("distill_layers")  # the projected hidden states' error, mean over pairs
     if world.main and not log_path.exists():
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(log_fields)
@@ -493,7 +503,7 @@ def package_experiment(
     raw = yaml.safe_load(config_path.read_text())
     tokenizer = Tokenizer.load(exp_dir / "tokenizer")
     model = ASRModel(ModelConfig.from_dict({**raw["model"], "vocab_size": tokenizer.vocab_size}))
-    averaged = average_checkpoints(paths)
+    averaged = inference_state(average_checkpoints(paths))
     model.load_state_dict(averaged)
     streaming = raw.get("streaming") or {"chunk_size": 16, "num_left_chunks": -1}
     init_from = (raw.get("train") or {}).get("init_from")
