@@ -111,8 +111,15 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
     if chunk_size is not None or num_left_chunks is not None:
         raise EdgeAsrError(f"{directory}: an ONNX export streams with the chunk size and left context it was "
                            "exported with (re-export to change them)")
-    if options.get("first_pass") is not None:
-        raise EdgeAsrError("first_pass (a separate first-pass model) runs on the torch backend only")
+    if options.get("first_pass") is not None and not is_onnx_export(options["first_pass"]):
+        # a model directory: exported once (cached) at the chunk size and left context of this export
+        meta = json.loads((directory / "metadata.json").read_text())
+        left = -1 if meta["max_left_frames"] < 0 else max(0, meta["max_left_frames"] // meta["chunk_size"])
+        try:
+            first = export_cached(options["first_pass"], meta["chunk_size"], left)
+        except EdgeAsrError as error:
+            raise EdgeAsrError(f"--first-pass {error}") from None
+        options = {**options, "first_pass": str(first)}
     decode = DecodeOptions(mode=mode, beam_size=beam_size, ctc_weight=ctc_weight, **options)
     return OnnxRecognizer.load(directory, int8=int8, options=decode, threads=max(1, threads), int4=int4)
 
@@ -130,6 +137,9 @@ def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_lef
 
     directory = resolve_model_dir(model)
     weights = directory / "model.pt"
+    if not weights.is_file():  # neither an export (the caller checked) nor a model directory
+        problem = "not found" if not directory.is_dir() else "neither an ONNX export nor a model directory (no model.pt)"
+        raise EdgeAsrError(f"{directory}: {problem}")
     stat = weights.stat()
     calibration = directory / "calibration.json"  # copied into the export: a new one means a new export
     calibration_stamp = calibration.stat().st_mtime_ns if calibration.is_file() else None

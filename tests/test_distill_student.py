@@ -3,6 +3,7 @@ the fast first pass learns the pretrained default's CTC posteriors frame by fram
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -254,11 +255,78 @@ def test_a_separate_first_pass_streams_the_partials_and_the_model_makes_the_fina
 
 
 def test_a_first_pass_that_does_not_fit_is_refused(whisper_imported, tiny_model):
-    from edgeasr.api import load_model
     from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
     from edgeasr.errors import EdgeAsrError
 
     with pytest.raises(EdgeAsrError, match="--first-pass .*features"):
         Recognizer.load(whisper_imported, DecodeOptions(mode="whisper_rescoring", first_pass=str(tiny_model)))
-    with pytest.raises(EdgeAsrError, match="torch backend"):
-        load_model(whisper_imported, backend="onnx", first_pass=str(tiny_model))
+
+
+@pytest.fixture(scope="module")
+def exports(whisper_imported, student_dir, tmp_path_factory):
+    """The Whisper model's export and the student's (a block-plan encoder on Whisper's log-mel)."""
+    from edgeasr.export.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("first-pass-onnx")
+    export_onnx(whisper_imported, folder / "model", chunk_size=16)
+    meta = export_onnx(student_dir, folder / "student")
+    assert meta["format"] == "edgeasr-onnx-streaming" and meta["features"]["kind"] == "whisper_mel"
+    return folder / "model", folder / "student"
+
+
+def test_the_student_on_onnx_runtime_streams_what_torch_does(student_dir, exports):
+    from edgeasr.api import load_model
+
+    audio = speechlike(2.0, seed=5)
+    on_torch = load_model(student_dir, mode="ctc_greedy", lm=None)
+    on_onnx = load_model(exports[1], mode="ctc_greedy", lm=None)
+    assert on_onnx.frontend.kind == "whisper_mel"  # the front end the export names
+    runners = [(r.chunk_runner(), r.frontend.stream()) for r in (on_torch, on_onnx)]
+    got = [[], []]
+    for start in range(0, len(audio), 3000):
+        for index, (runner, features) in enumerate(runners):
+            got[index].append(runner.accept(features.accept(audio[start : start + 3000]))[1])
+    reference, ours = (np.concatenate([np.asarray(x) for x in out if x is not None]) for out in got)
+    assert ours.shape == reference.shape and np.abs(ours - reference).max() < 1e-3
+    assert on_onnx.transcribe(audio).text == on_torch.transcribe(audio).text
+
+
+def test_a_separate_first_pass_on_onnx_runtime(whisper_imported, student_dir, exports, tmp_path, monkeypatch):
+    """The student's export streams the partials; the model's export re-encodes the same
+    features in its second pass for the finals, as on torch."""
+    from edgeasr.api import load_model
+
+    model, student = exports
+    audio = speechlike(1.5, seed=9)
+    both = load_model(model, mode="whisper_rescoring", first_pass=str(student), segment=False)
+    alone = load_model(student, mode="ctc_greedy", lm=None)
+    teacher = load_model(model, mode="whisper_rescoring", segment=False)
+    assert type(both).__name__ == "OnnxRecognizer" and both.first_export is not both
+    session, student_session = both.stream(), alone.stream()
+    partials = []
+    for start in range(0, len(audio), 5120):
+        partials.append((session.accept(audio[start : start + 5120]).text,
+                         student_session.accept(audio[start : start + 5120]).text))
+    assert any(ours for ours, _ in partials)
+    assert all(ours == theirs for ours, theirs in partials)  # the partials are the student's
+    assert session.finish().text == teacher.transcribe(audio).text  # the finals are the model's second pass
+    # a model directory as the first pass: exported once, at the export's chunk size
+    monkeypatch.setenv("EDGEASR_CACHE", str(tmp_path / "cache"))
+    from_dir = load_model(model, mode="whisper_rescoring", first_pass=str(student_dir), segment=False)
+    assert from_dir.first_export.chunk_size == both.chunk_size
+    assert from_dir.transcribe(audio).text == both.transcribe(audio).text
+
+
+def test_an_onnx_first_pass_that_does_not_fit_is_refused(whisper_imported, student_dir, exports, tmp_path):
+    from edgeasr.api import load_model
+    from edgeasr.errors import EdgeAsrError
+    from edgeasr.export.onnx import export_onnx
+
+    model, student = exports
+    with pytest.raises(EdgeAsrError, match="--first-pass .*Whisper-encoder export"):
+        load_model(model, mode="whisper_rescoring", first_pass=str(model))
+    export_onnx(student_dir, tmp_path / "other-chunk", chunk_size=8)
+    with pytest.raises(EdgeAsrError, match="--first-pass .*8-frame chunks.*--chunk-size 16"):
+        load_model(model, mode="whisper_rescoring", first_pass=str(tmp_path / "other-chunk"))
+    with pytest.raises(EdgeAsrError, match="--first-pass .*neither an ONNX export nor a model directory"):
+        load_model(model, mode="whisper_rescoring", first_pass=str(tmp_path))

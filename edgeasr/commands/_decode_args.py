@@ -95,7 +95,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-pass", metavar="DIR",
                         help="stream the first pass (partials, endpoints) with this model directory's encoder "
                              "and CTC head, e.g. a small student distilled from the model; the model's own second "
-                             "pass still makes the finals (torch backend)")
+                             "pass still makes the finals (with --backend onnx: the student's export, or its model "
+                             "directory exported once at this export's chunk size)")
     parser.add_argument("--token-threshold", type=float, default=defaults.token_threshold,
                         help="prefix beam: skip tokens this many nats below a frame's best "
                              f"(default: {defaults.token_threshold}; 'inf' = exhaustive)")

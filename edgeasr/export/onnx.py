@@ -285,9 +285,9 @@ def export_onnx(
     int8 = int8 or int4
     if packaged.features.kind == "whisper_mel" and hasattr(asr.encoder, "max_frames"):
         return _export_whisper(packaged, out_dir, chunk_size, num_left_chunks, int8, int4)
-    if packaged.features.kind != "fbank" or not hasattr(asr.encoder, "subsampling"):
-        raise EdgeAsrError("ONNX export covers block-plan encoders with fbank features; this model "
-                           f"({packaged.features.kind} front end) runs with the torch backend")
+    if packaged.features.kind not in ("fbank", "whisper_mel") or not hasattr(asr.encoder, "subsampling"):
+        raise EdgeAsrError("ONNX export covers block-plan encoders with fbank or Whisper log-mel features; this "
+                           f"model ({packaged.features.kind} front end) runs with the torch backend")
     if asr.encoder.dynamic is not None:
         raise EdgeAsrError("ONNX export of dynamic-compute models is not supported (their gates pick which "
                            "modules run, a data-dependent graph); run them with the torch backend")
@@ -323,7 +323,7 @@ def export_onnx(
         "stride": stream.stride,
         "subsampling_rate": asr.encoder.subsampling.rate,
         "right_context": asr.encoder.subsampling.right_context,
-        "frame_shift_ms": packaged.features.frame_shift_ms,
+        "frame_shift_ms": 1000.0 * packaged.features.frame_shift,
         "features": packaged.features.to_dict(),
         "vocab_size": asr.config.vocab_size,
         "blank_id": asr.blank_id,

@@ -48,8 +48,12 @@ class OnnxChunkRunner:
     """The ONNX Runtime backend's streaming encoder: feature windows through encoder.onnx with
     its caches, attention caches trimmed to the exported left context after every chunk."""
 
-    def __init__(self, recognizer: "OnnxRecognizer") -> None:
+    def __init__(self, recognizer: "OnnxRecognizer", keep_inputs: bool = False) -> None:
         self.rec = recognizer
+        #: keep the segment's raw features for a second pass that re-encodes them (a block-plan
+        #: first pass in front of a Whisper export's second pass, ``--first-pass``)
+        self.keep_inputs = keep_inputs
+        self.inputs: list[np.ndarray] = []
         meta = recognizer.meta
         self.window, self.stride = meta["window"], meta["stride"]
         self.max_left = meta["max_left_frames"]
@@ -60,6 +64,7 @@ class OnnxChunkRunner:
     def reset(self) -> None:
         self.pending = np.zeros((0, self.mel_bins), dtype=np.float32)
         self.caches = self.rec.initial_caches()
+        self.inputs = []
 
     def _run(self, window: np.ndarray):
         rec = self.rec
@@ -83,6 +88,8 @@ class OnnxChunkRunner:
         return np.concatenate([e for e, _ in outputs]), np.concatenate([lp for _, lp in outputs])
 
     def accept(self, feats: np.ndarray):
+        if self.keep_inputs and len(feats):
+            self.inputs.append(np.asarray(feats, dtype=np.float32))
         self.pending = np.concatenate([self.pending, feats])
         outputs = []
         while self.pending.shape[0] >= self.window:
@@ -98,7 +105,8 @@ class OnnxChunkRunner:
         return self._joined(outputs)
 
     def segment_inputs(self):
-        return None  # no Whisper second pass on ONNX Runtime
+        """The segment's raw features, kept when a Whisper second pass re-encodes them."""
+        return np.concatenate(self.inputs) if self.inputs else None
 
     @staticmethod
     def concat(frames: list):
@@ -293,7 +301,9 @@ class OnnxRecognizer(DecodingCore):
         self.decoder = _session(decoder_path, threads) if decoder_path.exists() else None
         self.tokenizer = Tokenizer.load(self.directory / "tokenizer")
         self.whisper = self.meta.get("format") == WHISPER_FORMAT
-        features = WhisperMelOptions if self.whisper else FbankOptions
+        # the front end the export names: a Whisper encoder's, or a block-plan encoder on either
+        # (a fast first pass distilled from the Whisper default reads its log-mel features)
+        features = WhisperMelOptions if self.meta["features"].get("kind") == "whisper_mel" else FbankOptions
         self.features = features.from_dict(self.meta["features"])
         self.frontend = self.features
         self.sample_rate = self.features.sample_rate
@@ -325,6 +335,9 @@ class OnnxRecognizer(DecodingCore):
             graph = _session(self.directory / self.meta["segmenter"]["graph"], threads)
             segmenter = lambda encoded: float(graph.run(None, {"frames": np.asarray(encoded[-1:], dtype=np.float32)})[0][-1])  # noqa: E731
         cascade = self._cascade(options, heads_suffix, threads)
+        #: the export whose encoder streams the first pass: this one, or ``options.first_pass``'s
+        self.first_export = self if options.first_pass is None else self._first_pass_export(
+            options.first_pass, int8 or int4, threads, transducer, segmenter, cascade)
         self._setup_decoding(options, self.decoder is not None, has_whisper, self.directory, self.meta["blank_id"],
                              self.meta.get("max_frames"), transducer=transducer, segmenter=segmenter, cascade=cascade)
         if self.mode_spec.second_pass == "whisper":
@@ -367,6 +380,33 @@ class OnnxRecognizer(DecodingCore):
         graph = _session(path, threads)
         return lambda encoded: graph.run(None, {"frames": np.asarray(encoded, dtype=np.float32)})[0]
 
+    def _first_pass_export(self, directory: str, int8: bool, threads: int, *heads) -> "OnnxRecognizer":
+        """A separate first pass (a fast student's export, ``--first-pass``), checked against this
+        export where the two must agree: it streams the partials and endpoints, this export's
+        second pass re-encodes the same features for the finals."""
+        from edgeasr.api import is_onnx_export
+
+        if not is_onnx_export(directory):
+            raise EdgeAsrError(f"--first-pass {directory}: not an ONNX export (with the onnx backend, give an "
+                               "export or a model directory to load_model)")
+        first = OnnxRecognizer(directory, int8=int8, threads=threads, mode="ctc_greedy", lm=None)
+        problem = None
+        if first.whisper:
+            problem = "is a Whisper-encoder export (the first pass is meant to be a fast block-plan one)"
+        elif first.meta["features"] != self.meta["features"]:
+            problem = f"computes other features ({first.meta['features']})"
+        elif first.frame_seconds != self.frame_seconds:
+            problem = f"emits a frame every {first.frame_seconds * 1000:g} ms, this export every {self.frame_seconds * 1000:g}"
+        elif list(first.tokenizer.units) != list(self.tokenizer.units):
+            problem = "has another tokenizer (its CTC units must be this export's)"
+        elif first.chunk_size != self.chunk_size:
+            problem = f"streams {first.chunk_size}-frame chunks, this export {self.chunk_size} (re-export it with --chunk-size {self.chunk_size})"
+        elif any(head is not None for head in heads):
+            problem = "cannot stand in for this export's first pass: its transducer, cascade or segmenter reads it"
+        if problem:
+            raise EdgeAsrError(f"--first-pass {directory}: this first pass {problem}")
+        return first
+
     @property
     def chunk_size(self) -> int:
         """Fixed at export (the ``Recognizer`` property of the same name, for shared callers)."""
@@ -391,7 +431,8 @@ class OnnxRecognizer(DecodingCore):
         return caches
 
     def chunk_runner(self, keep_inputs: bool = False):
-        return WhisperOnnxChunkRunner(self, keep_inputs) if self.whisper else OnnxChunkRunner(self)
+        first = self.first_export
+        return WhisperOnnxChunkRunner(first, keep_inputs) if first.whisper else OnnxChunkRunner(first, keep_inputs)
 
     def transcribe(self, audio, hotwords=None, sample_rate: int | None = None) -> Result:
         """A file path, or an array at ``sample_rate`` (default: the model's; int16 is scaled,
