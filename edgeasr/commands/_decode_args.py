@@ -71,7 +71,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--second-pass-transducer-weight", type=float, default=None, metavar="W",
                         help="transducer_whisper: the transducer's share of the first-pass score Whisper's "
                              "decoder is weighed against; the rest is the CTC head's "
-                             f"(default: {DecodeOptions.second_pass_transducer_weight:g}, the transducer alone)")
+                             f"(default: {DecodeOptions.second_pass_transducer_weight:g}, best on the TTS dev set; 1: the transducer alone)")
     parser.add_argument("--second-pass-window", type=float, default=None, metavar="SECONDS",
                         help="Whisper second pass: re-encode each segment at the start of a window of "
                              "this many seconds filled with silence, as Whisper was trained (0 = the "
