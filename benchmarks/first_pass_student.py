@@ -13,6 +13,9 @@ At the teacher's chunk size (640 ms), 1 thread, on each set:
    utterance), the time of every ``accept`` that completed an encoder chunk (front end, encoder,
    CTC head, greedy search), median and p90; RTF of the two-pass runs.
 4. Sizes: parameters and float16 bytes of each first pass (encoder + CTC head).
+5. With ``--onnx``: the same per-chunk latency on ONNX Runtime (both models exported once into the
+   cache, float and int8 graphs), and the two-pass RTF there with the student's export as the
+   first pass.
 Targets (issue 17): first pass >= 3x lower per-chunk latency at <= +15% relative WER; the two-pass
 WER with the fast first pass no worse than the default's.
 """
@@ -80,6 +83,33 @@ def measure_set(args, name: str, manifest: str) -> dict:
         out[label] = {who: probe.summary(probe.texts) for who, probe in probes.items()}
         print(name, label, json.dumps({w: (r["chunk_latency_ms"], r["rtf_median"]) for w, r in out[label].items()}),
               flush=True)
+    if args.onnx:
+        out.update(onnx_speed(args, name, audio, chunk))
+    return out
+
+
+def onnx_speed(args, name: str, audio: list, chunk: int) -> dict:
+    """Per-chunk latency and two-pass RTF on ONNX Runtime, float and int8 first passes."""
+    from edgeasr.api import load_model
+
+    first = {}
+    for precision in ("float", "int8"):
+        for who, directory in (("teacher", args.teacher), ("student", args.student)):
+            first[f"{who}_{precision}"] = load_model(directory, backend="onnx", chunk_size=chunk, mode="ctc_greedy",
+                                                      lm=None, int8=precision == "int8")
+    two = {"teacher": load_model(args.teacher, backend="onnx", chunk_size=chunk),
+           "student": load_model(args.teacher, backend="onnx", chunk_size=chunk, first_pass=args.student)}
+    out = {}
+    for label, recognizers in (("onnx_first_pass_speed", first), ("onnx_two_pass_speed", two)):
+        probes = {who: SpeedProbe(recognizer) for who, recognizer in recognizers.items()}
+        for probe in probes.values():
+            probe.run(audio[0], record=False)  # warm-up
+        for samples in audio[: args.speed_utts]:
+            for probe in probes.values():
+                probe.run(samples)
+        out[label] = {who: probe.summary(probe.texts) for who, probe in probes.items()}
+        print(name, label, json.dumps({w: (r["chunk_latency_ms"], r["rtf_median"]) for w, r in out[label].items()}),
+              flush=True)
     return out
 
 
@@ -106,6 +136,7 @@ def main() -> int:
     parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--utts", type=int, default=216)
     parser.add_argument("--speed-utts", type=int, default=20)
+    parser.add_argument("--onnx", action="store_true", help="also measure on ONNX Runtime (float and int8 graphs)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/first_pass_student.json")
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md", help="BENCHMARKS.md to regenerate")
     args = parser.parse_args()
@@ -125,6 +156,12 @@ def main() -> int:
     first = next(iter(result["sets"].values()))
     latency = {who: first["first_pass_speed"][who]["chunk_latency_ms"]["median"] for who in ("teacher", "student")}
     result["latency_ratio"] = round(latency["teacher"] / latency["student"], 2) if latency["student"] else None
+    if "onnx_first_pass_speed" in first:
+        speeds = first["onnx_first_pass_speed"]
+        result["onnx_latency_ratio"] = {
+            precision: round(speeds[f"teacher_{precision}"]["chunk_latency_ms"]["median"]
+                             / speeds[f"student_{precision}"]["chunk_latency_ms"]["median"], 2)
+            for precision in ("float", "int8")}
     save_result(result, args.out, args.report)
     print(f"wrote {args.out}")
     return 0

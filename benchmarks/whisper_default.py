@@ -211,8 +211,9 @@ class _Timed:
         started = time.perf_counter()
         out = self.function(*args, **kwargs)
         self.durations.append(time.perf_counter() - started)
-        if isinstance(out, torch.Tensor):
-            self.frames += out.size(0)
+        frames = out[0] if isinstance(out, tuple) else out  # a runner's (encoded, log-probs)
+        if frames is not None and hasattr(frames, "shape"):
+            self.frames += frames.shape[0]
         return out
 
 
@@ -243,8 +244,10 @@ class SpeedProbe:
 
     def run(self, samples: np.ndarray, record: bool = True) -> str:
         session = self.recognizer.stream()
-        encoder = _Timed(session.runner.encoder.accept)
-        session.runner.encoder.accept = encoder
+        # torch: the runner's encoder stream; ONNX Runtime: the runner itself (its graph runs inside)
+        timed = session.runner.encoder if hasattr(getattr(session.runner, "encoder", None), "accept") else session.runner
+        encoder = _Timed(timed.accept)
+        timed.accept = encoder
         calls, compute, first_segment = [], 0.0, self._second_pass_seconds()[0]
         with torch.no_grad():
             for start in range(0, len(samples), self.block):
