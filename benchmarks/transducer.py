@@ -18,7 +18,8 @@ time to the first mode's, and two latencies, medians over utterances:
   to the final text (the last token's latency as a user sees it); a second pass sits here.
 
 Also the parameters of the head each mode decodes with. Writes benchmarks/results/transducer.json
-and regenerates BENCHMARKS.md.
+and regenerates BENCHMARKS.md. ``--backend onnx --precision int4`` runs the same modes on ONNX
+Runtime through a 4-bit model's exact 4-bit graphs (its encoder's and its transducer's).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"the default, {DecodeOptions.lm_bonus})")
     parser.add_argument("--chunk-size", type=int, help="encoder frames per chunk (default: the model's)")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="onnx: the model exported once (cached) and run on ONNX Runtime")
+    parser.add_argument("--precision", choices=("float", "int8", "int4"), default="float",
+                        help="ONNX Runtime graphs: int4 runs a 4-bit model's exact 4-bit graphs (encoder and "
+                             "transducer), int8 the dynamic int8 ones")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transducer.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
@@ -101,13 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         name, *extras = mode.split("+")
         bonus = args.transducer_lm_bonus if name.startswith("transducer") else DecodeOptions.lm_bonus
-        recognizers[mode] = Recognizer(packaged, DecodeOptions(
-            mode=name, lm=lm if "lm" in extras else None, chunk_size=args.chunk_size, lm_bonus=bonus,
-            source_lm=args.source_lm if "dr" in extras else None, source_lm_weight=args.source_lm_weight))
+        options = dict(lm=lm if "lm" in extras else None, lm_bonus=bonus,
+                       source_lm=args.source_lm if "dr" in extras else None, source_lm_weight=args.source_lm_weight)
+        if args.backend == "onnx":
+            from edgeasr.api import load_model
+
+            recognizers[mode] = load_model(args.model, backend="onnx", mode=name, chunk_size=args.chunk_size,
+                                           int8=args.precision == "int8", int4=args.precision == "int4", **options)
+        else:
+            recognizers[mode] = Recognizer(packaged, DecodeOptions(mode=name, chunk_size=args.chunk_size, **options))
     parts = head_parameters(packaged.model)
     result = {
         **run_facts("transducer", "benchmarks/transducer.py", sys.argv[1:] if argv is None else argv),
         "model": str(args.model),
+        "backend": args.backend,
+        "precision": args.precision if args.backend == "onnx" else "torch (fake-quant where quantized)",
         "chunk_size": recognizers[modes[0]].chunk_size,
         "frame_ms": 1000 * recognizers[modes[0]].frame_seconds,
         "parameters": parts,

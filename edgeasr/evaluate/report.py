@@ -1102,7 +1102,9 @@ def transducer_section(result: dict, name: str) -> list[str]:
         "",
         f"Model `{result['model']}` (encoder {params['encoder'] / 1e6:.2f} M parameters, CTC head "
         f"{params['ctc'] / 1e6:.2f} M, transducer head {params['transducer'] / 1e6:.2f} M, Whisper decoder "
-        f"{params['whisper_decoder'] / 1e6:.2f} M), streamed at chunk {result['chunk_size']} "
+        f"{params['whisper_decoder'] / 1e6:.2f} M)"
+        + (f", on ONNX Runtime ({result['precision']} graphs)" if result.get("backend") == "onnx" else "")
+        + f", streamed at chunk {result['chunk_size']} "
         f"({result['chunk_size'] * result['frame_ms']:.0f} ms), the modes taking turns on each utterance; "
         f"{result['machine']} ({result['date']}). Time: median over utterances of the mode's time / {modes[0]}'s. "
         f"`+lm`: with the LM `{result.get('lm')}` fused into the search"
