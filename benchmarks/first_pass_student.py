@@ -68,21 +68,11 @@ def measure_set(args, name: str, manifest: str) -> dict:
         row, _ = accuracy_row(recognizer, utts, audio, streaming=True)
         out["two_pass"][who] = {**row, "mode": recognizer.mode}
         print(name, "two-pass", who, row["wer"], row["cer"], flush=True)
-    # speed: first pass alone (greedy), then both passes; the models take turns on each utterance
-    for label, recognizers in (
-        ("first_pass_speed", {who: Recognizer.load(d, DecodeOptions(mode="ctc_greedy", chunk_size=chunk, lm=None))
-                              for who, d in (("teacher", args.teacher), ("student", args.student))}),
-        ("two_pass_speed", two),
-    ):
-        probes = {who: SpeedProbe(recognizer) for who, recognizer in recognizers.items()}
-        for probe in probes.values():
-            probe.run(audio[0], record=False)  # warm-up
-        for samples in audio[: args.speed_utts]:
-            for probe in probes.values():
-                probe.run(samples)
-        out[label] = {who: probe.summary(probe.texts) for who, probe in probes.items()}
-        print(name, label, json.dumps({w: (r["chunk_latency_ms"], r["rtf_median"]) for w, r in out[label].items()}),
-              flush=True)
+    # speed: first pass alone (greedy), then both passes
+    first = {who: Recognizer.load(d, DecodeOptions(mode="ctc_greedy", chunk_size=chunk, lm=None))
+             for who, d in (("teacher", args.teacher), ("student", args.student))}
+    out["first_pass_speed"] = timed_in_turns(first, audio, args.speed_utts, f"{name} first_pass_speed")
+    out["two_pass_speed"] = timed_in_turns(two, audio, args.speed_utts, f"{name} two_pass_speed")
     if args.onnx:
         out.update(onnx_speed(args, name, audio, chunk))
     return out
@@ -99,17 +89,20 @@ def onnx_speed(args, name: str, audio: list, chunk: int) -> dict:
                                                       lm=None, int8=precision == "int8")
     two = {"teacher": load_model(args.teacher, backend="onnx", chunk_size=chunk),
            "student": load_model(args.teacher, backend="onnx", chunk_size=chunk, first_pass=args.student)}
-    out = {}
-    for label, recognizers in (("onnx_first_pass_speed", first), ("onnx_two_pass_speed", two)):
-        probes = {who: SpeedProbe(recognizer) for who, recognizer in recognizers.items()}
+    return {"onnx_first_pass_speed": timed_in_turns(first, audio, args.speed_utts, f"{name} onnx_first_pass_speed"),
+            "onnx_two_pass_speed": timed_in_turns(two, audio, args.speed_utts, f"{name} onnx_two_pass_speed")}
+
+
+def timed_in_turns(recognizers: dict, audio: list, count: int, label: str) -> dict:
+    """Each recognizer streamed over the first ``count`` utterances, taking turns on each one."""
+    probes = {who: SpeedProbe(recognizer) for who, recognizer in recognizers.items()}
+    for probe in probes.values():
+        probe.run(audio[0], record=False)  # warm-up
+    for samples in audio[:count]:
         for probe in probes.values():
-            probe.run(audio[0], record=False)  # warm-up
-        for samples in audio[: args.speed_utts]:
-            for probe in probes.values():
-                probe.run(samples)
-        out[label] = {who: probe.summary(probe.texts) for who, probe in probes.items()}
-        print(name, label, json.dumps({w: (r["chunk_latency_ms"], r["rtf_median"]) for w, r in out[label].items()}),
-              flush=True)
+            probe.run(samples)
+    out = {who: probe.summary(probe.texts) for who, probe in probes.items()}
+    print(label, json.dumps({w: (r["chunk_latency_ms"], r["rtf_median"]) for w, r in out.items()}), flush=True)
     return out
 
 

@@ -29,6 +29,19 @@ def student_of(packaged, **encoder):
                                            "ctc_weight": 1.0}))
 
 
+def losses_while_training(student, key: str, steps: int, *args) -> list[float]:
+    """The ``key`` loss at each of ``steps`` Adam steps on that loss alone, on one batch."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
+    values = []
+    for _ in range(steps):
+        out = student(*args)
+        optimizer.zero_grad()
+        out[key].backward()
+        optimizer.step()
+        values.append(float(out[key].detach()))
+    return values
+
+
 def test_the_posterior_kl_is_zero_for_a_copy_and_falls_for_a_student(tiny_model):
     packaged = load_model_dir(tiny_model)
     teacher = packaged.model
@@ -80,14 +93,7 @@ def test_a_20ms_student_learns_from_whisper(whisper_imported):
         teacher_frames = packaged.model.encode(feats, lengths)[0].size(1)
         student_frames = student.encode(feats, lengths)[0].size(1)
     assert teacher_frames - student_frames == 2  # one pad frame at each end
-    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
-    values = []
-    for _ in range(12):
-        out = student(feats, lengths, tokens, token_lengths)
-        optimizer.zero_grad()
-        out["distill_ctc"].backward()
-        optimizer.step()
-        values.append(float(out["distill_ctc"].detach()))
+    values = losses_while_training(student, "distill_ctc", 12, feats, lengths, tokens, token_lengths)
     assert values[-1] < 0.7 * values[0]
 
 
@@ -129,14 +135,7 @@ def test_layer_targets_teach_the_students_middle_layers_and_stay_out_of_the_mode
     assert torch.allclose(out["distill_layers"], expected, rtol=1e-5)
     assert float(out["distill_layers"].detach()) > 0.5 * frames  # near 1 a frame for random projections
     assert student._caught_hidden == {}  # each batch's hidden states are used once, not kept
-    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
-    values = []
-    for _ in range(15):
-        out = student(feats, lengths, tokens, token_lengths)
-        optimizer.zero_grad()
-        out["distill_layers"].backward()
-        optimizer.step()
-        values.append(float(out["distill_layers"].detach()))
+    values = losses_while_training(student, "distill_layers", 15, feats, lengths, tokens, token_lengths)
     assert values[-1] < 0.7 * values[0]
     assert all(p.grad is None for p in packaged.model.parameters())
     assert student.distill_projections["1"].weight.grad is not None
