@@ -76,6 +76,12 @@ def load_model(
         return _onnx(Path(model), chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options,
                      int4)
     if backend == "onnx":
+        first_pass = options.get("first_pass")
+        if first_pass is not None and not is_onnx_export(first_pass):
+            try:
+                exportable_model_dir(first_pass)
+            except EdgeAsrError as error:
+                raise EdgeAsrError(f"--first-pass {error}") from None
         directory = export_cached(model, chunk_size, num_left_chunks)
         return _onnx(directory, None, None, mode, beam_size, ctc_weight, int8, threads, options, int4)
     if int8 or int4:
@@ -130,16 +136,24 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
 EXPORT_LAYOUT = 5
 
 
-def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_left_chunks: int | None) -> Path:
-    """Export ``model`` for ONNX Runtime once; later calls with the same file and settings reuse it."""
-    from edgeasr.export.onnx import export_onnx
+def exportable_model_dir(model: str | os.PathLike[str]) -> Path:
+    """``model``'s directory when it holds a model to export, else a one-line error (checked
+    before any export starts, so a wrong path costs no time)."""
     from edgeasr.model.package import resolve_model_dir
 
     directory = resolve_model_dir(model)
-    weights = directory / "model.pt"
-    if not weights.is_file():  # neither an export (the caller checked) nor a model directory
+    if not (directory / "model.pt").is_file():
         problem = "not found" if not directory.is_dir() else "neither an ONNX export nor a model directory (no model.pt)"
         raise EdgeAsrError(f"{directory}: {problem}")
+    return directory
+
+
+def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_left_chunks: int | None) -> Path:
+    """Export ``model`` for ONNX Runtime once; later calls with the same file and settings reuse it."""
+    from edgeasr.export.onnx import export_onnx
+
+    directory = exportable_model_dir(model)
+    weights = directory / "model.pt"
     stat = weights.stat()
     calibration = directory / "calibration.json"  # copied into the export: a new one means a new export
     calibration_stamp = calibration.stat().st_mtime_ns if calibration.is_file() else None

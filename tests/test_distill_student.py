@@ -316,7 +316,8 @@ def test_a_separate_first_pass_on_onnx_runtime(whisper_imported, student_dir, ex
     assert from_dir.transcribe(audio).text == both.transcribe(audio).text
 
 
-def test_an_onnx_first_pass_that_does_not_fit_is_refused(whisper_imported, student_dir, exports, tmp_path):
+def test_an_onnx_first_pass_that_does_not_fit_is_refused(whisper_imported, student_dir, exports, tmp_path,
+                                                         monkeypatch):
     from edgeasr.api import load_model
     from edgeasr.errors import EdgeAsrError
     from edgeasr.export.onnx import export_onnx
@@ -329,3 +330,7 @@ def test_an_onnx_first_pass_that_does_not_fit_is_refused(whisper_imported, stude
         load_model(model, mode="whisper_rescoring", first_pass=str(tmp_path / "other-chunk"))
     with pytest.raises(EdgeAsrError, match="--first-pass .*neither an ONNX export nor a model directory"):
         load_model(model, mode="whisper_rescoring", first_pass=str(tmp_path))
+    monkeypatch.setenv("EDGEASR_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(EdgeAsrError, match="--first-pass .*neither an ONNX export nor a model directory"):
+        load_model(whisper_imported, backend="onnx", first_pass=str(tmp_path / "other-chunk" / "tokenizer"))
+    assert not (tmp_path / "cache").exists()  # refused before the model's export began
