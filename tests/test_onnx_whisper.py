@@ -79,13 +79,14 @@ def test_onnx_second_pass_graphs_equal_torch(exported, torch_default):
     model = torch_default.model
     samples = load_audio(CLIPS[0])
     mel = torch_default.frontend.compute(samples)
-    encoded_ort, log_probs_ort = onnx_asr.second_pass.backend.encode(np.asarray(mel))
+    encoded_ort, log_probs_ort, own_ort = onnx_asr.second_pass.backend.encode(np.asarray(mel))
     with torch.no_grad():
         encoded, _ = model.encoder(model.normalize(mel)[None], torch.tensor([mel.shape[0]]), 0, -1)
         log_probs = model.ctc_log_probs(encoded)[0].numpy()
     assert encoded_ort.shape == tuple(encoded.shape)
     assert np.abs(encoded_ort - encoded.numpy()).max() < 2e-3
     assert np.abs(log_probs_ort - log_probs).max() < 2e-3
+    assert np.array_equal(own_ort, encoded_ort[0])  # no padded window: the segment's own frames are these
     decoder = model.whisper_decoder
     decoder.use_int8(False)  # the float graph against the float decoder
     try:

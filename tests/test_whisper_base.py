@@ -137,7 +137,7 @@ def test_base_writes_the_finals_of_the_default(tmp_path, monkeypatch):
     samples = load_audio(SAMPLES / "kokoro-female.wav", sample_rate=16000)
     reference = (SAMPLES / "kokoro-female.txt").read_text()
     feats = recognizer.model.normalize(recognizer.frontend.compute(samples))
-    encoded, log_probs = backend.encode(feats)
+    encoded, log_probs, _ = backend.encode(feats)
     assert encoded.shape[-1] == 512 and log_probs.shape[-1] == recognizer.tokenizer.vocab_size
     text = recognizer.transcribe(samples).text
     assert word_errors(reference, text).rate <= 10.0, text

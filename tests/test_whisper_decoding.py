@@ -168,7 +168,8 @@ class _RecordingBackend:
         self.speech_frames = speech_frames
         ctc_frames = ((feats.shape[0] if speech_frames is None else speech_frames) + 1) // 2
         log_probs = np.log(np.full((ctc_frames, self.vocab), 1.0 / self.vocab, dtype=np.float32))
-        return np.zeros((1, (feats.shape[0] + 1) // 2, 4), np.float32), log_probs
+        encoded = np.zeros((1, (feats.shape[0] + 1) // 2, 4), np.float32)
+        return encoded, log_probs, encoded[0, : log_probs.shape[0]]
 
 
 @pytest.mark.parametrize("as_numpy", [True, False])
@@ -182,7 +183,7 @@ def test_second_pass_window_pads_with_whisper_silence(whisper_model, as_numpy):
                                whisper_model.whisper_prompt, window_frames=300)
     feats = np.random.default_rng(0).uniform(-1.0, 1.5, (101, 80)).astype(np.float32)
     segment = feats if as_numpy else torch.from_numpy(feats)
-    encoded, log_probs = second._encode(segment)
+    encoded, log_probs, _ = second._encode(segment)
     padded = backend.seen[-1]
     assert padded.shape == (300, 80) and type(padded) is type(segment)
     padded = np.asarray(padded)

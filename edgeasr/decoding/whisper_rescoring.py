@@ -114,12 +114,12 @@ class TorchWhisperBackend:
             self.writer.whisper_decoder.use_int8()
         self.steps = TorchDecoderSteps(self.writer.whisper_decoder)
 
-    def encode(self, feats, speech_frames: int | None = None, with_frames: bool = False):
-        """Normalized features [T, F] -> (encoded [1, T', D], CTC log-probs [T', V] numpy), full
-        context. ``speech_frames``: the segment's own feature frames when ``feats`` is a padded
-        window (or a separate writer reads it): the CTC head then reads the segment alone, as it
-        was trained, and the decoder the window. ``with_frames``: also this model's encoder
-        frames of the segment alone [T', D] (numpy), which a transducer head reads."""
+    def encode(self, feats, speech_frames: int | None = None):
+        """Normalized features [T, F] -> (encoded [1, T', D], CTC log-probs [T', V] numpy, this
+        model's encoder frames of the segment alone [T', D] numpy), full context.
+        ``speech_frames``: the segment's own feature frames when ``feats`` is a padded window (or
+        a separate writer reads it): the CTC head then reads the segment alone, as it was trained,
+        and the decoder the window. The segment's own frames are what a transducer head reads."""
         import torch
 
         with torch.no_grad():
@@ -130,9 +130,7 @@ class TorchWhisperBackend:
                 own = feats[:speech_frames] if padded else feats
                 own_encoded, _ = self.model.encoder(own.unsqueeze(0), torch.tensor([own.size(0)]), 0, -1)
             log_probs = self.model.ctc_log_probs(own_encoded)[0].numpy()
-            if with_frames:
-                return encoded, log_probs, own_encoded[0].float().numpy()
-            return encoded, log_probs
+            return encoded, log_probs, own_encoded[0].float().numpy()
 
 
 def _word_scores(units: list[int], unit_att: tuple, space_id: int) -> list[float]:
@@ -279,18 +277,14 @@ class WhisperSecondPass:
 
         ``scorer`` (edgeasr.decoding.fusion: LM, hotwords) is fused into the joint search."""
         # the encoder itself, full context
-        frames = None
-        if self.transducer is not None:
-            encoded, log_probs, frames = self._encode(feats, with_frames=True)
-        else:
-            encoded, log_probs = self._encode(feats)
+        encoded, log_probs, frames = self._encode(feats)
         if self.search == "joint" and encoded.shape[1] > 0:
             ranked = self._joint(encoded, log_probs, scorer, frames)
             if ranked:
                 return ranked, log_probs
         return self._rescore_candidates(encoded, log_probs, first_pass, scorer), log_probs
 
-    def _encode(self, feats, with_frames: bool = False):
+    def _encode(self, feats):
         """Full-context encoding of the segment: alone, or as Whisper was trained, at the start
         of a window filled with silence (``window_frames``).
 
@@ -304,9 +298,8 @@ class WhisperSecondPass:
         the last word's end there.
         """
         frames = int(feats.shape[0])
-        extra = {"with_frames": True} if with_frames else {}  # only transducer second passes ask
         if self.window_frames <= frames or frames == 0:
-            return self.backend.encode(feats, speech_frames=frames, **extra)
+            return self.backend.encode(feats, speech_frames=frames)
         values = np.asarray(feats)
         if self.pad == "quietest":
             fill = values.min(axis=0)
@@ -317,7 +310,7 @@ class WhisperSecondPass:
             import torch
 
             padded = torch.from_numpy(padded)
-        return self.backend.encode(padded, speech_frames=frames, **extra)
+        return self.backend.encode(padded, speech_frames=frames)
 
     def _rescore_candidates(self, encoded, log_probs: np.ndarray, first_pass: list[Hypothesis], scorer
                             ) -> list[tuple[Hypothesis, float]]:

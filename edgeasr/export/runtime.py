@@ -224,17 +224,15 @@ class OnnxWhisperBackend:
         self.steps = OnnxDecoderSteps(_session(directory / f"decoder_cross{decoder_suffix}", threads),
                                       _session(directory / f"decoder_step{decoder_suffix}", threads), meta)
 
-    def encode(self, feats: np.ndarray, speech_frames: int | None = None, with_frames: bool = False):
-        """As ``TorchWhisperBackend.encode``: with a padded window, the CTC log-probs (and the
-        frames a transducer reads) come from a second run over the segment alone."""
+    def encode(self, feats: np.ndarray, speech_frames: int | None = None):
+        """As ``TorchWhisperBackend.encode``: with a padded window, the CTC log-probs and the
+        segment's own frames (which a transducer reads) come from a second run over it alone."""
         feats = np.asarray(feats, dtype=np.float32)
         encoded, log_probs = self.full.run(None, {"mel": feats[None]})
         own = encoded
         if speech_frames is not None and speech_frames < feats.shape[0]:
             own, log_probs = self.full.run(None, {"mel": feats[None, :speech_frames]})
-        if with_frames:
-            return encoded, log_probs[0], own[0]
-        return encoded, log_probs[0]
+        return encoded, log_probs[0], own[0]
 
 
 class OnnxTransducerRunner:
