@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -143,6 +144,11 @@ def main() -> int:
     log = Path(args.student).parent / "train_log.csv"
     if log.exists():
         result["training"] = training_summary(log)
+    recipe = Path(args.student).parent / "config.yaml"  # the experiment's: which targets it learnt
+    if recipe.exists():
+        train = yaml.safe_load(recipe.read_text()).get("train") or {}
+        result["distillation"] = {key: train.get(key) for key in
+                                  ("distill_ctc_weight", "distill_layer_weight", "distill_layers")}
     for item in args.manifest:
         name, path = item.split("=", 1)
         result["sets"][name] = measure_set(args, name, path)

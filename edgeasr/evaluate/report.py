@@ -314,6 +314,16 @@ def search_speed_section(result: dict, name: str) -> list[str]:
     return lines + [""]
 
 
+def _layer_targets(distillation: dict) -> str:
+    """How a student learnt the teacher's hidden states, if it did (train.distill_layer_weight)."""
+    if not distillation.get("distill_layer_weight"):
+        return ""
+    pairs = distillation.get("distill_layers")
+    paired = ", ".join(f"{s}->{t}" for s, t in pairs) if pairs else "matched by relative depth"
+    return (f", its layers' outputs projected onto the teacher's (layer pairs {paired}, weight "
+            f"{distillation['distill_layer_weight']:g})")
+
+
 def first_pass_student_section(result: dict, name: str) -> list[str]:
     """A distilled fast first pass against the default's own (benchmarks/first_pass_student.py)."""
     sizes, encoder = result["sizes"], result["student_encoder"]
@@ -325,7 +335,9 @@ def first_pass_student_section(result: dict, name: str) -> list[str]:
         f"{sizes['student']['parameters'] / 1e6:.2f} M parameters in its first pass "
         f"({sizes['student']['float16_bytes'] / 1e6:.1f} MB float16) against the teacher's (`{result['teacher']}`) "
         f"{sizes['teacher']['parameters'] / 1e6:.2f} M ({sizes['teacher']['float16_bytes'] / 1e6:.1f} MB); "
-        "trained on the teacher's CTC posteriors (KL per 20 ms frame) and the transcripts"
+        "trained on the teacher's CTC posteriors (KL per 20 ms frame)"
+        + _layer_targets(result.get("distillation") or {})
+        + " and the transcripts"
         + (f", {trained['steps']} steps in {trained['minutes']:g} min" if trained else "")
         + (f" ({trained['runs']} runs, resumed)" if trained and trained.get("runs", 1) > 1 else "")
         + f". Chunk {result['chunk_size']} (640 ms), 1 thread. Two passes: the default mode with the student as "
