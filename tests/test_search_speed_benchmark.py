@@ -34,6 +34,16 @@ def test_the_search_benchmark_finds_the_same_nbest_and_a_faster_core(tmp_path):
 def test_the_first_pass_student_section_reports_its_targets():
     result = json.loads((ROOT / "benchmarks" / "results" / "first_pass_student.json").read_text())
     section = "\n".join(first_pass_student_section(result, "first_pass_student.json"))
-    assert "| first pass >= 3x lower per-chunk latency |" in section
+    assert "| first pass >= 3x lower per-chunk latency (torch) |" in section
+    assert "| first pass >= 3x lower per-chunk latency (ONNX Runtime, float) |" in section  # run with --onnx
+    assert "On ONNX Runtime" in section and "| realdev | student |" in section
     assert section.count("two-pass WER with the fast first pass") == len(result["sets"])
     assert "| realdev (20) | student |" in section
+
+
+def test_the_first_pass_student_section_says_which_targets_it_learnt():
+    layered = json.loads((ROOT / "benchmarks" / "results" / "first_pass_student_layers.json").read_text())
+    section = "\n".join(first_pass_student_section(layered, "first_pass_student_layers.json"))
+    assert "layer pairs 0->0, 1->1, 2->2, 3->3, weight 1" in section
+    plain = json.loads((ROOT / "benchmarks" / "results" / "first_pass_student.json").read_text())
+    assert "layer pairs" not in "\n".join(first_pass_student_section(plain, "first_pass_student.json"))

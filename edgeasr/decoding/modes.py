@@ -46,6 +46,9 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
                  "beam (models with model.cascade)"),
 )}
 MODE_NAMES = tuple(MODES)
+#: the mode of a model that only streams a first pass for another's second pass (``--first-pass``):
+#: the CTC head's best path, no LM, no second pass of its own
+FIRST_PASS_ONLY = MODES["ctc_greedy"].name
 
 
 def resolve_mode(requested: str, has_attention_decoder: bool, has_whisper_decoder: bool,

@@ -21,7 +21,7 @@ from edgeasr.audio.io import model_input
 from edgeasr.audio.whisper_mel import WhisperMelOptions
 from edgeasr.decoding.ctc import Hypothesis
 from edgeasr.decoding.core import DecodeOptions, DecodingCore
-from edgeasr.decoding.modes import MODES
+from edgeasr.decoding.modes import FIRST_PASS_ONLY, MODES
 from edgeasr.decoding.result import Result
 from edgeasr.errors import EdgeAsrError
 from edgeasr.text.tokenizer import Tokenizer
@@ -387,7 +387,7 @@ class OnnxRecognizer(DecodingCore):
         if not is_onnx_export(directory):
             raise EdgeAsrError(f"--first-pass {directory}: not an ONNX export (with the onnx backend, give an "
                                "export or a model directory to load_model)")
-        first = OnnxRecognizer(directory, int8=int8, threads=threads, mode="ctc_greedy", lm=None)
+        first = OnnxRecognizer(directory, int8=int8, threads=threads, mode=FIRST_PASS_ONLY, lm=None)
         problem = None
         if first.whisper:
             problem = "is a Whisper-encoder export (the first pass is meant to be a fast block-plan one)"
