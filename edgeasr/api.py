@@ -76,12 +76,7 @@ def load_model(
         return _onnx(Path(model), chunk_size, num_left_chunks, mode, beam_size, ctc_weight, int8, threads, options,
                      int4)
     if backend == "onnx":
-        first_pass = options.get("first_pass")
-        if first_pass is not None and not is_onnx_export(first_pass):
-            try:
-                exportable_model_dir(first_pass)
-            except EdgeAsrError as error:
-                raise EdgeAsrError(f"--first-pass {error}") from None
+        _check_first_pass(options)  # before the model's export, so a wrong path costs no time
         directory = export_cached(model, chunk_size, num_left_chunks)
         return _onnx(directory, None, None, mode, beam_size, ctc_weight, int8, threads, options, int4)
     if int8 or int4:
@@ -117,15 +112,12 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
     if chunk_size is not None or num_left_chunks is not None:
         raise EdgeAsrError(f"{directory}: an ONNX export streams with the chunk size and left context it was "
                            "exported with (re-export to change them)")
+    _check_first_pass(options)
     if options.get("first_pass") is not None and not is_onnx_export(options["first_pass"]):
         # a model directory: exported once (cached) at the chunk size and left context of this export
         meta = json.loads((directory / "metadata.json").read_text())
         left = -1 if meta["max_left_frames"] < 0 else max(0, meta["max_left_frames"] // meta["chunk_size"])
-        try:
-            first = export_cached(options["first_pass"], meta["chunk_size"], left)
-        except EdgeAsrError as error:
-            raise EdgeAsrError(f"--first-pass {error}") from None
-        options = {**options, "first_pass": str(first)}
+        options = {**options, "first_pass": str(export_cached(options["first_pass"], meta["chunk_size"], left))}
     decode = DecodeOptions(mode=mode, beam_size=beam_size, ctc_weight=ctc_weight, **options)
     return OnnxRecognizer.load(directory, int8=int8, options=decode, threads=max(1, threads), int4=int4)
 
@@ -134,6 +126,17 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
 #: (2: the Whisper second pass on ONNX Runtime; 3: 4-bit decoder graphs; 4: 4-bit encoder graphs of
 #: 4-bit models; 5: one shared weights file per precision)
 EXPORT_LAYOUT = 5
+
+
+def _check_first_pass(options: dict) -> None:
+    """A separate first pass for the ONNX backend (``first_pass``) is an export or a model
+    directory to export, else a one-line error."""
+    first_pass = options.get("first_pass")
+    if first_pass is not None and not is_onnx_export(first_pass):
+        try:
+            exportable_model_dir(first_pass)
+        except EdgeAsrError as error:
+            raise EdgeAsrError(f"--first-pass {error}") from None
 
 
 def exportable_model_dir(model: str | os.PathLike[str]) -> Path:

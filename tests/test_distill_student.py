@@ -233,6 +233,12 @@ def student_dir(whisper_imported, tmp_path_factory):
                           StreamingDefaults(chunk_size=16, num_left_chunks=-1))
 
 
+def partials_in_turn(session, other, audio, block: int = 5120) -> list[tuple[str, str]]:
+    """Two streams fed the same blocks in turn: the pairs of partial texts after each block."""
+    return [(session.accept(audio[start : start + block]).text, other.accept(audio[start : start + block]).text)
+            for start in range(0, len(audio), block)]
+
+
 def test_a_separate_first_pass_streams_the_partials_and_the_model_makes_the_finals(whisper_imported, student_dir):
     from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
 
@@ -243,10 +249,7 @@ def test_a_separate_first_pass_streams_the_partials_and_the_model_makes_the_fina
     teacher = Recognizer.load(whisper_imported, DecodeOptions(mode="whisper_rescoring", chunk_size=16, segment=False))
     assert both.first_model is not both.model
     session, student_session = both.stream(), alone.stream()
-    partials = []
-    for start in range(0, len(audio), 5120):
-        partials.append((session.accept(audio[start : start + 5120]).text,
-                         student_session.accept(audio[start : start + 5120]).text))
+    partials = partials_in_turn(session, student_session, audio)
     assert any(ours for ours, _ in partials)
     assert all(ours == theirs for ours, theirs in partials)  # the partials are the student's
     final = session.finish().text
@@ -302,10 +305,7 @@ def test_a_separate_first_pass_on_onnx_runtime(whisper_imported, student_dir, ex
     teacher = load_model(model, mode="whisper_rescoring", segment=False)
     assert type(both).__name__ == "OnnxRecognizer" and both.first_export is not both
     session, student_session = both.stream(), alone.stream()
-    partials = []
-    for start in range(0, len(audio), 5120):
-        partials.append((session.accept(audio[start : start + 5120]).text,
-                         student_session.accept(audio[start : start + 5120]).text))
+    partials = partials_in_turn(session, student_session, audio)
     assert any(ours for ours, _ in partials)
     assert all(ours == theirs for ours, theirs in partials)  # the partials are the student's
     assert session.finish().text == teacher.transcribe(audio).text  # the finals are the model's second pass

@@ -175,10 +175,8 @@ class WhisperOnnxChunkRunner:
         self.mel = self.mel[:0]
         return OnnxChunkRunner._joined([self._run(window, self._mask(window.shape[0] - 2, final=True))])
 
-    def segment_inputs(self):
-        """The segment's log-mel frames [N, 80] (normalized inside encoder_full.onnx)."""
-        return np.concatenate(self.inputs) if self.inputs else None
-
+    #: the segment's log-mel frames [N, 80] (normalized inside encoder_full.onnx)
+    segment_inputs = OnnxChunkRunner.segment_inputs
     concat = staticmethod(OnnxChunkRunner.concat)
 
 
