@@ -50,6 +50,11 @@ from edgeasr.model.pretrained import PretrainedSource
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_MODES = "ctc_greedy,ctc_prefix_beam,whisper_rescoring"
+#: Where the time of a streamed chunk goes (SpeedProbe): the front end's features, the model (the
+#: runner: normalization, encoder and CTC head; on ONNX Runtime the graph runs there), the search
+#: over the chunk's frames (and the endpointer's blank count), and the rest (endpointing, the
+#: partial result).
+CHUNK_PARTS = ("front_end", "model", "search", "rest")
 REALDEV_NOTE = ("realdev: 20 real conversational utterances (AMI meeting excerpts and a telephone call from the "
                 "pyannote-audio source package); its references are machine transcripts by Whisper base "
                 "(kept where Whisper base and tiny.en agree), not human ones: expect a few percent label noise.")
@@ -229,6 +234,7 @@ class SpeedProbe:
             self.second_pass = _Timed(recognizer.second_pass.rescore)
             recognizer.second_pass.rescore = self.second_pass
         self.chunk_calls: list[float] = []  # first-pass seconds of accept calls that completed a chunk
+        self.chunk_parts: list[tuple] = []  # those seconds split: front end, encoder, search, the rest
         self.chunks_per_call: list[int] = []
         self.finish_times: list[float] = []
         self.utt_rtfs: list[float] = []
@@ -248,11 +254,16 @@ class SpeedProbe:
         timed = session.runner.encoder if hasattr(getattr(session.runner, "encoder", None), "accept") else session.runner
         encoder = _Timed(timed.accept)
         timed.accept = encoder
-        calls, compute, first_segment = [], 0.0, self._second_pass_seconds()[0]
+        # the other parts of a chunk: the front end's features and the search over the chunk's frames
+        front_end = session.fbank.accept = _Timed(session.fbank.accept)
+        model = session.runner.accept = _Timed(session.runner.accept)
+        search = session._decode_frames = _Timed(session._decode_frames)
+        calls, parts, compute, first_segment = [], [], 0.0, self._second_pass_seconds()[0]
         with torch.no_grad():
             for start in range(0, len(samples), self.block):
                 block = samples[start : start + self.block]
                 frames_before, (_, second_before) = encoder.frames, self._second_pass_seconds()
+                before = [sum(part.durations) for part in (front_end, model, search)]
                 started = time.perf_counter()
                 session.accept(block)
                 elapsed = time.perf_counter() - started
@@ -261,6 +272,8 @@ class SpeedProbe:
                 if frames:
                     second = self._second_pass_seconds()[1] - second_before
                     calls.append((elapsed - second, math.ceil(frames / self.recognizer.chunk_size)))
+                    spent = [sum(part.durations) - b for part, b in zip((front_end, model, search), before)]
+                    parts.append((*spent, elapsed - second - sum(spent)))
             started = time.perf_counter()
             text = session.finish().text
             finish = time.perf_counter() - started
@@ -268,6 +281,7 @@ class SpeedProbe:
         if record:
             seconds = len(samples) / self.recognizer.sample_rate
             self.chunk_calls += [t for t, _ in calls]
+            self.chunk_parts += parts
             self.chunks_per_call += [n for _, n in calls]
             self.finish_times.append(finish)
             self.utt_rtfs.append(compute / seconds)
@@ -293,6 +307,9 @@ class SpeedProbe:
             "chunk_latency_fraction": {
                 key: (round(latency[key] / chunk_ms, 4) if latency[key] is not None else None)
                 for key in ("median", "p90")},
+            # median of each part over the same calls (the medians need not add up to the call's)
+            "chunk_parts_ms": {name: _stats_ms([call[i] for call in self.chunk_parts])["median"]
+                               for i, name in enumerate(CHUNK_PARTS)},
             "chunks_per_call_max": max(self.chunks_per_call, default=0),
             "finish_ms": _stats_ms(self.finish_times),
             "second_pass_ms": _stats_ms(self.second_pass.durations) if self.second_pass is not None else None,

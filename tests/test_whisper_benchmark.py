@@ -76,3 +76,45 @@ def test_whisper_benchmark_rows_card_and_report(whisper_imported, tiny_model, tm
     assert bench.index("## Default model: Whisper tiny.en") < bench.index("the previous from-scratch default (baseline)")
     section = "\n".join(whisper_section(result, "whisper_default.json"))
     assert "| baseline: attention_rescoring |" in section and "% of chunk" in section
+
+
+def test_the_speed_probe_says_where_a_chunks_time_goes(tiny_model):
+    """Each streamed chunk's time is split into front end, model, search and the rest: a delay put
+    into one part shows up in that part's median, not in the others'."""
+    import time
+
+    import numpy as np
+
+    from edgeasr.audio.io import load_audio
+    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+
+    module = _benchmark_module()
+    samples = load_audio(str(ROOT / "samples" / f"{CLIPS[0]}.wav"))
+    recognizer = Recognizer.load(tiny_model, DecodeOptions(mode="ctc_greedy", chunk_size=16))
+    plain = module.SpeedProbe(recognizer)
+    plain.run(samples, record=False)  # warm-up
+    plain.run(samples)
+    parts = plain.summary(plain.texts)["chunk_parts_ms"]
+    assert list(parts) == list(module.CHUNK_PARTS)
+    assert all(parts[name] > 0 for name in ("front_end", "model", "search")) and parts["rest"] >= 0
+
+    original = recognizer.__class__.stream
+
+    def stream_with_slow_model(self, *args, **kwargs):
+        session = original(self, *args, **kwargs)
+        accept = session.runner.accept
+
+        def slow(feats):
+            time.sleep(0.05)
+            return accept(feats)
+        session.runner.accept = slow
+        return session
+
+    recognizer.stream = stream_with_slow_model.__get__(recognizer)
+    slowed = module.SpeedProbe(recognizer)
+    slowed.run(samples)
+    delayed = slowed.summary(slowed.texts)
+    assert delayed["chunk_parts_ms"]["model"] >= 50
+    for name in ("front_end", "search", "rest"):  # the delay is not charged to the other parts
+        assert delayed["chunk_parts_ms"][name] < 25
+    assert np.isclose(delayed["chunk_latency_ms"]["median"], sum(delayed["chunk_parts_ms"].values()), rtol=0.5)

@@ -324,6 +324,27 @@ def _layer_targets(distillation: dict) -> str:
             f"{distillation['distill_layer_weight']:g})")
 
 
+def _chunk_parts_table(result: dict) -> list[str]:
+    """Where a chunk's time goes, teacher against student, on the first set (SpeedProbe's parts)."""
+    set_name, entry = next(iter(result["sets"].items()))
+    runs = [("torch", entry["first_pass_speed"], "")]
+    if "onnx_first_pass_speed" in entry:
+        runs += [(f"ONNX Runtime {p}", entry["onnx_first_pass_speed"], f"_{p}") for p in ("float", "int8")]
+    if "chunk_parts_ms" not in runs[0][1]["teacher"]:
+        return []  # measured before the parts were timed
+    parts = list(runs[0][1]["teacher"]["chunk_parts_ms"])
+    lines = ["", f"Where a chunk's time goes ({set_name}; ms, the median of each part over the same calls, so "
+             "the parts need not add up to the whole; teacher / student and their ratio):", "",
+             "| backend | " + " | ".join(parts) + " | whole chunk |", "|---|" + "---|" * (len(parts) + 1)]
+    for label, speeds, suffix in runs:
+        teacher, student = speeds[f"teacher{suffix}"], speeds[f"student{suffix}"]
+        pairs = [(teacher["chunk_parts_ms"][p], student["chunk_parts_ms"][p]) for p in parts]
+        pairs.append((teacher["chunk_latency_ms"]["median"], student["chunk_latency_ms"]["median"]))
+        cells = [f"{t:.2f} / {s:.2f} ({t / s:.1f}x)" if s else f"{t:.2f} / {s:.2f}" for t, s in pairs]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def first_pass_student_section(result: dict, name: str) -> list[str]:
     """A distilled fast first pass against the default's own (benchmarks/first_pass_student.py)."""
     sizes, encoder = result["sizes"], result["student_encoder"]
@@ -370,6 +391,7 @@ def first_pass_student_section(result: dict, name: str) -> list[str]:
                 cells = [f"{speeds[f'{who}_{p}']['chunk_latency_ms']['median']:.1f} "
                          f"({speeds[f'{who}_{p}']['chunk_latency_ms']['p90']:.1f})" for p in ("float", "int8")]
                 lines.append(f"| {set_name} | {who} | " + " | ".join(cells) + f" | {two[who]['rtf_median']:.4f} |")
+    lines += _chunk_parts_table(result)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     ratio = result.get("latency_ratio")
     if ratio:
