@@ -124,8 +124,12 @@ def _onnx(directory: Path, chunk_size, num_left_chunks, mode, beam_size, ctc_wei
 
 #: bumped when an export gains graphs, so cached exports made by an older edgeasr are redone
 #: (2: the Whisper second pass on ONNX Runtime; 3: 4-bit decoder graphs; 4: 4-bit encoder graphs of
-#: 4-bit models; 5: one shared weights file per precision)
-EXPORT_LAYOUT = 5
+#: 4-bit models; 5: one shared weights file per precision; 6: each entry names its source, so
+#: stale entries are removed)
+EXPORT_LAYOUT = 6
+
+#: the file in each cached export that says what it was made from (``_stale_exports``)
+CACHE_SOURCE = "cache_source.json"
 
 
 def _check_first_pass(options: dict) -> None:
@@ -160,8 +164,11 @@ def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_lef
     stat = weights.stat()
     calibration = directory / "calibration.json"  # copied into the export: a new one means a new export
     calibration_stamp = calibration.stat().st_mtime_ns if calibration.is_file() else None
-    key = json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns, chunk_size, num_left_chunks,
-                      calibration_stamp, EXPORT_LAYOUT])
+    source = {"weights": str(weights.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+              "chunk_size": chunk_size, "num_left_chunks": num_left_chunks, "calibration": calibration_stamp,
+              "layout": EXPORT_LAYOUT, "calibration_file": str(calibration.absolute())}
+    key = json.dumps([source[k] for k in ("weights", "size", "mtime_ns", "chunk_size", "num_left_chunks",
+                                          "calibration", "layout")])
     out = cache_root() / "onnx" / f"{directory.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     if is_onnx_export(out) and (out / "encoder.int8.onnx").exists():
         return out
@@ -178,6 +185,7 @@ def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_lef
     started = time.monotonic()
     try:  # export beside the cache entry, then rename: a concurrent reader never sees half a graph
         export_onnx(directory, staging, chunk_size=chunk_size, num_left_chunks=num_left_chunks, int8=True, int4=True)
+        (staging / CACHE_SOURCE).write_text(json.dumps(source, indent=1) + "\n")
         try:
             staging.rename(out)
         except OSError:  # another process finished the same export first
@@ -187,4 +195,39 @@ def export_cached(model: str | os.PathLike[str], chunk_size: int | None, num_lef
         shutil.rmtree(staging, ignore_errors=True)
     print(f"edgeasr: export cached in {time.monotonic() - started:.0f} s; later loads reuse it", file=sys.stderr,
           flush=True)
+    for stale in _stale_exports(out.parent, keep=out):
+        shutil.rmtree(stale, ignore_errors=True)
     return out
+
+
+def _stale_exports(onnx_cache: Path, keep: Path) -> list[Path]:
+    """Cached exports no load can reuse, removed after each new export so the cache stays the size
+    of the models in use (a retrained model, or a model directory that is gone, such as a test's,
+    would otherwise leave hundreds of MB behind each time): entries made by an older edgeasr
+    (no source file, or an older layout), entries whose model file (or its calibration) is gone
+    or has changed since, and the hidden staging directory of an export killed half-way (older
+    than a day: another process's export in progress is left alone)."""
+    import time
+
+    stale = []
+    for entry in sorted(onnx_cache.iterdir()):
+        if entry == keep or not entry.is_dir():
+            continue
+        if entry.name.startswith("."):
+            if time.time() - entry.stat().st_mtime > 86400:
+                stale.append(entry)
+            continue
+        try:
+            source = json.loads((entry / CACHE_SOURCE).read_text())
+            weights = Path(source["weights"])
+            current = weights.stat() if weights.is_file() else None
+            calibration = Path(source["calibration_file"])
+            stamp = calibration.stat().st_mtime_ns if calibration.is_file() else None
+            fresh = (source.get("layout") == EXPORT_LAYOUT and current is not None
+                     and (current.st_size, current.st_mtime_ns) == (source["size"], source["mtime_ns"])
+                     and stamp == source["calibration"])
+        except (OSError, ValueError, KeyError, TypeError):
+            fresh = False  # no readable source file: made before entries named their source
+        if not fresh:
+            stale.append(entry)
+    return stale

@@ -55,6 +55,40 @@ def test_onnx_backend_exports_once_and_gives_the_torch_text(tiny_model, tiny_cor
     assert main(["transcribe", "--backend", "onnx", "--model", str(tiny_model), str(path)]) == 0
 
 
+def test_the_onnx_cache_removes_exports_no_load_can_reuse(tiny_model, cache):
+    """A retrained model, a deleted model directory, an older edgeasr's entry and a killed export's
+    staging directory each leave an entry no load can reuse: the next export removes them, and
+    the fresh entries of models still there (at any chunk size) stay."""
+    import os
+    import shutil
+
+    from edgeasr.api import export_cached
+
+    kept, gone = cache.parent / "kept", cache.parent / "gone"
+    shutil.copytree(tiny_model, kept)
+    shutil.copytree(tiny_model, gone)
+    first = export_cached(kept, 16, -1)
+    other_chunk = export_cached(kept, 8, -1)
+    of_gone = export_cached(gone, 16, -1)
+    older = cache / "onnx" / "model-0123456789ab"  # made before entries named their source
+    shutil.copytree(first, older)
+    (older / "cache_source.json").unlink()
+    killed = cache / "onnx" / ".model-0123456789ab-xyz"
+    killed.mkdir()
+    os.utime(killed, (0, 0))  # an export killed long ago
+    shutil.rmtree(gone)
+    weights = kept / "model.pt"
+    weights.write_bytes(weights.read_bytes())  # retrained: same path, new file
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    fresh = export_cached(kept, 16, -1)
+    assert fresh != first and fresh.is_dir()
+    for removed in (first, other_chunk, of_gone, older, killed):  # other_chunk read the old file too
+        assert not removed.exists(), removed
+    again = export_cached(kept, 8, -1)
+    assert fresh.is_dir() and again.is_dir()  # both current: kept side by side
+    assert sorted(p.name for p in (cache / "onnx").iterdir()) == sorted([fresh.name, again.name])
+
+
 def test_bad_choices_get_one_line_errors(tiny_model):
     with pytest.raises(EdgeAsrError, match="unknown backend"):
         edgeasr.load_model(str(tiny_model), backend="tensorrt")
