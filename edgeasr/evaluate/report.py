@@ -364,14 +364,15 @@ def first_pass_student_section(result: dict, name: str) -> list[str]:
         + f". Chunk {result['chunk_size']} (640 ms), 1 thread. Two passes: the default mode with the student as "
         "its first pass (`--first-pass`); the finals are the teacher's second pass either way. Latency: each "
         "`accept` that completed an encoder chunk (greedy first pass), median (p90); the prefix beam runs with the teacher's LM, the models taking turns on "
-        f"each utterance. Measured {result['date']} on {result['machine']}.",
+        "each utterance. End of segment: the time `finish()` takes after the last audio (the last segment's second "
+        f"pass), median (p90). Measured {result['date']} on {result['machine']}.",
         "",
     ]
     modes = list(next(iter(result["sets"].values()))["first_pass"])  # best path first, as measured
     greedy = modes[0]
     lines += ["| set | first pass | " + " | ".join(f"{m} WER (CER)" for m in modes)
-              + " | two passes WER (CER) | ms / chunk | two-pass RTF |",
-              "|---|---|" + "---|" * len(modes) + "---|---|---|"]
+              + " | two passes WER (CER) | ms / chunk | two-pass RTF | end of segment ms |",
+              "|---|---|" + "---|" * len(modes) + "---|---|---|---|"]
     for set_name, entry in result["sets"].items():
         for who in ("teacher", "student"):
             cells = [f"{entry['first_pass'][m][who]['wer']:.1f} ({entry['first_pass'][m][who]['cer']:.1f})"
@@ -380,17 +381,19 @@ def first_pass_student_section(result: dict, name: str) -> list[str]:
             latency = entry["first_pass_speed"][who]["chunk_latency_ms"]
             lines.append(f"| {set_name} ({entry['utts']}) | {who} | " + " | ".join(cells)
                          + f" | {two['wer']:.1f} ({two['cer']:.1f}) | {latency['median']:.1f} ({latency['p90']:.1f}) "
-                         f"| {entry['two_pass_speed'][who]['rtf_median']:.4f} |")
+                         f"| {entry['two_pass_speed'][who]['rtf_median']:.4f} | {_ms(entry['two_pass_speed'][who]['finish_ms'])} |")
     if "onnx_first_pass_speed" in next(iter(result["sets"].values())):
         lines += ["", "On ONNX Runtime (both exported at the same chunk size; ms per chunk, median (p90); the "
                   "two-pass RTF with the student's export as the first pass):", "",
-                  "| set | first pass | float ms / chunk | int8 ms / chunk | two-pass RTF |", "|---|---|---|---|---|"]
+                  "| set | first pass | float ms / chunk | int8 ms / chunk | two-pass RTF | end of segment ms |",
+                  "|---|---|---|---|---|---|"]
         for set_name, entry in result["sets"].items():
             speeds, two = entry["onnx_first_pass_speed"], entry["onnx_two_pass_speed"]
             for who in ("teacher", "student"):
                 cells = [f"{speeds[f'{who}_{p}']['chunk_latency_ms']['median']:.1f} "
                          f"({speeds[f'{who}_{p}']['chunk_latency_ms']['p90']:.1f})" for p in ("float", "int8")]
-                lines.append(f"| {set_name} | {who} | " + " | ".join(cells) + f" | {two[who]['rtf_median']:.4f} |")
+                lines.append(f"| {set_name} | {who} | " + " | ".join(cells) + f" | {two[who]['rtf_median']:.4f} "
+                             f"| {_ms(two[who]['finish_ms'])} |")
     lines += _chunk_parts_table(result)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     ratio = result.get("latency_ratio")
