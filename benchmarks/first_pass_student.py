@@ -1,9 +1,12 @@
-"""A distilled fast first pass against the default's own (issue 17, item 2: Practical first pass).
+"""Distilled fast first passes against the default's own (issue 17, item 2: Practical first pass).
 
     python benchmarks/first_pass_student.py --student exp/practical-fp/model --teacher models/default \
         --manifest test=data/synth4/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl
 
-At the teacher's chunk size (640 ms), 1 thread, on each set:
+``--student`` may be given several times (``DIR`` or ``NAME=DIR``; the name defaults to the
+experiment directory's): every student is measured in the same run, the teacher and all students
+taking turns on each utterance in the speed runs. At the teacher's chunk size (640 ms), 1 thread,
+on each set:
 1. First-pass accuracy: the student's and the teacher's streaming first pass (``ctc_greedy`` and
    ``ctc_prefix_beam`` with the model's LM), WER and CER.
 2. Two passes: the teacher's default mode with the student as its first pass (``--first-pass``)
@@ -51,47 +54,80 @@ def first_pass_size(model) -> dict:
     return {"parameters": parameters, "float16_bytes": 2 * parameters}
 
 
-def measure_set(args, name: str, manifest: str) -> dict:
+def measure_set(args, name: str, manifest: str, students: dict[str, str]) -> dict:
     utts = read_manifest(manifest)[: args.utts]
     audio = [load_audio(u.audio) for u in utts]
     chunk = load_model_dir(args.teacher).streaming.chunk_size
     out = {"manifest": manifest, "utts": len(utts), "first_pass": {}, "two_pass": {}}
     lm = str(Path(args.teacher) / "lm") if (Path(args.teacher) / "lm").exists() else None
+    models = {"teacher": args.teacher, **students}
     for mode in FIRST_PASS_MODES:
-        for who, directory in (("teacher", args.teacher), ("student", args.student)):
+        for who, directory in models.items():
             recognizer = Recognizer.load(directory, DecodeOptions(mode=mode, chunk_size=chunk, lm=lm))
             row, _ = accuracy_row(recognizer, utts, audio, streaming=True)
             out["first_pass"].setdefault(mode, {})[who] = row
             print(name, mode, who, row["wer"], row["cer"], flush=True)
     two = {"teacher": Recognizer.load(args.teacher, DecodeOptions(chunk_size=chunk)),
-           "student": Recognizer.load(args.teacher, DecodeOptions(chunk_size=chunk, first_pass=args.student))}
+           **{who: Recognizer.load(args.teacher, DecodeOptions(chunk_size=chunk, first_pass=directory))
+              for who, directory in students.items()}}
     for who, recognizer in two.items():
         row, _ = accuracy_row(recognizer, utts, audio, streaming=True)
         out["two_pass"][who] = {**row, "mode": recognizer.mode}
         print(name, "two-pass", who, row["wer"], row["cer"], flush=True)
     # speed: first pass alone (greedy), then both passes
     first = {who: Recognizer.load(d, DecodeOptions(mode="ctc_greedy", chunk_size=chunk, lm=None))
-             for who, d in (("teacher", args.teacher), ("student", args.student))}
+             for who, d in models.items()}
     out["first_pass_speed"] = timed_in_turns(first, audio, args.speed_utts, f"{name} first_pass_speed")
     out["two_pass_speed"] = timed_in_turns(two, audio, args.speed_utts, f"{name} two_pass_speed")
     if args.onnx:
-        out.update(onnx_speed(args, name, audio, chunk))
+        out.update(onnx_speed(args, name, audio, chunk, students))
     return out
 
 
-def onnx_speed(args, name: str, audio: list, chunk: int) -> dict:
+def onnx_speed(args, name: str, audio: list, chunk: int, students: dict[str, str]) -> dict:
     """Per-chunk latency and two-pass RTF on ONNX Runtime, float and int8 first passes."""
     from edgeasr.api import load_model
 
     first = {}
     for precision in ("float", "int8"):
-        for who, directory in (("teacher", args.teacher), ("student", args.student)):
+        for who, directory in {"teacher": args.teacher, **students}.items():
             first[f"{who}_{precision}"] = load_model(directory, backend="onnx", chunk_size=chunk, mode="ctc_greedy",
                                                       lm=None, int8=precision == "int8")
     two = {"teacher": load_model(args.teacher, backend="onnx", chunk_size=chunk),
-           "student": load_model(args.teacher, backend="onnx", chunk_size=chunk, first_pass=args.student)}
+           **{who: load_model(args.teacher, backend="onnx", chunk_size=chunk, first_pass=directory)
+              for who, directory in students.items()}}
     return {"onnx_first_pass_speed": timed_in_turns(first, audio, args.speed_utts, f"{name} onnx_first_pass_speed"),
             "onnx_two_pass_speed": timed_in_turns(two, audio, args.speed_utts, f"{name} onnx_two_pass_speed")}
+
+
+def parse_students(items: list[str]) -> dict[str, str]:
+    """``--student`` values (``DIR`` or ``NAME=DIR``) -> {name: directory}; a model directory named
+    ``model`` takes its experiment's name."""
+    students = {}
+    for item in items:
+        name, _, directory = item.rpartition("=")
+        path = Path(directory)
+        name = name or (path.parent.name if path.name == "model" else path.name)
+        if name == "teacher" or name in students:
+            raise SystemExit(f"first_pass_student.py: two students named {name!r}: use NAME=DIR")
+        students[name] = directory
+    return students
+
+
+def student_facts(directory: str) -> dict:
+    """What a student is: its path, encoder config, first-pass size, training and targets."""
+    model = load_model_dir(directory).model
+    facts = {"path": directory, "encoder": {k: v for k, v in vars(model.config.encoder).items() if v is not None},
+             "size": first_pass_size(model)}
+    log = Path(directory).parent / "train_log.csv"
+    if log.exists():
+        facts["training"] = training_summary(log)
+    recipe = Path(directory).parent / "config.yaml"  # the experiment's: which targets it learnt
+    if recipe.exists():
+        train = yaml.safe_load(recipe.read_text()).get("train") or {}
+        facts["distillation"] = {key: train.get(key) for key in
+                                 ("distill_ctc_weight", "distill_layer_weight", "distill_layers")}
+    return facts
 
 
 def timed_in_turns(recognizers: dict, audio: list, count: int, label: str) -> dict:
@@ -125,7 +161,8 @@ def training_summary(log: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", required=True, help="the distilled first-pass model directory")
+    parser.add_argument("--student", action="append", required=True, metavar="[NAME=]DIR",
+                        help="a distilled first-pass model directory (repeatable: all measured in one run)")
     parser.add_argument("--teacher", default="models/default")
     parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--utts", type=int, default=216)
@@ -136,31 +173,25 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = run_facts("first_pass_student", "benchmarks/first_pass_student.py", sys.argv[1:])
-    student, teacher = load_model_dir(args.student), load_model_dir(args.teacher)
-    result.update(student=args.student, teacher=args.teacher,
-                  student_encoder={k: v for k, v in vars(student.model.config.encoder).items() if v is not None},
-                  sizes={"teacher": first_pass_size(teacher.model), "student": first_pass_size(student.model)},
+    students = parse_students(args.student)
+    teacher = load_model_dir(args.teacher)
+    result.update(teacher=args.teacher, teacher_size=first_pass_size(teacher.model),
+                  students={who: student_facts(directory) for who, directory in students.items()},
                   chunk_size=teacher.streaming.chunk_size, sets={})
-    log = Path(args.student).parent / "train_log.csv"
-    if log.exists():
-        result["training"] = training_summary(log)
-    recipe = Path(args.student).parent / "config.yaml"  # the experiment's: which targets it learnt
-    if recipe.exists():
-        train = yaml.safe_load(recipe.read_text()).get("train") or {}
-        result["distillation"] = {key: train.get(key) for key in
-                                  ("distill_ctc_weight", "distill_layer_weight", "distill_layers")}
     for item in args.manifest:
         name, path = item.split("=", 1)
-        result["sets"][name] = measure_set(args, name, path)
+        result["sets"][name] = measure_set(args, name, path, students)
     first = next(iter(result["sets"].values()))
-    latency = {who: first["first_pass_speed"][who]["chunk_latency_ms"]["median"] for who in ("teacher", "student")}
-    result["latency_ratio"] = round(latency["teacher"] / latency["student"], 2) if latency["student"] else None
+
+    def ratio(speeds: dict, who: str, suffix: str = "") -> float | None:
+        student = speeds[f"{who}{suffix}"]["chunk_latency_ms"]["median"]
+        return round(speeds[f"teacher{suffix}"]["chunk_latency_ms"]["median"] / student, 2) if student else None
+
+    result["latency_ratio"] = {who: ratio(first["first_pass_speed"], who) for who in students}
     if "onnx_first_pass_speed" in first:
-        speeds = first["onnx_first_pass_speed"]
         result["onnx_latency_ratio"] = {
-            precision: round(speeds[f"teacher_{precision}"]["chunk_latency_ms"]["median"]
-                             / speeds[f"student_{precision}"]["chunk_latency_ms"]["median"], 2)
-            for precision in ("float", "int8")}
+            who: {p: ratio(first["onnx_first_pass_speed"], who, f"_{p}") for p in ("float", "int8")}
+            for who in students}
     save_result(result, args.out, args.report)
     print(f"wrote {args.out}")
     return 0

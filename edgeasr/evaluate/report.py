@@ -324,8 +324,26 @@ def _layer_targets(distillation: dict) -> str:
             f"{distillation['distill_layer_weight']:g})")
 
 
+def _students(result: dict) -> dict:
+    """{name: facts} of a first-pass-student result; a result of one student written before
+    several could be measured in one run keys its rows "student"."""
+    if "students" in result:
+        return result["students"]
+    return {"student": {"path": result["student"], "encoder": result["student_encoder"],
+                        "size": result["sizes"]["student"], "training": result.get("training"),
+                        "distillation": result.get("distillation")}}
+
+
+def _latency_ratios(result: dict, who: str) -> list[tuple[str, float]]:
+    """(backend, teacher / student per-chunk latency) of one student, either result layout."""
+    torch_ratio, onnx = result.get("latency_ratio"), result.get("onnx_latency_ratio") or {}
+    if "students" in result:
+        torch_ratio, onnx = (torch_ratio or {}).get(who), onnx.get(who) or {}
+    return ([("torch", torch_ratio)] if torch_ratio else []) + [(f"ONNX Runtime, {p}", r) for p, r in onnx.items() if r]
+
+
 def _chunk_parts_table(result: dict) -> list[str]:
-    """Where a chunk's time goes, teacher against student, on the first set (SpeedProbe's parts)."""
+    """Where a chunk's time goes, teacher against each student, on the first set (SpeedProbe's parts)."""
     set_name, entry = next(iter(result["sets"].items()))
     runs = [("torch", entry["first_pass_speed"], "")]
     if "onnx_first_pass_speed" in entry:
@@ -334,38 +352,52 @@ def _chunk_parts_table(result: dict) -> list[str]:
         return []  # measured before the parts were timed
     parts = list(runs[0][1]["teacher"]["chunk_parts_ms"])
     lines = ["", f"Where a chunk's time goes ({set_name}; ms, the median of each part over the same calls, so "
-             "the parts need not add up to the whole; teacher / student and their ratio):", "",
-             "| backend | " + " | ".join(parts) + " | whole chunk |", "|---|" + "---|" * (len(parts) + 1)]
+             "the parts need not add up to the whole; a student's cells give the teacher's time / the student's):", "",
+             "| backend | first pass | " + " | ".join(parts) + " | whole chunk |", "|---|---|" + "---|" * (len(parts) + 1)]
     for label, speeds, suffix in runs:
-        teacher, student = speeds[f"teacher{suffix}"], speeds[f"student{suffix}"]
-        pairs = [(teacher["chunk_parts_ms"][p], student["chunk_parts_ms"][p]) for p in parts]
-        pairs.append((teacher["chunk_latency_ms"]["median"], student["chunk_latency_ms"]["median"]))
-        cells = [f"{t:.2f} / {s:.2f} ({t / s:.1f}x)" if s else f"{t:.2f} / {s:.2f}" for t, s in pairs]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        teacher = speeds[f"teacher{suffix}"]
+        cells = [f"{teacher['chunk_parts_ms'][p]:.2f}" for p in parts] + [f"{teacher['chunk_latency_ms']['median']:.2f}"]
+        lines.append(f"| {label} | teacher | " + " | ".join(cells) + " |")
+        for who in _students(result):
+            student = speeds[f"{who}{suffix}"]
+            pairs = [(teacher["chunk_parts_ms"][p], student["chunk_parts_ms"][p]) for p in parts]
+            pairs.append((teacher["chunk_latency_ms"]["median"], student["chunk_latency_ms"]["median"]))
+            cells = [f"{s:.2f} ({t / s:.1f}x)" if s else f"{s:.2f}" for t, s in pairs]
+            lines.append(f"| {label} | {who} | " + " | ".join(cells) + " |")
     return lines
 
 
+def _student_line(who: str, facts: dict) -> str:
+    encoder, size, trained = facts["encoder"], facts["size"], facts.get("training")
+    stem = encoder.get("subsampling_channels")
+    return (f"- `{who}` (`{facts['path']}`): {encoder.get('d_model')} wide, blocks {encoder.get('blocks')}"
+            + (f", a convolutional stem of {stem} channels" if stem else "")
+            + f"; {size['parameters'] / 1e6:.2f} M parameters in its first pass ({size['float16_bytes'] / 1e6:.1f} MB "
+            "float16); trained on the teacher's CTC posteriors (KL per 20 ms frame)"
+            + _layer_targets(facts.get("distillation") or {})
+            + " and the transcripts"
+            + (f", {trained['steps']} steps in {trained['minutes']:g} min" if trained else "")
+            + (f" ({trained['runs']} runs, resumed)" if trained and trained.get("runs", 1) > 1 else "") + ".")
+
+
 def first_pass_student_section(result: dict, name: str) -> list[str]:
-    """A distilled fast first pass against the default's own (benchmarks/first_pass_student.py)."""
-    sizes, encoder = result["sizes"], result["student_encoder"]
-    trained = result.get("training")
+    """Distilled fast first passes against the default's own (benchmarks/first_pass_student.py)."""
+    students = _students(result)
+    teacher_size = result.get("teacher_size") or result["sizes"]["teacher"]
+    who_all = ["teacher", *students]
     lines = [
         f"## Practical first pass distilled from the default ({name})",
         "",
-        f"Student `{result['student']}`: {encoder.get('d_model')} wide, blocks {encoder.get('blocks')}, "
-        f"{sizes['student']['parameters'] / 1e6:.2f} M parameters in its first pass "
-        f"({sizes['student']['float16_bytes'] / 1e6:.1f} MB float16) against the teacher's (`{result['teacher']}`) "
-        f"{sizes['teacher']['parameters'] / 1e6:.2f} M ({sizes['teacher']['float16_bytes'] / 1e6:.1f} MB); "
-        "trained on the teacher's CTC posteriors (KL per 20 ms frame)"
-        + _layer_targets(result.get("distillation") or {})
-        + " and the transcripts"
-        + (f", {trained['steps']} steps in {trained['minutes']:g} min" if trained else "")
-        + (f" ({trained['runs']} runs, resumed)" if trained and trained.get("runs", 1) > 1 else "")
-        + f". Chunk {result['chunk_size']} (640 ms), 1 thread. Two passes: the default mode with the student as "
+        f"Teacher `{result['teacher']}`: {teacher_size['parameters'] / 1e6:.2f} M parameters in its first pass "
+        f"({teacher_size['float16_bytes'] / 1e6:.1f} MB float16). Students:",
+        "",
+        *[_student_line(who, facts) for who, facts in students.items()],
+        "",
+        f"Chunk {result['chunk_size']} (640 ms), 1 thread. Two passes: the default mode with the student as "
         "its first pass (`--first-pass`); the finals are the teacher's second pass either way. Latency: each "
-        "`accept` that completed an encoder chunk (greedy first pass), median (p90); the prefix beam runs with the teacher's LM, the models taking turns on "
-        "each utterance. End of segment: the time `finish()` takes after the last audio (the last segment's second "
-        f"pass), median (p90). Measured {result['date']} on {result['machine']}.",
+        "`accept` that completed an encoder chunk (greedy first pass), median (p90); the prefix beam runs with the "
+        "teacher's LM; the models take turns on each utterance. End of segment: the time `finish()` takes after the "
+        f"last audio (the last segment's second pass), median (p90). Measured {result['date']} on {result['machine']}.",
         "",
     ]
     modes = list(next(iter(result["sets"].values()))["first_pass"])  # best path first, as measured
@@ -374,7 +406,7 @@ def first_pass_student_section(result: dict, name: str) -> list[str]:
               + " | two passes WER (CER) | ms / chunk | two-pass RTF | end of segment ms |",
               "|---|---|" + "---|" * len(modes) + "---|---|---|---|"]
     for set_name, entry in result["sets"].items():
-        for who in ("teacher", "student"):
+        for who in who_all:
             cells = [f"{entry['first_pass'][m][who]['wer']:.1f} ({entry['first_pass'][m][who]['cer']:.1f})"
                      for m in modes]
             two = entry["two_pass"][who]
@@ -383,41 +415,41 @@ def first_pass_student_section(result: dict, name: str) -> list[str]:
                          + f" | {two['wer']:.1f} ({two['cer']:.1f}) | {latency['median']:.1f} ({latency['p90']:.1f}) "
                          f"| {entry['two_pass_speed'][who]['rtf_median']:.4f} | {_ms(entry['two_pass_speed'][who]['finish_ms'])} |")
     if "onnx_first_pass_speed" in next(iter(result["sets"].values())):
-        lines += ["", "On ONNX Runtime (both exported at the same chunk size; ms per chunk, median (p90); the "
+        lines += ["", "On ONNX Runtime (all exported at the same chunk size; ms per chunk, median (p90); the "
                   "two-pass RTF with the student's export as the first pass):", "",
                   "| set | first pass | float ms / chunk | int8 ms / chunk | two-pass RTF | end of segment ms |",
                   "|---|---|---|---|---|---|"]
         for set_name, entry in result["sets"].items():
             speeds, two = entry["onnx_first_pass_speed"], entry["onnx_two_pass_speed"]
-            for who in ("teacher", "student"):
+            for who in who_all:
                 cells = [f"{speeds[f'{who}_{p}']['chunk_latency_ms']['median']:.1f} "
                          f"({speeds[f'{who}_{p}']['chunk_latency_ms']['p90']:.1f})" for p in ("float", "int8")]
                 lines.append(f"| {set_name} | {who} | " + " | ".join(cells) + f" | {two[who]['rtf_median']:.4f} "
                              f"| {_ms(two[who]['finish_ms'])} |")
     lines += _chunk_parts_table(result)
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    ratio = result.get("latency_ratio")
-    if ratio:
-        lines.append(f"| first pass >= 3x lower per-chunk latency (torch) | {ratio:.2f}x | {'yes' if ratio >= 3 else 'no'} |")
-    for precision, onnx_ratio in (result.get("onnx_latency_ratio") or {}).items():
-        lines.append(f"| first pass >= 3x lower per-chunk latency (ONNX Runtime, {precision}) | {onnx_ratio:.2f}x | "
-                     f"{'yes' if onnx_ratio >= 3 else 'no'} |")
-    for set_name, entry in result["sets"].items():
-        teacher = entry["first_pass"][greedy]["teacher"]["wer"]
-        student = entry["first_pass"][greedy]["student"]["wer"]
-        rel = 100 * (student - teacher) / teacher if teacher else 0.0
-        lines.append(f"| {set_name}: first-pass WER within +15% relative ({greedy}) | {rel:+.1f}% | "
-                     f"{'yes' if rel <= 15 else 'no'} |")
-        # near 100% WER saturates (a word is wrong however wrong it is): the CER tells the gap
-        c_teacher = entry["first_pass"][greedy]["teacher"]["cer"]
-        c_student = entry["first_pass"][greedy]["student"]["cer"]
-        c_rel = 100 * (c_student - c_teacher) / c_teacher if c_teacher else 0.0
-        lines.append(f"| {set_name}: first-pass CER within +15% relative ({greedy}; WER near 100% saturates) "
-                     f"| {c_rel:+.1f}% | {'yes' if c_rel <= 15 else 'no'} |")
-        two_t, two_s = entry["two_pass"]["teacher"]["wer"], entry["two_pass"]["student"]["wer"]
-        lines.append(f"| {set_name}: two-pass WER with the fast first pass <= the default's | {two_s:.1f} vs "
-                     f"{two_t:.1f} | {'yes' if two_s <= two_t else 'no'} |")
+    lines += ["", "| student | target | measured | met |", "|---|---|---|---|"]
+    for who in students:
+        for backend, ratio in _latency_ratios(result, who):
+            lines.append(f"| {who} | first pass >= 3x lower per-chunk latency ({backend}) | {ratio:.2f}x | "
+                         f"{'yes' if ratio >= 3 else 'no'} |")
+        for set_name, entry in result["sets"].items():
+            first = entry["first_pass"][greedy]
+            rel = _relative(first[who]["wer"], first["teacher"]["wer"])
+            lines.append(f"| {who} | {set_name}: first-pass WER within +15% relative ({greedy}) | {rel:+.1f}% | "
+                         f"{'yes' if rel <= 15 else 'no'} |")
+            # near 100% WER saturates (a word is wrong however wrong it is): the CER tells the gap
+            c_rel = _relative(first[who]["cer"], first["teacher"]["cer"])
+            lines.append(f"| {who} | {set_name}: first-pass CER within +15% relative ({greedy}; WER near 100% "
+                         f"saturates) | {c_rel:+.1f}% | {'yes' if c_rel <= 15 else 'no'} |")
+            two_t, two_s = entry["two_pass"]["teacher"]["wer"], entry["two_pass"][who]["wer"]
+            lines.append(f"| {who} | {set_name}: two-pass WER with the fast first pass <= the default's | {two_s:.1f} "
+                         f"vs {two_t:.1f} | {'yes' if two_s <= two_t else 'no'} |")
     return lines + [""]
+
+
+def _relative(value: float, reference: float) -> float:
+    """Percent change of ``value`` against ``reference`` (0 when the reference is 0)."""
+    return 100 * (value - reference) / reference if reference else 0.0
 
 
 def long_stream_section(result: dict, name: str) -> list[str]:
