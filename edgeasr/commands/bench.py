@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from edgeasr.errors import EdgeAsrError
 from edgeasr.fileio import atomic_write_text
@@ -73,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from edgeasr.evaluate.bench import load_bench_model, run_bench
     from edgeasr.evaluate.flops import layer_norm_share
     from edgeasr.evaluate.report import pareto_plot, write_report
-    from edgeasr.api import check_threads
+    from edgeasr.api import set_compute_threads
 
-    torch.set_num_threads(check_threads(args.threads))
+    set_compute_threads(args.threads)
     try:
         chunk_sizes = tuple(int(c) for c in args.chunk_sizes.split(","))
     except ValueError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
 
 from edgeasr.commands._decode_args import add_decode_arguments, open_recognizer
 from edgeasr.errors import EdgeAsrError
@@ -30,11 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeasr.api import check_threads
+    from edgeasr.api import set_compute_threads
     from edgeasr.data.manifest import read_manifest
     from edgeasr.decoding.confidence import calibrated, calibration_report, decode_for_calibration, fit_calibration
 
-    torch.set_num_threads(check_threads(args.threads))
+    set_compute_threads(args.threads)
     utterances = read_manifest(args.manifest)[: args.max_utts]
     if not utterances:
         raise EdgeAsrError(f"{args.manifest}: no utterances")

@@ -54,10 +54,11 @@ def run_transcription(args: argparse.Namespace) -> int:
     """Stream the bundled sample clips through the model, 100 ms at a time, like a microphone."""
     import time
 
+    from edgeasr.api import set_compute_threads
     from edgeasr.decoding.recognizer import Recognizer
     from edgeasr.evaluate.metrics import word_errors
 
-    torch.set_num_threads(1)
+    set_compute_threads(1)
     recognizer = Recognizer.load(args.model)
     print(f"== streaming transcription with {recognizer.packaged.directory} "
           f"(chunk {recognizer.chunk_size} frames = {recognizer.chunk_size * recognizer.frame_seconds * 1000:.0f} ms, "

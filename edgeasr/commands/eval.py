@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from edgeasr.data.manifest import read_manifest
     from edgeasr.decoding.recognizer import Recognizer
     from edgeasr.evaluate.metrics import ErrorCounts, char_errors, word_errors
-    from edgeasr.api import check_threads
+    from edgeasr.api import set_compute_threads
 
-    torch.set_num_threads(check_threads(args.threads))
+    set_compute_threads(args.threads)
     recognizer = open_recognizer(args)
     onnx = not isinstance(recognizer, Recognizer)
     if onnx and (args.offline or args.batch_size != 1):

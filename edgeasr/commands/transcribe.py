@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import torch
 
 from edgeasr.commands._decode_args import add_decode_arguments, open_recognizer
 from edgeasr.decoding.formats import FORMATS, render, write_result
@@ -57,7 +56,7 @@ def _progress(path: str, seconds: float, forced: bool) -> Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeasr.api import check_threads
+    from edgeasr.api import set_compute_threads
 
     output_format = "json" if args.json else args.output_format
     if args.json and args.output_format not in ("txt", "json"):
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise EdgeAsrError(f"{output_format} output of several files needs --output-dir DIR (one file each)")
     if args.files.count("-") > 1:
         raise EdgeAsrError("standard input ('-') can be read only once")
-    torch.set_num_threads(check_threads(args.threads))
+    set_compute_threads(args.threads)
     recognizer = open_recognizer(args)
     chunk_size, sample_rate = recognizer.chunk_size, recognizer.sample_rate
     failed = 0
