@@ -233,6 +233,9 @@ class StreamingWhisperMel:
         opts = self.options
         first = self._next * opts.hop_length - opts.pad
         last = (stop - 1) * opts.hop_length + opts.pad  # one past the last sample needed
+        if first >= 0 and (end is None or last <= end):  # inside the signal (all but the ends): a view
+            signal = self._buffer[first - self._buffer_start : last - self._buffer_start]
+            return self._spectrum(signal)
         index = np.arange(first, last)
         if end is not None and end < opts.min_reflect_samples:
             inside = (index >= 0) & (index < end)
@@ -243,6 +246,11 @@ class StreamingWhisperMel:
             if end is not None:
                 index = np.where(index >= end, 2 * end - 2 - index, index)
             signal = self._buffer[index - self._buffer_start]
+        return self._spectrum(signal)
+
+    def _spectrum(self, signal: np.ndarray) -> np.ndarray:
+        """Un-floored log10 mel energies of the frames over ``signal`` (its samples, padding included)."""
+        opts = self.options
         frames = np.lib.stride_tricks.sliding_window_view(signal, opts.n_fft)[:: opts.hop_length]
         spectrum = np.fft.rfft(frames * self._window, axis=-1)
         power = spectrum.real**2 + spectrum.imag**2
