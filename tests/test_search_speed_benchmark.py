@@ -32,13 +32,26 @@ def test_the_search_benchmark_finds_the_same_nbest_and_a_faster_core(tmp_path):
 
 
 def test_the_first_pass_student_section_reports_its_targets():
+    """Several students measured in one run: a row, the targets and the chunk's parts for each."""
     result = json.loads((ROOT / "benchmarks" / "results" / "first_pass_student.json").read_text())
     section = "\n".join(first_pass_student_section(result, "first_pass_student.json"))
-    assert "| first pass >= 3x lower per-chunk latency (torch) |" in section
-    assert "| first pass >= 3x lower per-chunk latency (ONNX Runtime, float) |" in section  # run with --onnx
-    assert "On ONNX Runtime" in section and "| realdev | student |" in section
-    assert section.count("two-pass WER with the fast first pass") == len(result["sets"])
-    assert "| realdev (20) | student |" in section
+    students = list(result["students"])
+    assert len(students) >= 2
+    for who in students:
+        assert f"| {who} | first pass >= 3x lower per-chunk latency (torch) |" in section
+        assert f"| {who} | first pass >= 3x lower per-chunk latency (ONNX Runtime, float) |" in section  # --onnx
+        assert f"| realdev (20) | {who} |" in section and f"| realdev | {who} |" in section
+        assert f"| ONNX Runtime float | {who} |" in section  # where its chunk's time goes
+    assert "Where a chunk's time goes" in section and "| torch | teacher |" in section
+    assert section.count("two-pass WER with the fast first pass") == len(result["sets"]) * len(students)
+
+
+def test_a_result_of_one_student_reads_as_before():
+    """first_pass_student_layers.json was written when a run measured one student ("student")."""
+    layered = json.loads((ROOT / "benchmarks" / "results" / "first_pass_student_layers.json").read_text())
+    section = "\n".join(first_pass_student_section(layered, "first_pass_student_layers.json"))
+    assert "| realdev (20) | student |" in section and "| student | test: first-pass WER within +15%" in section
+    assert "Where a chunk's time goes" not in section  # measured before the parts were timed
 
 
 def test_the_first_pass_student_section_says_which_targets_it_learnt():
