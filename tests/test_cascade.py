@@ -21,6 +21,9 @@ def test_config_is_checked():
         CascadeConfig.from_dict({"conv_kernel": 4}, 64, 10)
     with pytest.raises(ValueError, match="divisible"):
         CascadeConfig.from_dict({"d_model": 30, "num_heads": 4}, 64, 10)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="pool"):
+            CascadeConfig.from_dict({"pool": bad}, 64, 10)
 
 
 def test_the_cascade_sees_the_whole_segment_and_ignores_padding():
@@ -37,6 +40,38 @@ def test_the_cascade_sees_the_whole_segment_and_ignores_padding():
         padded = torch.cat([x, torch.randn(1, 7, 48)], dim=1)
         assert torch.allclose(cascade(padded, torch.tensor([20]))[:, :20], whole, atol=1e-5)
     assert whole.shape == (1, 20, 12) and torch.allclose(whole.exp().sum(-1), torch.ones(1, 20), atol=1e-5)
+
+
+def test_funnel_pooling_runs_the_layers_on_group_means_and_keeps_the_output_rate():
+    """``pool: 2``: the layers read the mean of every two frames (a last odd frame alone, padding
+    left out), and the heads write one distribution per first-pass frame."""
+    from edgeasr.model.cascade import funnel_pool
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 4)
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, 4:] = True
+    pooled, pooled_padding = funnel_pool(x, padding, 2)
+    assert pooled.shape == (2, 4, 4)
+    assert torch.allclose(pooled[0, 1], x[0, 2:4].mean(0)) and torch.allclose(pooled[0, 3], x[0, 6])
+    assert torch.allclose(pooled[1, 1], x[1, 2:4].mean(0))
+    assert pooled_padding.tolist() == [[False] * 4, [False, False, True, True]]
+
+    cascade = CascadeEncoder(CascadeConfig.from_dict({"num_layers": 2, "d_model": 32, "num_heads": 4, "d_ff": 64,
+                                                      "dropout": 0.0, "conv_kernel": 3, "pool": 2}, 48, 12)).eval()
+    seen = []
+    cascade.layers[0].register_forward_hook(lambda module, args, output: seen.append(args[0].shape[1]))
+    x = torch.randn(1, 21, 48)
+    with torch.no_grad():
+        whole = cascade(x)
+        assert seen == [11]  # ceil(21 / 2) frames through the layers
+        padded = torch.cat([x, torch.randn(1, 6, 48)], dim=1)
+        assert torch.allclose(cascade(padded, torch.tensor([21]))[:, :21], whole, atol=1e-5)
+        changed_end = x.clone()
+        changed_end[0, -1] += 5.0
+        assert not torch.allclose(cascade(changed_end)[0, 0], whole[0, 0])  # still full context
+    assert whole.shape == (1, 21, 12) and torch.allclose(whole.exp().sum(-1), torch.ones(1, 21), atol=1e-5)
+    assert cascade.parameters_of() == sum(p.numel() for p in cascade.parameters())
 
 
 def test_a_residual_cascade_starts_as_the_first_pass(tiny_model):
@@ -227,9 +262,11 @@ def test_cascade_layers_on_a_model_without_a_cascade_is_a_one_line_cli_error(cap
     assert "edgeasr: error: --cascade-layers applies to --mode cascade_rescoring" in err and "Traceback" not in err
 
 
-def test_the_cascade_runs_on_onnx_runtime_as_on_torch(tiny_model, tmp_path):
+@pytest.mark.parametrize("pool", [1, 2])
+def test_the_cascade_runs_on_onnx_runtime_as_on_torch(tiny_model, tmp_path, pool):
     """`edgeasr export` writes one graph per cascade sub-model; ONNX Runtime's cascade_rescoring
-    gives torch's final for each size, and --cascade-layers is checked at load there too."""
+    gives torch's final for each size, and --cascade-layers is checked at load there too; a
+    funnel-pooled cascade (pool 2) exports for any segment length as well."""
     from edgeasr.export.onnx import export_onnx
     from edgeasr.model.asr import ASRModel, ModelConfig
     from edgeasr.model.package import load_model_dir, load_weights_from, save_model_dir
@@ -237,7 +274,7 @@ def test_the_cascade_runs_on_onnx_runtime_as_on_torch(tiny_model, tmp_path):
     source = load_model_dir(tiny_model)
     config = source.model.config.to_dict()
     config["cascade"] = {"num_layers": 2, "d_model": 32, "num_heads": 4, "d_ff": 64, "dropout": 0.0,
-                         "conv_kernel": 5, "residual": True, "exits": [1]}
+                         "conv_kernel": 5, "residual": True, "exits": [1], "pool": pool}
     model = ASRModel(ModelConfig.from_dict(config))
     load_weights_from(model, tiny_model)
     torch.manual_seed(4)
@@ -247,6 +284,14 @@ def test_the_cascade_runs_on_onnx_runtime_as_on_torch(tiny_model, tmp_path):
     directory = save_model_dir(tmp_path / "model", model.eval(), source.tokenizer, source.features, source.streaming)
     metadata = export_onnx(str(directory), tmp_path / "onnx")
     assert metadata["cascade"]["exit_layers"] == [1, 2]
+    import onnxruntime
+
+    graph = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "cascade_2.onnx"), providers=["CPUExecutionProvider"])
+    for frames in (1, 4, 9, 16):  # traced at 7 frames: odd and even lengths, and a lone frame
+        segment = torch.randn(1, frames, config["encoder"]["d_model"])
+        with torch.no_grad():
+            expected = model.eval().cascade_log_probs(segment, None, layers=2)[0].numpy()
+        assert graph.run(None, {"frames": segment.numpy()})[0] == pytest.approx(expected, abs=1e-4)
     samples = load_audio(CLIP, sample_rate=16000)
     for layers in (1, 2):
         options = {"mode": "cascade_rescoring", "lm": None, "cascade_layers": layers, "beam_size": 4}

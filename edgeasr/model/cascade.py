@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-KNOWN_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "dropout", "conv_kernel", "residual", "exits")
+KNOWN_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "dropout", "conv_kernel", "residual", "exits", "pool")
 
 
 @dataclass
@@ -48,6 +48,8 @@ class CascadeConfig:
     residual: bool = False
     #: layer counts with a head of their own (the sub-models); None = the full depth only
     exits: list[int] | None = None
+    #: funnel pooling: the layers read the mean of every ``pool`` frames (1 = the first pass's rate)
+    pool: int = 1
 
     @property
     def exit_layers(self) -> list[int]:
@@ -64,6 +66,8 @@ class CascadeConfig:
             raise ValueError("model.cascade: num_layers >= 1 and d_model divisible by num_heads")
         if made.conv_kernel < 0 or (made.conv_kernel and made.conv_kernel % 2 == 0):
             raise ValueError("model.cascade: conv_kernel must be 0 or odd")
+        if not isinstance(made.pool, int) or isinstance(made.pool, bool) or made.pool < 1:
+            raise ValueError(f"model.cascade: pool must be a whole number of frames, 1 or more (got {made.pool!r})")
         if made.exits is not None:
             if not isinstance(made.exits, list) or not all(isinstance(n, int) and 1 <= n <= made.num_layers
                                                            for n in made.exits):
@@ -163,14 +167,42 @@ class CascadeEncoder(nn.Module):
             x = x.masked_fill(padding[..., None], 0.0)
         if self.conv is not None:
             x = x + self.conv(x.transpose(1, 2)).transpose(1, 2)
+        pool = self.config.pool
+        full_rate = x
+        if pool > 1:
+            x, padding = funnel_pool(x, padding, pool)
         out = {}
         for depth in range(max(exits) + 1):
             if depth:
                 x = self.layers[depth - 1](x, src_key_padding_mask=padding)
             if depth in heads:
                 norm, ctc = heads[depth]
-                logits = ctc(norm(x))
+                if pool > 1:
+                    logits = ctc(norm(funnel_unpool(x, pool, full_rate.size(1)) + full_rate))
+                else:
+                    logits = ctc(norm(x))
                 if self.config.residual:
                     logits = logits + first_pass_logits
                 out[depth] = torch.log_softmax(logits, dim=-1)
         return [out[n] for n in exits]
+
+
+def funnel_pool(x: torch.Tensor, padding: torch.Tensor | None, pool: int
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x [B, T, D] -> the mean of every ``pool`` frames [B, ceil(T / pool), D], padding excluded,
+    and the pooled padding mask (True where a group holds no frame of the sequence).
+
+    The mean is a ratio of two average pools (frames, and the mask of real frames), so the
+    divisor convention of a last, partial group cancels out: torch and ONNX Runtime agree."""
+    real = torch.ones_like(x[..., :1]) if padding is None else (~padding)[..., None].to(x.dtype)
+    summed = nn.functional.avg_pool1d((x * real).transpose(1, 2), pool, pool, ceil_mode=True)
+    counted = nn.functional.avg_pool1d(real.transpose(1, 2), pool, pool, ceil_mode=True)
+    pooled = (summed / counted.clamp(min=1e-6)).transpose(1, 2)
+    pooled_padding = None if padding is None else counted[:, 0, :] <= 0
+    return pooled, pooled_padding
+
+
+def funnel_unpool(x: torch.Tensor, pool: int, frames: int) -> torch.Tensor:
+    """x [B, T', D] -> every frame repeated ``pool`` times, cut to ``frames`` [B, frames, D]."""
+    repeated = x.unsqueeze(2).expand(-1, -1, pool, -1).reshape(x.size(0), -1, x.size(2))
+    return repeated[:, :frames]
