@@ -16,6 +16,12 @@ Per set and mode: WER and CER; RTF; end-of-segment latency (the median time ``fi
 once the last audio is in: the final segment's second pass, which the user waits for after they
 stop speaking); and the parameters and float16 bytes each pass adds. Writes
 benchmarks/results/cascade.json and regenerates BENCHMARKS.md.
+
+``--compare NAME=DIR`` (repeatable) adds another cascade trained on the same frozen first pass
+(e.g. the funnel-pooled ``configs/whisper/tiny_cascade_funnel.yaml``) as the mode
+``cascade_rescoring[NAME]``, in the same turns. The cascade networks alone are also timed on
+first-pass frames of fixed lengths (``--forward-seconds``, median of ``--forward-repeats``), where
+the layers' cost is not hidden by the search.
 """
 
 from __future__ import annotations
@@ -56,12 +62,35 @@ def stream(recognizer, samples, block: int = 10240) -> tuple[str, float, float]:
     return text, done - started, done - finishing
 
 
+def forward_times(cascades: dict, width: int, frame_seconds: float, lengths: list[float], repeats: int) -> dict:
+    """Median milliseconds of each cascade network alone (its layers and head, no search) over a
+    segment of first-pass frames of each length, the cascades taking turns."""
+    torch.manual_seed(0)
+    times: dict = {}
+    with torch.no_grad():
+        for seconds in lengths:
+            frames = torch.randn(1, max(1, round(seconds / frame_seconds)), width)
+            spent: dict = {mode: [] for mode in cascades}
+            for _ in range(repeats):
+                for mode, (owner, layers) in cascades.items():
+                    started = time.perf_counter()
+                    owner.cascade_log_probs(frames, None, layers=layers)
+                    spent[mode].append(time.perf_counter() - started)
+            times[f"{seconds:g}"] = {mode: round(1000 * statistics.median(values), 3) for mode, values in spent.items()}
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a model directory with a cascade (model.cascade)")
     parser.add_argument("--manifest", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--lm", default=str(DEFAULT_MODEL_DIR / "lm"), help="LM for the prefix beams ('none': none)")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                        help="another cascade on the same first pass, as mode cascade_rescoring[NAME] (repeatable)")
+    parser.add_argument("--forward-seconds", default="2,5,10",
+                        help="segment lengths (seconds) at which the cascade networks alone are timed")
+    parser.add_argument("--forward-repeats", type=int, default=30)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cascade.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
@@ -84,12 +113,35 @@ def main(argv: list[str] | None = None) -> int:
         recognizers[mode] = Recognizer(packaged, DecodeOptions(mode="cascade_rescoring", lm=lm, cascade_layers=layers))
         added[mode] = model.cascade.parameters_of(layers)
         modes.insert(modes.index("cascade_rescoring"), mode)
+    cascades = {"cascade_rescoring": (model, None)}
+    compared = {}
+    for item in args.compare:
+        label, _, directory = item.partition("=")
+        if not label or not directory:
+            print(f"edgeasr: error: --compare wants NAME=DIR, got {item!r}", file=sys.stderr)
+            return 2
+        other = load_model_dir(directory)
+        if getattr(other.model, "cascade", None) is None:
+            print(f"edgeasr: error: {directory} has no cascade (model.cascade)", file=sys.stderr)
+            return 2
+        mode = f"cascade_rescoring[{label}]"
+        recognizers[mode] = Recognizer(other, DecodeOptions(mode="cascade_rescoring", lm=lm))
+        added[mode] = other.model.cascade.parameters_of()
+        cascades[mode] = (other.model, None)
+        compared[label] = {"model": directory, "cascade_config": other.model.config.cascade}
+        modes.insert(modes.index("cascade_rescoring") + 1, mode)
+    for layers in exits[:-1]:
+        cascades[f"cascade_rescoring@{layers}"] = (model, layers)
     recognizers = {mode: recognizers[mode] for mode in modes}
     result = {
         **run_facts("cascade", "benchmarks/cascade.py", sys.argv[1:] if argv is None else argv),
         "model": str(args.model), "lm": lm, "cascade_config": model.config.cascade, "cascade_exits": exits,
         "chunk_size": recognizers[modes[0]].chunk_size, "frame_ms": 1000 * recognizers[modes[0]].frame_seconds,
-        "first_pass_parameters": first, "added_parameters": added, "sets": {},
+        "first_pass_parameters": first, "added_parameters": added, "compared": compared,
+        "cascade_forward_ms": forward_times(cascades, model.cascade.config.input_dim, recognizers[modes[0]].frame_seconds,
+                                            [float(x) for x in args.forward_seconds.split(",") if x],
+                                            args.forward_repeats),
+        "sets": {},
     }
     for item in args.manifest:
         name, _, path = item.partition("=")

@@ -173,16 +173,26 @@ def test_cascade_benchmark_writes_rows_and_a_report_section(cascade_model, tmp_p
 
     directory, *_ = cascade_model
     out, report = tmp_path / "results" / "cascade.json", tmp_path / "BENCHMARKS.md"
-    assert load_benchmark("cascade").main(["--model", str(directory), "--manifest", "s=samples/samples.jsonl",
-                                           "--lm", "none", "--out", str(out), "--report", str(report)]) == 0
+    benchmark = load_benchmark("cascade")
+    assert benchmark.main(["--model", str(directory), "--manifest", "s=samples/samples.jsonl", "--lm", "none",
+                           "--compare", f"again={directory}", "--forward-seconds", "1,3", "--forward-repeats", "3",
+                           "--out", str(out), "--report", str(report)]) == 0
     import json
 
     result = json.loads(out.read_text())
     rows = result["sets"]["s"]["rows"]
-    assert set(rows) == {"ctc_prefix_beam", "cascade_rescoring"}  # no Whisper decoder in this model
+    # no Whisper decoder in this model; the compared cascade (the same one here) in the same turns
+    assert set(rows) == {"ctc_prefix_beam", "cascade_rescoring", "cascade_rescoring[again]"}
+    assert rows["cascade_rescoring[again]"]["wer"] == rows["cascade_rescoring"]["wer"]
     assert all(row["rtf"] > 0 and row["end_of_segment_ms_median"] > 0 for row in rows.values())
-    assert result["added_parameters"]["cascade_rescoring"] > 0
-    assert "## Cascaded second pass against the Whisper second pass" in report.read_text()
+    assert result["added_parameters"]["cascade_rescoring"] == result["added_parameters"]["cascade_rescoring[again]"] > 0
+    assert set(result["cascade_forward_ms"]) == {"1", "3"}
+    assert all(ms > 0 for times in result["cascade_forward_ms"].values() for ms in times.values())
+    text = report.read_text()
+    assert "## Cascaded second pass against the Whisper second pass" in text and "cascade_rescoring[again]" in text
+    assert "networks alone" in text
+    assert benchmark.main(["--model", str(directory), "--manifest", "s=samples/samples.jsonl",
+                           "--compare", "nodirectory", "--out", str(out), "--report", str(report)]) == 2
 
 
 def test_a_dynamic_cascade_has_one_head_per_size_sharing_its_lower_layers():

@@ -986,6 +986,20 @@ def cascade_section(result: dict, name: str) -> list[str]:
             lines.append(f"| {set_name} ({entry['utts']} utts) | {mode} | {row['wer']:.1f} ({row['cer']:.1f}) | "
                          f"{row['rtf']:.4f} | {row['end_of_segment_ms_median']:.0f} ({row['end_of_segment_ms_p90']:.0f}) | "
                          f"{added[mode] / 1e6:.2f} M ({2 * added[mode] / 1e6:.1f}) |")
+    for label, other in (result.get("compared") or {}).items():
+        lines += ["", f"`cascade_rescoring[{label}]`: the cascade of `{other['model']}` ({other['cascade_config']}) on the "
+                  "same frozen first pass, in the same turns."]
+    forward = result.get("cascade_forward_ms") or {}
+    if forward:
+        cascades = list(next(iter(forward.values())))
+        lines += ["", "The cascade networks alone (layers and head, no search) on first-pass frames of a segment of "
+                  "each length, ms, median, taking turns:", "",
+                  "| segment | " + " | ".join(cascades) + " |", "|---|" + "---|" * len(cascades)]
+        for seconds, times in forward.items():
+            base = times[cascades[0]]
+            cells = [f"{times[c]:.2f}" + (f" ({base / times[c]:.2f}x)" if c != cascades[0] and times[c] > 0 else "")
+                     for c in cascades]
+            lines.append(f"| {seconds} s | " + " | ".join(cells) + " |")
     exits = result.get("cascade_exits") or []
     if len(exits) > 1:  # a dynamic cascade: the smaller sub-models against the full one
         lines += ["", "Dynamic cascade: each smaller sub-model against the full one (target for the medium: size <= 70%, "
