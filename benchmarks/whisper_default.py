@@ -101,7 +101,8 @@ def _parse_manifests(items: list[str]) -> list[tuple[str, str]]:
 
 def _part_of(key: str) -> str:
     for prefix, part in (("encoder.", "encoder"), ("ctc.", "ctc_head"), ("whisper_decoder.", "whisper_decoder"),
-                         ("decoder.", "attention_decoder"), ("reverse_decoder.", "attention_decoder")):
+                         ("decoder.", "attention_decoder"), ("reverse_decoder.", "attention_decoder"),
+                         ("segmenter.", "segmenter")):
         if key.startswith(prefix):
             return part
     return "other"
@@ -112,7 +113,7 @@ def model_info(directory: str | Path, packaged) -> dict:
     model = packaged.model
     config = yaml.safe_load((directory / "config.yaml").read_text()) or {}
     parts = {"encoder": model.encoder, "ctc_head": model.ctc, "whisper_decoder": model.whisper_decoder,
-             "attention_decoder": model.decoder}
+             "attention_decoder": model.decoder, "segmenter": getattr(model, "segmenter", None)}
     parameters = {name: sum(p.numel() for p in module.parameters()) for name, module in parts.items()
                   if module is not None}
     if model.reverse_decoder is not None:
@@ -357,6 +358,16 @@ def _confidence() -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _segmenter() -> dict | None:
+    """The shipped segmenter against the blank rules (benchmarks/segmenter.py), when measured
+    on the default model."""
+    path = ROOT / "benchmarks" / "results" / "segmenter.json"
+    if not path.is_file():
+        return None
+    measured = json.loads(path.read_text())
+    return measured if measured.get("model") in ("default", "models/default") else None
+
+
 def _onnx_parity(result: dict) -> dict | None:
     """The default model's ONNX Runtime figures (benchmarks/onnx_parity.py), when measured for
     this model in the two-pass mode."""
@@ -398,6 +409,13 @@ def model_card(result: dict) -> str:
         f"scores every prefix (CTC weight {decode.get('whisper_ctc_weight', 0.2):g}, "
         f"{decode.get('whisper_length_bonus', 0.5):g} per character), so the text is Whisper's wording kept on the "
         "audio; partials come from the first pass. See docs/WHISPER.md.",
+        *([f"- **Segmenter**: {params['segmenter'] / 1e3:.1f} k parameters, a small MLP on each first-pass encoder "
+           "frame that predicts the end of the segment (trained on the frozen model above: "
+           "`configs/whisper/tiny_segmenter_frozen.yaml`); a segment closes when its probability at a chunk's "
+           f"last frame reaches {decode.get('segmenter_threshold', 0.9):g} after at least "
+           f"{decode.get('segmenter_min_silence', 0.5):g} s of CTC blanks, instead of the blank rules' 0.8 s, so "
+           "finals come sooner (`--segmenter off`: the rules alone). See docs/CASCADE.md."]
+          if params.get("segmenter") else []),
         f"- {params['total'] / 1e6:.2f} M parameters in all; default chunk "
         f"{m.get('streaming_defaults', {}).get('chunk_size', '-')} frames.",
         "",
@@ -471,6 +489,21 @@ def model_card(result: dict) -> str:
                 lines.append(f"| {name} | {row['backend']} | {row['wer']:.1f} ({row['cer']:.1f}) | {row['rtf']:.4f} | "
                              f"{row['speedup_vs_torch_median']:.2f}x | {row['same_text_as_torch']}/{entry['utts']} | "
                              f"{row['bytes_on_disk'] / 1e6:.1f} |")
+    segmenter = _segmenter() if params.get("segmenter") else None
+    if segmenter is not None:
+        lines += ["", "## Segmenter against the blank rules", "",
+                  f"Streams of {segmenter['per_stream']} held-out utterances joined by {segmenter['pauses_s'][0]:g}-"
+                  f"{segmenter['pauses_s'][1]:g} s pauses, in {segmenter['chunk_ms']} ms blocks, the two settings "
+                  "taking turns on each stream (`benchmarks/results/segmenter.json`, "
+                  f"{segmenter['date']}, {segmenter['machine']}). Latency: from an utterance's end of speech to the "
+                  "moment the final covering it is out.", "",
+                  "| set | endpointing | WER (CER) | latency ms, median (p90) | segments per stream |",
+                  "|---|---|---|---|---|"]
+        for name, entry in segmenter["sets"].items():
+            for setting, row in entry["rows"].items():
+                lines.append(f"| {name} ({entry['streams']} streams) | {setting} | {row['wer']:.1f} ({row['cer']:.1f}) | "
+                             f"{row['latency_ms_median']:.0f} ({row['latency_ms_p90']:.0f}) | "
+                             f"{row['segments_per_stream']:.2f} |")
     targets = whisper_targets(result)
     if onnx is not None:
         rtfs = {name: next((r["rtf"] for r in entry["rows"] if r["backend"] == "onnx_int8"), None)
@@ -531,6 +564,7 @@ def model_card(result: dict) -> str:
         "edgeasr lm train --unit char --order 6 --exclude data/synth4/dev.jsonl --exclude data/synth4/test.jsonl "
         "--out models/default/lm",
         *CALIBRATION_COMMANDS,
+        *(SEGMENTER_COMMANDS if params.get("segmenter") else []),
         result["command"],
         *([ONNX_PARITY_COMMAND] if onnx is not None else []),
         "```",
@@ -549,6 +583,17 @@ CALIBRATION_COMMANDS = [
     "edgeasr calibrate --model models/default --manifest data/synth-cal/dev.jsonl",
     "python benchmarks/confidence.py --model default --manifest test=data/synth-cal/test.jsonl "
     "--manifest realdev=../shared/data/realdev/realdev.jsonl",
+]
+
+
+#: how the shipped segmenter was trained into the model directory and measured
+SEGMENTER_COMMANDS = [
+    "edgeasr corpus synth --hours 1.5 --out data/synth15 "
+    "--engine-weights kokoro=2,hibari=2,piper=1.5,festival=1.5,flite=1.5,espeak=1",
+    "edgeasr train --config configs/whisper/tiny_segmenter_frozen.yaml --data data/synth15 --out exp/whisper-segmenter",
+    "edgeasr average --exp exp/whisper-segmenter --out models/default --num 3 --by last --fp16",
+    "python benchmarks/segmenter.py --model default --manifest test=data/synth4/test.jsonl "
+    "--manifest realdev=../shared/data/realdev/realdev.jsonl --thresholds 0.9",
 ]
 
 

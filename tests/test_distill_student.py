@@ -256,6 +256,30 @@ def test_a_separate_first_pass_streams_the_partials_and_the_model_makes_the_fina
     assert final == teacher.transcribe(audio, streaming=True).text  # the finals are the model's second pass
 
 
+def test_a_segmenter_is_left_out_when_a_separate_first_pass_streams(whisper_imported, student_dir, tmp_path):
+    """The model's segmenter reads its own first pass's frames: with --first-pass the blank rules
+    close the segments (auto), and asking for the segmenter there is a one-line error."""
+    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+    from edgeasr.errors import EdgeAsrError
+    from edgeasr.model.asr import ASRModel, ModelConfig
+    from edgeasr.model.package import load_model_dir, load_weights_from, save_model_dir
+
+    source = load_model_dir(whisper_imported)
+    config = source.model.config.to_dict()
+    config["segmenter"] = {"hidden": 8, "margin": 2}
+    model = ASRModel(ModelConfig.from_dict(config))
+    load_weights_from(model, source)
+    directory = save_model_dir(tmp_path / "with-segmenter", model.eval(), source.tokenizer, source.features,
+                               source.streaming, pretrained=source.pretrained, whisper_dir=source.whisper_dir)
+    options = {"mode": "whisper_rescoring", "chunk_size": 16, "segment": False, "lm": None}
+    assert Recognizer.load(directory, DecodeOptions(**options)).segmenter is not None
+    both = Recognizer.load(directory, DecodeOptions(**options, first_pass=str(student_dir)))
+    assert both.segmenter is None and both.first_model is not both.model
+    assert isinstance(both.transcribe(speechlike(1.0, seed=3)).text, str)
+    with pytest.raises(EdgeAsrError, match="--segmenter on: the segmenter reads this model's own first pass"):
+        Recognizer.load(directory, DecodeOptions(**options, first_pass=str(student_dir), segmenter=True))
+
+
 def test_a_first_pass_that_does_not_fit_is_refused(whisper_imported, tiny_model):
     from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
     from edgeasr.errors import EdgeAsrError

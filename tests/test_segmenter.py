@@ -92,6 +92,27 @@ def test_asking_for_a_segmenter_the_model_lacks_is_an_error(tiny_model):
         edgeasr.load_model(str(tiny_model), mode="ctc_greedy", segmenter=True)
 
 
+def test_the_shipped_default_closes_segments_with_its_segmenter():
+    """models/default carries a segmenter, on unless turned off; --segmenter-min-silence is
+    checked at load with a one-line error."""
+    from edgeasr.cli import main
+
+    assert load_model_dir("models/default").model.segmenter is not None
+    assert edgeasr.load_model("default", lm=None).segmenter is not None
+    assert edgeasr.load_model("default", lm=None, segmenter=False).segmenter is None
+
+
+def test_segmenter_min_silence_on_the_command_line(capsys):
+    from edgeasr.cli import main
+
+    assert main(["transcribe", "--segmenter-min-silence", "-1", "samples/kokoro-male.wav"]) == 2
+    err = capsys.readouterr().err
+    assert "edgeasr: error: --segmenter-min-silence must be 0 or more" in err and "Traceback" not in err
+    assert main(["transcribe", "--model", "default", "--mode", "ctc_greedy", "--segmenter-min-silence", "0.2",
+                 "samples/kokoro-male.wav"]) == 0
+    assert "the job" in capsys.readouterr().out
+
+
 def test_segmenter_benchmark_writes_rows_and_a_report_section(with_segmenter, tmp_path):
     import json
     from pathlib import Path

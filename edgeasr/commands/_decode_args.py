@@ -49,6 +49,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                              "blank rules would (default auto: when the model has one)")
     parser.add_argument("--segmenter-threshold", type=float, default=defaults.segmenter_threshold,
                         help=f"segmenter probability that closes a segment (default: {defaults.segmenter_threshold})")
+    parser.add_argument("--segmenter-min-silence", type=float, default=defaults.segmenter_min_silence, metavar="SECONDS",
+                        help="seconds of trailing silence (CTC blanks) the segmenter needs before it closes a segment "
+                             f"(default: {defaults.segmenter_min_silence}; the blank rules wait 0.8)")
     parser.add_argument("--lm", metavar="PATH",
                         help="word n-gram LM: an `edgeasr lm train` directory or an ARPA file; 'none' = no LM "
                              "(default: the model directory's lm/ when it has one)")
@@ -109,7 +112,9 @@ def search_options(args: argparse.Namespace) -> dict:
     """The DecodeOptions fields ``add_search_arguments`` sets."""
     segmenter = {"auto": None, "on": True, "off": False}[getattr(args, "segmenter", "auto")]
     return {"vad": getattr(args, "vad", False), "segmenter": segmenter,
-            "segmenter_threshold": getattr(args, "segmenter_threshold", DecodeOptions().segmenter_threshold), "lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
+            "segmenter_threshold": getattr(args, "segmenter_threshold", DecodeOptions().segmenter_threshold),
+            "segmenter_min_silence": getattr(args, "segmenter_min_silence", DecodeOptions().segmenter_min_silence),
+            "lm": "auto" if args.lm is None else (None if args.lm == "none" else args.lm),
             "lm_weight": args.lm_weight, "lm_bonus": args.lm_bonus,
             "source_lm": getattr(args, "source_lm", None),
             "source_lm_weight": getattr(args, "source_lm_weight", DecodeOptions().source_lm_weight),

@@ -82,9 +82,11 @@ class DecodeOptions:
     segmenter: bool | None = None
     #: the segmenter's probability at a chunk's last frame that closes the segment ...
     segmenter_threshold: float = 0.9
-    #: ... once at least this much trailing silence (CTC blanks) is heard (benchmarks/segmenter.py:
-    #: 0.5 and 0.1 s cut sentences at their pauses, +2.8 WER on the TTS test; 0.9 and 0.3 s do not)
-    segmenter_min_silence: float = 0.3
+    #: ... once at least this much trailing silence (CTC blanks) is heard (benchmarks/segmenter.py
+    #: with the default's two passes: at 0.9 and 0.5 s, streams of TTS-test utterances read at the
+    #: rules' WER or better, finals ~0.2 s sooner, and realdev's conversational streams too; at
+    #: 0.3 s realdev lost 3 WER points to sentences cut at their pauses)
+    segmenter_min_silence: float = 0.5
     #: word n-gram LM: "auto" = the model directory's lm/ when it has one; None = none; or a
     #: path (an `edgeasr lm train` directory or an ARPA file)
     lm: str | None = "auto"
@@ -155,6 +157,18 @@ class DecodeOptions:
             raise EdgeAsrError("--cascade-layers must be at least 1")
         if self.gate_threshold is not None and not 0.0 < self.gate_threshold < 1.0:
             raise EdgeAsrError("--gate-threshold must be between 0 and 1")
+
+
+def segmenter_left_out(options: DecodeOptions) -> bool:
+    """True when a separate first pass (``--first-pass``) streams: the model's segmenter reads
+    this model's own encoder frames, which are then never made, so the blank rules close the
+    segments (reading the stand-in's blanks). Asking for the segmenter there is a one-line error."""
+    if options.first_pass is None:
+        return False
+    if options.segmenter:
+        raise EdgeAsrError("--segmenter on: the segmenter reads this model's own first pass, which --first-pass "
+                           "replaces (use --segmenter auto or off)")
+    return True
 
 
 class DecodingCore:

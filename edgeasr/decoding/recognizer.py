@@ -30,6 +30,7 @@ from edgeasr.decoding.core import (  # noqa: F401 - re-exported: the public deco
     DecodingCore,
     StreamingSession,
     join_segments,
+    segmenter_left_out,
 )
 from edgeasr.decoding.result import Result
 from edgeasr.errors import EdgeAsrError
@@ -104,11 +105,12 @@ class Recognizer(DecodingCore):
         self.frame_seconds = self.model.encoder.subsampling_rate * self.frontend.frame_shift
         #: the model of the streaming first pass: this one, or ``options.first_pass``'s
         self.first_model = self.model if options.first_pass is None else self._first_pass_model(options.first_pass, options)
+        has_segmenter = getattr(self.model, "segmenter", None) is not None and not segmenter_left_out(options)
         self._setup_decoding(options, self.model.decoder is not None, self.model.whisper_decoder is not None,
                              packaged.directory, self.model.blank_id, getattr(self.model.encoder, "max_frames", None),
                              transducer=self.model.transducer.runner() if getattr(self.model, "transducer", None) is not None else None,
                              cascade=self._run_cascade if getattr(self.model, "cascade", None) is not None else None,
-                             segmenter=self._segment_ended if getattr(self.model, "segmenter", None) is not None else None)
+                             segmenter=self._segment_ended if has_segmenter else None)
         if options.cascade_layers is not None:  # checked at load, not at the first segment's end
             cascade = getattr(self.model, "cascade", None)
             if self.mode != "cascade_rescoring" or cascade is None:
@@ -151,9 +153,8 @@ class Recognizer(DecodingCore):
         problem = self._reads_like_this_model(other)
         if problem is None and list(other.tokenizer.units) != list(self.tokenizer.units):
             problem = "has another tokenizer (its CTC units must be this model's)"
-        elif problem is None and any(getattr(self.model, part, None) is not None
-                                     for part in ("transducer", "cascade", "segmenter")):
-            problem = "cannot stand in for this model's first pass: its transducer, cascade or segmenter reads it"
+        elif problem is None and any(getattr(self.model, part, None) is not None for part in ("transducer", "cascade")):
+            problem = "cannot stand in for this model's first pass: its transducer or cascade reads it"
         if problem:
             raise EdgeAsrError(f"--first-pass {directory}: this first pass {problem}")
         return _inference_form(other.model, options)

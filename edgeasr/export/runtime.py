@@ -20,7 +20,7 @@ from edgeasr.audio.fbank import FbankOptions
 from edgeasr.audio.io import model_input
 from edgeasr.audio.whisper_mel import WhisperMelOptions
 from edgeasr.decoding.ctc import Hypothesis
-from edgeasr.decoding.core import DecodeOptions, DecodingCore
+from edgeasr.decoding.core import DecodeOptions, DecodingCore, segmenter_left_out
 from edgeasr.decoding.modes import FIRST_PASS_ONLY, MODES
 from edgeasr.decoding.result import Result
 from edgeasr.errors import EdgeAsrError
@@ -327,7 +327,8 @@ class OnnxRecognizer(DecodingCore):
             own = ".int4.onnx" if int4 and self.meta["transducer"].get("int4_matrices") else heads_suffix
             transducer = OnnxTransducerRunner(self.directory, own, threads, self.meta["transducer"])
         segmenter = None
-        if isinstance(self.meta.get("segmenter"), dict) and options.segmenter is not False:
+        if isinstance(self.meta.get("segmenter"), dict) and options.segmenter is not False \
+                and not segmenter_left_out(options):
             graph = _session(self.directory / self.meta["segmenter"]["graph"], threads)
             segmenter = lambda encoded: float(graph.run(None, {"frames": np.asarray(encoded[-1:], dtype=np.float32)})[0][-1])  # noqa: E731
         cascade = self._cascade(options, heads_suffix, threads)
@@ -398,7 +399,7 @@ class OnnxRecognizer(DecodingCore):
         elif first.chunk_size != self.chunk_size:
             problem = f"streams {first.chunk_size}-frame chunks, this export {self.chunk_size} (re-export it with --chunk-size {self.chunk_size})"
         elif any(head is not None for head in heads):
-            problem = "cannot stand in for this export's first pass: its transducer, cascade or segmenter reads it"
+            problem = "cannot stand in for this export's first pass: its transducer or cascade reads it"
         if problem:
             raise EdgeAsrError(f"--first-pass {directory}: this first pass {problem}")
         return first
