@@ -600,7 +600,7 @@ SEGMENTER_COMMANDS = [
 #: how the ONNX Runtime section was measured
 ONNX_PARITY_COMMAND = (
     "python benchmarks/onnx_parity.py --model default --mode whisper_rescoring "
-    "--manifest test=data/synth-cal/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl "
+    "--manifest test=data/synth4/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl "
     "--out benchmarks/results/onnx_parity_default.json")
 
 

@@ -67,6 +67,15 @@ def test_whisper_benchmark_rows_card_and_report(whisper_imported, tiny_model, tm
     card.unlink()  # --card-only rebuilds the same card from the JSON, measuring nothing
     assert _benchmark_module().main(["--card-only", "--out", str(out), "--card", str(card)]) == 0
     assert card.read_text() == text
+    # a model with a segmenter (as the shipped default) gets its line, its measured section
+    # (benchmarks/results/segmenter.json, measured on the default) and its reproduce lines
+    assert "**Segmenter**" not in text
+    with_segmenter = json.loads(out.read_text())
+    with_segmenter["model"]["parameters"]["segmenter"] = 24705
+    segmenter_card = _benchmark_module().model_card(with_segmenter)
+    assert "- **Segmenter**: 24.7 k parameters" in segmenter_card
+    assert "## Segmenter against the blank rules" in segmenter_card and "| segmenter@0.9 |" in segmenter_card
+    assert "--config configs/whisper/tiny_segmenter_frozen.yaml" in segmenter_card
     bench = report.read_text()
     assert "## Default model: Whisper tiny.en" in bench
     assert "| target | measured | met |" in bench and "<= 25 MB in git" in bench
