@@ -95,11 +95,12 @@ def test_asking_for_a_segmenter_the_model_lacks_is_an_error(tiny_model):
 def test_the_shipped_default_closes_segments_with_its_segmenter():
     """models/default carries a segmenter, on unless turned off; --segmenter-min-silence is
     checked at load with a one-line error."""
-    from edgeasr.cli import main
-
     assert load_model_dir("models/default").model.segmenter is not None
     assert edgeasr.load_model("default", lm=None).segmenter is not None
     assert edgeasr.load_model("default", lm=None, segmenter=False).segmenter is None
+    # torch's dynamic int8 Linear takes the segmenter's frame as a matrix, not a lone vector
+    quantized = edgeasr.load_model("default", lm=None, mode="ctc_greedy", dynamic_int8=True)
+    assert quantized.segmenter is not None and "the job" in quantized.transcribe("samples/kokoro-male.wav").text
 
 
 def test_segmenter_min_silence_on_the_command_line(capsys):

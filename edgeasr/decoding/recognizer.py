@@ -205,8 +205,10 @@ class Recognizer(DecodingCore):
 
     @torch.no_grad()
     def _segment_ended(self, encoded) -> float:
-        """The segmenter's probability that the segment's speech is over by the chunk's last frame."""
-        return float(torch.sigmoid(self.model.segmenter(torch.as_tensor(encoded[-1]).float())))
+        """The segmenter's probability that the segment's speech is over by the chunk's last frame.
+        The frame goes in as a [1, D] matrix: torch's dynamic int8 Linear (``--dynamic-int8``)
+        refuses a lone vector."""
+        return float(torch.sigmoid(self.model.segmenter(torch.as_tensor(encoded[-1:]).float()))[-1])
 
     def rescore_attention(self, hyps, encoded):
         from edgeasr.decoding.rescoring import attention_rescore

@@ -323,6 +323,11 @@ def load_weights_from(model: ASRModel, name_or_path: str | os.PathLike[str] | Pa
             for key, value in source.model.state_dict().items():
                 if key.startswith(prefix):
                     state[f"encoder.layers.{target}.{key[len(prefix):]}"] = value
+    # a head the source has but this config leaves out (``segmenter: null`` in a recipe that
+    # fine-tunes from the default) is not copied
+    for head in ("transducer", "cascade", "segmenter"):
+        if getattr(model, head, None) is None and getattr(source.model, head, None) is not None:
+            state = {key: value for key, value in state.items() if not key.startswith(f"{head}.")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:

@@ -226,7 +226,9 @@ def prepare_qat(model: nn.Module, config: QuantConfig) -> int:
             if type(child) not in _TWINS:
                 continue
             name = f"{parent_name}.{child_name}" if parent_name else child_name
-            spec = config.for_layer(name)
+            # the segmenter (25 k parameters, one small float graph of its own) stays float: its
+            # output is a threshold decision, and it is not part of the encoder's integer graphs
+            spec = None if name.startswith("segmenter.") else config.for_layer(name)
             if spec is None:
                 continue
             setattr(parent, child_name, _twin(child, spec))
