@@ -108,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
              "whisper_rescoring": parameters(model.whisper_decoder)}
     # a dynamic cascade: each smaller sub-model as a mode of its own (cascade_rescoring@N layers)
     exits = model.cascade.config.exit_layers
+    #: the cascade networks timed alone: (the model holding it, sub-model layers) per mode
+    cascades = {"cascade_rescoring": (model, None)}
     for layers in exits[:-1]:
         mode = f"cascade_rescoring@{layers}"
         recognizers[mode] = Recognizer(packaged, DecodeOptions(mode="cascade_rescoring", lm=lm, cascade_layers=layers))
         added[mode] = model.cascade.parameters_of(layers)
+        cascades[mode] = (model, layers)
         modes.insert(modes.index("cascade_rescoring"), mode)
-    cascades = {"cascade_rescoring": (model, None)}
     compared = {}
     for item in args.compare:
         label, _, directory = item.partition("=")
@@ -130,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         cascades[mode] = (other.model, None)
         compared[label] = {"model": directory, "cascade_config": other.model.config.cascade}
         modes.insert(modes.index("cascade_rescoring") + 1, mode)
-    for layers in exits[:-1]:
-        cascades[f"cascade_rescoring@{layers}"] = (model, layers)
     recognizers = {mode: recognizers[mode] for mode in modes}
     result = {
         **run_facts("cascade", "benchmarks/cascade.py", sys.argv[1:] if argv is None else argv),

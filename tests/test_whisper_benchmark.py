@@ -127,3 +127,42 @@ def test_the_speed_probe_says_where_a_chunks_time_goes(tiny_model):
     for name in ("front_end", "search", "rest"):  # the delay is not charged to the other parts
         assert delayed["chunk_parts_ms"][name] < 25
     assert np.isclose(delayed["chunk_latency_ms"]["median"], sum(delayed["chunk_parts_ms"].values()), rtol=0.5)
+
+
+def test_second_pass_frames_benchmark_swaps_only_the_frames_the_decoder_reads(whisper_imported, tmp_path):
+    """benchmarks/second_pass_frames.py: the chunk-causal variants hand the decoder the segment's
+    chunk-causal encoding (alone, or its whole silence window), the shipped variant is untouched,
+    and the result has a row per set and variant and a report section."""
+    import numpy as np
+    import torch
+
+    from edgeasr.decoding.recognizer import DecodeOptions, Recognizer
+    from edgeasr.model.package import load_model_dir
+    from tests.benchmark_helpers import load_benchmark
+
+    benchmark = load_benchmark("second_pass_frames")
+    packaged = load_model_dir(whisper_imported)
+    shipped = Recognizer(packaged, DecodeOptions(mode="whisper_rescoring", chunk_size=16))
+    alone = benchmark.chunk_causal_encode(Recognizer(packaged, DecodeOptions(mode="whisper_rescoring", chunk_size=16)),
+                                          with_window=False)
+    window = benchmark.chunk_causal_encode(Recognizer(packaged, DecodeOptions(mode="whisper_rescoring", chunk_size=16)),
+                                           with_window=True)
+    feats = torch.randn(70, 80)
+    full, _, _ = shipped.second_pass._encode(feats)
+    causal, log_probs, own = alone.second_pass._encode(feats)
+    padded, _, _ = window.second_pass._encode(feats)
+    with torch.no_grad():
+        expected, _ = packaged.model.encoder(feats.unsqueeze(0), torch.tensor([70]), 16, -1)
+    assert torch.allclose(causal, expected) and np.allclose(own, expected[0].numpy())
+    assert log_probs.shape[0] == causal.shape[1]
+    assert padded.shape[1] == full.shape[1] > causal.shape[1]  # the window's frames, as the shipped pass
+    whole = causal.shape[1] // 16 * 16  # chunk-causal: the segment's whole chunks never see the silence after it
+    assert torch.allclose(padded[:, :whole], causal[:, :whole], atol=1e-5)
+    assert not torch.allclose(full[:, : causal.shape[1]], causal, atol=1e-3)
+
+    out, report = tmp_path / "results" / "second_pass_frames.json", tmp_path / "BENCHMARKS.md"
+    assert benchmark.main(["--model", str(whisper_imported), "--manifest", "s=samples/samples.jsonl", "--limit", "1",
+                           "--out", str(out), "--report", str(report)]) == 0
+    rows = json.loads(out.read_text())["sets"]["s"]["rows"]
+    assert set(rows) == set(benchmark.VARIANTS) and all(math.isfinite(r["wer"]) for r in rows.values())
+    assert "## What the Whisper second pass reads" in report.read_text()

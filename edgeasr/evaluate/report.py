@@ -933,6 +933,8 @@ def write_report(results_dir: str | Path, out: str | Path) -> Path:
             lines += integer_profile_section(result, path.name)
         elif result.get("benchmark") == "segmenter":
             lines += segmenter_section(result, path.name)
+        elif result.get("benchmark") == "second_pass_frames":
+            lines += second_pass_frames_section(result, path.name)
         elif result.get("benchmark") == "vad":
             lines += vad_section(result, path.name)
         elif result.get("benchmark") == "second_pass_sweep":
@@ -1209,6 +1211,27 @@ def transducer_section(result: dict, name: str) -> list[str]:
                        if "final_ms_median" in row else "- | -")
             lines.append(f"| {set_name} ({entry['utts']} utts) | {mode} | {row['wer']:.1f} ({row['cer']:.1f}) | "
                          f"{row['rtf']:.4f} | {row['time_vs_first_mode_median']:.2f}x | {latency} |")
+    return lines + [""]
+
+
+def second_pass_frames_section(result: dict, name: str) -> list[str]:
+    """Whisper's decoder over a full-context re-encoding against the first pass's chunk-causal
+    frames (benchmarks/second_pass_frames.py)."""
+    lines = [
+        f"## What the Whisper second pass reads ({name})",
+        "",
+        f"Model `{result['model']}`, `whisper_rescoring`; the decoder reads each segment re-encoded with full context "
+        f"(the shipped pass) or the chunk-causal frames at chunk {result['chunk_size']} "
+        f"({result['chunk_size'] * result['frame_ms']:.0f} ms) that the first pass streamed, alone or with the 10 s "
+        f"silence window encoded the same way; same joint search; {result['machine']} ({result['date']}).",
+        "",
+        "| set | full context | chunk-causal | chunk-causal, window |",
+        "|---|---|---|---|",
+    ]
+    for set_name, entry in result["sets"].items():
+        rows = entry["rows"]
+        cells = [f"{rows[v]['wer']:.1f} ({rows[v]['cer']:.1f})" for v in ("full_context", "chunk_causal", "chunk_causal_window")]
+        lines.append(f"| {set_name} ({entry['utts']} utts), WER (CER) | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
