@@ -91,7 +91,23 @@ def onnx_bytes(export: Path, encoder_suffix: str, decoder_suffix: str) -> dict:
     return {"first_pass": graph_bytes(first), "both_passes": graph_bytes(both)}
 
 
-def build_rows(float_model: str, quantized: list[tuple[str, str]], mode: str) -> dict:
+def gptq_export(float_model: str, calib: str, limit: int, out: Path) -> Path:
+    """The float model's graphs with a GPTQ-rounded 4-bit decoder (``edgeasr export --int4 --calib``),
+    written once into ``out`` (reused when it was made from the same calibration)."""
+    from edgeasr.export.onnx import export_onnx
+    from edgeasr.quant.gptq import whisper_codes
+
+    stamp = {"model": str(Path(float_model).resolve()), "calib": str(Path(calib).resolve()), "limit": limit}
+    marker = out / "gptq_calibration.json"
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
+        return out
+    codes = whisper_codes(float_model, calib, limit)
+    export_onnx(float_model, out, int4=True, gptq_codes=codes)
+    marker.write_text(json.dumps(stamp))
+    return out
+
+
+def build_rows(float_model: str, quantized: list[tuple[str, str]], mode: str, gptq: Path | None = None) -> dict:
     """{row name: (recognizer, info)} for one decoding mode."""
     rows = {}
     float_export = export_cached(float_model, None, None)
@@ -104,6 +120,10 @@ def build_rows(float_model: str, quantized: list[tuple[str, str]], mode: str) ->
         rows[f"{precision} / onnxruntime"] = (load_model(str(float_export), mode=mode, **flags),
                                               {"kind": "onnx", "model": float_model, "export": float_export,
                                                "suffixes": suffixes})
+    if gptq is not None:
+        rows["int4_gptq / onnxruntime"] = (load_model(str(gptq), mode=mode, int4=True),
+                                           {"kind": "onnx", "model": float_model, "export": gptq,
+                                            "suffixes": (".int8.onnx", ".int4.onnx")})
     for name, directory in quantized:
         rows[f"{name} / torch"] = (load_model(directory, mode=mode), {"kind": "quantized", "model": directory})
         export = export_cached(directory, None, None)
@@ -121,12 +141,18 @@ def main() -> int:
     parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="a quantized model")
     parser.add_argument("--manifest", action="append", required=True, metavar="[NAME=]PATH")
     parser.add_argument("--limit", type=int, help="utterances per set (default: all)")
+    parser.add_argument("--calib", metavar="MANIFEST",
+                        help="also the row int4_gptq: the float model's 4-bit decoder rounded by GPTQ on this audio")
+    parser.add_argument("--calib-limit", type=int, default=100)
+    parser.add_argument("--gptq-export", default=str(ROOT / "exp" / "default-gptq-onnx"),
+                        help="where the int4_gptq row's graphs are written (reused when calibrated alike)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quantization_default.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     quantized = [tuple(item.split("=", 1)) for item in args.model]
     sets = [(name, path, read_manifest(path)[: args.limit]) for name, path in _sets(args.manifest)]
+    gptq = gptq_export(args.float_model, args.calib, args.calib_limit, Path(args.gptq_export)) if args.calib else None
     result = {
         "benchmark": "quantization_default",
         "date": time.strftime("%Y-%m-%d"),
@@ -136,12 +162,13 @@ def main() -> int:
         "float_model": args.float_model,
         "quantized": {name: {"model": directory, "quantization": load_model_dir(directory).model.config.quantization}
                       for name, directory in quantized},
+        "gptq": {"calib": args.calib, "calib_limit": args.calib_limit, "export": args.gptq_export} if gptq else None,
         "chunk_ms": None,
         "rows": {},
         "sets": {name: {"manifest": path, "utts": len(utts)} for name, path, utts in sets},
     }
     for mode in MODES:
-        rows = build_rows(args.float_model, quantized, mode)
+        rows = build_rows(args.float_model, quantized, mode, gptq)
         for row, (recognizer, info) in rows.items():
             entry = result["rows"].setdefault(row, {"model": info["model"]})
             if "bytes" not in entry:

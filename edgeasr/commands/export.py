@@ -26,6 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write 4-bit decoder graphs (MatMulNBits, blocks of 32; implies --int8 for the "
                              "encoder graphs they run beside); a model trained to 4 bits (QAT/PTQ W4) also gets "
                              "4-bit encoder graphs carrying its own codes exactly")
+    parser.add_argument("--calib", metavar="MANIFEST",
+                        help="with --int4: round the 4-bit decoder with GPTQ, calibrated on this audio (the "
+                             "model's second pass decodes it; keep it apart from your test sets), instead of "
+                             "round-to-nearest")
+    parser.add_argument("--calib-encoder", action="store_true",
+                        help="with --calib: the encoder's layers 4-bit too, rounded by GPTQ (both encoder graphs)")
+    parser.add_argument("--calib-limit", type=int, default=100, metavar="N",
+                        help="calibration utterances for --calib, spread over the manifest (default: 100)")
     parser.set_defaults(func=run)
 
 
@@ -35,13 +43,31 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    from edgeasr.errors import EdgeAsrError
     from edgeasr.export.onnx import export_onnx
 
+    if args.calib and not args.int4:
+        raise EdgeAsrError("--calib rounds the 4-bit decoder graphs: add --int4")
+    if args.calib_encoder and not args.calib:
+        raise EdgeAsrError("--calib-encoder rounds the encoder with GPTQ on calibration audio: add --calib MANIFEST")
+    if args.calib_limit < 1:
+        raise EdgeAsrError(f"--calib-limit must be at least 1, got {args.calib_limit}")
     started = time.monotonic()
+    gptq_codes = None
+    if args.calib:
+        from edgeasr.progress import Progress
+        from edgeasr.quant.gptq import whisper_codes
+
+        parts = "encoder and decoder" if args.calib_encoder else "decoder"
+        print(f"edgeasr: calibrating the 4-bit {parts} (GPTQ) on {args.calib} ...", file=sys.stderr, flush=True)
+        progress = Progress.auto("calibrate", args.calib_limit, "utterances")
+        gptq_codes = whisper_codes(args.model, args.calib, args.calib_limit, encoder=args.calib_encoder,
+                                   report=lambda done, total: progress.update(done))
     kinds = " (float, int8 and 4-bit decoder graphs)" if args.int4 else " (float and int8 graphs)" if args.int8 else ""
     print(f"edgeasr: exporting {args.model} to ONNX{kinds}: "
           "tracing and writing the graphs takes a while ...", file=sys.stderr, flush=True)
-    meta = export_onnx(args.model, args.out, args.chunk_size, args.left_chunks, args.int8, int4=args.int4)
+    meta = export_onnx(args.model, args.out, args.chunk_size, args.left_chunks, args.int8, int4=args.int4,
+                       gptq_codes=gptq_codes)
     written = sorted(Path(args.out).glob("*.onnx")) + sorted(Path(args.out).glob("weights*.bin"))
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in written)
     print(f"exported to {args.out} in {time.monotonic() - started:.0f} s: {sizes}; chunk {meta['chunk_size']}, "

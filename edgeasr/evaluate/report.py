@@ -1136,7 +1136,10 @@ def quantization_default_section(result: dict, name: str) -> list[str]:
         "torch rows of quantized models run fake-quant (the reference for their numerics, not a fast path); "
         "onnxruntime rows of 8-bit models run int8 graphs (per channel, their codes exactly), of 4-bit models "
         "the int4 export (their own 4-bit codes as MatMulNBits in both encoder graphs, 4-bit decoder graphs). "
-        "The float model's `int4` row: 4-bit decoder graphs beside the int8 encoder. MB: bytes on disk of what "
+        "The float model's `int4` row: 4-bit decoder graphs beside the int8 encoder"
+        + ("; `int4_gptq`: the same with the decoder's layers rounded by GPTQ, calibrated on "
+           f"{result['gptq']['calib_limit']} utterances of `{result['gptq']['calib']}` (`edgeasr export --int4 --calib`)"
+           if result.get("gptq") else "") + ". MB: bytes on disk of what "
         "the row reads, first pass (encoder + CTC head) and both passes (+ Whisper's decoder); x: fp32 torch's "
         "bytes / the row's. Time: median over utterances of the row's compute / fp32 torch's (rows take turns). "
         f"{result['machine']} ({result['date']}).",
@@ -1161,8 +1164,9 @@ def quantization_default_section(result: dict, name: str) -> list[str]:
                   f"{speed[two_passes]['rtf']:.4f}"]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
-    four_bit = [f"{n} / onnxruntime" for n, q in result.get("quantized", {}).items()
-                if (q.get("quantization") or {}).get("weight_bits") == 4]
+    four_bit = [row for row in ("int4 / onnxruntime", "int4_gptq / onnxruntime") if row in rows]
+    four_bit += [f"{n} / onnxruntime" for n, q in result.get("quantized", {}).items()
+                 if (q.get("quantization") or {}).get("weight_bits") == 4]
     for row in four_bit:
         entry = rows[row]
         smaller = reference["bytes"]["both_passes"] / entry["bytes"]["both_passes"]

@@ -145,19 +145,58 @@ def to_matmul_nbits(graph_model) -> int:
     return replaced
 
 
-def write_int4_graph(source: Path, target: Path) -> int:
-    """``target``: ``source`` with its 4-bit matrices as exact MatMulNBits and the other products
-    as per-channel dynamic int8; returns the number of 4-bit matrices (0: nothing was 4-bit)."""
+def codes_to_matmul_nbits(graph_model, codes_by_weight: dict) -> int:
+    """Replace, in place, every ``MatMul`` whose constant weight has block codes in
+    ``codes_by_weight`` (keyed by ``linear_fingerprint``, e.g. GPTQ's) by a ``MatMulNBits`` with
+    those codes, scales and zero points; returns how many were replaced."""
+    from onnx import helper, numpy_helper
+
+    graph = graph_model.graph
+    codes_by_output = matmul_codes_by_output(graph_model, codes_by_weight)
+    nodes = []
+    for node in graph.node:
+        quantized = codes_by_output.get(node.output[0]) if node.op_type == "MatMul" else None
+        if quantized is None:
+            nodes.append(node)
+            continue
+        rows, depth = quantized.codes.shape
+        names = [f"{node.input[1]}.{part}" for part in ("q4", "q4_scales", "q4_zero_points")]
+        for name, array in zip(names, matmul_nbits_arrays(quantized)):
+            if name not in {t.name for t in graph.initializer}:
+                graph.initializer.append(numpy_helper.from_array(array, name))
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
+                                      name=f"{node.name or node.input[1]}.q4", domain="com.microsoft",
+                                      K=depth, N=rows, bits=4, block_size=quantized.block, accuracy_level=4))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    still_used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if codes_by_output and not any(entry.domain == "com.microsoft" for entry in graph_model.opset_import):
+        graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(codes_by_output)
+
+
+def write_int4_graph(source: Path, target: Path, codes_by_weight: dict | None = None) -> int:
+    """``target``: ``source`` with its 4-bit matrices as exact MatMulNBits (weights on a 4-bit
+    grid, and those with block codes in ``codes_by_weight``) and the other products as per-channel
+    dynamic int8; returns the number of 4-bit matrices (0: nothing was 4-bit)."""
     import onnx
 
     from edgeasr.export.onnx import compact_initializers
 
     graph_model = onnx.load(str(source))
-    replaced = to_matmul_nbits(graph_model)
+    on_grid = to_matmul_nbits(graph_model)
+    coded = codes_to_matmul_nbits(graph_model, codes_by_weight) if codes_by_weight else 0
+    replaced = on_grid + coded
     staged = target.with_suffix(".nbits.onnx")
     try:
         onnx.save(graph_model, str(staged))
-        _dynamic_int8(staged, target)
+        # per channel carries a quantized model's 8-bit codes; a float model's other products (the
+        # CTC head beside GPTQ's layers) have none, and per-tensor int8 is the safer kernel: on
+        # AVX2 without VNNI, onnxruntime's u8 x s8 products saturate with per-channel weights
+        _dynamic_int8(staged, target, per_channel=on_grid > 0 or not coded)
     finally:
         staged.unlink(missing_ok=True)
     graph_model = onnx.load(str(target))
@@ -166,8 +205,9 @@ def write_int4_graph(source: Path, target: Path) -> int:
     return replaced
 
 
-def _dynamic_int8(source: Path, target: Path) -> None:
-    """Per-channel dynamic int8 of the remaining MatMul / Gemm nodes (MatMulNBits is left alone)."""
+def _dynamic_int8(source: Path, target: Path, per_channel: bool = True) -> None:
+    """Dynamic int8 (per output channel, or per tensor) of the remaining MatMul / Gemm nodes
+    (MatMulNBits is left alone)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -177,7 +217,7 @@ def _dynamic_int8(source: Path, target: Path) -> None:
     root.setLevel(logging.ERROR)  # it warns that it cannot type MatMulNBits' outputs: they are float
     try:
         quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"],
-                         weight_type=QuantType.QInt8, per_channel=True)
+                         weight_type=QuantType.QInt8, per_channel=per_channel)
     finally:
         root.setLevel(level)
 
@@ -222,3 +262,79 @@ def tie_quantized_embedding(graph_model) -> bool:
             scales.CopyFrom(numpy_helper.from_array(widened, scales.name))
             return True
     return False
+
+
+def weight_fingerprint(matrix: np.ndarray) -> str:
+    """Identity of a constant matrix by content (the exported graph renames a Linear's weight
+    and stores it transposed as a MatMul's [K, N] input, but not a single value changes)."""
+    import hashlib
+
+    array = np.ascontiguousarray(matrix, dtype=np.float32)
+    return f"{array.shape}:{hashlib.sha1(array.tobytes()).hexdigest()}"
+
+
+def linear_fingerprint(weight) -> str:
+    """``weight_fingerprint`` of a torch Linear weight [N, K] as a graph's MatMul reads it."""
+    return weight_fingerprint(weight.detach().float().T.contiguous().numpy())
+
+
+def matmul_codes_by_output(graph_model, codes_by_weight: dict) -> dict:
+    """{output name of a MatMul: its ``BlockQuantized`` codes} for the graph's MatMuls whose
+    constant weight is one of ``codes_by_weight`` (keyed by ``linear_fingerprint``)."""
+    from onnx import numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in graph_model.graph.initializer}
+    found = {}
+    for node in graph_model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) != 2 or node.input[1] not in initializers:
+            continue
+        key = weight_fingerprint(numpy_helper.to_array(initializers[node.input[1]]))
+        if key in codes_by_weight:
+            found[node.output[0]] = codes_by_weight[key]
+    return found
+
+
+def matmul_nbits_arrays(quantized) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ``BlockQuantized`` [N, K] in ``MatMulNBits``' asymmetric layout: B uint8
+    [N, K/block, block/2] (two codes a byte, low nibble first), scales float32 [N, K/block],
+    zero points uint8 [N, ceil(K/block / 2)] (two a byte, low nibble first)."""
+    import torch
+
+    from edgeasr.quant.pack import pack_codes as pack
+
+    rows, depth = quantized.codes.shape
+    blocks = depth // quantized.block
+    packed = pack(quantized.codes.to(torch.int16) - 8, 4).numpy().reshape(rows, blocks, quantized.block // 2)
+    zeros = quantized.zero_points.to(torch.int16)
+    if blocks % 2:
+        zeros = torch.cat([zeros, torch.zeros(rows, 1, dtype=torch.int16)], dim=1)
+    packed_zeros = pack(zeros - 8, 4).numpy().reshape(rows, -1)
+    return packed, quantized.scales.float().numpy().reshape(rows, blocks), packed_zeros
+
+
+def install_block_codes(graph_model, codes_by_output: dict) -> int:
+    """Overwrite, in place, the 4-bit weights of every ``MatMulNBits`` whose output is in
+    ``codes_by_output`` with those codes (same block size and layout, so the node stays as it
+    is); returns how many were replaced."""
+    from onnx import helper, numpy_helper
+
+    graph = graph_model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    replaced = 0
+    for node in graph.node:
+        quantized = codes_by_output.get(node.output[0]) if node.op_type == "MatMulNBits" else None
+        if quantized is None:
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rows, depth = quantized.codes.shape
+        if (attributes.get("N"), attributes.get("K"), attributes.get("block_size"), attributes.get("bits")) != \
+                (rows, depth, quantized.block, 4) or len(node.input) < 4:
+            raise ValueError(f"{node.name}: not an asymmetric 4-bit [{depth} x {rows}] product in blocks of "
+                             f"{quantized.block}")
+        for name, array in zip(node.input[1:4], matmul_nbits_arrays(quantized)):
+            old = numpy_helper.to_array(initializers[name])
+            if old.shape != array.shape or old.dtype != array.dtype:
+                raise ValueError(f"{name}: stored as {old.dtype}{list(old.shape)}, codes give {array.dtype}{list(array.shape)}")
+            initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+        replaced += 1
+    return replaced

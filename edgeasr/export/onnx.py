@@ -146,8 +146,12 @@ def _quantize_int8(source: Path, target: Path, per_channel: bool) -> None:
 INT4_BLOCK = 32
 
 
-def _quantize_int4(source: Path, target: Path) -> None:
-    """4-bit weight-only quantization (``MatMulNBits`` / ``GatherBlockQuantized``) of one graph."""
+def _quantize_int4(source: Path, target: Path, block_codes: dict | None = None) -> None:
+    """4-bit weight-only quantization (``MatMulNBits`` / ``GatherBlockQuantized``) of one graph.
+
+    onnxruntime's quantizer rounds every product to the nearest level; ``block_codes``
+    ({``linear_fingerprint``: ``BlockQuantized``}, e.g. GPTQ's) replaces the codes of the products
+    whose weights they are, in the same layout, so only the rounding differs."""
     import logging
 
     import onnx
@@ -157,11 +161,16 @@ def _quantize_int4(source: Path, target: Path) -> None:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it logs every node it visits, and the IR version it raises to 10
     try:
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=INT4_BLOCK, is_symmetric=False,
+        graph = onnx.load(str(source))
+        from edgeasr.export.int4 import install_block_codes, matmul_codes_by_output, tie_quantized_embedding
+
+        codes_by_output = matmul_codes_by_output(graph, block_codes) if block_codes else {}
+        quantizer = MatMulNBitsQuantizer(graph, block_size=INT4_BLOCK, is_symmetric=False,
                                          accuracy_level=4, op_types_to_quantize=("MatMul", "Gather"),
                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer.process()
-        from edgeasr.export.int4 import tie_quantized_embedding
+        if install_block_codes(quantizer.model.model, codes_by_output) != len(codes_by_output):
+            raise RuntimeError(f"{source.name}: some GPTQ codes found no 4-bit product to go into")
 
         tie_quantized_embedding(quantizer.model.model)  # a tied output projection reads the table's codes
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
@@ -275,16 +284,19 @@ def export_onnx(
     num_left_chunks: int | None = None,
     int8: bool = False,
     int4: bool = False,
+    gptq_codes: dict | None = None,
 ) -> dict:
     """Export a packaged model for streaming with ONNX Runtime; returns the metadata written.
     ``int4`` adds 4-bit decoder graphs (and implies the int8 encoder graphs they run beside); for a
-    model with 4-bit weights (QAT/PTQ W4) also 4-bit encoder graphs carrying its codes exactly."""
+    model with 4-bit weights (QAT/PTQ W4) also 4-bit encoder graphs carrying its codes exactly.
+    ``gptq_codes``: the 4-bit decoder's codes from ``edgeasr.quant.gptq.whisper_codes``
+    in place of onnxruntime's round-to-nearest."""
 
     packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
     asr = packaged.model.eval()
     int8 = int8 or int4
     if packaged.features.kind == "whisper_mel" and hasattr(asr.encoder, "max_frames"):
-        return _export_whisper(packaged, out_dir, chunk_size, num_left_chunks, int8, int4)
+        return _export_whisper(packaged, out_dir, chunk_size, num_left_chunks, int8, int4, gptq_codes)
     if packaged.features.kind not in ("fbank", "whisper_mel") or not hasattr(asr.encoder, "subsampling"):
         raise EdgeAsrError("ONNX export covers block-plan encoders with fbank or Whisper log-mel features; this "
                            f"model ({packaged.features.kind} front end) runs with the torch backend")
@@ -502,12 +514,12 @@ def _export_heads(model, out: Path, int8: bool, int4: bool = False) -> dict:
 
 
 def _export_whisper(packaged: PackagedModel, out_dir, chunk_size, num_left_chunks, int8: bool,
-                    int4: bool = False) -> dict:
+                    int4: bool = False, gptq_codes: dict | None = None) -> dict:
     """The Whisper-encoder model's graphs (edgeasr.export.whisper_onnx), with the same side files."""
     from edgeasr.export.whisper_onnx import export_whisper_onnx
 
     chunk, left, out = _streaming_settings(packaged, chunk_size, num_left_chunks, out_dir)
-    metadata = export_whisper_onnx(packaged, out, chunk, left, int8, int4=int4)
+    metadata = export_whisper_onnx(packaged, out, chunk, left, int8, int4=int4, gptq_codes=gptq_codes)
     from edgeasr.export.whisper_onnx import has_4bit_weights
 
     heads = float_twin(packaged.model) if packaged.model.config.quantization is not None else packaged.model

@@ -135,11 +135,12 @@ class _DecoderStep(nn.Module):
 
 
 def export_whisper_second_pass(packaged, out: Path, int8: bool, int4: bool = False, per_channel: bool = False,
-                               int4_encoder: bool = False) -> dict:
+                               int4_encoder: bool = False, gptq_codes: dict | None = None) -> dict:
     """Write encoder_full.onnx, decoder_cross.onnx, decoder_step.onnx (and their int8 twins) and
     whisper/ (tokenizer); returns the metadata entries they add. ``int4``: 4-bit decoder graphs
     (onnxruntime's quantizer); ``int4_encoder``: encoder_full.int4.onnx from the model's own
-    4-bit codes."""
+    4-bit codes; ``gptq_codes``: GPTQ codes for the 4-bit decoder graphs' products
+    (``edgeasr.quant.gptq.whisper_codes``) in place of round-to-nearest."""
     import shutil
 
     from edgeasr.export.int4 import write_int4_graph
@@ -185,9 +186,9 @@ def export_whisper_second_pass(packaged, out: Path, int8: bool, int4: bool = Fal
                 _quantize_int8(out / name, out / name.replace(".onnx", ".int8.onnx"),
                                per_channel=per_channel and name == "encoder_full.onnx")
             if int4 and name.startswith("decoder"):
-                _quantize_int4(out / name, out / name.replace(".onnx", ".int4.onnx"))
+                _quantize_int4(out / name, out / name.replace(".onnx", ".int4.onnx"), gptq_codes)
             if int4_encoder and name == "encoder_full.onnx":
-                write_int4_graph(out / name, out / "encoder_full.int4.onnx")
+                write_int4_graph(out / name, out / "encoder_full.int4.onnx", gptq_codes)
     shutil.copy2(packaged.whisper_dir / "tokenizer.json", out / "whisper_tokenizer.json")
     tokens_info = packaged.whisper_tokens
     return {
@@ -199,6 +200,7 @@ def export_whisper_second_pass(packaged, out: Path, int8: bool, int4: bool = Fal
         "whisper_layers": layers,
         "whisper_heads": heads,
         "whisper_d_model": dec_config.d_model,
+        **({"int4_decoder_rounding": "gptq" if gptq_codes else "round_to_nearest"} if int4 else {}),
     }
 
 
@@ -207,14 +209,17 @@ def cache_names(num_layers: int, prefix: str = "") -> list[str]:
 
 
 def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, second_pass: bool = True,
-                        int4: bool = False) -> dict:
+                        int4: bool = False, gptq_codes: dict | None = None) -> dict:
     """Write encoder.onnx (and encoder.int8.onnx), the second pass's graphs when the model has
     Whisper's decoder, tokenizer/ and metadata.json; returns the metadata."""
-    from edgeasr.export.int4 import write_int4_graph
+    from edgeasr.export.int4 import linear_fingerprint, write_int4_graph
     from edgeasr.export.onnx import _quantize_int8, float_twin, stamp_metadata
 
     source_quantization = packaged.model.config.quantization
-    four_bit = int4 and has_4bit_weights(packaged.model)
+    # GPTQ codes for the encoder's layers (``whisper_codes(..., encoder=True)``) make its graphs 4-bit too
+    encoder_codes = bool(gptq_codes) and any(linear_fingerprint(m.weight) in gptq_codes
+                                             for m in packaged.model.encoder.modules() if isinstance(m, nn.Linear))
+    four_bit = int4 and (has_4bit_weights(packaged.model) or encoder_codes)
     if source_quantization is not None:
         # the graphs compute with the quantized model's rounded weights (see float_twin)
         packaged = replace(packaged, model=float_twin(packaged.model))
@@ -262,8 +267,9 @@ def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, 
         "layers": [],
         "has_decoder": False,
         "source_quantization": source_quantization,
-        # encoder*.int4.onnx: the model's own 4-bit codes as MatMulNBits (edgeasr.export.int4)
+        # encoder*.int4.onnx: the model's own 4-bit codes (or GPTQ's) as MatMulNBits (edgeasr.export.int4)
         "int4_encoder": four_bit,
+        **({"int4_encoder_rounding": "gptq"} if int4 and encoder_codes else {}),
     }
     stamp_metadata(path, metadata)
     # a quantized model's 8-bit weights are on a per-channel grid: int8 per channel keeps them
@@ -271,10 +277,10 @@ def export_whisper_onnx(packaged, out: Path, chunk: int, left: int, int8: bool, 
     if int8:
         _quantize_int8(path, out / "encoder.int8.onnx", per_channel=per_channel)
     if four_bit:
-        write_int4_graph(path, out / "encoder.int4.onnx")
+        write_int4_graph(path, out / "encoder.int4.onnx", gptq_codes)
     if second_pass:
         metadata.update(export_whisper_second_pass(packaged, out, int8, int4, per_channel=per_channel,
-                                                   int4_encoder=four_bit))
+                                                   int4_encoder=four_bit, gptq_codes=gptq_codes))
     metadata["weights_files"] = share_graph_weights(out)
     return metadata
 
