@@ -6,10 +6,20 @@ torch and in ONNX Runtime, both passes, in one run.
         --manifest test=data/synth15/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl \\
         --out benchmarks/results/quantization_default.json
 
+    # GPTQ rows on the current default (benchmarks/results/quantization_default_gptq.json)
+    python benchmarks/quantization_default.py --float models/default \\
+        --calib data/synth15/train.jsonl --calib-encoder \\
+        --manifest test=data/synth4/test.jsonl --manifest realdev=../shared/data/realdev/realdev.jsonl \\
+        --out benchmarks/results/quantization_default_gptq.json
+
 Rows, each a model in a runtime:
 - fp32 (torch), dynamic_int8 (torch's quantize_dynamic at load), and the float model's ONNX graphs
   as onnxruntime quantizes them: fp32, int8 (dynamic int8, per tensor) and int4 (4-bit decoder
   graphs, the encoder in int8: a float encoder loses 4-9 points when rounded to 4 bits);
+- with ``--calib MANIFEST``: int4_gptq, the float model's 4-bit decoder graphs with their layers
+  rounded by GPTQ on that audio instead of round-to-nearest (``edgeasr export --int4 --calib``), and
+  with ``--calib-encoder`` int4_gptq_all, the encoder's layers 4-bit by GPTQ as well (both encoder
+  graphs);
 - every quantized model given (``--model NAME=DIR``): in torch (fake-quant: the reference for its
   numerics, not a fast path) and in onnxruntime (8-bit models: int8 graphs per channel, which carry
   their codes exactly; 4-bit models: the int4 export, their own codes as MatMulNBits in both
@@ -91,23 +101,25 @@ def onnx_bytes(export: Path, encoder_suffix: str, decoder_suffix: str) -> dict:
     return {"first_pass": graph_bytes(first), "both_passes": graph_bytes(both)}
 
 
-def gptq_export(float_model: str, calib: str, limit: int, out: Path) -> Path:
-    """The float model's graphs with a GPTQ-rounded 4-bit decoder (``edgeasr export --int4 --calib``),
-    written once into ``out`` (reused when it was made from the same calibration)."""
+def gptq_export(float_model: str, calib: str, limit: int, out: Path, encoder: bool = False) -> Path:
+    """The float model's graphs with GPTQ-rounded 4-bit layers (``edgeasr export --int4 --calib``:
+    the decoder's; with ``encoder``, ``--calib-encoder``, the encoder's too), written once into
+    ``out`` (reused when it was made from the same calibration)."""
     from edgeasr.export.onnx import export_onnx
     from edgeasr.quant.gptq import whisper_codes
 
-    stamp = {"model": str(Path(float_model).resolve()), "calib": str(Path(calib).resolve()), "limit": limit}
+    stamp = {"model": str(Path(float_model).resolve()), "calib": str(Path(calib).resolve()), "limit": limit,
+             "encoder": encoder}
     marker = out / "gptq_calibration.json"
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return out
-    codes = whisper_codes(float_model, calib, limit)
+    codes = whisper_codes(float_model, calib, limit, encoder=encoder)
     export_onnx(float_model, out, int4=True, gptq_codes=codes)
     marker.write_text(json.dumps(stamp))
     return out
 
 
-def build_rows(float_model: str, quantized: list[tuple[str, str]], mode: str, gptq: Path | None = None) -> dict:
+def build_rows(float_model: str, quantized: list[tuple[str, str]], mode: str, gptq: dict | None = None) -> dict:
     """{row name: (recognizer, info)} for one decoding mode."""
     rows = {}
     float_export = export_cached(float_model, None, None)
@@ -120,10 +132,9 @@ def build_rows(float_model: str, quantized: list[tuple[str, str]], mode: str, gp
         rows[f"{precision} / onnxruntime"] = (load_model(str(float_export), mode=mode, **flags),
                                               {"kind": "onnx", "model": float_model, "export": float_export,
                                                "suffixes": suffixes})
-    if gptq is not None:
-        rows["int4_gptq / onnxruntime"] = (load_model(str(gptq), mode=mode, int4=True),
-                                           {"kind": "onnx", "model": float_model, "export": gptq,
-                                            "suffixes": (".int8.onnx", ".int4.onnx")})
+    for row, (export, encoder_suffix) in (gptq or {}).items():
+        rows[row] = (load_model(str(export), mode=mode, int4=True),
+                     {"kind": "onnx", "model": float_model, "export": export, "suffixes": (encoder_suffix, ".int4.onnx")})
     for name, directory in quantized:
         rows[f"{name} / torch"] = (load_model(directory, mode=mode), {"kind": "quantized", "model": directory})
         export = export_cached(directory, None, None)
@@ -144,15 +155,24 @@ def main() -> int:
     parser.add_argument("--calib", metavar="MANIFEST",
                         help="also the row int4_gptq: the float model's 4-bit decoder rounded by GPTQ on this audio")
     parser.add_argument("--calib-limit", type=int, default=100)
+    parser.add_argument("--calib-encoder", action="store_true",
+                        help="with --calib, also the row int4_gptq_all: the encoder's layers 4-bit (GPTQ) too")
     parser.add_argument("--gptq-export", default=str(ROOT / "exp" / "default-gptq-onnx"),
-                        help="where the int4_gptq row's graphs are written (reused when calibrated alike)")
+                        help="where the GPTQ rows' graphs are written (DIR, DIR-all; reused when calibrated alike)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quantization_default.json"))
     parser.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     quantized = [tuple(item.split("=", 1)) for item in args.model]
     sets = [(name, path, read_manifest(path)[: args.limit]) for name, path in _sets(args.manifest)]
-    gptq = gptq_export(args.float_model, args.calib, args.calib_limit, Path(args.gptq_export)) if args.calib else None
+    gptq = {}
+    if args.calib:
+        gptq["int4_gptq / onnxruntime"] = (
+            gptq_export(args.float_model, args.calib, args.calib_limit, Path(args.gptq_export)), ".int8.onnx")
+    if args.calib and args.calib_encoder:
+        gptq["int4_gptq_all / onnxruntime"] = (
+            gptq_export(args.float_model, args.calib, args.calib_limit, Path(args.gptq_export + "-all"), encoder=True),
+            ".int4.onnx")
     result = {
         "benchmark": "quantization_default",
         "date": time.strftime("%Y-%m-%d"),
@@ -162,7 +182,8 @@ def main() -> int:
         "float_model": args.float_model,
         "quantized": {name: {"model": directory, "quantization": load_model_dir(directory).model.config.quantization}
                       for name, directory in quantized},
-        "gptq": {"calib": args.calib, "calib_limit": args.calib_limit, "export": args.gptq_export} if gptq else None,
+        "gptq": {"calib": args.calib, "calib_limit": args.calib_limit, "encoder_row": args.calib_encoder,
+                 "export": args.gptq_export} if gptq else None,
         "chunk_ms": None,
         "rows": {},
         "sets": {name: {"manifest": path, "utts": len(utts)} for name, path, utts in sets},

@@ -43,16 +43,18 @@ def test_gptq_with_uncorrelated_inputs_is_round_to_nearest():
     weight = torch.randn(24, 64)
     hessian = torch.diag(torch.rand(64) + 0.5)
     assert torch.equal(gptq(weight, hessian).codes, round_to_nearest(weight).codes)
+    assert torch.equal(gptq(weight, hessian, act_order=True).codes, round_to_nearest(weight).codes)
 
 
 def test_gptq_cuts_the_layer_output_error_on_correlated_inputs():
-    weight = torch.randn(48, 128)
+    weight = torch.randn(48, 128, generator=torch.Generator().manual_seed(0))
     inputs = correlated_inputs(2500, 128, seed=1)
     calibration, held_out = inputs[:2000], inputs[2000:]
     hessian = calibration.T @ calibration / len(calibration)
     error = lambda q: ((held_out @ (weight - q.dequantize()).T) ** 2).mean().item()  # noqa: E731
     rtn, ours = error(round_to_nearest(weight)), error(gptq(weight, hessian))
     assert ours < 0.5 * rtn, (ours, rtn)
+    assert error(gptq(weight, hessian, act_order=True)) < 0.5 * rtn
 
 
 def test_gptq_rejects_shapes_it_cannot_block():
@@ -91,6 +93,7 @@ def test_gptq_codes_go_into_the_4_bit_graph_unchanged(tmp_path):
     from edgeasr.export.int4 import linear_fingerprint, matmul_nbits_arrays
     from edgeasr.export.onnx import _quantize_int4
 
+    torch.manual_seed(0)
     layer = nn.Linear(64, 24, bias=False)
     weight_kn = layer.weight.detach().T.contiguous().numpy()
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
@@ -133,12 +136,14 @@ def test_write_int4_graph_turns_coded_products_into_4_bit_and_the_rest_int8(tmp_
 
     from edgeasr.export.int4 import linear_fingerprint, matmul_nbits_arrays, write_int4_graph
 
+    torch.manual_seed(0)
     coded, plain = nn.Linear(64, 32, bias=False), nn.Linear(32, 8, bias=False)
     weights = [numpy_helper.from_array(coded.weight.detach().T.contiguous().numpy(), "w1"),
                numpy_helper.from_array(plain.weight.detach().T.contiguous().numpy(), "w2")]
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
                               "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 64])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 8])], weights)
+                              [helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, [None, 32]),
+                               helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 8])], weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
     inputs = correlated_inputs(300, 64)
     codes = gptq(coded.weight, inputs.T @ inputs / 300)
@@ -151,7 +156,10 @@ def test_write_int4_graph_turns_coded_products_into_4_bit_and_the_rest_int8(tmp_
     for name, expected in zip(node.input[1:4], matmul_nbits_arrays(codes)):
         assert np.array_equal(stored[name], expected), name
     x = correlated_inputs(6, 64, seed=4).numpy()
-    got = ort.InferenceSession(str(tmp_path / "g.int4.onnx")).run(None, {"x": x})[0]
-    expected = x @ codes.dequantize().T.numpy() @ plain.weight.detach().T.numpy()
-    # on the mean: onnxruntime's u8 x s8 int8 kernel saturates a few sums on AVX2 CPUs without VNNI
-    assert np.abs(got - expected).mean() < 0.03 * np.abs(expected).mean()
+    hidden, got = ort.InferenceSession(str(tmp_path / "g.int4.onnx")).run(None, {"x": x})
+    expected_hidden = x @ codes.dequantize().T.numpy()
+    # accuracy level 4 rounds the activations to int8 per block: ~1% of the output's scale
+    assert np.abs(hidden - expected_hidden).max() < 0.02 * np.abs(expected_hidden).max()
+    # the int8 product only roughly: onnxruntime's u8 x s8 kernel saturates some sums on AVX2 CPUs
+    expected = expected_hidden @ plain.weight.detach().T.numpy()
+    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95

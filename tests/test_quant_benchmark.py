@@ -65,12 +65,23 @@ def test_quantization_benchmark_on_the_default_covers_both_passes_and_4_bit_grap
                  "--layers", "{ctc: {weight_bits: 8}, 'encoder.conv*': {weight_bits: 8}}"]) == 0
     out, report = tmp_path / "results" / "quantization_default.json", tmp_path / "BENCHMARKS.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quantization_default.py"), "--model", f"ptq_w4a8={ptq}",
-                    "--manifest", f"clips={manifest}", "--out", str(out), "--report", str(report)],
+                    "--manifest", f"clips={manifest}", "--out", str(out), "--report", str(report),
+                    "--calib", str(manifest), "--calib-limit", "2", "--calib-encoder", "--gptq-export", str(tmp_path / "gptq")],
                    check=True, capture_output=True)
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert set(rows) == {"fp32 / torch", "dynamic_int8 / torch", "fp32 / onnxruntime", "int8 / onnxruntime",
-                         "int4 / onnxruntime", "ptq_w4a8 / torch", "ptq_w4a8 / onnxruntime"}
+                         "int4 / onnxruntime", "int4_gptq / onnxruntime", "int4_gptq_all / onnxruntime",
+                         "ptq_w4a8 / torch", "ptq_w4a8 / onnxruntime"}
+    # the GPTQ rows' graphs say how they were rounded; the second one's encoder is 4-bit as well
+    decoder_only = json.loads((tmp_path / "gptq" / "metadata.json").read_text())
+    both = json.loads((tmp_path / "gptq-all" / "metadata.json").read_text())
+    assert decoder_only["int4_decoder_rounding"] == "gptq" and not decoder_only["int4_encoder"]
+    assert both["int4_encoder_rounding"] == "gptq" and both["int4_encoder"]
+    assert rows["int4_gptq_all / onnxruntime"]["bytes"]["first_pass"] < 0.75 * rows["int8 / onnxruntime"]["bytes"]["first_pass"]
+    assert rows["int4_gptq / onnxruntime"]["bytes"]["both_passes"] < 0.5 * rows["int8 / onnxruntime"]["bytes"]["both_passes"]
+    for row in ("int4_gptq / onnxruntime", "int4_gptq_all / onnxruntime"):
+        assert rows[row]["sets"]["clips"]["whisper_rescoring"]["wer"] < 20, row
     assert result["quantized"]["ptq_w4a8"]["quantization"]["weight_bits"] == 4
     fp32 = rows["fp32 / torch"]["bytes"]
     for name, row in rows.items():
@@ -84,3 +95,4 @@ def test_quantization_benchmark_on_the_default_covers_both_passes_and_4_bit_grap
     assert rows["ptq_w4a8 / onnxruntime"]["sets"]["clips"]["whisper_rescoring"]["wer"] < 20
     text = report.read_text()
     assert "## Quantization of the default model" in text and "| ptq_w4a8 / onnxruntime |" in text
+    assert "| int4_gptq / onnxruntime: >= 6x smaller" in text

@@ -1139,6 +1139,8 @@ def quantization_default_section(result: dict, name: str) -> list[str]:
         "The float model's `int4` row: 4-bit decoder graphs beside the int8 encoder"
         + ("; `int4_gptq`: the same with the decoder's layers rounded by GPTQ, calibrated on "
            f"{result['gptq']['calib_limit']} utterances of `{result['gptq']['calib']}` (`edgeasr export --int4 --calib`)"
+           + ("; `int4_gptq_all`: the encoder's layers 4-bit by GPTQ as well (`--calib-encoder`), both encoder graphs"
+              if result["gptq"].get("encoder_row") else "")
            if result.get("gptq") else "") + ". MB: bytes on disk of what "
         "the row reads, first pass (encoder + CTC head) and both passes (+ Whisper's decoder); x: fp32 torch's "
         "bytes / the row's. Time: median over utterances of the row's compute / fp32 torch's (rows take turns). "
@@ -1164,7 +1166,8 @@ def quantization_default_section(result: dict, name: str) -> list[str]:
                   f"{speed[two_passes]['rtf']:.4f}"]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
-    four_bit = [row for row in ("int4 / onnxruntime", "int4_gptq / onnxruntime") if row in rows]
+    four_bit = [row for row in ("int4 / onnxruntime", "int4_gptq / onnxruntime", "int4_gptq_all / onnxruntime")
+                if row in rows]
     four_bit += [f"{n} / onnxruntime" for n, q in result.get("quantized", {}).items()
                  if (q.get("quantization") or {}).get("weight_bits") == 4]
     for row in four_bit:

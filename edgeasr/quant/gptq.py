@@ -68,14 +68,17 @@ def round_to_nearest(weight: torch.Tensor, block: int = 32) -> BlockQuantized:
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, block: int = 32, damp: float = 0.01,
-         lazy: int = 128) -> BlockQuantized:
+         lazy: int = 128, act_order: bool = False) -> BlockQuantized:
     """GPTQ of ``weight`` [N, K] for inputs whose second moment is ``hessian`` [K, K] (XᵀX / n).
 
     ``damp`` (a fraction of the mean diagonal) keeps H invertible when calibration is short;
     ``lazy`` columns are updated together (the algorithm's batching: the same result, fewer
     passes over the whole matrix). A block's scale and zero point are set from the block's weights
     as they stand when its first column is reached, i.e. after the earlier columns' errors moved
-    onto them.
+    onto them. ``act_order`` rounds the inputs with the largest second moment first (while the
+    most columns are left to absorb their errors), with every block's scale and zero point fixed
+    beforehand from the original weights, since a block's columns are then no longer rounded
+    together ("static groups").
     """
     _check(weight, block)
     rows, depth = weight.shape
@@ -87,11 +90,16 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, block: int = 32, damp: flo
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damp * torch.diag(h).mean() * torch.eye(depth, dtype=h.dtype)
+    scales = torch.zeros(rows, depth // block, dtype=torch.float64)
+    zeros = torch.zeros(rows, depth // block, dtype=torch.float64)
+    order = torch.arange(depth)
+    if act_order:
+        scales, zeros = block_params(w.reshape(rows, depth // block, block))
+        order = torch.argsort(torch.diag(h), descending=True, stable=True)
+        w, h = w[:, order], h[order][:, order]
     # the upper Cholesky factor of H^-1: row i holds what rounding column i moves onto columns > i
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     codes = torch.zeros(rows, depth, dtype=torch.uint8)
-    scales = torch.zeros(rows, depth // block, dtype=torch.float64)
-    zeros = torch.zeros(rows, depth // block, dtype=torch.float64)
     lazy = max(block, lazy // block * block)  # a lazy batch holds whole blocks
     for start in range(0, depth, lazy):
         end = min(start + lazy, depth)
@@ -99,10 +107,10 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, block: int = 32, damp: flo
         errors = torch.zeros_like(part)
         inv = inverse[start:end, start:end]
         for i in range(end - start):
-            column = start + i
-            if column % block == 0:
-                scale, zero = block_params(part[:, i:i + block])
-                scales[:, column // block], zeros[:, column // block] = scale, zero
+            column = int(order[start + i])  # the weight's own column
+            if not act_order and column % block == 0:
+                scales[:, column // block], zeros[:, column // block] = block_params(part[:, i:i + block])
+            scale, zero = scales[:, column // block], zeros[:, column // block]
             q = torch.clamp(torch.round(part[:, i] / scale) + zero, 0, LEVELS)
             codes[:, column] = q.to(torch.uint8)
             error = (part[:, i] - (q - zero) * scale) / inv[i, i]
@@ -153,7 +161,7 @@ def spread(items: list, limit: int) -> list:
 
 
 def whisper_codes(model_dir, manifest, limit: int = 100, encoder: bool = False, block: int = 32,
-                  damp: float = 0.01, report=None) -> dict:
+                  damp: float = 0.1, act_order: bool = True, report=None) -> dict:
     """GPTQ codes for every linear layer of a model's Whisper decoder (and, with ``encoder``, of
     its encoder's layers), keyed by ``edgeasr.export.int4.linear_fingerprint``. The token table
     stays onnxruntime's round-to-nearest: it is not sensitive to 4 bits.
@@ -161,7 +169,11 @@ def whisper_codes(model_dir, manifest, limit: int = 100, encoder: bool = False, 
     Calibration runs the model's own two passes (float decoder) over ``limit`` utterances spread
     over ``manifest``, so each layer sees the inputs it sees in use: the streaming chunks and the
     full-context re-encoding of each segment (encoder), beam hypotheses' tokens over that audio
-    (decoder). ``report(done, total)`` is called after each utterance."""
+    (decoder). ``report(done, total)`` is called after each utterance.
+
+    The defaults (damping 0.1, act order) were chosen on realdev (a dev set) with the default
+    model's 4-bit decoder in torch: WER 20.2 against 21.1 in plain order (damping 0.1) and 22.0
+    at the paper's damping 0.01, round-to-nearest 22.9, float 20.6."""
     from edgeasr.data.manifest import read_manifest
     from edgeasr.decoding.core import DecodeOptions
     from edgeasr.decoding.recognizer import Recognizer
@@ -185,5 +197,5 @@ def whisper_codes(model_dir, manifest, limit: int = 100, encoder: bool = False, 
             recognizer.transcribe(utterance.audio)
             if report:
                 report(done, len(utterances))
-    return {linear_fingerprint(m.weight): gptq(m.weight, moments.hessian(name), block, damp)
+    return {linear_fingerprint(m.weight): gptq(m.weight, moments.hessian(name), block, damp, act_order=act_order)
             for name, m in linears.items()}
