@@ -101,7 +101,7 @@ def onnx_bytes(export: Path, encoder_suffix: str, decoder_suffix: str) -> dict:
     return {"first_pass": graph_bytes(first), "both_passes": graph_bytes(both)}
 
 
-def gptq_export(float_model: str, calib: str, limit: int, out: Path, encoder: bool = False) -> Path:
+def gptq_export(float_model: str, calib: str, limit: int, out: Path, encoder: bool = False, block: int = 32) -> Path:
     """The float model's graphs with GPTQ-rounded 4-bit layers (``edgeasr export --int4 --calib``:
     the decoder's; with ``encoder``, ``--calib-encoder``, the encoder's too), written once into
     ``out`` (reused when it was made from the same calibration)."""
@@ -109,11 +109,11 @@ def gptq_export(float_model: str, calib: str, limit: int, out: Path, encoder: bo
     from edgeasr.quant.gptq import whisper_codes
 
     stamp = {"model": str(Path(float_model).resolve()), "calib": str(Path(calib).resolve()), "limit": limit,
-             "encoder": encoder}
+             "encoder": encoder, "block": block}
     marker = out / "gptq_calibration.json"
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return out
-    codes = whisper_codes(float_model, calib, limit, encoder=encoder)
+    codes = whisper_codes(float_model, calib, limit, encoder=encoder, block=block)
     export_onnx(float_model, out, int4=True, gptq_codes=codes)
     marker.write_text(json.dumps(stamp))
     return out
@@ -155,6 +155,8 @@ def main() -> int:
     parser.add_argument("--calib", metavar="MANIFEST",
                         help="also the row int4_gptq: the float model's 4-bit decoder rounded by GPTQ on this audio")
     parser.add_argument("--calib-limit", type=int, default=100)
+    parser.add_argument("--calib-block", type=int, default=32, choices=(32, 64, 128),
+                        help="inputs per 4-bit block of the GPTQ rows (edgeasr export --calib-block)")
     parser.add_argument("--calib-encoder", action="store_true",
                         help="with --calib, also the row int4_gptq_all: the encoder's layers 4-bit (GPTQ) too")
     parser.add_argument("--gptq-export", default=str(ROOT / "exp" / "default-gptq-onnx"),
@@ -168,10 +170,12 @@ def main() -> int:
     gptq = {}
     if args.calib:
         gptq["int4_gptq / onnxruntime"] = (
-            gptq_export(args.float_model, args.calib, args.calib_limit, Path(args.gptq_export)), ".int8.onnx")
+            gptq_export(args.float_model, args.calib, args.calib_limit, Path(args.gptq_export), block=args.calib_block),
+            ".int8.onnx")
     if args.calib and args.calib_encoder:
         gptq["int4_gptq_all / onnxruntime"] = (
-            gptq_export(args.float_model, args.calib, args.calib_limit, Path(args.gptq_export + "-all"), encoder=True),
+            gptq_export(args.float_model, args.calib, args.calib_limit, Path(args.gptq_export + "-all"), encoder=True,
+                        block=args.calib_block),
             ".int4.onnx")
     result = {
         "benchmark": "quantization_default",
@@ -183,6 +187,7 @@ def main() -> int:
         "quantized": {name: {"model": directory, "quantization": load_model_dir(directory).model.config.quantization}
                       for name, directory in quantized},
         "gptq": {"calib": args.calib, "calib_limit": args.calib_limit, "encoder_row": args.calib_encoder,
+                 "block": args.calib_block,
                  "export": args.gptq_export} if gptq else None,
         "chunk_ms": None,
         "rows": {},

@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "round-to-nearest")
     parser.add_argument("--calib-encoder", action="store_true",
                         help="with --calib: the encoder's layers 4-bit too, rounded by GPTQ (both encoder graphs)")
+    parser.add_argument("--calib-block", type=int, default=32, choices=(32, 64, 128),
+                        help="with --calib: inputs per 4-bit block (one scale and zero point each; default 32, "
+                             "longer blocks store fewer scales and round coarser)")
     parser.add_argument("--calib-limit", type=int, default=100, metavar="N",
                         help="calibration utterances for --calib, spread over the manifest (default: 100)")
     parser.set_defaults(func=run)
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise EdgeAsrError("--calib rounds the 4-bit decoder graphs: add --int4")
     if args.calib_encoder and not args.calib:
         raise EdgeAsrError("--calib-encoder rounds the encoder with GPTQ on calibration audio: add --calib MANIFEST")
+    if args.calib_block != 32 and not args.calib:
+        raise EdgeAsrError("--calib-block sets GPTQ's blocks: add --calib MANIFEST")
     if args.calib_limit < 1:
         raise EdgeAsrError(f"--calib-limit must be at least 1, got {args.calib_limit}")
     started = time.monotonic()
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"edgeasr: calibrating the 4-bit {parts} (GPTQ) on {args.calib} ...", file=sys.stderr, flush=True)
         progress = Progress.auto("calibrate", args.calib_limit, "utterances")
         gptq_codes = whisper_codes(args.model, args.calib, args.calib_limit, encoder=args.calib_encoder,
+                                   block=args.calib_block,
                                    report=lambda done, total: progress.update(done))
     kinds = " (float, int8 and 4-bit decoder graphs)" if args.int4 else " (float and int8 graphs)" if args.int8 else ""
     print(f"edgeasr: exporting {args.model} to ONNX{kinds}: "

@@ -1137,7 +1137,8 @@ def quantization_default_section(result: dict, name: str) -> list[str]:
         "onnxruntime rows of 8-bit models run int8 graphs (per channel, their codes exactly), of 4-bit models "
         "the int4 export (their own 4-bit codes as MatMulNBits in both encoder graphs, 4-bit decoder graphs). "
         "The float model's `int4` row: 4-bit decoder graphs beside the int8 encoder"
-        + ("; `int4_gptq`: the same with the decoder's layers rounded by GPTQ, calibrated on "
+        + (f"; `int4_gptq`: the same with the decoder's layers rounded by GPTQ (blocks of {result['gptq'].get('block', 32)}), "
+           "calibrated on "
            f"{result['gptq']['calib_limit']} utterances of `{result['gptq']['calib']}` (`edgeasr export --int4 --calib`)"
            + ("; `int4_gptq_all`: the encoder's layers 4-bit by GPTQ as well (`--calib-encoder`), both encoder graphs"
               if result["gptq"].get("encoder_row") else "")

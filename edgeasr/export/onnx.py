@@ -165,7 +165,9 @@ def _quantize_int4(source: Path, target: Path, block_codes: dict | None = None) 
         from edgeasr.export.int4 import install_block_codes, matmul_codes_by_output, tie_quantized_embedding
 
         codes_by_output = matmul_codes_by_output(graph, block_codes) if block_codes else {}
-        quantizer = MatMulNBitsQuantizer(graph, block_size=INT4_BLOCK, is_symmetric=False,
+        # the rest of the graph (the token table) in the blocks the given codes use
+        block = next(iter(block_codes.values())).block if block_codes else INT4_BLOCK
+        quantizer = MatMulNBitsQuantizer(graph, block_size=block, is_symmetric=False,
                                          accuracy_level=4, op_types_to_quantize=("MatMul", "Gather"),
                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer.process()
