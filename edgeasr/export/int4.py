@@ -134,15 +134,24 @@ def to_matmul_nbits(graph_model) -> int:
         if bias:
             nodes.append(helper.make_node("Add", [outputs[0], bias], list(node.output), name=f"{node.name or weight}.q4_bias"))
         replaced += 1
+    _swap_nodes(graph_model, nodes, microsoft_ops=replaced > 0)
+    return replaced
+
+
+def _swap_nodes(graph_model, nodes: list, microsoft_ops: bool) -> None:
+    """Give the graph ``nodes`` as its node list, drop the initializers no node reads any more
+    (the float weights that became 4-bit), and import the com.microsoft domain if it is used."""
+    from onnx import helper
+
+    graph = graph_model.graph
     del graph.node[:]
     graph.node.extend(nodes)
     still_used = {name for node in graph.node for name in node.input}
     kept = [t for t in graph.initializer if t.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    if replaced and not any(entry.domain == "com.microsoft" for entry in graph_model.opset_import):
+    if microsoft_ops and not any(entry.domain == "com.microsoft" for entry in graph_model.opset_import):
         graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return replaced
 
 
 def codes_to_matmul_nbits(graph_model, codes_by_weight: dict) -> int:
@@ -167,14 +176,7 @@ def codes_to_matmul_nbits(graph_model, codes_by_weight: dict) -> int:
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
                                       name=f"{node.name or node.input[1]}.q4", domain="com.microsoft",
                                       K=depth, N=rows, bits=4, block_size=quantized.block, accuracy_level=4))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    still_used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    if codes_by_output and not any(entry.domain == "com.microsoft" for entry in graph_model.opset_import):
-        graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _swap_nodes(graph_model, nodes, microsoft_ops=bool(codes_by_output))
     return len(codes_by_output)
 
 
