@@ -163,3 +163,16 @@ def test_write_int4_graph_turns_coded_products_into_4_bit_and_the_rest_int8(tmp_
     # the int8 product only roughly: onnxruntime's u8 x s8 kernel saturates some sums on AVX2 CPUs
     expected = expected_hidden @ plain.weight.detach().T.numpy()
     assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("content, message", [(None, "manifest not found"), ("", "no calibration utterances")])
+def test_export_calib_manifest_problems_are_one_line_errors(tmp_path, capsys, content, message):
+    from edgeasr.cli import main
+
+    manifest = tmp_path / "calib.jsonl"
+    if content is not None:
+        manifest.write_text(content)
+    assert main(["export", "--out", str(tmp_path / "o"), "--int4", "--calib", str(manifest)]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("edgeasr: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "o").exists()  # nothing half-written
