@@ -368,6 +368,18 @@ def _segmenter() -> dict | None:
     return measured if measured.get("model") in ("default", "models/default") else None
 
 
+def _gptq() -> dict | None:
+    """The default's 4-bit graphs rounded by GPTQ (benchmarks/quantization_default.py --calib),
+    when measured on the default model."""
+    path = ROOT / "benchmarks" / "results" / "quantization_default_gptq.json"
+    if not path.is_file():
+        return None
+    measured = json.loads(path.read_text())
+    if measured.get("float_model") not in ("default", "models/default") or not measured.get("gptq"):
+        return None
+    return measured
+
+
 def _onnx_parity(result: dict) -> dict | None:
     """The default model's ONNX Runtime figures (benchmarks/onnx_parity.py), when measured for
     this model in the two-pass mode."""
@@ -489,6 +501,22 @@ def model_card(result: dict) -> str:
                 lines.append(f"| {name} | {row['backend']} | {row['wer']:.1f} ({row['cer']:.1f}) | {row['rtf']:.4f} | "
                              f"{row['speedup_vs_torch_median']:.2f}x | {row['same_text_as_torch']}/{entry['utts']} | "
                              f"{row['bytes_on_disk'] / 1e6:.1f} |")
+    gptq = _gptq()
+    if gptq is not None and onnx is not None:
+        rows, reference = gptq["rows"], gptq["rows"]["fp32 / torch"]
+        cells = []
+        for row in ("int4_gptq / onnxruntime", "int4_gptq_all / onnxruntime"):
+            if row in rows:
+                wer = ", ".join(f"{name} {rows[row]['sets'][name]['whisper_rescoring']['wer']:.1f}"
+                                for name in gptq["sets"])
+                cells.append(f"{'decoder' if row.startswith('int4_gptq /') else 'encoder and decoder'} 4-bit: "
+                             f"{rows[row]['bytes']['both_passes'] / 1e6:.1f} MB, WER {wer}")
+        float_wer = ", ".join(f"{name} {reference['sets'][name]['whisper_rescoring']['wer']:.1f}" for name in gptq["sets"])
+        lines += ["", "`edgeasr export --model default --out DIR --int4 --calib MANIFEST` rounds the 4-bit layers by "
+                  f"GPTQ on calibration audio instead ({gptq['gptq']['calib_limit']} utterances of "
+                  f"`{gptq['gptq']['calib']}`; `--calib-encoder` makes the encoder 4-bit too): "
+                  + "; ".join(cells) + f" (float torch {reference['bytes']['both_passes'] / 1e6:.1f} MB, WER "
+                  f"{float_wer}; `benchmarks/results/quantization_default_gptq.json`, {gptq['date']})."]
     segmenter = _segmenter() if params.get("segmenter") else None
     if segmenter is not None:
         lines += ["", "## Segmenter against the blank rules", "",
