@@ -162,6 +162,7 @@ def codes_to_matmul_nbits(graph_model, codes_by_weight: dict) -> int:
 
     graph = graph_model.graph
     codes_by_output = matmul_codes_by_output(graph_model, codes_by_weight)
+    stored = {t.name for t in graph.initializer}
     nodes = []
     for node in graph.node:
         quantized = codes_by_output.get(node.output[0]) if node.op_type == "MatMul" else None
@@ -170,9 +171,10 @@ def codes_to_matmul_nbits(graph_model, codes_by_weight: dict) -> int:
             continue
         rows, depth = quantized.codes.shape
         names = [f"{node.input[1]}.{part}" for part in ("q4", "q4_scales", "q4_zero_points")]
-        for name, array in zip(names, matmul_nbits_arrays(quantized)):
-            if name not in {t.name for t in graph.initializer}:
-                graph.initializer.append(numpy_helper.from_array(array, name))
+        if names[0] not in stored:  # a weight two products share is stored once
+            stored.update(names)
+            graph.initializer.extend(numpy_helper.from_array(array, name)
+                                     for name, array in zip(names, matmul_nbits_arrays(quantized)))
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
                                       name=f"{node.name or node.input[1]}.q4", domain="com.microsoft",
                                       K=depth, N=rows, bits=4, block_size=quantized.block, accuracy_level=4))
@@ -182,8 +184,9 @@ def codes_to_matmul_nbits(graph_model, codes_by_weight: dict) -> int:
 
 def write_int4_graph(source: Path, target: Path, codes_by_weight: dict | None = None) -> int:
     """``target``: ``source`` with its 4-bit matrices as exact MatMulNBits (weights on a 4-bit
-    grid, and those with block codes in ``codes_by_weight``) and the other products as per-channel
-    dynamic int8; returns the number of 4-bit matrices (0: nothing was 4-bit)."""
+    grid, and those with block codes in ``codes_by_weight``) and the other products as dynamic
+    int8 (per channel beside a quantized model's grid weights, else per tensor); returns the
+    number of 4-bit matrices (0: nothing was 4-bit)."""
     import onnx
 
     from edgeasr.export.onnx import compact_initializers

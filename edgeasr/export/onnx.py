@@ -291,8 +291,8 @@ def export_onnx(
     """Export a packaged model for streaming with ONNX Runtime; returns the metadata written.
     ``int4`` adds 4-bit decoder graphs (and implies the int8 encoder graphs they run beside); for a
     model with 4-bit weights (QAT/PTQ W4) also 4-bit encoder graphs carrying its codes exactly.
-    ``gptq_codes``: the 4-bit decoder's codes from ``edgeasr.quant.gptq.whisper_codes``
-    in place of onnxruntime's round-to-nearest."""
+    ``gptq_codes``: 4-bit codes from ``edgeasr.quant.gptq.whisper_codes`` for the decoder's layers
+    (and the encoder's, which then get 4-bit graphs too) in place of onnxruntime's round-to-nearest."""
 
     packaged = model if isinstance(model, PackagedModel) else load_model_dir(model)
     asr = packaged.model.eval()

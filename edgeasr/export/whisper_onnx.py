@@ -139,8 +139,8 @@ def export_whisper_second_pass(packaged, out: Path, int8: bool, int4: bool = Fal
     """Write encoder_full.onnx, decoder_cross.onnx, decoder_step.onnx (and their int8 twins) and
     whisper/ (tokenizer); returns the metadata entries they add. ``int4``: 4-bit decoder graphs
     (onnxruntime's quantizer); ``int4_encoder``: encoder_full.int4.onnx from the model's own
-    4-bit codes; ``gptq_codes``: GPTQ codes for the 4-bit decoder graphs' products
-    (``edgeasr.quant.gptq.whisper_codes``) in place of round-to-nearest."""
+    4-bit codes; ``gptq_codes``: GPTQ codes (``edgeasr.quant.gptq.whisper_codes``) for the 4-bit
+    graphs' products, decoder and full-context encoder, in place of round-to-nearest."""
     import shutil
 
     from edgeasr.export.int4 import write_int4_graph
